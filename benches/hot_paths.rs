@@ -1,0 +1,62 @@
+//! Micro-benchmarks of the hot pure code: tokens and the shard merge.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use hourglass::engine::merge::{pick, Pick};
+use hourglass::model::{Key, Namespace, Order, Row};
+use hourglass::token::{KeyRing, QueryFingerprint};
+
+fn tokens(c: &mut Criterion) {
+    let ns = Namespace {
+        name: "bench".into(),
+        bucket_width_micros: 60_000_000,
+        shards: 8,
+        retention_seconds: 0,
+    };
+    let ring = KeyRing::parse("k1:0123456789abcdef0123", Duration::from_secs(3600)).unwrap();
+    let fp = QueryFingerprint::new(&ns, "series-1", 0, i64::MAX, Order::Ascending);
+    let key = Key::new(1_700_000_000_000_000, "event-000123");
+    let token = ring.issue(&fp, &key);
+    c.bench_function("token_issue", |b| b.iter(|| ring.issue(&fp, &key)));
+    c.bench_function("token_verify", |b| {
+        b.iter(|| ring.verify(&token, &fp).unwrap())
+    });
+}
+
+fn merge(c: &mut Criterion) {
+    let shards = 8;
+    let rows_per_shard = 1000;
+    let make = || -> Vec<(VecDeque<Row>, bool)> {
+        (0..shards)
+            .map(|s| {
+                let rows = (0..rows_per_shard)
+                    .map(|i| Row {
+                        key: Key::new((i * shards + s) as i64, "id"),
+                        payload: Default::default(),
+                        tags: Default::default(),
+                    })
+                    .collect();
+                (rows, true)
+            })
+            .collect()
+    };
+    c.bench_function("merge_8_shards_8000_rows", |b| {
+        b.iter_batched(
+            make,
+            |mut s| {
+                let mut n = 0;
+                while let Pick::Row(i) = pick(&s, |x| (&x.0, x.1), Order::Ascending) {
+                    s[i].0.pop_front();
+                    n += 1;
+                }
+                n
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, tokens, merge);
+criterion_main!(benches);

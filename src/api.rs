@@ -1,0 +1,359 @@
+//! The wire API: generated protobuf code and the conversions between it and
+//! the domain types, with validation that names the offending field.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::engine::{Ending, PartialReason, ReadOutcome, ReadStats};
+use crate::error::ServiceError;
+use crate::model::{self, Key, Namespace, NewEvent, Order, Row};
+
+/// Generated protobuf and gRPC code.
+pub mod pb {
+    tonic::include_proto!("hourglass.v1");
+
+    /// Encoded file descriptor set, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("hourglass_descriptor");
+}
+
+/// Rows per response when the request says 0.
+pub const DEFAULT_PAGE_SIZE: usize = 1000;
+/// Most rows per response.
+pub const MAX_PAGE_SIZE: usize = 100_000;
+/// Bytes per response when the request says 0.
+pub const DEFAULT_PAGE_BYTES: usize = 4 << 20;
+/// Most bytes per response (below the gRPC message limit).
+pub const MAX_PAGE_BYTES: usize = 32 << 20;
+/// Largest gRPC message the server accepts or sends.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Longest accepted SLO.
+pub const MAX_SLO_MILLIS: u32 = 3_600_000;
+
+type Result<T> = std::result::Result<T, ServiceError>;
+
+fn check_len(field: &str, value: &str, max: usize) -> Result<()> {
+    if value.is_empty() {
+        return Err(ServiceError::invalid(field, "must not be empty"));
+    }
+    if value.len() > max {
+        return Err(ServiceError::invalid(
+            field,
+            format!("is {} bytes, more than the maximum of {max}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a namespace name.
+pub fn check_namespace_name(field: &str, name: &str) -> Result<()> {
+    check_len(field, name, model::MAX_NAMESPACE_LEN)?;
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(ServiceError::invalid(
+            field,
+            "may only hold A-Z, a-z, 0-9, _ and -",
+        ));
+    }
+    Ok(())
+}
+
+impl TryFrom<pb::Namespace> for Namespace {
+    type Error = ServiceError;
+
+    fn try_from(ns: pb::Namespace) -> Result<Self> {
+        let pb::Namespace {
+            name,
+            bucket_width_micros,
+            shards,
+            retention_seconds,
+        } = ns;
+        check_namespace_name("namespace.name", &name)?;
+        let bucket_width_micros = match bucket_width_micros {
+            0 => model::DEFAULT_BUCKET_WIDTH_MICROS,
+            w if w < model::MIN_BUCKET_WIDTH_MICROS => {
+                return Err(ServiceError::invalid(
+                    "namespace.bucket_width_micros",
+                    format!(
+                        "must be at least {} (got {w})",
+                        model::MIN_BUCKET_WIDTH_MICROS
+                    ),
+                ))
+            }
+            w => w,
+        };
+        let shards = match shards {
+            0 => 1,
+            s if s > model::MAX_SHARDS => {
+                return Err(ServiceError::invalid(
+                    "namespace.shards",
+                    format!("must be at most {} (got {s})", model::MAX_SHARDS),
+                ))
+            }
+            s => s,
+        };
+        if retention_seconds > model::MAX_RETENTION_SECONDS {
+            return Err(ServiceError::invalid(
+                "namespace.retention_seconds",
+                format!(
+                    "must be at most {} (20 years; got {retention_seconds})",
+                    model::MAX_RETENTION_SECONDS
+                ),
+            ));
+        }
+        Ok(Self {
+            name,
+            bucket_width_micros,
+            shards,
+            retention_seconds,
+        })
+    }
+}
+
+impl From<Namespace> for pb::Namespace {
+    fn from(ns: Namespace) -> Self {
+        Self {
+            name: ns.name,
+            bucket_width_micros: ns.bucket_width_micros,
+            shards: ns.shards,
+            retention_seconds: ns.retention_seconds,
+        }
+    }
+}
+
+/// Validates a whole write batch; the first bad event fails it all.
+pub fn validate_events(events: Vec<pb::Event>) -> Result<Vec<NewEvent>> {
+    if events.is_empty() {
+        return Err(ServiceError::invalid(
+            "events",
+            "must hold at least one event",
+        ));
+    }
+    if events.len() > model::MAX_BATCH_EVENTS {
+        return Err(ServiceError::invalid(
+            "events",
+            format!(
+                "holds {} events, more than the maximum of {}",
+                events.len(),
+                model::MAX_BATCH_EVENTS
+            ),
+        ));
+    }
+    let mut seen = HashSet::with_capacity(events.len());
+    let mut out = Vec::with_capacity(events.len());
+    for (i, e) in events.into_iter().enumerate() {
+        let pb::Event {
+            series_id,
+            event_time_micros,
+            event_id,
+            payload,
+            tags,
+        } = e;
+        let f = |name: &str| format!("events[{i}].{name}");
+        check_len(&f("series_id"), &series_id, model::MAX_SERIES_ID_LEN)?;
+        check_len(&f("event_id"), &event_id, model::MAX_EVENT_ID_LEN)?;
+        if payload.len() > model::MAX_PAYLOAD_LEN {
+            return Err(ServiceError::invalid(
+                f("payload"),
+                format!(
+                    "is {} bytes, more than the maximum of {}",
+                    payload.len(),
+                    model::MAX_PAYLOAD_LEN
+                ),
+            ));
+        }
+        if tags.len() > model::MAX_TAGS {
+            return Err(ServiceError::invalid(
+                f("tags"),
+                format!(
+                    "has {} tags, more than the maximum of {}",
+                    tags.len(),
+                    model::MAX_TAGS
+                ),
+            ));
+        }
+        for (k, v) in &tags {
+            check_len(&f("tags.key"), k, model::MAX_TAG_KEY_LEN)?;
+            if v.len() > model::MAX_TAG_VALUE_LEN {
+                return Err(ServiceError::invalid(
+                    format!("events[{i}].tags[{k}]"),
+                    format!("value is more than {} bytes", model::MAX_TAG_VALUE_LEN),
+                ));
+            }
+        }
+        if !seen.insert((series_id.clone(), event_time_micros, event_id.clone())) {
+            return Err(ServiceError::invalid(
+                f("event_id"),
+                "duplicates an earlier event of this batch (same series_id, event_time_micros, event_id)",
+            ));
+        }
+        out.push(NewEvent {
+            series_id,
+            row: Row {
+                key: Key::new(event_time_micros, event_id),
+                payload,
+                tags,
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// A read request after validation (the token is still unverified).
+#[derive(Clone, Debug)]
+pub struct ReadParams {
+    pub namespace: String,
+    pub series_id: String,
+    pub start: i64,
+    pub end: i64,
+    pub order: Order,
+    pub page_size: usize,
+    pub page_bytes: usize,
+    pub token: Option<String>,
+    pub slo: Option<Duration>,
+}
+
+impl TryFrom<pb::ReadEventsRequest> for ReadParams {
+    type Error = ServiceError;
+
+    fn try_from(r: pb::ReadEventsRequest) -> Result<Self> {
+        let pb::ReadEventsRequest {
+            namespace,
+            series_id,
+            start_time_micros,
+            end_time_micros,
+            order,
+            page_size,
+            page_bytes_limit,
+            continuation_token,
+            slo_millis,
+        } = r;
+        check_namespace_name("namespace", &namespace)?;
+        check_len("series_id", &series_id, model::MAX_SERIES_ID_LEN)?;
+        if start_time_micros >= end_time_micros {
+            return Err(ServiceError::invalid(
+                "end_time_micros",
+                format!(
+                    "must be greater than start_time_micros (range is [{start_time_micros}, {end_time_micros}))"
+                ),
+            ));
+        }
+        let order = match pb::Order::try_from(order) {
+            Ok(pb::Order::Ascending) => Order::Ascending,
+            Ok(pb::Order::Descending) => Order::Descending,
+            Err(_) => {
+                return Err(ServiceError::invalid(
+                    "order",
+                    format!("unknown order {order}"),
+                ))
+            }
+        };
+        let page_size = match page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n > MAX_PAGE_SIZE => {
+                return Err(ServiceError::invalid(
+                    "page_size",
+                    format!("must be at most {MAX_PAGE_SIZE} (got {n})"),
+                ))
+            }
+            n => n,
+        };
+        let page_bytes = match page_bytes_limit {
+            0 => DEFAULT_PAGE_BYTES,
+            n if n > MAX_PAGE_BYTES as u64 => {
+                return Err(ServiceError::invalid(
+                    "page_bytes_limit",
+                    format!("must be at most {MAX_PAGE_BYTES} (got {n})"),
+                ))
+            }
+            n => n as usize,
+        };
+        let slo = match slo_millis {
+            0 => None,
+            n if n > MAX_SLO_MILLIS => {
+                return Err(ServiceError::invalid(
+                    "slo_millis",
+                    format!("must be at most {MAX_SLO_MILLIS} (got {n})"),
+                ))
+            }
+            n => Some(Duration::from_millis(u64::from(n))),
+        };
+        Ok(Self {
+            namespace,
+            series_id,
+            start: start_time_micros,
+            end: end_time_micros,
+            order,
+            page_size,
+            page_bytes,
+            token: (!continuation_token.is_empty()).then_some(continuation_token),
+            slo,
+        })
+    }
+}
+
+/// A stored row as a wire event of `series_id`.
+pub fn event_of(series_id: &str, row: Row) -> pb::Event {
+    pb::Event {
+        series_id: series_id.to_string(),
+        event_time_micros: row.key.time,
+        event_id: row.key.id,
+        payload: row.payload,
+        tags: row.tags,
+    }
+}
+
+impl From<PartialReason> for pb::PartialReason {
+    fn from(r: PartialReason) -> Self {
+        match r {
+            PartialReason::Slo => Self::Slo,
+            PartialReason::ClientDeadline => Self::ClientDeadline,
+            PartialReason::ServerBudget => Self::ServerBudget,
+            PartialReason::ByteLimit => Self::ByteLimit,
+            PartialReason::RowLimit => Self::RowLimit,
+            PartialReason::StorageError => Self::StorageError,
+        }
+    }
+}
+
+impl From<ReadStats> for pb::ReadStats {
+    fn from(s: ReadStats) -> Self {
+        let ReadStats {
+            rows_scanned,
+            rows_delivered,
+            storage_pages,
+            index_pages,
+            buckets_visited,
+            retries,
+            elapsed,
+            budget,
+        } = s;
+        Self {
+            rows_scanned,
+            rows_delivered,
+            storage_pages,
+            index_pages,
+            buckets_visited,
+            retries,
+            elapsed_micros: elapsed.as_micros() as u64,
+            budget_micros: budget.as_micros() as u64,
+        }
+    }
+}
+
+/// The end-of-read fields shared by ReadEvents and StreamEvents.
+pub fn stream_end(outcome: ReadOutcome, token: impl FnOnce(&Key) -> String) -> pb::StreamEnd {
+    let (partial, reason, token) = match &outcome.ending {
+        Ending::Complete => (false, pb::PartialReason::None, String::new()),
+        Ending::Partial { reason, frontier } => (true, (*reason).into(), token(frontier)),
+    };
+    pb::StreamEnd {
+        partial,
+        partial_reason: reason as i32,
+        continuation_token: token,
+        watermark_micros: outcome.watermark,
+        stats: Some(outcome.stats.into()),
+    }
+}

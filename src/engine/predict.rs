@@ -1,0 +1,115 @@
+//! Learns how long storage pages take, so the engine sizes pages to the time
+//! left and does not start a page that cannot land before the deadline.
+//!
+//! The model is `latency = base + rows * per_row`, both fitted by
+//! exponentially weighted averages over observed pages, one model per
+//! namespace (layouts differ by namespace) shared by all reads of it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Weight of a new observation.
+const ALPHA: f64 = 0.2;
+/// Pages with fewer rows than this say little about the per-row cost.
+const MIN_ROWS_FOR_RATE: usize = 32;
+/// Predictions are inflated by this factor to land before, not at, the deadline.
+const SAFETY: f64 = 1.25;
+/// Prior before any observation: 1 ms per page.
+const PRIOR_BASE_SECS: f64 = 0.001;
+/// Prior before any observation: 2 µs per row.
+const PRIOR_PER_ROW_SECS: f64 = 0.000_002;
+
+/// Page latency model.
+#[derive(Clone, Copy, Debug)]
+pub struct LatencyModel {
+    base: f64,
+    per_row: f64,
+}
+
+impl Default for LatencyModel {
+    fn default() -> Self {
+        Self {
+            base: PRIOR_BASE_SECS,
+            per_row: PRIOR_PER_ROW_SECS,
+        }
+    }
+}
+
+impl LatencyModel {
+    /// Folds in one page that returned `rows` rows in `took`.
+    pub fn observe(&mut self, rows: usize, took: Duration) {
+        let t = took.as_secs_f64();
+        if rows >= MIN_ROWS_FOR_RATE {
+            let rate = ((t - self.base).max(0.0)) / rows as f64;
+            self.per_row += ALPHA * (rate - self.per_row);
+        }
+        let base = (t - self.per_row * rows as f64).max(0.0);
+        self.base += ALPHA * (base - self.base);
+    }
+
+    /// Expected latency of a page of `rows`, with a safety factor.
+    pub fn predict(&self, rows: usize) -> Duration {
+        Duration::from_secs_f64((self.base + self.per_row * rows as f64) * SAFETY)
+    }
+
+    /// Most rows a page may ask for and still be expected to land in `remaining`.
+    pub fn affordable_rows(&self, remaining: Duration) -> usize {
+        let spare = remaining.as_secs_f64() / SAFETY - self.base;
+        if spare <= 0.0 {
+            0
+        } else {
+            (spare / self.per_row.max(f64::EPSILON)).min(usize::MAX as f64 / 2.0) as usize
+        }
+    }
+}
+
+/// Models by namespace.
+#[derive(Debug, Default)]
+pub struct LatencyModels {
+    by_namespace: Mutex<HashMap<String, LatencyModel>>,
+}
+
+impl LatencyModels {
+    /// The current model of a namespace (the prior if none yet).
+    pub fn get(&self, namespace: &str) -> LatencyModel {
+        self.by_namespace
+            .lock()
+            .expect("latency model lock")
+            .get(namespace)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Records one page of a namespace.
+    pub fn observe(&self, namespace: &str, rows: usize, took: Duration) {
+        let mut map = self.by_namespace.lock().expect("latency model lock");
+        if let Some(m) = map.get_mut(namespace) {
+            m.observe(rows, took);
+        } else {
+            let mut m = LatencyModel::default();
+            m.observe(rows, took);
+            map.insert(namespace.to_string(), m);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learns_base_and_rate() {
+        let mut m = LatencyModel::default();
+        // True cost: 4 ms + 10 µs per row.
+        for i in 0..200 {
+            let rows = [10, 100, 1000, 500][i % 4];
+            m.observe(rows, Duration::from_micros(4000 + 10 * rows as u64));
+        }
+        let p = m.predict(1000).as_secs_f64() / SAFETY;
+        assert!((p - 0.014).abs() < 0.002, "predicted {p}");
+        let rows = m.affordable_rows(Duration::from_millis(10));
+        assert!((300..=600).contains(&rows), "affordable {rows}");
+        assert_eq!(m.affordable_rows(Duration::from_millis(1)), 0);
+    }
+}

@@ -1,0 +1,134 @@
+//! The service's error enum and its one, exhaustive mapping to gRPC status
+//! with rich details (ErrorInfo always; BadRequest and RetryInfo where a
+//! client can act on them).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tonic::Code;
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::engine::budget::BudgetSource;
+use crate::engine::ReadError;
+use crate::model::Namespace;
+use crate::storage::StorageError;
+use crate::token::TokenError;
+
+/// ErrorInfo domain of every Hourglass error.
+pub const ERROR_DOMAIN: &str = "hourglass.v1";
+/// Suggested wait before retrying after storage trouble.
+pub const STORAGE_RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// Everything a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A request field is invalid; `field` is its path (e.g. `events[3].event_id`).
+    #[error("invalid {field}: {description}")]
+    InvalidArgument { field: String, description: String },
+    /// The continuation token was refused.
+    #[error("invalid continuation_token: {0}")]
+    Token(#[from] TokenError),
+    /// The namespace does not exist.
+    #[error("namespace {0:?} not found")]
+    NamespaceNotFound(String),
+    /// A namespace of that name exists with other settings.
+    #[error("namespace {:?} already exists with bucket_width_micros={}, shards={}, retention_seconds={}", .0.name, .0.bucket_width_micros, .0.shards, .0.retention_seconds)]
+    NamespaceConflict(Namespace),
+    /// Nothing fit in the read's budget.
+    #[error("no row could be read within the {budget:?} budget (set by {set_by:?}); retry with a longer deadline or SLO")]
+    NoProgress {
+        budget: Duration,
+        set_by: BudgetSource,
+    },
+    /// Storage is unreachable or overloaded for now.
+    #[error("storage unavailable: {0}")]
+    Unavailable(StorageError),
+    /// Storage failed in a way retrying will not fix.
+    #[error("storage failure: {0}")]
+    Storage(StorageError),
+}
+
+impl ServiceError {
+    /// Shorthand for [`ServiceError::InvalidArgument`].
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+
+    /// Stable machine-readable reason for ErrorInfo.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument { .. } => "INVALID_FIELD",
+            Self::Token(TokenError::Malformed(_)) => "TOKEN_MALFORMED",
+            Self::Token(TokenError::UnsupportedVersion(_)) => "TOKEN_VERSION",
+            Self::Token(TokenError::UnknownKey(_)) => "TOKEN_UNKNOWN_KEY",
+            Self::Token(TokenError::BadSignature) => "TOKEN_BAD_SIGNATURE",
+            Self::Token(TokenError::Expired) => "TOKEN_EXPIRED",
+            Self::Token(TokenError::QueryMismatch) => "TOKEN_QUERY_MISMATCH",
+            Self::NamespaceNotFound(_) => "NAMESPACE_NOT_FOUND",
+            Self::NamespaceConflict(_) => "NAMESPACE_CONFLICT",
+            Self::NoProgress { .. } => "BUDGET_TOO_SMALL",
+            Self::Unavailable(_) => "STORAGE_UNAVAILABLE",
+            Self::Storage(_) => "STORAGE_FAILURE",
+        }
+    }
+}
+
+impl From<StorageError> for ServiceError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Transient(_) | StorageError::Connect { .. } => Self::Unavailable(e),
+            StorageError::Fatal(_) => Self::Storage(e),
+        }
+    }
+}
+
+impl From<ReadError> for ServiceError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::NoProgress { budget, set_by } => Self::NoProgress { budget, set_by },
+            ReadError::Storage(s) => s.into(),
+        }
+    }
+}
+
+impl From<ServiceError> for tonic::Status {
+    fn from(err: ServiceError) -> Self {
+        let message = err.to_string();
+        let mut details = ErrorDetails::new();
+        let mut info: HashMap<String, String> = HashMap::new();
+        let code = match &err {
+            ServiceError::InvalidArgument { field, description } => {
+                details.add_bad_request_violation(field.clone(), description.clone());
+                info.insert("field".into(), field.clone());
+                Code::InvalidArgument
+            }
+            ServiceError::Token(e) => {
+                details.add_bad_request_violation("continuation_token", e.to_string());
+                info.insert("field".into(), "continuation_token".into());
+                Code::InvalidArgument
+            }
+            ServiceError::NamespaceNotFound(name) => {
+                info.insert("namespace".into(), name.clone());
+                Code::NotFound
+            }
+            ServiceError::NamespaceConflict(ns) => {
+                info.insert("namespace".into(), ns.name.clone());
+                Code::AlreadyExists
+            }
+            ServiceError::NoProgress { budget, .. } => {
+                info.insert("budget_micros".into(), budget.as_micros().to_string());
+                Code::DeadlineExceeded
+            }
+            ServiceError::Unavailable(_) => {
+                details.set_retry_info(Some(STORAGE_RETRY_DELAY));
+                Code::Unavailable
+            }
+            ServiceError::Storage(_) => Code::Internal,
+        };
+        details.set_error_info(err.reason(), ERROR_DOMAIN, info);
+        tonic::Status::with_error_details(code, message, details)
+    }
+}

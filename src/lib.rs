@@ -1,0 +1,29 @@
+//! Hourglass: a gRPC time-series read service that always answers on time.
+//!
+//! Modules, in the direction data flows:
+//!
+//! * [`server`]: the tonic service. Validates requests ([`api`]), computes
+//!   each read's budget, verifies continuation tokens ([`token`]), calls the
+//!   engine and maps errors to gRPC status ([`error`]).
+//! * [`engine`]: the deadline-bounded read: walks buckets, merges shards,
+//!   stops on limits or budget, predicts page latency, retries transient
+//!   storage errors, reports the frontier a token resumes from.
+//! * [`storage`]: the [`storage::Storage`] trait, Cassandra/ScyllaDB behind
+//!   it ([`storage::cassandra`]) and an in-process fake for engine tests.
+//! * [`model`]: namespaces, events, clustering keys, bucket arithmetic.
+//! * [`client`]: follows tokens to the end of a read as a `Stream`.
+//! * [`demo`]: the quick-start walkthrough; [`config`]: flags and `serve`.
+//!
+//! Nothing below [`server`] knows about tonic; nothing above [`storage`]
+//! knows about CQL.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod engine;
+pub mod error;
+pub mod model;
+pub mod server;
+pub mod storage;
+pub mod token;

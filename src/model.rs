@@ -1,0 +1,287 @@
+//! Domain types shared by every layer: namespaces, events, clustering keys,
+//! bucket arithmetic and the request limits. Nothing here knows about gRPC or
+//! Cassandra.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+/// Default bucket width when a namespace is created with 0: one hour.
+pub const DEFAULT_BUCKET_WIDTH_MICROS: i64 = 3_600_000_000;
+/// Smallest allowed bucket width: one millisecond.
+pub const MIN_BUCKET_WIDTH_MICROS: i64 = 1_000;
+/// Most shards a namespace may have.
+pub const MAX_SHARDS: u32 = 256;
+/// Cassandra's maximum TTL (20 years).
+pub const MAX_RETENTION_SECONDS: u32 = 630_720_000;
+/// Longest namespace name.
+pub const MAX_NAMESPACE_LEN: usize = 64;
+/// Longest series id, in bytes.
+pub const MAX_SERIES_ID_LEN: usize = 256;
+/// Longest event id, in bytes.
+pub const MAX_EVENT_ID_LEN: usize = 256;
+/// Largest payload, in bytes.
+pub const MAX_PAYLOAD_LEN: usize = 1 << 20;
+/// Most tags on one event.
+pub const MAX_TAGS: usize = 32;
+/// Longest tag key, in bytes.
+pub const MAX_TAG_KEY_LEN: usize = 128;
+/// Longest tag value, in bytes.
+pub const MAX_TAG_VALUE_LEN: usize = 1024;
+/// Most events in one write batch.
+pub const MAX_BATCH_EVENTS: usize = 10_000;
+
+/// How a namespace lays its series out in storage. Immutable once created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    pub bucket_width_micros: i64,
+    pub shards: u32,
+    /// TTL applied on write; 0 means none.
+    pub retention_seconds: u32,
+}
+
+impl Namespace {
+    /// The bucket that holds `time`: floor(time / width), correct for negative
+    /// times and for the whole i64 range.
+    pub fn bucket_of(&self, time: i64) -> i64 {
+        bucket_of(time, self.bucket_width_micros)
+    }
+
+    /// The shard of an event id: a stable hash, identical on every replica and
+    /// release (changing it would orphan stored rows).
+    pub fn shard_of(&self, event_id: &str) -> u32 {
+        (fnv1a64(event_id.as_bytes()) % u64::from(self.shards)) as u32
+    }
+}
+
+/// floor(time / width) for width > 0.
+pub fn bucket_of(time: i64, width: i64) -> i64 {
+    time.div_euclid(width)
+}
+
+/// First microsecond of `bucket`, saturating at the i64 range.
+pub fn bucket_start(bucket: i64, width: i64) -> i64 {
+    (i128::from(bucket) * i128::from(width)).clamp(i128::from(i64::MIN), i128::from(i64::MAX))
+        as i64
+}
+
+/// FNV-1a, 64 bit. Chosen for being tiny and fixed forever.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes
+        .iter()
+        .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME))
+}
+
+/// One stored event of a series.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub key: Key,
+    pub payload: Bytes,
+    pub tags: HashMap<String, String>,
+}
+
+impl Row {
+    /// Bytes this row counts against a page's byte limit.
+    pub fn weight(&self) -> usize {
+        self.key.id.len()
+            + self.payload.len()
+            + self
+                .tags
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+            + std::mem::size_of::<i64>()
+    }
+}
+
+/// An event to write, already validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEvent {
+    pub series_id: String,
+    pub row: Row,
+}
+
+/// The clustering key of a row: (event time, event id), ordered by time then id.
+///
+/// A key with an empty id sorts before every row at that time (valid ids are
+/// never empty), so `Key::boundary(t)` is an exclusive bound that includes
+/// every row at time `t` and after.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    pub time: i64,
+    pub id: String,
+}
+
+impl Key {
+    pub fn new(time: i64, id: impl Into<String>) -> Self {
+        Self {
+            time,
+            id: id.into(),
+        }
+    }
+
+    /// The position just before every row at `time`.
+    pub fn boundary(time: i64) -> Self {
+        Self::new(time, String::new())
+    }
+}
+
+/// Read order over the clustering key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Order {
+    Ascending,
+    Descending,
+}
+
+/// The part of clustering-key space still to read: rows strictly between
+/// `after` and `before`. Ascending reads move `after` forward; descending
+/// reads move `before` back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub after: Key,
+    pub before: Key,
+}
+
+impl Span {
+    /// The span of a time range [start, end).
+    pub fn of_range(start: i64, end: i64) -> Self {
+        Self {
+            after: Key::boundary(start),
+            before: Key::boundary(end),
+        }
+    }
+
+    /// Whether `key` lies strictly inside the span.
+    pub fn contains(&self, key: &Key) -> bool {
+        &self.after < key && key < &self.before
+    }
+
+    /// First and last bucket (inclusive) that can hold rows of the span, or
+    /// None when the span is empty.
+    pub fn buckets(&self, width: i64) -> Option<(i64, i64)> {
+        let first = bucket_of(self.after.time, width);
+        // `before` is exclusive; a boundary key excludes its whole time.
+        let last_time = if self.before.id.is_empty() {
+            self.before.time.checked_sub(1)?
+        } else {
+            self.before.time
+        };
+        let last = bucket_of(last_time, width);
+        (self.after < self.before && first <= last).then_some((first, last))
+    }
+
+    /// The span narrowed to what remains after reading up to `frontier` in
+    /// `order` (the frontier itself excluded).
+    pub fn resume_from(&self, frontier: &Key, order: Order) -> Self {
+        match order {
+            Order::Ascending => Self {
+                after: frontier.clone(),
+                before: self.before.clone(),
+            },
+            Order::Descending => Self {
+                after: self.after.clone(),
+                before: frontier.clone(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_floor_negative_times() {
+        assert_eq!(bucket_of(-1, 10), -1);
+        assert_eq!(bucket_of(-10, 10), -1);
+        assert_eq!(bucket_of(-11, 10), -2);
+        assert_eq!(bucket_of(0, 10), 0);
+        assert_eq!(bucket_of(9, 10), 0);
+        assert_eq!(bucket_of(10, 10), 1);
+    }
+
+    #[test]
+    fn buckets_at_i64_extremes() {
+        let w = 60_000_000;
+        assert_eq!(bucket_of(i64::MIN, w), i64::MIN.div_euclid(w));
+        assert_eq!(bucket_of(i64::MAX, w), i64::MAX / w);
+        assert!(bucket_start(bucket_of(i64::MIN, w), w) <= i64::MIN + w);
+        assert_eq!(bucket_start(i64::MAX, w), i64::MAX);
+        assert_eq!(bucket_start(i64::MIN, w), i64::MIN);
+        assert_eq!(bucket_start(-1, w), -w);
+        // Every time lies in [start(b), start(b+1)).
+        for t in [
+            i64::MIN,
+            i64::MIN + 1,
+            -w - 1,
+            -w,
+            -1,
+            0,
+            1,
+            w - 1,
+            w,
+            i64::MAX - 1,
+        ] {
+            let b = bucket_of(t, w);
+            assert!(bucket_start(b, w) <= t, "t={t}");
+            assert!(
+                t < bucket_start(b + 1, w) || b == bucket_of(i64::MAX, w),
+                "t={t}"
+            );
+        }
+    }
+
+    #[test]
+    fn span_buckets_respect_exclusive_end() {
+        let s = Span::of_range(0, 20);
+        assert_eq!(s.buckets(10), Some((0, 1)));
+        let s = Span::of_range(0, 21);
+        assert_eq!(s.buckets(10), Some((0, 2)));
+        let s = Span::of_range(-5, 5);
+        assert_eq!(s.buckets(10), Some((-1, 0)));
+        assert_eq!(Span::of_range(5, 5).buckets(10), None);
+        assert_eq!(Span::of_range(i64::MIN, i64::MIN).buckets(10), None);
+        assert_eq!(
+            Span::of_range(i64::MIN, i64::MAX).buckets(10),
+            Some((i64::MIN / 10 - 1, (i64::MAX - 1) / 10))
+        );
+        // A row key as `before` keeps its own time's bucket.
+        let s = Span {
+            after: Key::boundary(0),
+            before: Key::new(20, "x"),
+        };
+        assert_eq!(s.buckets(10), Some((0, 2)));
+    }
+
+    #[test]
+    fn span_contains_is_exclusive_and_boundary_includes_time() {
+        let s = Span::of_range(10, 20);
+        assert!(s.contains(&Key::new(10, "a")));
+        assert!(s.contains(&Key::new(19, "zzz")));
+        assert!(!s.contains(&Key::new(20, "a")));
+        assert!(!s.contains(&Key::new(9, "z")));
+        let r = s.resume_from(&Key::new(12, "b"), Order::Ascending);
+        assert!(!r.contains(&Key::new(12, "b")));
+        assert!(r.contains(&Key::new(12, "c")));
+        let r = s.resume_from(&Key::new(12, "b"), Order::Descending);
+        assert!(r.contains(&Key::new(12, "a")));
+        assert!(!r.contains(&Key::new(12, "b")));
+    }
+
+    #[test]
+    fn shard_hash_is_stable() {
+        // Fixed vectors: these must never change (stored rows depend on them).
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let ns = Namespace {
+            name: "n".into(),
+            bucket_width_micros: 10,
+            shards: 4,
+            retention_seconds: 0,
+        };
+        assert_eq!(ns.shard_of("a"), (0xaf63_dc4c_8601_ec8c_u64 % 4) as u32);
+    }
+}

@@ -1,0 +1,318 @@
+//! The gRPC service: thin handlers that validate, compute the budget, verify
+//! tokens, call the engine and map errors. Also the testable entry point
+//! [`serve`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tokio_stream::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::api::{self, pb, ReadParams};
+use crate::engine::budget::{parse_grpc_timeout, Budget, BudgetConfig};
+use crate::engine::{ReadEngine, ReadRequest, RowSink};
+use crate::error::ServiceError;
+use crate::model::{Key, Namespace, Order, Row, Span};
+use crate::storage::{Created, Storage};
+use crate::token::{KeyRing, QueryFingerprint};
+
+/// Rows per StreamEvents batch at most.
+pub const STREAM_BATCH_ROWS: usize = 1000;
+
+/// The Hourglass gRPC service over a store.
+pub struct HourglassService<S> {
+    engine: Arc<ReadEngine<S>>,
+    keys: KeyRing,
+    budget: BudgetConfig,
+    /// Namespaces are immutable once created, so a hit never goes stale.
+    namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
+}
+
+impl<S: Storage> HourglassService<S> {
+    pub fn new(engine: Arc<ReadEngine<S>>, keys: KeyRing, budget: BudgetConfig) -> Self {
+        Self {
+            engine,
+            keys,
+            budget,
+            namespaces: RwLock::new(HashMap::new()),
+        }
+    }
+
+    async fn namespace(&self, name: &str) -> Result<Arc<Namespace>, ServiceError> {
+        if let Some(ns) = self.namespaces.read().expect("namespace cache").get(name) {
+            return Ok(ns.clone());
+        }
+        let ns = self
+            .engine
+            .storage()
+            .get_namespace(name)
+            .await?
+            .ok_or_else(|| ServiceError::NamespaceNotFound(name.to_string()))?;
+        let ns = Arc::new(ns);
+        self.namespaces
+            .write()
+            .expect("namespace cache")
+            .insert(name.to_string(), ns.clone());
+        Ok(ns)
+    }
+
+    /// Validates a read, starts its budget and resolves its token.
+    async fn prepare_read(
+        &self,
+        request: Request<pb::ReadEventsRequest>,
+    ) -> Result<(ReadRequest, QueryFingerprint), ServiceError> {
+        let grpc_timeout = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let p = ReadParams::try_from(request.into_inner())?;
+        let budget = Budget::new(&self.budget, p.slo, grpc_timeout);
+        let span = tracing::Span::current();
+        span.record("namespace", p.namespace.as_str());
+        span.record("series", p.series_id.as_str());
+        span.record("budget_ms", budget.total.as_millis() as u64);
+        let namespace = self.namespace(&p.namespace).await?;
+        let fp = QueryFingerprint::new(&namespace, &p.series_id, p.start, p.end, p.order);
+        let resume_after = match &p.token {
+            None => None,
+            Some(t) => {
+                let frontier = self.keys.verify(t, &fp)?;
+                check_frontier(&frontier, p.start, p.end, p.order)?;
+                Some(frontier)
+            }
+        };
+        Ok((
+            ReadRequest {
+                namespace,
+                series_id: p.series_id.into(),
+                start: p.start,
+                end: p.end,
+                resume_after,
+                order: p.order,
+                row_limit: p.page_size,
+                byte_limit: p.page_bytes,
+                budget,
+            },
+            fp,
+        ))
+    }
+}
+
+/// A verified token's frontier must still lie within its range (it always
+/// does for tokens we issued; this guards against signing-key misuse).
+fn check_frontier(k: &Key, start: i64, end: i64, order: Order) -> Result<(), ServiceError> {
+    let range = Span::of_range(start, end);
+    let ok = match order {
+        Order::Ascending => k >= &range.after && k <= &range.before,
+        Order::Descending => k > &range.after && k <= &range.before,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::invalid(
+            "continuation_token",
+            "position lies outside the requested range",
+        ))
+    }
+}
+
+fn record_outcome(outcome: &str) {
+    tracing::Span::current().record("outcome", outcome);
+}
+
+#[tonic::async_trait]
+impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
+    #[tracing::instrument(name = "CreateNamespace", skip_all, fields(namespace, outcome))]
+    async fn create_namespace(
+        &self,
+        request: Request<pb::CreateNamespaceRequest>,
+    ) -> Result<Response<pb::Namespace>, Status> {
+        let pb::CreateNamespaceRequest { namespace } = request.into_inner();
+        let ns = Namespace::try_from(namespace.unwrap_or_default())?;
+        tracing::Span::current().record("namespace", ns.name.as_str());
+        let result = match self.engine.storage().create_namespace(&ns).await {
+            Ok(Created::New) => Ok(ns),
+            Ok(Created::Existing(existing)) if existing == ns => Ok(ns),
+            Ok(Created::Existing(existing)) => Err(ServiceError::NamespaceConflict(existing)),
+            Err(e) => Err(e.into()),
+        };
+        record_outcome(if result.is_ok() { "ok" } else { "error" });
+        Ok(Response::new(result?.into()))
+    }
+
+    #[tracing::instrument(name = "GetNamespace", skip_all, fields(namespace, outcome))]
+    async fn get_namespace(
+        &self,
+        request: Request<pb::GetNamespaceRequest>,
+    ) -> Result<Response<pb::Namespace>, Status> {
+        let pb::GetNamespaceRequest { name } = request.into_inner();
+        api::check_namespace_name("name", &name)?;
+        tracing::Span::current().record("namespace", name.as_str());
+        let ns = self.namespace(&name).await?;
+        Ok(Response::new((*ns).clone().into()))
+    }
+
+    #[tracing::instrument(name = "WriteEvents", skip_all, fields(namespace, events, outcome))]
+    async fn write_events(
+        &self,
+        request: Request<pb::WriteEventsRequest>,
+    ) -> Result<Response<pb::WriteEventsResponse>, Status> {
+        let pb::WriteEventsRequest { namespace, events } = request.into_inner();
+        api::check_namespace_name("namespace", &namespace)?;
+        tracing::Span::current().record("namespace", namespace.as_str());
+        let events = api::validate_events(events)?;
+        tracing::Span::current().record("events", events.len());
+        let ns = self.namespace(&namespace).await?;
+        let written = self.engine.storage().write_events(&ns, &events).await;
+        record_outcome(if written.is_ok() { "ok" } else { "error" });
+        written.map_err(ServiceError::from)?;
+        Ok(Response::new(pb::WriteEventsResponse {
+            written: events.len() as u64,
+        }))
+    }
+
+    #[tracing::instrument(
+        name = "ReadEvents",
+        skip_all,
+        fields(namespace, series, budget_ms, outcome)
+    )]
+    async fn read_events(
+        &self,
+        request: Request<pb::ReadEventsRequest>,
+    ) -> Result<Response<pb::ReadEventsResponse>, Status> {
+        let (req, fp) = self.prepare_read(request).await?;
+        let mut rows = Vec::new();
+        let outcome = self.engine.read(&req, &mut rows).await.map_err(|e| {
+            record_outcome("error");
+            ServiceError::from(e)
+        })?;
+        let end = api::stream_end(outcome, |k| self.keys.issue(&fp, k));
+        record_outcome(if end.partial { "partial" } else { "complete" });
+        let pb::StreamEnd {
+            partial,
+            partial_reason,
+            continuation_token,
+            watermark_micros,
+            stats,
+        } = end;
+        Ok(Response::new(pb::ReadEventsResponse {
+            events: rows
+                .into_iter()
+                .map(|r| api::event_of(&req.series_id, r))
+                .collect(),
+            partial,
+            partial_reason,
+            continuation_token,
+            watermark_micros,
+            stats,
+        }))
+    }
+
+    type StreamEventsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::StreamEventsResponse, Status>> + Send>,
+    >;
+
+    #[tracing::instrument(
+        name = "StreamEvents",
+        skip_all,
+        fields(namespace, series, budget_ms, outcome)
+    )]
+    async fn stream_events(
+        &self,
+        request: Request<pb::ReadEventsRequest>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let (req, fp) = self.prepare_read(request).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let guard = cancel.clone().drop_guard();
+        let engine = self.engine.clone();
+        let keys = self.keys.clone();
+        let run = async move {
+            let mut sink = StreamSink {
+                series_id: req.series_id.clone(),
+                buf: Vec::new(),
+                tx: tx.clone(),
+            };
+            let msg = match engine.read(&req, &mut sink).await {
+                Ok(outcome) => {
+                    let end = api::stream_end(outcome, |k| keys.issue(&fp, k));
+                    record_outcome(if end.partial { "partial" } else { "complete" });
+                    Ok(pb::StreamEventsResponse {
+                        message: Some(pb::stream_events_response::Message::End(end)),
+                    })
+                }
+                Err(e) => {
+                    record_outcome("error");
+                    Err(ServiceError::from(e).into())
+                }
+            };
+            let _ = tx.send(msg);
+        };
+        // The read stops as soon as the client drops the stream (guard dropped).
+        tokio::spawn(
+            async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => tracing::debug!("client went away; read abandoned"),
+                    _ = run => {}
+                }
+            }
+            .in_current_span(),
+        );
+        let stream = UnboundedReceiverStream::new(rx).map(move |m| {
+            let _alive = &guard;
+            m
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Sends rows in batches as the engine produces them.
+struct StreamSink {
+    series_id: Arc<str>,
+    buf: Vec<pb::Event>,
+    tx: mpsc::UnboundedSender<Result<pb::StreamEventsResponse, Status>>,
+}
+
+impl RowSink for StreamSink {
+    fn push(&mut self, row: Row) {
+        self.buf.push(api::event_of(&self.series_id, row));
+        if self.buf.len() >= STREAM_BATCH_ROWS {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.buf);
+        let _ = self.tx.send(Ok(pb::StreamEventsResponse {
+            message: Some(pb::stream_events_response::Message::Batch(pb::EventBatch {
+                events,
+            })),
+        }));
+    }
+}
+
+/// Serves `service` on `listener` until `shutdown` completes, then lets
+/// in-flight calls finish.
+pub async fn serve<S: Storage>(
+    listener: TcpListener,
+    service: HourglassService<S>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let svc = pb::hourglass_server::HourglassServer::new(service)
+        .max_decoding_message_size(api::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(api::MAX_MESSAGE_BYTES);
+    tonic::transport::Server::builder()
+        .add_service(svc)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

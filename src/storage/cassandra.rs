@@ -1,0 +1,507 @@
+//! Cassandra / ScyllaDB storage through the scylla driver.
+//!
+//! Tables (in the configured keyspace, created idempotently):
+//! * `namespaces`: one row per namespace and its bucketing.
+//! * `events`: partition (namespace, series_id, bucket, shard), clustering
+//!   (event_time, event_id) ascending; payload and frozen tags (frozen, so an
+//!   insert writes no collection tombstone).
+//! * `series_buckets`: partition (namespace, series_id), clustering bucket:
+//!   the index of non-empty buckets, so sparse reads skip empty buckets.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::Consistency;
+use scylla::value::MaybeUnset;
+
+use super::{BucketQuery, Created, ShardQuery, Storage, StorageError};
+use crate::model::{Key, Namespace, NewEvent, Order, Row};
+
+/// Default replication for a keyspace created by Hourglass.
+pub const DEFAULT_REPLICATION: &str = "{'class': 'SimpleStrategy', 'replication_factor': 1}";
+/// Rows per unlogged single-partition batch.
+const BATCH_MAX_ROWS: usize = 200;
+/// Payload bytes per batch, well under Cassandra's default batch limits.
+const BATCH_MAX_BYTES: usize = 256 * 1024;
+/// Concurrent storage requests of one WriteEvents call.
+const WRITE_CONCURRENCY: usize = 32;
+/// How long a bucket-index entry is trusted as written without rewriting it.
+const INDEX_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Bound on remembered bucket-index entries.
+const INDEX_CACHE_MAX: usize = 100_000;
+/// Timeout of write and metadata requests.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to reach and lay out the store.
+#[derive(Clone, Debug)]
+pub struct CassandraConfig {
+    /// Contact points, `host:port`.
+    pub contact_points: Vec<String>,
+    pub keyspace: String,
+    /// CQL replication map used when the keyspace is created.
+    pub replication: String,
+    pub consistency: Consistency,
+    pub connect_timeout: Duration,
+}
+
+/// The Cassandra-backed [`Storage`].
+pub struct CassandraStore {
+    session: Session,
+    stmts: Statements,
+    /// Bucket-index entries written recently, to skip rewriting them.
+    index_cache: Mutex<HashMap<(String, String, i64), Instant>>,
+}
+
+struct Statements {
+    insert_namespace: PreparedStatement,
+    select_namespace: PreparedStatement,
+    insert_event: PreparedStatement,
+    insert_bucket: PreparedStatement,
+    read_asc: PreparedStatement,
+    read_desc: PreparedStatement,
+    buckets_asc: PreparedStatement,
+    buckets_desc: PreparedStatement,
+}
+
+type EventRow = (
+    i64,
+    String,
+    Option<Vec<u8>>,
+    Option<HashMap<String, String>>,
+);
+
+impl CassandraStore {
+    /// Connects, creates the keyspace and tables if needed and prepares statements.
+    pub async fn connect(cfg: &CassandraConfig) -> Result<Self, StorageError> {
+        let address = cfg.contact_points.join(",");
+        let connect_err = |cause: String| StorageError::Connect {
+            address: address.clone(),
+            cause,
+        };
+        let session = tokio::time::timeout(
+            cfg.connect_timeout,
+            SessionBuilder::new()
+                .known_nodes(&cfg.contact_points)
+                .connection_timeout(cfg.connect_timeout)
+                .build(),
+        )
+        .await
+        .map_err(|_| connect_err(format!("no answer within {:?}", cfg.connect_timeout)))?
+        .map_err(|e| connect_err(e.to_string()))?;
+        let ks = &cfg.keyspace;
+        if ks.is_empty() || !ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(StorageError::Fatal(format!(
+                "keyspace {ks:?} must be non-empty [A-Za-z0-9_]"
+            )));
+        }
+        for ddl in [
+            format!(
+                "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}",
+                cfg.replication
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.namespaces (name text PRIMARY KEY, \
+                 bucket_width_micros bigint, shards int, retention_seconds int)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.events (namespace text, series_id text, \
+                 bucket bigint, shard int, event_time bigint, event_id text, payload blob, \
+                 tags frozen<map<text, text>>, \
+                 PRIMARY KEY ((namespace, series_id, bucket, shard), event_time, event_id)) \
+                 WITH CLUSTERING ORDER BY (event_time ASC, event_id ASC)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.series_buckets (namespace text, series_id text, \
+                 bucket bigint, PRIMARY KEY ((namespace, series_id), bucket))"
+            ),
+        ] {
+            session.query_unpaged(ddl, ()).await.map_err(classify)?;
+        }
+        let prepare = |cql: String| {
+            let session = &session;
+            async move {
+                let mut p = session
+                    .prepare(cql)
+                    .await
+                    .map_err(|e| StorageError::Fatal(e.to_string()))?;
+                p.set_consistency(cfg.consistency);
+                p.set_is_idempotent(true);
+                Ok::<_, StorageError>(p)
+            }
+        };
+        let read = |dir: &str| {
+            format!(
+                "SELECT event_time, event_id, payload, tags FROM {ks}.events \
+                 WHERE namespace = ? AND series_id = ? AND bucket = ? AND shard = ? \
+                 AND (event_time, event_id) > (?, ?) AND (event_time, event_id) < (?, ?) \
+                 ORDER BY event_time {dir}, event_id {dir} LIMIT ?"
+            )
+        };
+        let buckets = |dir: &str| {
+            format!(
+                "SELECT bucket FROM {ks}.series_buckets WHERE namespace = ? AND series_id = ? \
+                 AND bucket >= ? AND bucket <= ? ORDER BY bucket {dir} LIMIT ?"
+            )
+        };
+        let mut insert_namespace = prepare(format!(
+            "INSERT INTO {ks}.namespaces (name, bucket_width_micros, shards, retention_seconds) \
+             VALUES (?, ?, ?, ?) IF NOT EXISTS"
+        ))
+        .await?;
+        insert_namespace.set_is_idempotent(false);
+        let stmts = Statements {
+            insert_namespace,
+            select_namespace: prepare(format!(
+                "SELECT name, bucket_width_micros, shards, retention_seconds \
+                 FROM {ks}.namespaces WHERE name = ?"
+            ))
+            .await?,
+            insert_event: prepare(format!(
+                "INSERT INTO {ks}.events (namespace, series_id, bucket, shard, event_time, \
+                 event_id, payload, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+            ))
+            .await?,
+            insert_bucket: prepare(format!(
+                "INSERT INTO {ks}.series_buckets (namespace, series_id, bucket) \
+                 VALUES (?, ?, ?) USING TTL ?"
+            ))
+            .await?,
+            read_asc: prepare(read("ASC")).await?,
+            read_desc: prepare(read("DESC")).await?,
+            buckets_asc: prepare(buckets("ASC")).await?,
+            buckets_desc: prepare(buckets("DESC")).await?,
+        };
+        Ok(Self {
+            session,
+            stmts,
+            index_cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Writes rows of one partition as one unlogged batch (one mutation).
+    async fn write_batch(
+        &self,
+        ns: &Namespace,
+        series: &str,
+        bucket: i64,
+        shard: u32,
+        rows: &[&NewEvent],
+    ) -> Result<(), ExecutionError> {
+        let mut batch = Batch::new(BatchType::Unlogged);
+        if let Some(c) = self.stmts.insert_event.get_consistency() {
+            batch.set_consistency(c);
+        }
+        batch.set_request_timeout(Some(WRITE_TIMEOUT));
+        batch.set_is_idempotent(true);
+        let ttl = ns.retention_seconds as i32;
+        let mut values = Vec::with_capacity(rows.len());
+        for e in rows {
+            batch.append_statement(self.stmts.insert_event.clone());
+            let tags = if e.row.tags.is_empty() {
+                MaybeUnset::Unset
+            } else {
+                MaybeUnset::Set(&e.row.tags)
+            };
+            values.push((
+                ns.name.as_str(),
+                series,
+                bucket,
+                shard as i32,
+                e.row.key.time,
+                e.row.key.id.as_str(),
+                e.row.payload.as_ref(),
+                tags,
+                ttl,
+            ));
+        }
+        self.session.batch(&batch, values).await.map(|_| ())
+    }
+
+    /// The driver session, for tools that scan directly (benchmarks).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    fn index_cached(&self, key: &(String, String, i64)) -> bool {
+        let cache = self.index_cache.lock().expect("index cache lock");
+        cache
+            .get(key)
+            .is_some_and(|t| t.elapsed() < INDEX_CACHE_TTL)
+    }
+
+    fn remember_index(&self, keys: impl IntoIterator<Item = (String, String, i64)>) {
+        let mut cache = self.index_cache.lock().expect("index cache lock");
+        if cache.len() > INDEX_CACHE_MAX {
+            cache.clear();
+        }
+        let now = Instant::now();
+        cache.extend(keys.into_iter().map(|k| (k, now)));
+    }
+}
+
+/// Runs storage requests with at most [`WRITE_CONCURRENCY`] in flight,
+/// stopping at the first error.
+async fn run_bounded<T>(
+    requests: Vec<impl std::future::Future<Output = Result<T, ExecutionError>>>,
+) -> Result<(), StorageError> {
+    let mut requests = futures::stream::iter(requests).buffer_unordered(WRITE_CONCURRENCY);
+    while let Some(r) = requests.next().await {
+        r.map_err(classify)?;
+    }
+    Ok(())
+}
+
+/// Maps driver errors onto retryable and non-retryable storage errors, the
+/// way latte does: timeouts, overload and unavailability are transient.
+fn classify(err: ExecutionError) -> StorageError {
+    let transient = match &err {
+        ExecutionError::RequestTimeout(_)
+        | ExecutionError::ConnectionPoolError(_)
+        | ExecutionError::EmptyPlan => true,
+        ExecutionError::LastAttemptError(attempt) => match attempt {
+            RequestAttemptError::DbError(db, _) => matches!(
+                db,
+                DbError::Overloaded
+                    | DbError::Unavailable { .. }
+                    | DbError::ReadTimeout { .. }
+                    | DbError::WriteTimeout { .. }
+                    | DbError::IsBootstrapping
+            ),
+            RequestAttemptError::BrokenConnectionError(_)
+            | RequestAttemptError::UnableToAllocStreamId => true,
+            _ => false,
+        },
+        _ => false,
+    };
+    if transient {
+        StorageError::Transient(err.to_string())
+    } else {
+        StorageError::Fatal(err.to_string())
+    }
+}
+
+fn with_timeout(stmt: &PreparedStatement, timeout: Duration) -> PreparedStatement {
+    let mut s = stmt.clone();
+    s.set_request_timeout(Some(timeout));
+    s
+}
+
+impl Storage for CassandraStore {
+    async fn create_namespace(&self, ns: &Namespace) -> Result<Created, StorageError> {
+        let stmt = with_timeout(&self.stmts.insert_namespace, WRITE_TIMEOUT);
+        let res = self
+            .session
+            .execute_unpaged(
+                &stmt,
+                (
+                    &ns.name,
+                    ns.bucket_width_micros,
+                    ns.shards as i32,
+                    ns.retention_seconds as i32,
+                ),
+            )
+            .await
+            .map_err(classify)?;
+        let rows = res
+            .into_rows_result()
+            .map_err(|e| StorageError::Fatal(e.to_string()))?;
+        let (applied,) = rows
+            .first_row::<(bool,)>()
+            .or_else(|_| {
+                // On conflict Cassandra returns [applied] plus the existing columns.
+                rows.first_row::<(bool, Option<String>, Option<i64>, Option<i32>, Option<i32>)>()
+                    .map(|r| (r.0,))
+            })
+            .map_err(|e| StorageError::Fatal(e.to_string()))?;
+        if applied {
+            return Ok(Created::New);
+        }
+        match self.get_namespace(&ns.name).await? {
+            Some(existing) => Ok(Created::Existing(existing)),
+            None => Err(StorageError::Fatal(format!(
+                "namespace {} neither created nor found",
+                ns.name
+            ))),
+        }
+    }
+
+    async fn get_namespace(&self, name: &str) -> Result<Option<Namespace>, StorageError> {
+        let stmt = with_timeout(&self.stmts.select_namespace, WRITE_TIMEOUT);
+        let res = self
+            .session
+            .execute_unpaged(&stmt, (name,))
+            .await
+            .map_err(classify)?;
+        let rows = res
+            .into_rows_result()
+            .map_err(|e| StorageError::Fatal(e.to_string()))?;
+        let row = rows
+            .maybe_first_row::<(String, i64, i32, i32)>()
+            .map_err(|e| StorageError::Fatal(e.to_string()))?;
+        Ok(row.map(|(name, width, shards, retention)| Namespace {
+            name,
+            bucket_width_micros: width,
+            shards: shards as u32,
+            retention_seconds: retention as u32,
+        }))
+    }
+
+    async fn write_events(&self, ns: &Namespace, events: &[NewEvent]) -> Result<(), StorageError> {
+        // Group by partition so each batch is a single-partition mutation.
+        let mut partitions: BTreeMap<(&str, i64, u32), Vec<&NewEvent>> = BTreeMap::new();
+        for e in events {
+            let bucket = ns.bucket_of(e.row.key.time);
+            partitions
+                .entry((&e.series_id, bucket, ns.shard_of(&e.row.key.id)))
+                .or_default()
+                .push(e);
+        }
+        // The index outlives its rows: rows written while the entry is cached
+        // expire at most INDEX_CACHE_TTL after it.
+        let ttl = match ns.retention_seconds {
+            0 => 0,
+            r => r.saturating_add(2 * INDEX_CACHE_TTL.as_secs() as u32) as i32,
+        };
+        let mut index: Vec<(String, String, i64)> = partitions
+            .keys()
+            .map(|(s, b, _)| (ns.name.clone(), s.to_string(), *b))
+            .collect();
+        index.dedup();
+        index.retain(|k| !self.index_cached(k));
+        let insert_bucket = with_timeout(&self.stmts.insert_bucket, WRITE_TIMEOUT);
+        let mut index_writes = Vec::with_capacity(index.len());
+        for (n, s, b) in &index {
+            index_writes.push(
+                self.session
+                    .execute_unpaged(&insert_bucket, (n, s, *b, ttl)),
+            );
+        }
+        run_bounded(index_writes).await?;
+        self.remember_index(index);
+
+        let mut batches = Vec::new();
+        for (&(series, bucket, shard), rows) in &partitions {
+            let mut start = 0;
+            while start < rows.len() {
+                let mut bytes = 0;
+                let mut end = start;
+                while end < rows.len()
+                    && end - start < BATCH_MAX_ROWS
+                    && (end == start || bytes + rows[end].row.weight() <= BATCH_MAX_BYTES)
+                {
+                    bytes += rows[end].row.weight();
+                    end += 1;
+                }
+                batches.push(self.write_batch(ns, series, bucket, shard, &rows[start..end]));
+                start = end;
+            }
+        }
+        run_bounded(batches).await
+    }
+
+    async fn list_buckets(&self, q: BucketQuery) -> Result<Vec<i64>, StorageError> {
+        let stmt = match q.order {
+            Order::Ascending => &self.stmts.buckets_asc,
+            Order::Descending => &self.stmts.buckets_desc,
+        };
+        let stmt = with_timeout(stmt, q.timeout);
+        let limit = i32::try_from(q.limit).unwrap_or(i32::MAX);
+        let res = self
+            .session
+            .execute_unpaged(
+                &stmt,
+                (&q.namespace.name, &*q.series_id, q.first, q.last, limit),
+            )
+            .await
+            .map_err(classify)?;
+        let rows = res
+            .into_rows_result()
+            .map_err(|e| StorageError::Fatal(e.to_string()))?;
+        rows.rows::<(i64,)>()
+            .map_err(|e| StorageError::Fatal(e.to_string()))?
+            .map(|r| {
+                r.map(|(b,)| b)
+                    .map_err(|e| StorageError::Fatal(e.to_string()))
+            })
+            .collect()
+    }
+
+    async fn read_shard(&self, q: ShardQuery) -> Result<Vec<Row>, StorageError> {
+        if q.span.after >= q.span.before {
+            return Ok(Vec::new());
+        }
+        let stmt = match q.order {
+            Order::Ascending => &self.stmts.read_asc,
+            Order::Descending => &self.stmts.read_desc,
+        };
+        let mut stmt = with_timeout(stmt, q.timeout);
+        let limit = i32::try_from(q.limit).unwrap_or(i32::MAX);
+        stmt.set_page_size(limit.max(1));
+        let res = self
+            .session
+            .execute_unpaged(
+                &stmt,
+                (
+                    &q.namespace.name,
+                    &*q.series_id,
+                    q.bucket,
+                    q.shard as i32,
+                    q.span.after.time,
+                    &q.span.after.id,
+                    q.span.before.time,
+                    &q.span.before.id,
+                    limit,
+                ),
+            )
+            .await
+            .map_err(classify)?;
+        let rows = res
+            .into_rows_result()
+            .map_err(|e| StorageError::Fatal(e.to_string()))?;
+        rows.rows::<EventRow>()
+            .map_err(|e| StorageError::Fatal(e.to_string()))?
+            .map(|r| {
+                r.map(|(time, id, payload, tags)| Row {
+                    key: Key { time, id },
+                    payload: payload.map(bytes::Bytes::from).unwrap_or_default(),
+                    tags: tags.unwrap_or_default(),
+                })
+                .map_err(|e| StorageError::Fatal(e.to_string()))
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for CassandraStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CassandraStore").finish_non_exhaustive()
+    }
+}
+
+/// Parses a consistency level name (`one`, `local_quorum`, ...).
+pub fn parse_consistency(s: &str) -> Result<Consistency, String> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "any" => Consistency::Any,
+        "one" => Consistency::One,
+        "two" => Consistency::Two,
+        "three" => Consistency::Three,
+        "quorum" => Consistency::Quorum,
+        "all" => Consistency::All,
+        "local_quorum" => Consistency::LocalQuorum,
+        "each_quorum" => Consistency::EachQuorum,
+        "local_one" => Consistency::LocalOne,
+        other => {
+            return Err(format!(
+                "unknown consistency {other:?}; expected one of any, one, two, three, quorum, \
+                 all, local_quorum, each_quorum, local_one"
+            ))
+        }
+    })
+}

@@ -1,0 +1,419 @@
+//! Continuation tokens: a signed, stateless position in clustering-key terms.
+//!
+//! A token says "this query, resumed strictly after key K". It holds no
+//! Cassandra paging state, so it works on any replica of the service, after
+//! restarts and across storage node changes. Layout (version 1), then
+//! base64url without padding:
+//!
+//! ```text
+//! u8 version | u8 key-id len | key id | u64 expires (unix s) |
+//! [16] query fingerprint | i64 frontier time | u16 id len | frontier id |
+//! [16] HMAC-SHA256(key, all previous bytes), truncated
+//! ```
+//!
+//! Invariants: a token decodes only if its MAC verifies under the key named
+//! inside it, it has not expired, and its fingerprint equals the fingerprint
+//! of the request presenting it (namespace, series, range, order and the
+//! namespace's bucketing). A token therefore grants nothing: it can only
+//! resume the very query it came from.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::model::{Key, Namespace, Order, MAX_EVENT_ID_LEN};
+
+/// Current token format version.
+pub const TOKEN_VERSION: u8 = 1;
+const FINGERPRINT_LEN: usize = 16;
+const MAC_LEN: usize = 16;
+/// Shortest secret accepted for signing.
+pub const MIN_SECRET_LEN: usize = 16;
+/// Longest key id.
+pub const MAX_KEY_ID_LEN: usize = 32;
+/// Longest token string accepted before decoding.
+pub const MAX_TOKEN_LEN: usize = 1024;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    /// Not base64url, too short, too long or structurally broken.
+    #[error("continuation token is malformed: {0}")]
+    Malformed(&'static str),
+    /// A format version this server does not read.
+    #[error("continuation token version {0} is not supported")]
+    UnsupportedVersion(u8),
+    /// Signed with a key id this server does not hold.
+    #[error("continuation token was signed with unknown key id {0:?}")]
+    UnknownKey(String),
+    /// The MAC does not verify: the token was altered or forged.
+    #[error("continuation token signature is invalid")]
+    BadSignature,
+    /// The token is past its expiry.
+    #[error("continuation token expired")]
+    Expired,
+    /// The token belongs to a different query (or the namespace's bucketing changed).
+    #[error("continuation token belongs to a different query")]
+    QueryMismatch,
+}
+
+/// Why a key ring could not be built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyRingError {
+    /// No key given.
+    #[error("no token signing key configured")]
+    Empty,
+    /// An entry is not `id:secret`, or the id is empty or too long.
+    #[error("token key entry {0} is not of the form id:secret (id 1-32 chars)")]
+    BadEntry(usize),
+    /// A secret is shorter than [`MIN_SECRET_LEN`].
+    #[error("token key {0:?} is shorter than {MIN_SECRET_LEN} bytes")]
+    ShortSecret(String),
+    /// The same id appears twice.
+    #[error("token key id {0:?} appears twice")]
+    DuplicateId(String),
+}
+
+/// The server's signing keys: the first signs, all verify (for rotation).
+#[derive(Clone)]
+pub struct KeyRing {
+    signing_id: String,
+    keys: HashMap<String, Vec<u8>>,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secrets.
+        f.debug_struct("KeyRing")
+            .field("signing_id", &self.signing_id)
+            .field("key_ids", &self.keys.keys().collect::<Vec<_>>())
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+impl KeyRing {
+    /// Parses `id:secret[,id:secret...]`; the first entry signs new tokens.
+    pub fn parse(spec: &str, ttl: Duration) -> Result<Self, KeyRingError> {
+        let mut keys = HashMap::new();
+        let mut signing_id = None;
+        for (i, entry) in spec
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .enumerate()
+        {
+            let (id, secret) = entry.split_once(':').ok_or(KeyRingError::BadEntry(i))?;
+            if id.is_empty() || id.len() > MAX_KEY_ID_LEN {
+                return Err(KeyRingError::BadEntry(i));
+            }
+            if secret.len() < MIN_SECRET_LEN {
+                return Err(KeyRingError::ShortSecret(id.to_string()));
+            }
+            if keys
+                .insert(id.to_string(), secret.as_bytes().to_vec())
+                .is_some()
+            {
+                return Err(KeyRingError::DuplicateId(id.to_string()));
+            }
+            signing_id.get_or_insert_with(|| id.to_string());
+        }
+        Ok(Self {
+            signing_id: signing_id.ok_or(KeyRingError::Empty)?,
+            keys,
+            ttl,
+        })
+    }
+
+    /// Id of the key that signs new tokens.
+    pub fn signing_id(&self) -> &str {
+        &self.signing_id
+    }
+
+    /// Signs a token for `query` resuming after `frontier`.
+    pub fn issue(&self, query: &QueryFingerprint, frontier: &Key) -> String {
+        self.issue_at(query, frontier, unix_now())
+    }
+
+    /// [`KeyRing::issue`] with an explicit clock, for tests.
+    pub fn issue_at(&self, query: &QueryFingerprint, frontier: &Key, now: u64) -> String {
+        let id = self.signing_id.as_bytes();
+        let mut buf = Vec::with_capacity(64 + id.len() + frontier.id.len());
+        buf.push(TOKEN_VERSION);
+        buf.push(id.len() as u8);
+        buf.extend_from_slice(id);
+        buf.extend_from_slice(&now.saturating_add(self.ttl.as_secs()).to_be_bytes());
+        buf.extend_from_slice(&query.0);
+        buf.extend_from_slice(&frontier.time.to_be_bytes());
+        buf.extend_from_slice(&(frontier.id.len() as u16).to_be_bytes());
+        buf.extend_from_slice(frontier.id.as_bytes());
+        let mac = mac(&self.keys[&self.signing_id], &buf);
+        buf.extend_from_slice(&mac);
+        URL_SAFE_NO_PAD.encode(buf)
+    }
+
+    /// Verifies `token` for `query` and returns the frontier it resumes after.
+    pub fn verify(&self, token: &str, query: &QueryFingerprint) -> Result<Key, TokenError> {
+        self.verify_at(token, query, unix_now())
+    }
+
+    /// [`KeyRing::verify`] with an explicit clock, for tests.
+    pub fn verify_at(
+        &self,
+        token: &str,
+        query: &QueryFingerprint,
+        now: u64,
+    ) -> Result<Key, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Malformed("too long"));
+        }
+        let raw = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| TokenError::Malformed("not base64url"))?;
+        let mut r = Reader(&raw);
+        let version = r.u8()?;
+        if version != TOKEN_VERSION {
+            return Err(TokenError::UnsupportedVersion(version));
+        }
+        let id_len = usize::from(r.u8()?);
+        let id = std::str::from_utf8(r.take(id_len)?)
+            .map_err(|_| TokenError::Malformed("key id is not UTF-8"))?;
+        let key = self
+            .keys
+            .get(id)
+            .ok_or_else(|| TokenError::UnknownKey(id.chars().take(MAX_KEY_ID_LEN).collect()))?;
+        let signed_len = raw
+            .len()
+            .checked_sub(MAC_LEN)
+            .ok_or(TokenError::Malformed("truncated"))?;
+        let (signed, tag) = raw.split_at(signed_len);
+        let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+        m.update(signed);
+        m.verify_truncated_left(tag)
+            .map_err(|_| TokenError::BadSignature)?;
+        // From here on the bytes are ours; still parse defensively.
+        let mut r = Reader(&signed[2 + id_len..]);
+        let expires = r.u64()?;
+        let fingerprint = r.take(FINGERPRINT_LEN)?;
+        let time = r.u64()? as i64;
+        let frontier_len = usize::from(r.u16()?);
+        if frontier_len > MAX_EVENT_ID_LEN {
+            return Err(TokenError::Malformed("frontier id too long"));
+        }
+        let frontier_id = std::str::from_utf8(r.take(frontier_len)?)
+            .map_err(|_| TokenError::Malformed("frontier id is not UTF-8"))?;
+        if !r.0.is_empty() {
+            return Err(TokenError::Malformed("trailing bytes"));
+        }
+        if now > expires {
+            return Err(TokenError::Expired);
+        }
+        if fingerprint != query.0 {
+            return Err(TokenError::QueryMismatch);
+        }
+        Ok(Key::new(time, frontier_id))
+    }
+}
+
+fn mac(key: &[u8], data: &[u8]) -> [u8; MAC_LEN] {
+    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(data);
+    let full = m.finalize().into_bytes();
+    let mut out = [0; MAC_LEN];
+    out.copy_from_slice(&full[..MAC_LEN]);
+    out
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], TokenError> {
+        if self.0.len() < n {
+            return Err(TokenError::Malformed("truncated"));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, TokenError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, TokenError> {
+        Ok(u16::from_be_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, TokenError> {
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+}
+
+/// A digest of everything a token is bound to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryFingerprint([u8; FINGERPRINT_LEN]);
+
+impl QueryFingerprint {
+    pub fn new(ns: &Namespace, series_id: &str, start: i64, end: i64, order: Order) -> Self {
+        let mut h = Sha256::new();
+        // Length-prefix strings so no two field lists hash alike.
+        for s in [ns.name.as_str(), series_id] {
+            h.update((s.len() as u64).to_be_bytes());
+            h.update(s.as_bytes());
+        }
+        h.update(start.to_be_bytes());
+        h.update(end.to_be_bytes());
+        h.update([matches!(order, Order::Descending) as u8]);
+        h.update(ns.bucket_width_micros.to_be_bytes());
+        h.update(ns.shards.to_be_bytes());
+        let mut out = [0; FINGERPRINT_LEN];
+        out.copy_from_slice(&h.finalize()[..FINGERPRINT_LEN]);
+        Self(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns() -> Namespace {
+        Namespace {
+            name: "metrics".into(),
+            bucket_width_micros: 60_000_000,
+            shards: 4,
+            retention_seconds: 0,
+        }
+    }
+
+    fn ring() -> KeyRing {
+        KeyRing::parse("k1:0123456789abcdef0123", Duration::from_secs(3600)).unwrap()
+    }
+
+    fn fp() -> QueryFingerprint {
+        QueryFingerprint::new(&ns(), "s1", 0, 1000, Order::Ascending)
+    }
+
+    #[test]
+    fn round_trip() {
+        for key in [
+            Key::new(0, "a"),
+            Key::new(i64::MIN, ""),
+            Key::new(i64::MAX, "é-ünïcode"),
+            Key::new(-5, "x".repeat(MAX_EVENT_ID_LEN)),
+        ] {
+            let t = ring().issue_at(&fp(), &key, 100);
+            assert!(t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            assert_eq!(ring().verify_at(&t, &fp(), 100), Ok(key));
+        }
+    }
+
+    #[test]
+    fn rejects_garbage_and_truncation() {
+        let r = ring();
+        assert_eq!(
+            r.verify_at("", &fp(), 0),
+            Err(TokenError::Malformed("truncated"))
+        );
+        assert_eq!(
+            r.verify_at("!!!", &fp(), 0),
+            Err(TokenError::Malformed("not base64url"))
+        );
+        assert_eq!(
+            r.verify_at(&"A".repeat(MAX_TOKEN_LEN + 1), &fp(), 0),
+            Err(TokenError::Malformed("too long"))
+        );
+        let t = r.issue_at(&fp(), &Key::new(7, "abc"), 0);
+        for cut in 1..t.len() {
+            assert!(r.verify_at(&t[..cut], &fp(), 0).is_err(), "cut {cut}");
+        }
+        assert_eq!(
+            r.verify_at(&URL_SAFE_NO_PAD.encode([9u8, 0, 0]), &fp(), 0),
+            Err(TokenError::UnsupportedVersion(9))
+        );
+    }
+
+    #[test]
+    fn rejects_tampering_anywhere() {
+        let r = ring();
+        let raw = URL_SAFE_NO_PAD
+            .decode(r.issue_at(&fp(), &Key::new(7, "abc"), 0))
+            .unwrap();
+        for i in 0..raw.len() {
+            let mut bad = raw.clone();
+            bad[i] ^= 0x01;
+            let res = r.verify_at(&URL_SAFE_NO_PAD.encode(&bad), &fp(), 0);
+            assert!(res.is_err(), "flip at byte {i} accepted");
+        }
+    }
+
+    #[test]
+    fn rejects_expired_mismatched_and_unknown_key() {
+        let r = ring();
+        let t = r.issue_at(&fp(), &Key::new(7, "abc"), 0);
+        assert_eq!(r.verify_at(&t, &fp(), 3601), Err(TokenError::Expired));
+        let other = QueryFingerprint::new(&ns(), "s2", 0, 1000, Order::Ascending);
+        assert_eq!(r.verify_at(&t, &other, 0), Err(TokenError::QueryMismatch));
+        let rebucketed = Namespace { shards: 8, ..ns() };
+        let fp2 = QueryFingerprint::new(&rebucketed, "s1", 0, 1000, Order::Ascending);
+        assert_eq!(r.verify_at(&t, &fp2, 0), Err(TokenError::QueryMismatch));
+        let stranger = KeyRing::parse("k2:fedcba9876543210fedc", Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            stranger.verify_at(&t, &fp(), 0),
+            Err(TokenError::UnknownKey("k1".into()))
+        );
+        let impostor = KeyRing::parse("k1:ffffffffffffffffffff", Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            impostor.verify_at(&t, &fp(), 0),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn rotation_accepts_old_keys() {
+        let old = ring();
+        let t = old.issue_at(&fp(), &Key::new(1, "a"), 0);
+        let rotated = KeyRing::parse(
+            "k2:fedcba9876543210fedc,k1:0123456789abcdef0123",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!(rotated.signing_id(), "k2");
+        assert_eq!(rotated.verify_at(&t, &fp(), 0), Ok(Key::new(1, "a")));
+    }
+
+    #[test]
+    fn key_ring_parsing() {
+        let ttl = Duration::from_secs(1);
+        assert_eq!(KeyRing::parse("", ttl).unwrap_err(), KeyRingError::Empty);
+        assert_eq!(
+            KeyRing::parse("nocolon", ttl).unwrap_err(),
+            KeyRingError::BadEntry(0)
+        );
+        assert_eq!(
+            KeyRing::parse("a:short", ttl).unwrap_err(),
+            KeyRingError::ShortSecret("a".into())
+        );
+        assert_eq!(
+            KeyRing::parse("a:0123456789abcdef,a:0123456789abcdef", ttl).unwrap_err(),
+            KeyRingError::DuplicateId("a".into())
+        );
+        assert!(!format!("{:?}", ring()).contains("0123456789"));
+    }
+}

@@ -1,0 +1,261 @@
+//! Shared test support: the real local Cassandra (started through the
+//! project's script, never skipped), a server on port 0 and event helpers.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use hourglass::api::pb;
+use hourglass::api::pb::hourglass_client::HourglassClient;
+use hourglass::engine::budget::BudgetConfig;
+use hourglass::engine::{EngineConfig, ReadEngine};
+use hourglass::server::{serve, HourglassService};
+use hourglass::storage::cassandra::{CassandraConfig, CassandraStore, DEFAULT_REPLICATION};
+use hourglass::token::KeyRing;
+use scylla::statement::Consistency;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// Signing keys the test servers share (so tokens survive restarts).
+pub const TEST_KEYS: &str = "test:0123456789abcdef0123456789";
+
+/// The Cassandra contact point: HOURGLASS_TEST_CASSANDRA, or the project's
+/// local node, started (idempotently) by `scripts/cassandra start`.
+pub fn cassandra() -> &'static str {
+    static ADDR: OnceLock<String> = OnceLock::new();
+    ADDR.get_or_init(|| {
+        if let Ok(addr) = std::env::var("HOURGLASS_TEST_CASSANDRA") {
+            return addr;
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cassandra");
+        let status = Command::new(script)
+            .arg("start")
+            .status()
+            .expect("run scripts/cassandra start");
+        assert!(status.success(), "scripts/cassandra start failed: {status}");
+        "127.0.0.1:19042".to_string()
+    })
+}
+
+/// A keyspace private to this test process.
+pub fn keyspace() -> String {
+    let exe = std::env::current_exe().expect("test binary path");
+    let name: String = exe
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("t")
+        .split('-')
+        .next()
+        .unwrap_or("t")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    format!("hg_{name}_{}", std::process::id())
+}
+
+pub async fn store() -> CassandraStore {
+    CassandraStore::connect(&CassandraConfig {
+        contact_points: vec![cassandra().to_string()],
+        keyspace: keyspace(),
+        replication: DEFAULT_REPLICATION.to_string(),
+        consistency: Consistency::One,
+        connect_timeout: Duration::from_secs(30),
+    })
+    .await
+    .expect("connect to the test Cassandra")
+}
+
+/// A running server; stops when dropped or on [`TestServer::stop`].
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub client: HourglassClient<Channel>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(EngineConfig::default(), BudgetConfig::default()).await
+    }
+
+    pub async fn start_with(engine: EngineConfig, budget: BudgetConfig) -> Self {
+        let store = store().await;
+        let engine = Arc::new(ReadEngine::new(Arc::new(store), engine));
+        let keys = KeyRing::parse(TEST_KEYS, Duration::from_secs(3600)).expect("test keys");
+        let service = HourglassService::new(engine, keys, budget);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            serve(listener, service, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("serve");
+        });
+        let client = HourglassClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect to test server")
+            .max_decoding_message_size(hourglass::api::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(hourglass::api::MAX_MESSAGE_BYTES);
+        Self {
+            addr,
+            client,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server and waits until it has.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("server task");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub async fn create_namespace(
+    client: &mut HourglassClient<Channel>,
+    name: &str,
+    bucket_width_micros: i64,
+    shards: u32,
+) -> pb::Namespace {
+    client
+        .create_namespace(pb::CreateNamespaceRequest {
+            namespace: Some(pb::Namespace {
+                name: name.into(),
+                bucket_width_micros,
+                shards,
+                retention_seconds: 0,
+            }),
+        })
+        .await
+        .expect("create namespace")
+        .into_inner()
+}
+
+pub fn event(series: &str, time: i64, id: &str) -> pb::Event {
+    pb::Event {
+        series_id: series.into(),
+        event_time_micros: time,
+        event_id: id.into(),
+        payload: bytes::Bytes::from(format!("payload of {time}/{id}")),
+        tags: [("k".to_string(), id.to_string())].into(),
+    }
+}
+
+/// Writes events in batches of 1000 with a few calls in flight.
+pub async fn write_all(client: &HourglassClient<Channel>, namespace: &str, events: Vec<pb::Event>) {
+    use futures::StreamExt;
+    let calls = events.chunks(1000).map(|chunk| {
+        let mut c = client.clone();
+        let req = pb::WriteEventsRequest {
+            namespace: namespace.into(),
+            events: chunk.to_vec(),
+        };
+        async move { c.write_events(req).await.expect("write events") }
+    });
+    let results: Vec<_> = futures::stream::iter(calls)
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    assert_eq!(results.len(), events.len().div_ceil(1000));
+}
+
+/// The key of an event, for comparing reads with what was written.
+pub fn key(e: &pb::Event) -> (i64, String) {
+    (e.event_time_micros, e.event_id.clone())
+}
+
+/// The events of `written` inside [start, end), in read order.
+pub fn expected(written: &[pb::Event], start: i64, end: i64, descending: bool) -> Vec<pb::Event> {
+    let mut v: Vec<pb::Event> = written
+        .iter()
+        .filter(|e| e.event_time_micros >= start && e.event_time_micros < end)
+        .cloned()
+        .collect();
+    v.sort_by_key(key);
+    if descending {
+        v.reverse();
+    }
+    v
+}
+
+pub fn read_request(namespace: &str, series: &str, start: i64, end: i64) -> pb::ReadEventsRequest {
+    pb::ReadEventsRequest {
+        namespace: namespace.into(),
+        series_id: series.into(),
+        start_time_micros: start,
+        end_time_micros: end,
+        ..Default::default()
+    }
+}
+
+/// Follows tokens to the end, checking the response invariants on the way.
+/// Returns every event and the responses.
+pub async fn read_to_end(
+    client: &mut HourglassClient<Channel>,
+    mut req: pb::ReadEventsRequest,
+) -> (Vec<pb::Event>, Vec<pb::ReadEventsResponse>) {
+    let mut events = Vec::new();
+    let mut pages = Vec::new();
+    loop {
+        let page = client
+            .read_events(req.clone())
+            .await
+            .expect("read")
+            .into_inner();
+        assert_eq!(
+            page.partial,
+            !page.continuation_token.is_empty(),
+            "partial <=> token"
+        );
+        assert_eq!(
+            page.partial,
+            page.partial_reason != pb::PartialReason::None as i32,
+            "partial <=> reason"
+        );
+        assert!(
+            page.events.len() <= effective_page_size(&req),
+            "page size respected"
+        );
+        events.extend(page.events.iter().cloned());
+        let more = page.partial;
+        req.continuation_token = page.continuation_token.clone();
+        pages.push(page);
+        if !more {
+            return (events, pages);
+        }
+        assert!(pages.len() < 1_000_000, "read does not finish");
+    }
+}
+
+fn effective_page_size(req: &pb::ReadEventsRequest) -> usize {
+    match req.page_size {
+        0 => hourglass::api::DEFAULT_PAGE_SIZE,
+        n => n as usize,
+    }
+}
+
+/// The BadRequest field named by a status.
+pub fn bad_field(status: &tonic::Status) -> Option<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
+}

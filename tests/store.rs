@@ -1,0 +1,277 @@
+//! The bucketed store through the gRPC API, against the real Cassandra.
+
+mod common;
+
+use common::*;
+use hourglass::api::pb;
+
+const WIDTH: i64 = 10_000; // 10 ms buckets
+
+/// Events over many buckets: several ids per time, times at bucket edges,
+/// negative times.
+fn wide_events(series: &str) -> Vec<pb::Event> {
+    let mut v = Vec::new();
+    for i in -60i64..240 {
+        let t = i * 1_000 + (i % 3); // about ten per bucket, some at edges
+        for id in ["a", "b"] {
+            v.push(event(series, t, &format!("{id}{}", i.rem_euclid(7))));
+        }
+    }
+    for edge in [-WIDTH, -1, 0, WIDTH - 1, WIDTH, 5 * WIDTH, 5 * WIDTH - 1] {
+        v.push(event(series, edge, "edge"));
+    }
+    v
+}
+
+#[tokio::test]
+async fn paging_in_both_orders_yields_exactly_what_was_written() {
+    let mut server = TestServer::start().await;
+    for (ns, shards) in [("paging1", 1), ("paging3", 3)] {
+        create_namespace(&mut server.client, ns, WIDTH, shards).await;
+        let written = wide_events("s");
+        write_all(&server.client, ns, written.clone()).await;
+        for page_size in [1u32, 7, 1000] {
+            for order in [pb::Order::Ascending, pb::Order::Descending] {
+                let req = pb::ReadEventsRequest {
+                    page_size,
+                    order: order as i32,
+                    ..read_request(ns, "s", i64::MIN, i64::MAX)
+                };
+                let (got, pages) = read_to_end(&mut server.client, req).await;
+                let want = expected(&written, i64::MIN, i64::MAX, order == pb::Order::Descending);
+                assert_eq!(got, want, "ns {ns} page {page_size} {order:?}");
+                let full_pages = want.len() / page_size as usize;
+                assert!(pages.len() >= full_pages, "{} pages", pages.len());
+                assert!(pages.len() <= full_pages + 1, "{} pages", pages.len());
+                for p in &pages[..pages.len() - 1] {
+                    assert_eq!(p.events.len(), page_size as usize);
+                    assert_eq!(p.partial_reason(), pb::PartialReason::RowLimit);
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn ranges_crossing_bucket_boundaries_return_exactly_their_rows() {
+    let mut server = TestServer::start().await;
+    create_namespace(&mut server.client, "ranges", WIDTH, 2).await;
+    let written = wide_events("r");
+    write_all(&server.client, "ranges", written.clone()).await;
+    let cuts = [
+        -WIDTH - 1,
+        -WIDTH,
+        -1,
+        0,
+        1,
+        WIDTH - 1,
+        WIDTH,
+        2 * WIDTH + 3,
+        5 * WIDTH,
+        240_000,
+    ];
+    for &start in &cuts {
+        for &end in cuts.iter().filter(|&&e| e > start) {
+            for order in [pb::Order::Ascending, pb::Order::Descending] {
+                let req = pb::ReadEventsRequest {
+                    page_size: 13,
+                    order: order as i32,
+                    ..read_request("ranges", "r", start, end)
+                };
+                let (got, pages) = read_to_end(&mut server.client, req).await;
+                let want = expected(&written, start, end, order == pb::Order::Descending);
+                assert_eq!(got, want, "[{start}, {end}) {order:?}");
+                let last = pages.last().expect("a response");
+                let done_at = if order == pb::Order::Ascending {
+                    end
+                } else {
+                    start
+                };
+                assert_eq!(last.watermark_micros, done_at);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn empty_and_invalid_ranges() {
+    let mut server = TestServer::start().await;
+    create_namespace(&mut server.client, "empty", WIDTH, 2).await;
+    write_all(&server.client, "empty", vec![event("e", 5, "x")]).await;
+    let page = server
+        .client
+        .read_events(read_request("empty", "e", 1_000_000, 2_000_000))
+        .await
+        .expect("read")
+        .into_inner();
+    assert!(page.events.is_empty());
+    assert!(!page.partial);
+    assert!(page.continuation_token.is_empty());
+    let page = server
+        .client
+        .read_events(read_request("empty", "never-written", i64::MIN, i64::MAX))
+        .await
+        .expect("read")
+        .into_inner();
+    assert!(page.events.is_empty() && !page.partial);
+
+    for (start, end) in [(10, 10), (10, 5), (i64::MAX, i64::MIN)] {
+        let err = server
+            .client
+            .read_events(read_request("empty", "e", start, end))
+            .await
+            .expect_err("reversed or empty range");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert_eq!(bad_field(&err).as_deref(), Some("end_time_micros"));
+    }
+}
+
+#[tokio::test]
+async fn rewriting_a_batch_leaves_one_copy() {
+    let mut server = TestServer::start().await;
+    create_namespace(&mut server.client, "idem", WIDTH, 4).await;
+    let batch: Vec<_> = (0..300)
+        .map(|i| event("i", i * 100, &format!("id{i}")))
+        .collect();
+    for _ in 0..3 {
+        write_all(&server.client, "idem", batch.clone()).await;
+    }
+    let (got, _) = read_to_end(&mut server.client, read_request("idem", "i", 0, i64::MAX)).await;
+    assert_eq!(got, expected(&batch, 0, i64::MAX, false));
+}
+
+#[tokio::test]
+async fn a_bad_event_rejects_the_whole_batch_and_names_its_index() {
+    let mut server = TestServer::start().await;
+    create_namespace(&mut server.client, "strict", WIDTH, 2).await;
+    let mut batch: Vec<_> = (0..5).map(|i| event("v", i, &format!("id{i}"))).collect();
+    batch[3].event_id.clear();
+    let err = server
+        .client
+        .write_events(pb::WriteEventsRequest {
+            namespace: "strict".into(),
+            events: batch,
+        })
+        .await
+        .expect_err("empty event id");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(bad_field(&err).as_deref(), Some("events[3].event_id"));
+    assert!(
+        err.message().contains("events[3].event_id"),
+        "{}",
+        err.message()
+    );
+    let (got, _) = read_to_end(&mut server.client, read_request("strict", "v", 0, 100)).await;
+    assert!(got.is_empty(), "nothing of a rejected batch is written");
+
+    let err = server
+        .client
+        .write_events(pb::WriteEventsRequest {
+            namespace: "no-such-namespace".into(),
+            events: vec![event("v", 1, "a")],
+        })
+        .await
+        .expect_err("unknown namespace");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn the_byte_limit_cuts_pages_and_tokens_continue_them() {
+    let mut server = TestServer::start().await;
+    create_namespace(&mut server.client, "bytes", WIDTH, 3).await;
+    let written: Vec<_> = (0..50)
+        .map(|i| pb::Event {
+            payload: bytes::Bytes::from(vec![b'x'; 100]),
+            tags: Default::default(),
+            ..event("b", i * 997, &format!("{i:04}"))
+        })
+        .collect();
+    write_all(&server.client, "bytes", written.clone()).await;
+    // Each row weighs 100 payload + 4 id + 8 time = 112 bytes: 3 fit in 400.
+    let req = pb::ReadEventsRequest {
+        page_bytes_limit: 400,
+        ..read_request("bytes", "b", 0, i64::MAX)
+    };
+    let (got, pages) = read_to_end(&mut server.client, req).await;
+    assert_eq!(got, expected(&written, 0, i64::MAX, false));
+    assert_eq!(pages.len(), 17);
+    for p in &pages[..16] {
+        assert_eq!(p.events.len(), 3);
+        assert_eq!(p.partial_reason(), pb::PartialReason::ByteLimit);
+    }
+    assert_eq!(pages[16].events.len(), 2);
+    // A single row larger than the limit still comes back, alone.
+    let req = pb::ReadEventsRequest {
+        page_bytes_limit: 1,
+        ..read_request("bytes", "b", 0, i64::MAX)
+    };
+    let page = server
+        .client
+        .read_events(req)
+        .await
+        .expect("read")
+        .into_inner();
+    assert_eq!(page.events.len(), 1);
+    assert!(page.partial);
+}
+
+#[tokio::test]
+async fn a_sparse_year_is_read_without_visiting_empty_buckets() {
+    let mut server = TestServer::start().await;
+    let minute = 60_000_000;
+    create_namespace(&mut server.client, "sparse", minute, 1).await;
+    let day = 24 * 60 * minute;
+    let written: Vec<_> = [3, 50, 120, 200, 364]
+        .iter()
+        .map(|d| event("sp", d * day + 17, "x"))
+        .collect();
+    write_all(&server.client, "sparse", written.clone()).await;
+    let page = server
+        .client
+        .read_events(read_request("sparse", "sp", 0, 365 * day))
+        .await
+        .expect("read")
+        .into_inner();
+    assert_eq!(page.events, expected(&written, 0, 365 * day, false));
+    assert!(!page.partial);
+    let stats = page.stats.expect("stats");
+    // 525,600 one-minute buckets in the range; five hold rows.
+    assert_eq!(stats.index_pages, 1);
+    assert_eq!(stats.buckets_visited, 5);
+    assert_eq!(stats.storage_pages, 5);
+    assert_eq!(stats.rows_scanned, 5);
+}
+
+#[tokio::test]
+async fn a_token_continues_after_a_server_restart() {
+    let mut first = TestServer::start().await;
+    create_namespace(&mut first.client, "restart", WIDTH, 3).await;
+    let written = wide_events("t");
+    write_all(&first.client, "restart", written.clone()).await;
+    let req = pb::ReadEventsRequest {
+        page_size: 100,
+        order: pb::Order::Descending as i32,
+        ..read_request("restart", "t", -WIDTH, 200_000)
+    };
+    let page = first
+        .client
+        .read_events(req.clone())
+        .await
+        .expect("read")
+        .into_inner();
+    assert!(page.partial);
+    first.stop().await;
+
+    let mut second = TestServer::start().await;
+    let (rest, _) = read_to_end(
+        &mut second.client,
+        pb::ReadEventsRequest {
+            continuation_token: page.continuation_token.clone(),
+            ..req
+        },
+    )
+    .await;
+    let mut got = page.events;
+    got.extend(rest);
+    assert_eq!(got, expected(&written, -WIDTH, 200_000, true));
+}
