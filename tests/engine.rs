@@ -1,0 +1,336 @@
+//! Deterministic engine tests on the in-process fake store with injected
+//! latency, under tokio's paused clock: exact times, exact rows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hourglass::engine::budget::{Budget, BudgetConfig, BudgetSource};
+use hourglass::engine::{
+    EngineConfig, Ending, PartialReason, ReadEngine, ReadError, ReadOutcome, ReadRequest,
+};
+use hourglass::model::{Key, Namespace, NewEvent, Order, Row};
+use hourglass::storage::memory::MemoryStore;
+use hourglass::storage::{Storage, StorageError};
+use proptest::prelude::*;
+use tokio::time::Instant;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn namespace(width: i64, shards: u32) -> Arc<Namespace> {
+    Arc::new(Namespace {
+        name: "ns".into(),
+        bucket_width_micros: width,
+        shards,
+        retention_seconds: 0,
+    })
+}
+
+fn row(time: i64, id: String) -> Row {
+    Row {
+        key: Key::new(time, id),
+        payload: Bytes::from_static(b"p"),
+        tags: Default::default(),
+    }
+}
+
+/// A store holding `times` (one event per entry, ids made unique) and the
+/// rows in ascending order.
+async fn seeded(ns: &Namespace, times: impl IntoIterator<Item = i64>) -> (MemoryStore, Vec<Row>) {
+    let store = MemoryStore::new();
+    store.create_namespace(ns).await.unwrap();
+    let mut rows: Vec<Row> = times
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| row(t, format!("e{i:06}")))
+        .collect();
+    let events: Vec<NewEvent> = rows
+        .iter()
+        .map(|r| NewEvent {
+            series_id: "s".into(),
+            row: r.clone(),
+        })
+        .collect();
+    store.write_events(ns, &events).await.unwrap();
+    rows.sort_by(|a, b| a.key.cmp(&b.key));
+    (store, rows)
+}
+
+fn engine(store: &MemoryStore) -> ReadEngine<MemoryStore> {
+    ReadEngine::new(Arc::new(store.clone()), EngineConfig::default())
+}
+
+fn request(ns: &Arc<Namespace>, order: Order, slo: Duration, row_limit: usize) -> ReadRequest {
+    ReadRequest {
+        namespace: ns.clone(),
+        series_id: "s".into(),
+        start: i64::MIN,
+        end: i64::MAX,
+        resume_after: None,
+        order,
+        row_limit,
+        byte_limit: usize::MAX,
+        budget: Budget::new(&BudgetConfig::default(), Some(slo), None),
+    }
+}
+
+async fn read(
+    engine: &ReadEngine<MemoryStore>,
+    req: &ReadRequest,
+) -> (Vec<Row>, Result<ReadOutcome, ReadError>) {
+    let mut rows = Vec::new();
+    let out = engine.read(req, &mut rows).await;
+    (rows, out)
+}
+
+fn frontier(out: &ReadOutcome) -> Key {
+    match &out.ending {
+        Ending::Partial { frontier, .. } => frontier.clone(),
+        Ending::Complete => panic!("expected a partial read"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn budget_ending_mid_page_returns_the_rows_so_far_exactly_at_the_deadline() {
+    let ns = namespace(1_000_000, 1);
+    let (store, all) = seeded(&ns, 0..10_000).await;
+    store.set_latency(|_| 30 * MS);
+    let engine = engine(&store);
+    let began = Instant::now();
+    let req = request(&ns, Order::Ascending, 50 * MS, 100_000);
+    let (rows, out) = read(&engine, &req).await;
+    let out = out.expect("partial read");
+    // The first page (slow start: 128 rows) lands at 30 ms; the second is in
+    // flight at 50 ms and is abandoned.
+    assert_eq!(began.elapsed(), 50 * MS);
+    assert_eq!(rows, all[..128]);
+    assert_eq!(
+        out.ending,
+        Ending::Partial {
+            reason: PartialReason::Slo,
+            frontier: all[127].key.clone()
+        }
+    );
+    assert_eq!(out.watermark, all[127].key.time);
+    assert_eq!(out.stats.rows_scanned, 128);
+    assert_eq!(out.stats.storage_pages, 2);
+    assert_eq!(store.in_flight(), 0, "the abandoned page was dropped");
+}
+
+#[tokio::test(start_paused = true)]
+async fn budget_ending_mid_bucket_and_during_read_ahead_resumes_without_gap_or_duplicate() {
+    // 6 buckets of 4 shards; pages take 3 to 9 ms depending on the shard.
+    let ns = namespace(1_000, 4);
+    let (store, all) = seeded(&ns, (0..6_000).map(|i| i as i64)).await;
+    store.set_latency(|q| MS * (3 + 2 * q.shard));
+    let engine = engine(&store);
+    for order in [Order::Ascending, Order::Descending] {
+        let mut want = all.clone();
+        if order == Order::Descending {
+            want.reverse();
+        }
+        let mut got = Vec::new();
+        let mut resume = None;
+        let mut calls = 0;
+        loop {
+            calls += 1;
+            let mut req = request(&ns, order, 20 * MS, 100_000);
+            req.resume_after = resume.clone();
+            let (rows, out) = read(&engine, &req).await;
+            let out = out.expect("progress in every call");
+            assert!(store.in_flight() == 0);
+            got.extend(rows);
+            match out.ending {
+                Ending::Complete => break,
+                Ending::Partial { reason, frontier } => {
+                    assert_eq!(reason, PartialReason::Slo);
+                    resume = Some(frontier);
+                }
+            }
+        }
+        assert!(calls > 6, "the budget, not the data, ended most calls ({calls})");
+        assert_eq!(got, want, "{order:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_progress_within_the_budget_is_an_error_not_an_empty_page() {
+    let ns = namespace(1_000_000, 2);
+    let (store, _) = seeded(&ns, 0..100).await;
+    store.set_latency(|_| 100 * MS);
+    let engine = engine(&store);
+    let began = Instant::now();
+    let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 50 * MS, 10)).await;
+    assert!(rows.is_empty());
+    match out {
+        Err(ReadError::NoProgress { budget, set_by }) => {
+            assert_eq!(budget, 50 * MS);
+            assert_eq!(set_by, BudgetSource::Slo);
+        }
+        other => panic!("expected NoProgress, got {other:?}"),
+    }
+    assert_eq!(began.elapsed(), 50 * MS);
+    assert_eq!(store.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_errors_are_retried_within_the_budget() {
+    let ns = namespace(1_000_000, 1);
+    let (store, all) = seeded(&ns, 0..50).await;
+    store.set_latency(|_| MS);
+    store.fail_next([
+        StorageError::Transient("overloaded".into()),
+        StorageError::Transient("timeout".into()),
+    ]);
+    let engine = engine(&store);
+    let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 1000 * MS, 1000)).await;
+    let out = out.expect("complete after retries");
+    assert_eq!(out.ending, Ending::Complete);
+    assert_eq!(out.stats.retries, 2);
+    assert_eq!(rows, all);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_stop_when_the_budget_cannot_hold_them() {
+    let ns = namespace(1_000_000, 1);
+    let (store, all) = seeded(&ns, 0..1000).await;
+    store.set_latency(|_| 5 * MS);
+    let engine = engine(&store);
+    // Nothing read yet: the storage error itself is the answer.
+    store.fail_next((0..10_000).map(|_| StorageError::Transient("unavailable".into())));
+    let began = Instant::now();
+    let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 100 * MS, 1000)).await;
+    assert!(rows.is_empty());
+    assert!(matches!(out, Err(ReadError::Storage(StorageError::Transient(_)))), "{out:?}");
+    assert!(began.elapsed() <= 100 * MS);
+
+    assert_eq!(store.in_flight(), 0);
+    drop(all);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_storage_failure_after_progress_returns_partial_with_reason() {
+    let ns = namespace(1_000_000, 1);
+    let (store, all) = seeded(&ns, 0..1000).await;
+    // The first page of the shard succeeds; every later one fails for good.
+    let s = store.clone();
+    store.set_latency(move |q| {
+        if !q.span.after.id.is_empty() {
+            s.fail_next([StorageError::Fatal("corrupt sstable".into())]);
+        }
+        5 * MS
+    });
+    let engine = engine(&store);
+    let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 100 * MS, 1000)).await;
+    let out = out.expect("partial with the rows read before the failure");
+    assert_eq!(rows, all[..128]);
+    assert_eq!(
+        out.ending,
+        Ending::Partial {
+            reason: PartialReason::StorageError,
+            frontier: all[127].key.clone()
+        }
+    );
+    assert_eq!(out.stats.retries, 0, "fatal errors are not retried");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_read_stops_every_storage_request_at_once() {
+    let ns = namespace(1_000, 4);
+    let (store, _) = seeded(&ns, 0..5_000).await;
+    store.set_latency(|_| 100 * MS);
+    let engine = engine(&store);
+    let req = request(&ns, Order::Ascending, 10_000 * MS, 100_000);
+    let mut rows = Vec::new();
+    let mut fut = Box::pin(engine.read(&req, &mut rows));
+    tokio::select! {
+        _ = &mut fut => panic!("the read cannot finish in 10 ms"),
+        _ = tokio::time::sleep(10 * MS) => {}
+    }
+    // The head bucket's 4 shards plus read-ahead of 2 more buckets.
+    assert_eq!(store.in_flight(), 12);
+    drop(fut);
+    assert_eq!(store.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn page_sizes_shrink_to_the_time_left() {
+    // 1 ms + 10 µs per row: with a 30 ms SLO a 5000-row page (51 ms) never fits.
+    let ns = namespace(1_000_000_000, 1);
+    let (store, _) = seeded(&ns, 0..200_000).await;
+    store.set_latency(|q| MS + Duration::from_micros(10 * q.limit as u64));
+    let engine = engine(&store);
+    let mut max_delivered = 0;
+    for _ in 0..20 {
+        let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 30 * MS, 100_000)).await;
+        let out = out.expect("progress");
+        assert!(matches!(out.ending, Ending::Partial { reason: PartialReason::Slo, .. }));
+        assert!(out.stats.elapsed <= 30 * MS);
+        max_delivered = max_delivered.max(rows.len());
+        assert_eq!(out.stats.rows_scanned as usize, rows.len(), "no page wasted");
+    }
+    assert!(max_delivered > 1000, "learned to fill the budget: {max_delivered}");
+}
+
+fn run_paused<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// For random series, ranges, page sizes, budgets and latencies, following
+    /// frontiers yields exactly the full read, in order.
+    #[test]
+    fn following_frontiers_always_yields_the_full_read(
+        times in proptest::collection::vec(-5_000i64..5_000, 0..400),
+        width in 1_000i64..4_000,
+        shards in 1u32..5,
+        start in -6_000i64..6_000,
+        len in 1i64..12_000,
+        descending in any::<bool>(),
+        page in 1usize..300,
+        slo_ms in 45u64..120,
+        seed in any::<u64>(),
+    ) {
+        let end = start.saturating_add(len);
+        run_paused(async move {
+            let ns = namespace(width, shards);
+            let (store, all) = seeded(&ns, times).await;
+            store.set_latency(move |q| {
+                let h = (q.bucket as u64).wrapping_mul(31) ^ (q.shard as u64) ^ seed ^ (q.span.after.time as u64);
+                Duration::from_micros(h % 40_000)
+            });
+            let engine = engine(&store);
+            let order = if descending { Order::Descending } else { Order::Ascending };
+            let mut want: Vec<Row> = all.into_iter().filter(|r| r.key.time >= start && r.key.time < end).collect();
+            if descending { want.reverse(); }
+            let mut got = Vec::new();
+            let mut resume = None;
+            for _ in 0..10_000 {
+                let mut req = request(&ns, order, MS * slo_ms as u32, page);
+                req.start = start;
+                req.end = end;
+                req.resume_after = resume.clone();
+                let (rows, out) = read(&engine, &req).await;
+                let out = out.expect("progress");
+                prop_assert!(rows.len() <= page);
+                got.extend(rows);
+                match out.ending {
+                    Ending::Complete => {
+                        prop_assert_eq!(&got, &want);
+                        return Ok(());
+                    }
+                    Ending::Partial { .. } => resume = Some(frontier(&out)),
+                }
+            }
+            prop_assert!(false, "did not finish");
+            Ok(())
+        })?;
+    }
+}
