@@ -8,9 +8,10 @@ use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -313,6 +314,11 @@ pub async fn serve<S: Storage>(
         .max_encoding_message_size(api::MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
         .add_service(svc)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // Without TCP_NODELAY, Nagle's algorithm and the client's delayed
+        // ACK hold a response's last segment for tens of milliseconds.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
 }

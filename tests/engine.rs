@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hourglass::engine::budget::{Budget, BudgetConfig, BudgetSource};
 use hourglass::engine::{
-    EngineConfig, Ending, PartialReason, ReadEngine, ReadError, ReadOutcome, ReadRequest,
+    Ending, EngineConfig, PartialReason, ReadEngine, ReadError, ReadOutcome, ReadRequest,
 };
 use hourglass::model::{Key, Namespace, NewEvent, Order, Row};
 use hourglass::storage::memory::MemoryStore;
@@ -56,8 +56,14 @@ async fn seeded(ns: &Namespace, times: impl IntoIterator<Item = i64>) -> (Memory
     (store, rows)
 }
 
+/// An engine with no response reserve, so stops land exactly on deadlines.
 fn engine(store: &MemoryStore) -> ReadEngine<MemoryStore> {
-    ReadEngine::new(Arc::new(store.clone()), EngineConfig::default())
+    let config = EngineConfig {
+        response_reserve: Duration::ZERO,
+        response_reserve_per_row: Duration::ZERO,
+        ..EngineConfig::default()
+    };
+    ReadEngine::new(Arc::new(store.clone()), config)
 }
 
 fn request(ns: &Arc<Namespace>, order: Order, slo: Duration, row_limit: usize) -> ReadRequest {
@@ -148,9 +154,36 @@ async fn budget_ending_mid_bucket_and_during_read_ahead_resumes_without_gap_or_d
                 }
             }
         }
-        assert!(calls > 6, "the budget, not the data, ended most calls ({calls})");
+        assert!(
+            calls > 6,
+            "the budget, not the data, ended most calls ({calls})"
+        );
         assert_eq!(got, want, "{order:?}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_scan_stops_early_enough_to_leave_the_response_its_reserve() {
+    let ns = namespace(1_000_000, 1);
+    let (store, all) = seeded(&ns, 0..10_000).await;
+    store.set_latency(|_| 10 * MS);
+    let config = EngineConfig {
+        response_reserve: 4 * MS,
+        response_reserve_per_row: Duration::from_micros(10),
+        ..EngineConfig::default()
+    };
+    let engine = ReadEngine::new(Arc::new(store.clone()), config);
+    let began = Instant::now();
+    let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 50 * MS, 100_000)).await;
+    let out = out.expect("partial");
+    // Pages of 128, 256 and 512 rows land at 10, 20 and 30 ms. With 896
+    // rows gathered the reserve is 4 ms + 8.96 ms, so the scan stops at
+    // 37.04 ms (the timer rounds up to whole milliseconds) and abandons the
+    // page due at 40 ms.
+    assert_eq!(rows, all[..896]);
+    let stopped = began.elapsed();
+    assert!(stopped >= Duration::from_micros(37_040) && stopped <= 38 * MS, "{stopped:?}");
+    assert!(matches!(out.ending, Ending::Partial { reason: PartialReason::Slo, .. }));
 }
 
 #[tokio::test(start_paused = true)]
@@ -201,7 +234,10 @@ async fn retries_stop_when_the_budget_cannot_hold_them() {
     let began = Instant::now();
     let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 100 * MS, 1000)).await;
     assert!(rows.is_empty());
-    assert!(matches!(out, Err(ReadError::Storage(StorageError::Transient(_)))), "{out:?}");
+    assert!(
+        matches!(out, Err(ReadError::Storage(StorageError::Transient(_)))),
+        "{out:?}"
+    );
     assert!(began.elapsed() <= 100 * MS);
 
     assert_eq!(store.in_flight(), 0);
@@ -264,12 +300,25 @@ async fn page_sizes_shrink_to_the_time_left() {
     for _ in 0..20 {
         let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 30 * MS, 100_000)).await;
         let out = out.expect("progress");
-        assert!(matches!(out.ending, Ending::Partial { reason: PartialReason::Slo, .. }));
+        assert!(matches!(
+            out.ending,
+            Ending::Partial {
+                reason: PartialReason::Slo,
+                ..
+            }
+        ));
         assert!(out.stats.elapsed <= 30 * MS);
         max_delivered = max_delivered.max(rows.len());
-        assert_eq!(out.stats.rows_scanned as usize, rows.len(), "no page wasted");
+        assert_eq!(
+            out.stats.rows_scanned as usize,
+            rows.len(),
+            "no page wasted"
+        );
     }
-    assert!(max_delivered > 1000, "learned to fill the budget: {max_delivered}");
+    assert!(
+        max_delivered > 1000,
+        "learned to fill the budget: {max_delivered}"
+    );
 }
 
 fn run_paused<F: std::future::Future>(f: F) -> F::Output {

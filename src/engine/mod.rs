@@ -55,6 +55,12 @@ pub struct EngineConfig {
     pub retry_base: Duration,
     /// Largest retry backoff.
     pub retry_cap: Duration,
+    /// Time kept back from the budget for the response itself (building,
+    /// encoding and sending it): the scan stops this much before the
+    /// deadline, plus [`EngineConfig::response_reserve_per_row`] per row.
+    pub response_reserve: Duration,
+    /// Additional reserve per row gathered.
+    pub response_reserve_per_row: Duration,
 }
 
 impl Default for EngineConfig {
@@ -68,6 +74,8 @@ impl Default for EngineConfig {
             index_page: 256,
             retry_base: Duration::from_millis(10),
             retry_cap: Duration::from_millis(500),
+            response_reserve: Duration::from_millis(2),
+            response_reserve_per_row: Duration::from_micros(4),
         }
     }
 }
@@ -319,6 +327,21 @@ impl<'a, S: Storage> Scan<'a, S> {
         }
     }
 
+    /// When the scan must stop for the response to land within the budget.
+    fn stop_at(&self) -> Instant {
+        let cfg = &self.engine.config;
+        let per_row = cfg
+            .response_reserve_per_row
+            .saturating_mul(u32::try_from(self.rows_out).unwrap_or(u32::MAX));
+        let reserve = (cfg.response_reserve + per_row).min(self.req.budget.total / 2);
+        self.req.budget.deadline - reserve
+    }
+
+    /// Scan time left.
+    fn remaining(&self) -> Duration {
+        self.stop_at().saturating_duration_since(Instant::now())
+    }
+
     fn progressed(&self) -> bool {
         self.frontier != self.start_frontier
     }
@@ -357,7 +380,7 @@ impl<'a, S: Storage> Scan<'a, S> {
             if self.buckets.is_empty() && self.index_todo.is_none() && !self.index_pending {
                 return Ok(Ending::Complete);
             }
-            if self.req.budget.remaining().is_zero() {
+            if self.remaining().is_zero() {
                 return self.stop_for_budget();
             }
             if !self.schedule() {
@@ -368,7 +391,7 @@ impl<'a, S: Storage> Scan<'a, S> {
             sink.flush();
             let fetched = tokio::select! {
                 biased;
-                _ = tokio::time::sleep_until(self.req.budget.deadline) => return self.stop_for_budget(),
+                _ = tokio::time::sleep_until(self.stop_at()) => return self.stop_for_budget(),
                 f = self.in_flight.next() => match f {
                     Some(f) => f,
                     None => return Ok(Ending::Complete),
@@ -433,16 +456,23 @@ impl<'a, S: Storage> Scan<'a, S> {
     /// before the deadline and the read already has progress to return.
     fn schedule(&mut self) -> bool {
         let cfg = &self.engine.config;
-        let remaining = self.req.budget.remaining();
-        // Rows still wanted, plus one to learn whether more remain.
-        let need = self.req.row_limit.saturating_sub(self.rows_out) + 1;
+        let remaining = self.remaining();
+        // Rows still wanted (no more than the time left can deliver), plus
+        // one to learn whether more remain. Read-ahead beyond it would be
+        // fetched only to be discarded.
+        let affordable = self.model.affordable_rows(remaining);
+        let need = self
+            .req
+            .row_limit
+            .saturating_sub(self.rows_out)
+            .min(affordable)
+            + 1;
         if self.index_todo.is_some()
             && !self.index_pending
             && self.buckets.len() <= cfg.readahead_buckets
         {
             self.launch_index(0, Duration::ZERO);
         }
-        let affordable = self.model.affordable_rows(remaining);
         let mut covered = 0usize;
         for i in 0..self.buckets.len().min(cfg.readahead_buckets + 1) {
             let want = if i == 0 {
@@ -506,7 +536,7 @@ impl<'a, S: Storage> Scan<'a, S> {
             last,
             order: self.req.order,
             limit: self.engine.config.index_page,
-            timeout: self.req.budget.remaining().saturating_sub(delay),
+            timeout: self.remaining().saturating_sub(delay),
         };
         let storage = &*self.engine.storage;
         self.in_flight.push(
@@ -533,6 +563,7 @@ impl<'a, S: Storage> Scan<'a, S> {
         attempt: u32,
         delay: Duration,
     ) {
+        let timeout = self.remaining().saturating_sub(delay);
         let bucket = &mut self.buckets[bucket_idx];
         if !bucket.touched {
             bucket.touched = true;
@@ -557,7 +588,7 @@ impl<'a, S: Storage> Scan<'a, S> {
             span: cursor.span.clone(),
             order: self.req.order,
             limit: page,
-            timeout: self.req.budget.remaining().saturating_sub(delay),
+            timeout,
         };
         let storage = &*self.engine.storage;
         let shard = cursor.shard;
@@ -678,7 +709,7 @@ impl<'a, S: Storage> Scan<'a, S> {
             FetchKind::Index => self.engine.config.index_page,
             FetchKind::Shard { requested, .. } => *requested,
         };
-        let fits = delay + self.model.predict(page) < self.req.budget.remaining();
+        let fits = delay + self.model.predict(page) < self.remaining();
         if !(err.is_transient() && fits) {
             tracing::warn!(cause = %err, attempt, "storage request failed; ending read");
             return Some(self.stop(PartialReason::StorageError, Some(err)));
