@@ -53,7 +53,11 @@ async fn follow(
 ) -> (Vec<(i64, String)>, Summary) {
     let mut keys = Vec::with_capacity(ROWS);
     let descending = req.order == pb::Order::Descending as i32;
-    let mut watermark = if descending { req.end_time_micros } else { req.start_time_micros };
+    let mut watermark = if descending {
+        req.end_time_micros
+    } else {
+        req.start_time_micros
+    };
     let mut s = Summary {
         responses: 0,
         partial_by: Default::default(),

@@ -272,6 +272,8 @@ struct Scan<'a, S> {
     rows_out: usize,
     bytes_out: usize,
     stats: ReadStats,
+    /// The latest storage error, if a request failed (and was retried).
+    last_error: Option<StorageError>,
 }
 
 impl<'a, S: Storage> Scan<'a, S> {
@@ -302,6 +304,7 @@ impl<'a, S: Storage> Scan<'a, S> {
                 budget: req.budget.total,
                 ..ReadStats::default()
             },
+            last_error: None,
         }
     }
 
@@ -368,8 +371,10 @@ impl<'a, S: Storage> Scan<'a, S> {
         })
     }
 
+    /// Ends the read at its deadline. Without progress, a storage error seen
+    /// on the way is the better answer than "deadline exceeded": it says why.
     fn stop_for_budget(&self) -> Result<Ending, ReadError> {
-        self.stop(self.req.budget.source.into(), None)
+        self.stop(self.req.budget.source.into(), self.last_error.clone())
     }
 
     async fn run(&mut self, sink: &mut impl RowSink) -> Result<Ending, ReadError> {
@@ -473,7 +478,9 @@ impl<'a, S: Storage> Scan<'a, S> {
         {
             self.launch_index(0, Duration::ZERO);
         }
+        let pace = self.model.affordable_rows(remaining / 2);
         let mut covered = 0usize;
+        let mut probe_only = false;
         for i in 0..self.buckets.len().min(cfg.readahead_buckets + 1) {
             let want = if i == 0 {
                 need
@@ -488,7 +495,14 @@ impl<'a, S: Storage> Scan<'a, S> {
             let mut page = want
                 .div_ceil(shards)
                 .clamp(cfg.min_storage_page, cfg.max_storage_page);
-            page = page.min(affordable.max(cfg.min_storage_page));
+            // A page should land with time to spare for merging what the
+            // other shards return: rows that arrive too late are discarded.
+            page = page.min(pace.max(cfg.min_storage_page));
+            if i > 0 && probe_only {
+                // Earlier buckets may hold all the rows this response can
+                // take: only probe this one, so little is fetched in vain.
+                page = cfg.min_storage_page;
+            }
             let blocking = i == 0
                 && bucket
                     .shards
@@ -508,11 +522,17 @@ impl<'a, S: Storage> Scan<'a, S> {
                     self.launch_shard(i, j, page, 0, Duration::ZERO);
                 }
             }
-            covered += self.buckets[i]
-                .shards
-                .iter()
-                .map(|s| s.buf.len() + s.requested)
-                .sum::<usize>();
+            for s in &self.buckets[i].shards {
+                // A shard that returned a full page has more rows than we
+                // know of: read-ahead past it would be premature.
+                let known_more = !s.done && (s.pages >= 2 || (s.pages == 1 && s.requested == 0));
+                covered = if known_more {
+                    usize::MAX
+                } else {
+                    covered.saturating_add(s.buf.len() + s.requested)
+                };
+                probe_only |= !s.done;
+            }
         }
         true
     }
@@ -715,6 +735,7 @@ impl<'a, S: Storage> Scan<'a, S> {
             return Some(self.stop(PartialReason::StorageError, Some(err)));
         }
         self.stats.retries += 1;
+        self.last_error = Some(err.clone());
         tracing::debug!(cause = %err, attempt = next, ?delay, "retrying storage request");
         match kind {
             FetchKind::Index => self.launch_index(next, delay),
