@@ -132,3 +132,73 @@ impl From<ServiceError> for tonic::Status {
         tonic::Status::with_error_details(code, message, details)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_its_code_with_details() {
+        let cases: Vec<(ServiceError, Code, &str)> = vec![
+            (
+                ServiceError::invalid("events[2].event_id", "must not be empty"),
+                Code::InvalidArgument,
+                "INVALID_FIELD",
+            ),
+            (
+                TokenError::Expired.into(),
+                Code::InvalidArgument,
+                "TOKEN_EXPIRED",
+            ),
+            (
+                ServiceError::NamespaceNotFound("x".into()),
+                Code::NotFound,
+                "NAMESPACE_NOT_FOUND",
+            ),
+            (
+                ServiceError::NoProgress {
+                    budget: Duration::from_millis(3),
+                    set_by: BudgetSource::Slo,
+                },
+                Code::DeadlineExceeded,
+                "BUDGET_TOO_SMALL",
+            ),
+            (
+                StorageError::Transient("overloaded".into()).into(),
+                Code::Unavailable,
+                "STORAGE_UNAVAILABLE",
+            ),
+            (
+                StorageError::Fatal("bad".into()).into(),
+                Code::Internal,
+                "STORAGE_FAILURE",
+            ),
+        ];
+        for (err, code, reason) in cases {
+            let status = tonic::Status::from(err);
+            assert_eq!(status.code(), code);
+            let info = status.get_details_error_info().expect("ErrorInfo");
+            assert_eq!(info.reason, reason);
+            assert_eq!(info.domain, ERROR_DOMAIN);
+            match code {
+                Code::InvalidArgument => {
+                    let br = status.get_details_bad_request().expect("BadRequest");
+                    assert!(!br.field_violations[0].field.is_empty());
+                }
+                Code::Unavailable => {
+                    let retry = status.get_details_retry_info().expect("RetryInfo");
+                    assert_eq!(retry.retry_delay, Some(STORAGE_RETRY_DELAY));
+                }
+                _ => {}
+            }
+        }
+        let status = tonic::Status::from(ServiceError::invalid(
+            "events[2].event_id",
+            "must not be empty",
+        ));
+        assert_eq!(
+            status.message(),
+            "invalid events[2].event_id: must not be empty"
+        );
+    }
+}

@@ -80,10 +80,16 @@ async fn follow(
         s.responses += 1;
         s.scanned += page.stats.map_or(0, |st| st.rows_scanned);
         assert_eq!(page.partial, !page.continuation_token.is_empty());
+        let advanced = if descending {
+            page.watermark_micros < watermark
+        } else {
+            page.watermark_micros > watermark
+        };
         assert!(
-            !page.events.is_empty() || !page.partial,
+            !page.events.is_empty() || advanced || !page.partial,
             "every partial response progresses"
         );
+        watermark = page.watermark_micros;
         keys.extend(
             page.events
                 .into_iter()

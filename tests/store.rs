@@ -275,3 +275,67 @@ async fn a_token_continues_after_a_server_restart() {
     got.extend(rest);
     assert_eq!(got, expected(&written, -WIDTH, 200_000, true));
 }
+
+#[tokio::test]
+async fn retention_expires_events() {
+    let mut server = TestServer::start().await;
+    server
+        .client
+        .create_namespace(pb::CreateNamespaceRequest {
+            namespace: Some(pb::Namespace {
+                name: "short-lived".into(),
+                bucket_width_micros: WIDTH,
+                shards: 2,
+                retention_seconds: 2,
+            }),
+        })
+        .await
+        .expect("create");
+    let written: Vec<_> = (0..20)
+        .map(|i| event("ttl", i * 1000, &format!("{i}")))
+        .collect();
+    write_all(&server.client, "short-lived", written.clone()).await;
+    let req = read_request("short-lived", "ttl", 0, i64::MAX);
+    let (got, _) = read_to_end(&mut server.client, req.clone()).await;
+    assert_eq!(got, expected(&written, 0, i64::MAX, false));
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let (got, _) = read_to_end(&mut server.client, req).await;
+    assert!(
+        got.is_empty(),
+        "{} events outlived their retention",
+        got.len()
+    );
+}
+
+#[tokio::test]
+async fn namespaces_are_created_idempotently_and_conflicts_are_refused() {
+    let mut server = TestServer::start().await;
+    let first = create_namespace(&mut server.client, "twice", WIDTH, 3).await;
+    let again = create_namespace(&mut server.client, "twice", WIDTH, 3).await;
+    assert_eq!(first, again);
+    let got = server
+        .client
+        .get_namespace(pb::GetNamespaceRequest {
+            name: "twice".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(got, first);
+    let err = server
+        .client
+        .create_namespace(pb::CreateNamespaceRequest {
+            namespace: Some(pb::Namespace { shards: 4, ..first }),
+        })
+        .await
+        .expect_err("other settings");
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    let err = server
+        .client
+        .get_namespace(pb::GetNamespaceRequest {
+            name: "absent".into(),
+        })
+        .await
+        .expect_err("absent");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}

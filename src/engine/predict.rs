@@ -1,8 +1,8 @@
 //! Learns how long storage pages take, so the engine sizes pages to the time
 //! left and does not start a page that cannot land before the deadline.
 //!
-//! The model is `latency = base + rows * per_row`, both fitted by
-//! exponentially weighted averages over observed pages, one model per
+//! The model is `latency = base + rows * per_row`, fitted by exponentially
+//! weighted least squares over observed pages, one model per
 //! namespace (layouts differ by namespace) shared by all reads of it.
 
 use std::collections::HashMap;
@@ -10,19 +10,24 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// Weight of a new observation.
-const ALPHA: f64 = 0.2;
-/// Pages with fewer rows than this say little about the per-row cost.
-const MIN_ROWS_FOR_RATE: usize = 32;
+const ALPHA: f64 = 0.1;
 /// Predictions are inflated by this factor to land before, not at, the deadline.
 const SAFETY: f64 = 1.25;
 /// Prior before any observation: 1 ms per page.
 const PRIOR_BASE_SECS: f64 = 0.001;
 /// Prior before any observation: 2 µs per row.
 const PRIOR_PER_ROW_SECS: f64 = 0.000_002;
+/// Page sizes must vary at least this much (variance, rows²) to fit a slope.
+const MIN_ROWS_VARIANCE: f64 = 100.0;
 
-/// Page latency model.
+/// Page latency model: an exponentially weighted least-squares line through
+/// (rows, seconds) observations.
 #[derive(Clone, Copy, Debug)]
 pub struct LatencyModel {
+    mean_x: f64,
+    mean_y: f64,
+    mean_xx: f64,
+    mean_xy: f64,
     base: f64,
     per_row: f64,
 }
@@ -30,6 +35,10 @@ pub struct LatencyModel {
 impl Default for LatencyModel {
     fn default() -> Self {
         Self {
+            mean_x: 0.0,
+            mean_y: PRIOR_BASE_SECS,
+            mean_xx: 0.0,
+            mean_xy: 0.0,
             base: PRIOR_BASE_SECS,
             per_row: PRIOR_PER_ROW_SECS,
         }
@@ -39,13 +48,19 @@ impl Default for LatencyModel {
 impl LatencyModel {
     /// Folds in one page that returned `rows` rows in `took`.
     pub fn observe(&mut self, rows: usize, took: Duration) {
-        let t = took.as_secs_f64();
-        if rows >= MIN_ROWS_FOR_RATE {
-            let rate = ((t - self.base).max(0.0)) / rows as f64;
-            self.per_row += ALPHA * (rate - self.per_row);
+        let (x, y) = (rows as f64, took.as_secs_f64());
+        self.mean_x += ALPHA * (x - self.mean_x);
+        self.mean_y += ALPHA * (y - self.mean_y);
+        self.mean_xx += ALPHA * (x * x - self.mean_xx);
+        self.mean_xy += ALPHA * (x * y - self.mean_xy);
+        let var = self.mean_xx - self.mean_x * self.mean_x;
+        if var > MIN_ROWS_VARIANCE {
+            let slope = (self.mean_xy - self.mean_x * self.mean_y) / var;
+            if slope > 0.0 {
+                self.per_row = slope;
+            }
         }
-        let base = (t - self.per_row * rows as f64).max(0.0);
-        self.base += ALPHA * (base - self.base);
+        self.base = (self.mean_y - self.per_row * self.mean_x).max(0.0);
     }
 
     /// Expected latency of a page of `rows`, with a safety factor.
@@ -102,7 +117,7 @@ mod tests {
     fn learns_base_and_rate() {
         let mut m = LatencyModel::default();
         // True cost: 4 ms + 10 µs per row.
-        for i in 0..200 {
+        for i in 0..400 {
             let rows = [10, 100, 1000, 500][i % 4];
             m.observe(rows, Duration::from_micros(4000 + 10 * rows as u64));
         }
