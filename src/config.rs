@@ -37,6 +37,9 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Write a wide demo series through a running server and read it back.
     Demo(DemoArgs),
+    /// Load testing: seed, run, compare, chart, bench.
+    #[command(subcommand)]
+    Load(crate::load::LoadCommand),
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -87,6 +90,10 @@ pub struct ServeArgs {
     /// Largest storage page in rows.
     #[arg(long, env = "HOURGLASS_MAX_STORAGE_PAGE", default_value_t = EngineConfig::default().max_storage_page)]
     pub max_storage_page: usize,
+    /// Return partial rows when a read's budget ends (false: ignore SLOs and
+    /// deadlines and read whole pages, the baseline for benchmarks).
+    #[arg(long, env = "HOURGLASS_PARTIAL_READS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub partial_reads: bool,
     /// How long to wait for Cassandra at start.
     #[arg(long, env = "HOURGLASS_CONNECT_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub connect_timeout: Duration,
@@ -168,7 +175,10 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let store = CassandraStore::connect(&args.cassandra_config()).await?;
     tracing::info!(cassandra = ?args.cassandra, keyspace = %args.keyspace, "connected to storage");
     let engine = Arc::new(ReadEngine::new(Arc::new(store), args.engine_config()));
-    let service = HourglassService::new(engine, keys, args.budget_config());
+    let mut service = HourglassService::new(engine, keys, args.budget_config());
+    if !args.partial_reads {
+        service = service.without_partial_reads();
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;

@@ -12,6 +12,7 @@
 //!   it ([`storage::cassandra`]) and an in-process fake for engine tests.
 //! * [`model`]: namespaces, events, clustering keys, bucket arithmetic.
 //! * [`client`]: follows tokens to the end of a read as a `Stream`.
+//! * [`load`]: the load tool and macro benchmark.
 //! * [`demo`]: the quick-start walkthrough; [`config`]: flags and `serve`.
 //!
 //! Nothing below [`server`] knows about tonic; nothing above [`storage`]
@@ -23,6 +24,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod error;
+pub mod load;
 pub mod model;
 pub mod server;
 pub mod storage;

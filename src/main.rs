@@ -14,6 +14,7 @@ async fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(args) => run_serve(*args).await,
+        Command::Load(cmd) => hourglass::load::main(cmd).await,
         Command::Demo(a) => {
             demo::run(&DemoOptions {
                 server: a.server,

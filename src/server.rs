@@ -33,6 +33,8 @@ pub struct HourglassService<S> {
     budget: BudgetConfig,
     /// Namespaces are immutable once created, so a hit never goes stale.
     namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
+    /// False: budgets ignore SLOs and deadlines (benchmark baseline).
+    partial_reads: bool,
 }
 
 impl<S: Storage> HourglassService<S> {
@@ -42,7 +44,16 @@ impl<S: Storage> HourglassService<S> {
             keys,
             budget,
             namespaces: RwLock::new(HashMap::new()),
+            partial_reads: true,
         }
+    }
+
+    /// Ignores request SLOs and client deadlines: every read runs on the
+    /// server default budget, as a store without partial returns would. For
+    /// baselines only.
+    pub fn without_partial_reads(mut self) -> Self {
+        self.partial_reads = false;
+        self
     }
 
     async fn namespace(&self, name: &str) -> Result<Arc<Namespace>, ServiceError> {
@@ -74,7 +85,11 @@ impl<S: Storage> HourglassService<S> {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
         let p = ReadParams::try_from(request.into_inner())?;
-        let budget = Budget::new(&self.budget, p.slo, grpc_timeout);
+        let budget = if self.partial_reads {
+            Budget::new(&self.budget, p.slo, grpc_timeout)
+        } else {
+            Budget::new(&self.budget, None, None)
+        };
         let span = tracing::Span::current();
         span.record("namespace", p.namespace.as_str());
         span.record("series", p.series_id.as_str());

@@ -287,7 +287,7 @@ impl<'a, S: Storage> Scan<'a, S> {
             Order::Ascending => span.after.clone(),
             Order::Descending => span.before.clone(),
         };
-        Self {
+        let mut scan = Self {
             engine,
             index_todo: span.buckets(req.namespace.bucket_width_micros),
             span,
@@ -305,6 +305,45 @@ impl<'a, S: Storage> Scan<'a, S> {
                 ..ReadStats::default()
             },
             last_error: None,
+        };
+        // Resuming after a row: its bucket surely holds rows, so its shards
+        // are fetched at once, beside (not after) the bucket-index query.
+        if let (Some(k), Some((first, last))) = (&req.resume_after, scan.index_todo) {
+            if !k.id.is_empty() {
+                let b = req.namespace.bucket_of(k.time);
+                let rest = match req.order {
+                    Order::Ascending if b == first => {
+                        Some((first < last).then(|| (first + 1, last)))
+                    }
+                    Order::Descending if b == last => {
+                        Some((first < last).then(|| (first, last - 1)))
+                    }
+                    _ => None,
+                };
+                if let Some(rest) = rest {
+                    scan.index_todo = rest;
+                    let cursor = scan.bucket_cursor(b);
+                    scan.buckets.push_back(cursor);
+                }
+            }
+        }
+        scan
+    }
+
+    fn bucket_cursor(&self, bucket: i64) -> BucketCursor {
+        BucketCursor {
+            bucket,
+            touched: false,
+            shards: (0..self.req.namespace.shards)
+                .map(|shard| ShardCursor {
+                    shard,
+                    span: self.span.clone(),
+                    buf: VecDeque::new(),
+                    done: false,
+                    requested: 0,
+                    pages: 0,
+                })
+                .collect(),
         }
     }
 
@@ -659,23 +698,10 @@ impl<'a, S: Storage> Scan<'a, S> {
                     (Some(&b), Order::Ascending) => (b < last).then(|| (b + 1, last)),
                     (Some(&b), Order::Descending) => (b > first).then(|| (first, b - 1)),
                 };
-                let shards = self.req.namespace.shards;
-                self.buckets.extend(found.into_iter().map(|bucket| {
-                    BucketCursor {
-                        bucket,
-                        touched: false,
-                        shards: (0..shards)
-                            .map(|shard| ShardCursor {
-                                shard,
-                                span: self.span.clone(),
-                                buf: VecDeque::new(),
-                                done: false,
-                                requested: 0,
-                                pages: 0,
-                            })
-                            .collect(),
-                    }
-                }));
+                for bucket in found {
+                    let cursor = self.bucket_cursor(bucket);
+                    self.buckets.push_back(cursor);
+                }
                 None
             }
             (

@@ -1,0 +1,409 @@
+//! The macro benchmark: on the local Cassandra, in one run, measures the
+//! service against a direct driver scan of the same partitions and writes
+//! `docs/benchmarks.md`. Figures: scan efficiency, deadline adherence (with
+//! partial return on, and off as the baseline), read amplification,
+//! completion tax, and CPU per million rows (service and Cassandra JVM).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use futures::StreamExt;
+use scylla::statement::Consistency;
+
+use super::{seed, Pattern, RunArgs, SeedArgs};
+use crate::storage::cassandra::{CassandraConfig, CassandraStore, DEFAULT_REPLICATION};
+
+const KEYSPACE: &str = "hourglass_bench";
+const SHARDS: u32 = 4;
+const BUCKET_SECS: u64 = 60;
+/// Seeded density: rows per second of event time.
+const ROWS_PER_SEC: u64 = 1000;
+const BENCH_KEYS: &str = "bench:benchmark-signing-key-0001";
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Cassandra contact point (the project's local node by default).
+    #[arg(long, default_value = "127.0.0.1:19042")]
+    pub cassandra: String,
+    /// Where to write the results.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    pub out: PathBuf,
+    /// Series sizes, rows.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,10000,100000,1000000"
+    )]
+    pub sizes: Vec<u64>,
+    /// Concurrent clients.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    pub clients: Vec<usize>,
+    /// SLOs, milliseconds.
+    #[arg(long, value_delimiter = ',', default_value = "10,50,200")]
+    pub slos: Vec<u32>,
+    /// Measured seconds per deadline-adherence cell.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds_per_cell: f64,
+    /// A/B alternations of the scan comparison.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+}
+
+/// A server subprocess, killed on drop.
+struct ServerProcess {
+    child: Child,
+    url: String,
+}
+
+impl ServerProcess {
+    fn start(cassandra: &str, port: u16, partial_reads: bool) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let child = Command::new(exe)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--cassandra",
+                cassandra,
+            ])
+            .args(["--keyspace", KEYSPACE, "--consistency", "one"])
+            .args([
+                "--partial-reads",
+                if partial_reads { "true" } else { "false" },
+            ])
+            .env("HOURGLASS_TOKEN_KEYS", BENCH_KEYS)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?;
+        Ok(Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        })
+    }
+
+    fn cpu_secs(&self) -> f64 {
+        proc_cpu_secs(self.child.id())
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// User + system CPU seconds of a process, from /proc (Linux).
+fn proc_cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    // /proc reports in USER_HZ, 100 on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn cassandra_pid() -> Option<u32> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/.cassandra/cassandra.pid");
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn namespace_of(size: u64) -> String {
+    format!("bench-{size}")
+}
+
+fn span_secs(size: u64) -> u64 {
+    size.div_ceil(ROWS_PER_SEC).max(1)
+}
+
+/// Reads every row of one seeded series straight from Cassandra, one
+/// partition after another (`streams` = 1) or `streams` partitions at a time.
+async fn direct_scan(
+    store: &CassandraStore,
+    size: u64,
+    streams: usize,
+) -> anyhow::Result<(u64, Duration)> {
+    let session = store.session();
+    let mut stmt = session
+        .prepare(format!(
+            "SELECT event_time, event_id, payload, tags FROM {KEYSPACE}.events \
+             WHERE namespace = ? AND series_id = ? AND bucket = ? AND shard = ?"
+        ))
+        .await?;
+    stmt.set_page_size(5000);
+    stmt.set_consistency(Consistency::One);
+    let ns = namespace_of(size);
+    let width = BUCKET_SECS as i64 * 1_000_000;
+    let first = super::LOAD_EPOCH_MICROS.div_euclid(width);
+    let last =
+        (super::LOAD_EPOCH_MICROS + span_secs(size) as i64 * 1_000_000 - 1).div_euclid(width);
+    let partitions: Vec<(i64, i32)> = (first..=last)
+        .flat_map(|b| (0..SHARDS as i32).map(move |s| (b, s)))
+        .collect();
+    let began = Instant::now();
+    let counts = futures::stream::iter(partitions.into_iter().map(|(bucket, shard)| {
+        let (stmt, ns) = (stmt.clone(), ns.clone());
+        async move {
+            type R = (
+                i64,
+                String,
+                Option<Vec<u8>>,
+                Option<std::collections::HashMap<String, String>>,
+            );
+            let mut rows = session
+                .execute_iter(stmt, (ns.as_str(), "series-0", bucket, shard))
+                .await?
+                .rows_stream::<R>()?;
+            let mut n = 0u64;
+            while let Some(r) = rows.next().await {
+                r?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }
+    }))
+    .buffered(streams)
+    .collect::<Vec<_>>()
+    .await;
+    let mut total = 0;
+    for c in counts {
+        total += c?;
+    }
+    Ok((total, began.elapsed()))
+}
+
+fn run_args(url: &str, size: u64, label: String) -> RunArgs {
+    RunArgs {
+        server: url.to_string(),
+        namespace: namespace_of(size),
+        series: 1,
+        span_secs: span_secs(size),
+        rate: None,
+        clients: 1,
+        duration_secs: None,
+        requests: Some(1),
+        warmup_secs: 0.0,
+        pattern: Pattern::Follow,
+        range_fraction: 1.0,
+        slo_ms: None,
+        deadline_ms: None,
+        page_size: 10_000,
+        descending: false,
+        report: PathBuf::from(format!("reports/bench/{label}.json")),
+        label,
+        quiet: true,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+        })
+        .unwrap_or(0);
+    format!("{cores} cores ({cpu}), {:.0} GiB RAM, Linux; Cassandra 5.0 single node on loopback, same machine", mem as f64 / 1048576.0)
+}
+
+/// Runs the benchmark and writes the markdown report.
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !args.sizes.is_empty() && !args.clients.is_empty() && !args.slos.is_empty(),
+        "empty --sizes, --clients or --slos"
+    );
+    anyhow::ensure!(args.repeats >= 1, "--repeats must be at least 1");
+    let a = ServerProcess::start(&args.cassandra, 50161, true)?;
+    let b = ServerProcess::start(&args.cassandra, 50162, false)?;
+    let store = CassandraStore::connect(&CassandraConfig {
+        contact_points: vec![args.cassandra.clone()],
+        keyspace: KEYSPACE.into(),
+        replication: DEFAULT_REPLICATION.into(),
+        consistency: Consistency::One,
+        connect_timeout: Duration::from_secs(30),
+    })
+    .await?;
+    let biggest = *args.sizes.iter().max().expect("non-empty");
+    eprintln!("== seeding series of {:?} rows", args.sizes);
+    for &size in &args.sizes {
+        seed(&SeedArgs {
+            server: a.url.clone(),
+            namespace: namespace_of(size),
+            series: 1,
+            rows_per_series: size,
+            payload_bytes: 64,
+            payload_max_bytes: None,
+            span_secs: span_secs(size),
+            bucket_secs: BUCKET_SECS,
+            shards: SHARDS,
+            batch: 2000,
+            concurrency: 8,
+            restart: false,
+            quiet: true,
+        })
+        .await?;
+    }
+
+    eprintln!("== scan efficiency on {biggest} rows, alternating service / direct");
+    let (mut svc, mut direct1, mut direct4, mut svc_cpu, mut jvm_cpu) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let mut slo_chain = vec![];
+    for rep in 0..args.repeats {
+        let jvm0 = cassandra_pid().map_or(f64::NAN, proc_cpu_secs);
+        let cpu0 = a.cpu_secs();
+        let r = super::run(&run_args(&a.url, biggest, format!("scan-service-{rep}"))).await?;
+        let rows = r.rows as f64;
+        anyhow::ensure!(
+            r.rows == biggest,
+            "service scan returned {} rows of {biggest}",
+            r.rows
+        );
+        svc.push(rows / r.reads.max_ms * 1000.0);
+        svc_cpu.push((a.cpu_secs() - cpu0) / rows * 1e6);
+        jvm_cpu.push((cassandra_pid().map_or(f64::NAN, proc_cpu_secs) - jvm0) / rows * 1e6);
+        let (n, t) = direct_scan(&store, biggest, 1).await?;
+        anyhow::ensure!(n == biggest, "direct scan returned {n} rows of {biggest}");
+        direct1.push(n as f64 / t.as_secs_f64());
+        let (n, t) = direct_scan(&store, biggest, 4).await?;
+        direct4.push(n as f64 / t.as_secs_f64());
+        let chained = super::run(&RunArgs {
+            slo_ms: Some(50),
+            ..run_args(&a.url, biggest, format!("scan-slo50-{rep}"))
+        })
+        .await?;
+        anyhow::ensure!(
+            chained.rows == biggest,
+            "chained read returned {} rows",
+            chained.rows
+        );
+        slo_chain.push(chained.reads.max_ms / 1000.0);
+        eprintln!(
+            "   rep {rep}: service {:.0} rows/s, direct {:.0} / {:.0} rows/s (1 / 4 streams)",
+            svc[rep], direct1[rep], direct4[rep]
+        );
+    }
+    let (svc_m, d1, d4) = (median(svc), median(direct1), median(direct4));
+    let completion_tax = median(slo_chain) / (biggest as f64 / d1);
+
+    eprintln!("== deadline adherence");
+    let mut table = String::new();
+    let (mut scanned, mut delivered) = (0u64, 0u64);
+    for &size in &args.sizes {
+        for &clients in &args.clients {
+            for &slo in &args.slos {
+                let mut cells = vec![];
+                for (server, partial) in [(&a, true), (&b, false)] {
+                    let label = format!(
+                        "adhere-{size}-{clients}-{slo}-{}",
+                        if partial { "on" } else { "off" }
+                    );
+                    let r = super::run(&RunArgs {
+                        clients,
+                        requests: None,
+                        duration_secs: Some(args.seconds_per_cell),
+                        warmup_secs: 0.5,
+                        slo_ms: Some(slo),
+                        ..run_args(&server.url, size, label)
+                    })
+                    .await?;
+                    if partial {
+                        scanned += r.rows_scanned;
+                        delivered += r.rows;
+                    }
+                    cells.push(r);
+                }
+                let slo_f = f64::from(slo);
+                let (on, off) = (&cells[0], &cells[1]);
+                writeln!(
+                    table,
+                    "| {size} | {clients} | {slo} | {:.2} | {:.2} | {:.1}% | {:.2} | {:.2} |",
+                    on.responses.p99_ms / slo_f,
+                    on.responses.p999_ms / slo_f,
+                    on.partial_rate * 100.0,
+                    off.responses.p99_ms / slo_f,
+                    off.responses.p999_ms / slo_f,
+                )?;
+                eprintln!(
+                    "   {size} rows, {clients} clients, SLO {slo} ms: p99/SLO {:.2} (off: {:.2})",
+                    on.responses.p99_ms / slo_f,
+                    off.responses.p99_ms / slo_f
+                );
+            }
+        }
+    }
+    let amplification = scanned as f64 / delivered.max(1) as f64;
+
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let mut md = String::new();
+    writeln!(md, "# Benchmarks\n")?;
+    writeln!(
+        md,
+        "Produced by `scripts/bench` (`{command}`), on {}.\n",
+        machine()
+    )?;
+    writeln!(md, "Series are seeded through `WriteEvents` ({ROWS_PER_SEC} rows per second of event time, {BUCKET_SECS} s buckets, {SHARDS} shards, 64-byte payloads). Service reads use page size 10000; the direct scan reads the same partitions with the scylla driver (page size 5000). Service and direct runs alternate A B A B, {} times; medians are reported.\n", args.repeats)?;
+    writeln!(md, "## Summary\n")?;
+    writeln!(md, "| figure | measured | target |\n|---|---|---|")?;
+    writeln!(
+        md,
+        "| scan efficiency, single stream (service ÷ direct 1 stream) | {:.2} | >= 0.95 |",
+        svc_m / d1
+    )?;
+    writeln!(
+        md,
+        "| scan efficiency, read-ahead (service ÷ direct 4 streams) | {:.2} | >= 1.0 |",
+        svc_m / d4
+    )?;
+    writeln!(md, "| read amplification (rows Cassandra served ÷ delivered, SLO-bound reads) | {amplification:.3} | <= 1.02 |")?;
+    writeln!(md, "| completion tax (chained 50 ms SLO calls ÷ one direct scan) | {completion_tax:.2} | <= 1.05 |")?;
+    writeln!(
+        md,
+        "| service CPU per million rows | {:.2} s | |",
+        median(svc_cpu)
+    )?;
+    writeln!(
+        md,
+        "| Cassandra JVM CPU per million rows (during service scans) | {:.2} s | |\n",
+        median(jvm_cpu)
+    )?;
+    writeln!(md, "Rows/s on {biggest} rows: service {svc_m:.0}, direct single stream {d1:.0}, direct 4 streams {d4:.0}.\n")?;
+    writeln!(md, "## Deadline adherence\n")?;
+    writeln!(md, "Closed loop, whole-series reads following tokens, {} s per cell. `on`: Hourglass with partial return; `off`: the same server with partial return switched off (`--partial-reads false`), i.e. a page-size-bound read as users have today. Targets: p99 <= SLO (ratio <= 1.00), p99.9 <= 1.05 x SLO.\n", args.seconds_per_cell)?;
+    writeln!(md, "| rows | clients | SLO ms | on p99/SLO | on p99.9/SLO | on partial | off p99/SLO | off p99.9/SLO |\n|---|---|---|---|---|---|---|---|")?;
+    md.push_str(&table);
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, md)?;
+    println!("wrote {}", args.out.display());
+    Ok(())
+}

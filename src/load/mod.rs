@@ -1,0 +1,654 @@
+//! The load tool (`hourglass load ...`): seeds wide series through the gRPC
+//! write API, drives reads open- or closed-loop with SLOs and deadlines,
+//! reports HdrHistogram latencies, compares reports and draws charts; and
+//! the macro benchmark ([`bench`]).
+
+pub mod bench;
+pub mod report;
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use futures::StreamExt;
+use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+use hdrhistogram::serialization::V2Serializer;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::Request;
+
+use crate::api::pb;
+use crate::api::pb::hourglass_client::HourglassClient;
+use crate::demo::connect;
+use report::Report;
+use stats::{latency_since_intended, rates, Latencies, RunStats, Schedule};
+
+/// First event time of seeded series: 2026-01-01T00:00:00Z.
+pub const LOAD_EPOCH_MICROS: i64 = 1_767_225_600_000_000;
+/// Requests an open-loop run lets wait before counting new ones as dropped.
+const MAX_OUTSTANDING: usize = 10_000;
+
+#[derive(Debug, Subcommand)]
+pub enum LoadCommand {
+    /// Create a namespace and write wide series through WriteEvents.
+    Seed(SeedArgs),
+    /// Drive reads and report latencies.
+    Run(RunArgs),
+    /// Show two JSON reports side by side.
+    Compare { a: PathBuf, b: PathBuf },
+    /// Draw response-latency percentiles of one or two reports as SVG.
+    Chart {
+        #[arg(required = true, num_args = 1..=4)]
+        reports: Vec<PathBuf>,
+        #[arg(long, default_value = "reports/latency.svg")]
+        out: PathBuf,
+    },
+    /// The macro benchmark against the local Cassandra; writes docs/benchmarks.md.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct SeedArgs {
+    #[arg(
+        long,
+        env = "HOURGLASS_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub server: String,
+    #[arg(long, default_value = "load")]
+    pub namespace: String,
+    /// Series to write (named series-0, series-1, ...).
+    #[arg(long, default_value_t = 1)]
+    pub series: u32,
+    /// Rows per series (up to 10,000,000).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub rows_per_series: u64,
+    /// Payload size in bytes; with --payload-max-bytes, the minimum of a uniform spread.
+    #[arg(long, default_value_t = 64)]
+    pub payload_bytes: usize,
+    #[arg(long)]
+    pub payload_max_bytes: Option<usize>,
+    /// Seconds of event time each series covers, from 2026-01-01.
+    #[arg(long, default_value_t = 3600)]
+    pub span_secs: u64,
+    #[arg(long, default_value_t = 300)]
+    pub bucket_secs: u64,
+    #[arg(long, default_value_t = 4)]
+    pub shards: u32,
+    /// Events per WriteEvents call.
+    #[arg(long, default_value_t = 2000)]
+    pub batch: usize,
+    /// WriteEvents calls in flight.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Start over instead of resuming from the checkpoint file.
+    #[arg(long)]
+    pub restart: bool,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Pattern {
+    /// One call over a random sub-range of a random series.
+    RandomRange,
+    /// One call over a whole series.
+    WholeSeries,
+    /// A whole series, following tokens to the end.
+    Follow,
+}
+
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct RunArgs {
+    #[arg(
+        long,
+        env = "HOURGLASS_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub server: String,
+    #[arg(long, default_value = "load")]
+    pub namespace: String,
+    /// Seeded series to read from.
+    #[arg(long, default_value_t = 1)]
+    pub series: u32,
+    /// Event-time span of the seeded series, seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub span_secs: u64,
+    /// Open loop: logical reads started per second regardless of completions.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Closed loop: concurrent clients (ignored with --rate).
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
+    /// Measured duration in seconds (default 10 unless --requests is given).
+    #[arg(long)]
+    pub duration_secs: Option<f64>,
+    /// Stop after this many logical reads.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Seconds of warm-up, not counted.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_secs: f64,
+    #[arg(long, value_enum, default_value = "follow")]
+    pub pattern: Pattern,
+    /// Length of random sub-ranges, as a fraction of the span.
+    #[arg(long, default_value_t = 0.1)]
+    pub range_fraction: f64,
+    /// Request SLO field, milliseconds.
+    #[arg(long)]
+    pub slo_ms: Option<u32>,
+    /// gRPC deadline per call, milliseconds.
+    #[arg(long)]
+    pub deadline_ms: Option<u64>,
+    #[arg(long, default_value_t = 10_000)]
+    pub page_size: u32,
+    #[arg(long)]
+    pub descending: bool,
+    /// Name of the run in reports.
+    #[arg(long, default_value = "run")]
+    pub label: String,
+    /// Where to write the JSON report (an HDR interval log goes beside it).
+    #[arg(long, default_value = "reports/run.json")]
+    pub report: PathBuf,
+    /// No live line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl RunArgs {
+    /// Checks the arguments, naming the bad one.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(r) = self.rate {
+            anyhow::ensure!(
+                r > 0.0 && r.is_finite(),
+                "--rate must be a positive number, got {r}"
+            );
+        }
+        anyhow::ensure!(self.clients >= 1, "--clients must be at least 1");
+        anyhow::ensure!(self.series >= 1, "--series must be at least 1");
+        anyhow::ensure!(self.span_secs >= 1, "--span-secs must be at least 1");
+        anyhow::ensure!(
+            self.range_fraction > 0.0 && self.range_fraction <= 1.0,
+            "--range-fraction must be in (0, 1], got {}",
+            self.range_fraction
+        );
+        if let Some(d) = self.duration_secs {
+            anyhow::ensure!(
+                d > 0.0 && d.is_finite(),
+                "--duration-secs must be positive, got {d}"
+            );
+        }
+        anyhow::ensure!(
+            self.warmup_secs >= 0.0,
+            "--warmup-secs must not be negative"
+        );
+        anyhow::ensure!(self.requests != Some(0), "--requests must be at least 1");
+        anyhow::ensure!(
+            self.deadline_ms != Some(0),
+            "--deadline-ms must be at least 1"
+        );
+        anyhow::ensure!(self.slo_ms != Some(0), "--slo-ms must be at least 1");
+        Ok(())
+    }
+}
+
+/// Runs a load subcommand.
+pub async fn main(cmd: LoadCommand) -> anyhow::Result<()> {
+    match cmd {
+        LoadCommand::Seed(args) => seed(&args).await,
+        LoadCommand::Run(args) => {
+            let report = run(&args).await?;
+            print!("{}", report.table());
+            println!("report: {}", args.report.display());
+            Ok(())
+        }
+        LoadCommand::Compare { a, b } => {
+            print!(
+                "{}",
+                report::compare(&Report::load(&a)?, &Report::load(&b)?)
+            );
+            Ok(())
+        }
+        LoadCommand::Chart { reports, out } => {
+            let reports = reports
+                .iter()
+                .map(|p| Report::load(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            report::chart(&reports, &out)?;
+            println!("chart: {}", out.display());
+            Ok(())
+        }
+        LoadCommand::Bench(args) => bench::run(&args).await,
+    }
+}
+
+/// Event `i` of series `series` as seeded.
+pub fn seed_event(args: &SeedArgs, series: u32, i: u64) -> pb::Event {
+    let step = (args.span_secs as i64 * 1_000_000) / args.rows_per_series as i64;
+    let len = match args.payload_max_bytes {
+        Some(max) if max > args.payload_bytes => {
+            // Deterministic spread, so re-seeding writes identical rows.
+            let h = (i ^ (u64::from(series) << 40)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            args.payload_bytes + (h % (max - args.payload_bytes + 1) as u64) as usize
+        }
+        _ => args.payload_bytes,
+    };
+    pb::Event {
+        series_id: format!("series-{series}"),
+        event_time_micros: LOAD_EPOCH_MICROS + i as i64 * step.max(1),
+        event_id: format!("{i:010}"),
+        payload: bytes::Bytes::from(vec![b'x'; len]),
+        tags: Default::default(),
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Checkpoint {
+    /// Rows written without gap from the start, by series.
+    done: BTreeMap<u32, u64>,
+}
+
+fn checkpoint_path(args: &SeedArgs) -> PathBuf {
+    PathBuf::from(format!("reports/seed-{}.json", args.namespace))
+}
+
+/// Seeds series; resumable through a checkpoint file of contiguous progress.
+pub async fn seed(args: &SeedArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
+    anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+    anyhow::ensure!(args.series >= 1, "--series must be at least 1");
+    anyhow::ensure!(args.span_secs >= 1, "--span-secs must be at least 1");
+    if let Some(max) = args.payload_max_bytes {
+        anyhow::ensure!(
+            max >= args.payload_bytes,
+            "--payload-max-bytes must be >= --payload-bytes"
+        );
+    }
+    let mut client = connect(&args.server, Duration::from_secs(30)).await?;
+    client
+        .create_namespace(pb::CreateNamespaceRequest {
+            namespace: Some(pb::Namespace {
+                name: args.namespace.clone(),
+                bucket_width_micros: args.bucket_secs as i64 * 1_000_000,
+                shards: args.shards,
+                retention_seconds: 0,
+            }),
+        })
+        .await?;
+    let path = checkpoint_path(args);
+    let mut checkpoint: Checkpoint = if args.restart {
+        Checkpoint::default()
+    } else {
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    };
+    let total = u64::from(args.series) * args.rows_per_series;
+    let already: u64 = checkpoint
+        .done
+        .values()
+        .map(|&d| d.min(args.rows_per_series))
+        .sum();
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec}  ETA {eta}")
+            .expect("valid template"),
+    );
+    bar.set_position(already);
+    let began = Instant::now();
+    for s in 0..args.series {
+        let from = checkpoint.done.get(&s).copied().unwrap_or(0);
+        let batches: Vec<(u64, u64)> = (from..args.rows_per_series)
+            .step_by(args.batch)
+            .map(|b| (b, (b + args.batch as u64).min(args.rows_per_series)))
+            .collect();
+        let mut writes = futures::stream::iter(batches.into_iter().map(|(lo, hi)| {
+            let mut c = client.clone();
+            let events = (lo..hi).map(|i| seed_event(args, s, i)).collect();
+            let namespace = args.namespace.clone();
+            async move {
+                c.write_events(pb::WriteEventsRequest { namespace, events })
+                    .await
+                    .map(|_| (lo, hi))
+            }
+        }))
+        .buffered(args.concurrency);
+        let mut last_save = Instant::now();
+        while let Some(r) = writes.next().await {
+            let (_, hi) = r.map_err(|e| anyhow::anyhow!("WriteEvents failed: {}", e.message()))?;
+            // `buffered` yields in order, so `hi` is a contiguous prefix.
+            checkpoint.done.insert(s, hi);
+            bar.set_position(
+                checkpoint
+                    .done
+                    .values()
+                    .map(|&d| d.min(args.rows_per_series))
+                    .sum::<u64>(),
+            );
+            if last_save.elapsed() > Duration::from_secs(1) {
+                save_checkpoint(&path, &checkpoint)?;
+                last_save = Instant::now();
+            }
+        }
+        save_checkpoint(&path, &checkpoint)?;
+    }
+    bar.finish_and_clear();
+    let written = total - already;
+    let secs = began.elapsed().as_secs_f64();
+    println!(
+        "seeded {} series x {} rows into {:?}: wrote {written} rows in {secs:.1} s ({:.0} rows/s)",
+        args.series,
+        args.rows_per_series,
+        args.namespace,
+        written as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
+fn save_checkpoint(path: &PathBuf, c: &Checkpoint) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_string(c)?)?;
+    Ok(())
+}
+
+/// What one logical read produced.
+#[derive(Default)]
+struct OpResult {
+    /// (latency, partial reason if partial, rows, bytes, rows scanned) per response.
+    responses: Vec<(Duration, Option<String>, u64, u64, u64)>,
+    error: Option<String>,
+}
+
+fn request_for(args: &RunArgs) -> pb::ReadEventsRequest {
+    let mut rng = rand::rng();
+    let series = rng.random_range(0..args.series);
+    let span = args.span_secs as i64 * 1_000_000;
+    let (start, end) = match args.pattern {
+        Pattern::RandomRange => {
+            let len = ((span as f64 * args.range_fraction) as i64).max(1);
+            let off = rng.random_range(0..=(span - len).max(0));
+            (LOAD_EPOCH_MICROS + off, LOAD_EPOCH_MICROS + off + len)
+        }
+        Pattern::WholeSeries | Pattern::Follow => (LOAD_EPOCH_MICROS, LOAD_EPOCH_MICROS + span),
+    };
+    pb::ReadEventsRequest {
+        namespace: args.namespace.clone(),
+        series_id: format!("series-{series}"),
+        start_time_micros: start,
+        end_time_micros: end,
+        order: if args.descending {
+            pb::Order::Descending
+        } else {
+            pb::Order::Ascending
+        } as i32,
+        page_size: args.page_size,
+        slo_millis: args.slo_ms.unwrap_or(0),
+        ..Default::default()
+    }
+}
+
+/// One logical read. The first response's latency counts from `intended`.
+async fn logical_read(
+    mut client: HourglassClient<Channel>,
+    args: &RunArgs,
+    intended: Instant,
+) -> OpResult {
+    let mut req = request_for(args);
+    let mut out = OpResult::default();
+    let mut sent = intended;
+    loop {
+        let mut call = Request::new(req.clone());
+        if let Some(ms) = args.deadline_ms {
+            call.set_timeout(Duration::from_millis(ms));
+        }
+        match client.read_events(call).await {
+            Err(status) => {
+                out.error = Some(format!("{:?}", status.code()));
+                return out;
+            }
+            Ok(resp) => {
+                let page = resp.into_inner();
+                let latency = latency_since_intended(sent, Instant::now());
+                let bytes = page
+                    .events
+                    .iter()
+                    .map(|e| (e.payload.len() + e.event_id.len() + 8) as u64)
+                    .sum();
+                let reason = page.partial.then(|| {
+                    page.partial_reason()
+                        .as_str_name()
+                        .trim_start_matches("PARTIAL_REASON_")
+                        .to_string()
+                });
+                let scanned = page.stats.map_or(0, |s| s.rows_scanned);
+                out.responses
+                    .push((latency, reason, page.events.len() as u64, bytes, scanned));
+                if !(page.partial && args.pattern == Pattern::Follow) {
+                    return out;
+                }
+                req.continuation_token = page.continuation_token;
+                sent = Instant::now();
+            }
+        }
+    }
+}
+
+/// Shared run state: totals plus the current one-second interval.
+#[derive(Default)]
+struct Shared {
+    total: RunStats,
+    interval: Latencies,
+    interval_rows: u64,
+    requests: u64,
+}
+
+fn record(shared: &Mutex<Shared>, op: OpResult, intended: Instant, counted: bool) {
+    if !counted {
+        return;
+    }
+    let mut s = shared.lock().expect("stats lock");
+    s.requests += 1;
+    if let Some(code) = op.error {
+        *s.total.errors_by_code.entry(code).or_default() += 1;
+        return;
+    }
+    for (lat, reason, rows, bytes, scanned) in &op.responses {
+        s.total.responses.record(*lat);
+        s.interval.record(*lat);
+        s.total.rows += rows;
+        s.interval_rows += rows;
+        s.total.bytes += bytes;
+        s.total.rows_scanned += scanned;
+        if let Some(r) = reason {
+            *s.total.partial_by_reason.entry(r.clone()).or_default() += 1;
+        }
+    }
+    s.total
+        .reads
+        .record(latency_since_intended(intended, Instant::now()));
+}
+
+/// Drives reads as configured and returns (and saves) the report.
+pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
+    args.validate()?;
+    let client = connect(&args.server, Duration::from_secs(30)).await?;
+    let cpu0 = cpu_time::ProcessTime::now();
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let warmup = Duration::from_secs_f64(args.warmup_secs);
+    let duration = args
+        .duration_secs
+        .map(Duration::from_secs_f64)
+        .or(if args.requests.is_some() {
+            None
+        } else {
+            Some(Duration::from_secs(10))
+        });
+    let began = Instant::now();
+    let measure_from = began + warmup;
+    let stop_at = duration.map(|d| measure_from + d);
+    let budget = args.requests;
+    let started = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let take_ticket = {
+        let started = started.clone();
+        move |now: Instant| -> bool {
+            if stop_at.is_some_and(|t| now >= t) {
+                return false;
+            }
+            if now < measure_from {
+                return true;
+            }
+            let n = started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            budget.is_none_or(|b| n < b)
+        }
+    };
+
+    let hlog_path = args.report.with_extension("hlog");
+    if let Some(dir) = hlog_path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut hlog_file = std::fs::File::create(&hlog_path)?;
+    let mut serializer = V2Serializer::new();
+    let mut hlog = IntervalLogWriterBuilder::new()
+        .add_comment(&format!("hourglass load run {}", args.label))
+        .with_start_time(std::time::SystemTime::now())
+        .with_max_value_divisor(1000.0)
+        .begin_log_with(&mut hlog_file, &mut serializer)
+        .map_err(|e| anyhow::anyhow!("cannot write HDR log: {e:?}"))?;
+
+    let mut tasks = JoinSet::new();
+    let driver = {
+        let shared = shared.clone();
+        let args = args.clone();
+        let client = client.clone();
+        let take_ticket = take_ticket.clone();
+        async move {
+            let mut ops = JoinSet::new();
+            if let Some(rate) = args.rate {
+                let schedule = Schedule::new(began, rate);
+                let mut i = 0u64;
+                loop {
+                    let intended = schedule.intended(i);
+                    i += 1;
+                    tokio::time::sleep_until(intended).await;
+                    if !take_ticket(intended) {
+                        break;
+                    }
+                    let counted = intended >= measure_from;
+                    if ops.len() >= MAX_OUTSTANDING {
+                        let mut s = shared.lock().expect("stats lock");
+                        *s.total
+                            .errors_by_code
+                            .entry("ClientBacklog".into())
+                            .or_default() += 1;
+                        continue;
+                    }
+                    let (c, a, sh) = (client.clone(), args.clone(), shared.clone());
+                    ops.spawn(async move {
+                        let op = logical_read(c, &a, intended).await;
+                        record(&sh, op, intended, counted);
+                    });
+                    while ops.try_join_next().is_some() {}
+                }
+            } else {
+                for _ in 0..args.clients {
+                    let (c, a, sh, ticket) = (
+                        client.clone(),
+                        args.clone(),
+                        shared.clone(),
+                        take_ticket.clone(),
+                    );
+                    ops.spawn(async move {
+                        loop {
+                            let intended = Instant::now();
+                            if !ticket(intended) {
+                                break;
+                            }
+                            let op = logical_read(c.clone(), &a, intended).await;
+                            record(&sh, op, intended, intended >= measure_from);
+                        }
+                    });
+                }
+            }
+            while ops.join_next().await.is_some() {}
+        }
+    };
+    tasks.spawn(driver);
+
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    let mut interrupted = false;
+    let mut last_tick = Instant::now();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let mut s = shared.lock().expect("stats lock");
+                let elapsed = last_tick.elapsed();
+                let since_start = last_tick.saturating_duration_since(began);
+                last_tick = Instant::now();
+                hlog.write_histogram(s.interval.histogram(), since_start, elapsed, None)
+                    .map_err(|e| anyhow::anyhow!("cannot write HDR log: {e:?}"))?;
+                if !args.quiet {
+                    eprintln!(
+                        "[{:>5.1}s] {} reads, {:.0} rows/s, p99 {:.1} ms, max {:.1} ms, partial {:.0}%, errors {}",
+                        began.elapsed().as_secs_f64(),
+                        s.requests,
+                        s.interval_rows as f64 / elapsed.as_secs_f64(),
+                        s.interval.percentile_ms(99.0),
+                        s.interval.percentile_ms(100.0),
+                        s.total.partial_rate() * 100.0,
+                        s.total.errors_by_code.values().sum::<u64>(),
+                    );
+                }
+                s.interval.reset();
+                s.interval_rows = 0;
+            }
+            done = tasks.join_next() => {
+                if let Some(Err(e)) = done {
+                    anyhow::bail!("load driver failed: {e}");
+                }
+                break;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                interrupted = true;
+                tasks.abort_all();
+                break;
+            }
+        }
+    }
+    let elapsed = Instant::now().saturating_duration_since(measure_from.min(Instant::now()));
+    let s = shared.lock().expect("stats lock");
+    let (rows_per_s, mb_per_s) = rates(s.total.rows, s.total.bytes, elapsed);
+    let report = Report {
+        label: args.label.clone(),
+        config: args.clone(),
+        duration_s: elapsed.as_secs_f64(),
+        requests: s.requests,
+        responses: s.total.responses.summary(),
+        reads: s.total.reads.summary(),
+        rows: s.total.rows,
+        rows_scanned: s.total.rows_scanned,
+        rows_per_s,
+        mb_per_s,
+        partial_rate: s.total.partial_rate(),
+        partial_by_reason: s.total.partial_by_reason.clone(),
+        errors_by_code: s.total.errors_by_code.clone(),
+        client_cpu_s: cpu0.elapsed().as_secs_f64(),
+        interrupted,
+    };
+    report.save(&args.report)?;
+    Ok(report)
+}

@@ -1,0 +1,112 @@
+//! A short end-to-end run of the load tool against the real Cassandra: seed,
+//! run, report, compare and chart.
+
+mod common;
+
+use common::*;
+use hourglass::load::report::{self, Report};
+use hourglass::load::{run, seed, Pattern, RunArgs, SeedArgs};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_run_report_and_chart() {
+    let server = TestServer::start().await;
+    let url = format!("http://{}", server.addr);
+    let dir = std::env::temp_dir().join(format!("hourglass-load-{}", std::process::id()));
+    let seed_args = SeedArgs {
+        server: url.clone(),
+        namespace: format!("loadtest{}", std::process::id()),
+        series: 2,
+        rows_per_series: 3000,
+        payload_bytes: 10,
+        payload_max_bytes: Some(30),
+        span_secs: 600,
+        bucket_secs: 60,
+        shards: 3,
+        batch: 500,
+        concurrency: 4,
+        restart: true,
+        quiet: true,
+    };
+    seed(&seed_args).await.expect("seed");
+    // Seeding again resumes from the checkpoint and writes nothing twice.
+    seed(&SeedArgs {
+        restart: false,
+        ..seed_args.clone()
+    })
+    .await
+    .expect("reseed");
+
+    let base = RunArgs {
+        server: url,
+        namespace: seed_args.namespace.clone(),
+        series: 2,
+        span_secs: 600,
+        rate: None,
+        clients: 2,
+        duration_secs: None,
+        requests: Some(6),
+        warmup_secs: 0.0,
+        pattern: Pattern::Follow,
+        range_fraction: 0.1,
+        slo_ms: Some(200),
+        deadline_ms: None,
+        page_size: 700,
+        descending: false,
+        label: "follow".into(),
+        report: dir.join("follow.json"),
+        quiet: true,
+    };
+    let a = run(&base).await.expect("closed-loop run");
+    assert_eq!(a.requests, 6);
+    assert_eq!(a.reads.count, 6);
+    assert_eq!(
+        a.rows,
+        6 * 3000,
+        "every follow read returns the whole series"
+    );
+    assert!(a.errors_by_code.is_empty(), "{:?}", a.errors_by_code);
+    assert!(
+        a.responses.count >= 6 * 5,
+        "pages of 700 rows: {}",
+        a.responses.count
+    );
+    assert!(a.partial_by_reason["ROW_LIMIT"] >= 6 * 4);
+    let reloaded = Report::load(&base.report).expect("valid JSON report");
+    assert_eq!(reloaded.rows, a.rows);
+    assert_eq!(reloaded.config.page_size, 700);
+    let hlog = std::fs::read_to_string(base.report.with_extension("hlog")).expect("HDR log");
+    assert!(hlog.starts_with("#hourglass load run follow"));
+
+    let b = run(&RunArgs {
+        rate: Some(40.0),
+        requests: Some(10),
+        pattern: Pattern::RandomRange,
+        deadline_ms: Some(500),
+        label: "open".into(),
+        report: dir.join("open.json"),
+        ..base.clone()
+    })
+    .await
+    .expect("open-loop run");
+    assert_eq!(b.requests, 10);
+    assert_eq!(b.responses.count, 10, "one call per random-range read");
+    assert!(b.rows > 0 && b.rows <= 10 * 700);
+
+    let table = report::compare(&a, &b);
+    assert!(
+        table.contains("response p99 ms") && table.contains("follow") && table.contains("open")
+    );
+    let svg = dir.join("latency.svg");
+    report::chart(&[a, b], &svg).expect("chart");
+    let text = std::fs::read_to_string(&svg).expect("svg written");
+    assert!(text.starts_with("<svg"), "{}", &text[..40.min(text.len())]);
+    assert!(text.contains("SLO 200 ms"));
+
+    let err = run(&RunArgs {
+        range_fraction: 0.0,
+        ..base
+    })
+    .await
+    .expect_err("bad fraction");
+    assert!(err.to_string().contains("--range-fraction"), "{err}");
+}
