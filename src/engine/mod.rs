@@ -35,6 +35,10 @@ use budget::{Budget, BudgetSource};
 use merge::{pick, Pick};
 use predict::{LatencyModel, LatencyModels};
 
+/// A page skips slow start when it is expected to take at most 1/N of the
+/// time left.
+const SLOW_START_HEADROOM: u32 = 8;
+
 /// Tunables of the engine.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -630,12 +634,19 @@ impl<'a, S: Storage> Scan<'a, S> {
         }
         let b = bucket.bucket;
         let cursor = &mut bucket.shards[shard_idx];
-        let ramp = self
-            .engine
-            .config
-            .initial_storage_page
-            .saturating_mul(1 << cursor.pages.min(20));
-        let page = page.min(ramp.max(1));
+        // Slow start only where the budget is tight: when even the full page
+        // is expected to take a small share of the time left, ask for it.
+        let roomy = self.model.predict(page).saturating_mul(SLOW_START_HEADROOM) <= timeout;
+        let page = if roomy {
+            page
+        } else {
+            let ramp = self
+                .engine
+                .config
+                .initial_storage_page
+                .saturating_mul(1 << cursor.pages.min(20));
+            page.min(ramp.max(1))
+        };
         cursor.pages += 1;
         cursor.requested = page;
         self.stats.storage_pages += 1;
