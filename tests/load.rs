@@ -57,8 +57,9 @@ async fn seed_run_report_and_chart() {
         quiet: true,
     };
     let a = run(&base).await.expect("closed-loop run");
-    assert_eq!(a.requests, 6);
+    assert_eq!(a.reads_completed, 6);
     assert_eq!(a.reads.count, 6);
+    assert_eq!(a.requests, a.responses.count, "every call answered");
     assert_eq!(
         a.rows,
         6 * 3000,
@@ -88,6 +89,7 @@ async fn seed_run_report_and_chart() {
     })
     .await
     .expect("open-loop run");
+    assert_eq!(b.reads_completed, 10);
     assert_eq!(b.requests, 10);
     assert_eq!(b.responses.count, 10, "one call per random-range read");
     assert!(b.rows > 0 && b.rows <= 10 * 700);

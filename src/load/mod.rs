@@ -365,14 +365,6 @@ fn save_checkpoint(path: &PathBuf, c: &Checkpoint) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What one logical read produced.
-#[derive(Default)]
-struct OpResult {
-    /// (latency, partial reason if partial, rows, bytes, rows scanned) per response.
-    responses: Vec<(Duration, Option<String>, u64, u64, u64)>,
-    error: Option<String>,
-}
-
 fn request_for(args: &RunArgs) -> pb::ReadEventsRequest {
     let mut rng = rand::rng();
     let series = rng.random_range(0..args.series);
@@ -401,49 +393,96 @@ fn request_for(args: &RunArgs) -> pb::ReadEventsRequest {
     }
 }
 
-/// One logical read. The first response's latency counts from `intended`.
+/// When responses count: after the warm-up, before the end of the run.
+#[derive(Clone, Copy)]
+struct Window {
+    measure_from: Instant,
+    stop_at: Option<Instant>,
+}
+
+impl Window {
+    fn counts(&self, t: Instant) -> bool {
+        t >= self.measure_from
+    }
+
+    fn over(&self, t: Instant) -> bool {
+        self.stop_at.is_some_and(|s| t >= s)
+    }
+}
+
+/// One logical read, recording each response as it arrives. The first
+/// response's latency counts from `intended`. A read still following tokens
+/// when the run ends is abandoned and not counted as a whole read.
 async fn logical_read(
     mut client: HourglassClient<Channel>,
     args: &RunArgs,
     intended: Instant,
-) -> OpResult {
+    shared: &Mutex<Shared>,
+    window: Window,
+) {
     let mut req = request_for(args);
-    let mut out = OpResult::default();
     let mut sent = intended;
     loop {
         let mut call = Request::new(req.clone());
         if let Some(ms) = args.deadline_ms {
             call.set_timeout(Duration::from_millis(ms));
         }
-        match client.read_events(call).await {
+        let result = client.read_events(call).await;
+        let now = Instant::now();
+        let counted = window.counts(now);
+        let mut s = shared.lock().expect("stats lock");
+        if counted {
+            s.requests += 1;
+        }
+        let page = match result {
             Err(status) => {
-                out.error = Some(format!("{:?}", status.code()));
-                return out;
-            }
-            Ok(resp) => {
-                let page = resp.into_inner();
-                let latency = latency_since_intended(sent, Instant::now());
-                let bytes = page
-                    .events
-                    .iter()
-                    .map(|e| (e.payload.len() + e.event_id.len() + 8) as u64)
-                    .sum();
-                let reason = page.partial.then(|| {
-                    page.partial_reason()
-                        .as_str_name()
-                        .trim_start_matches("PARTIAL_REASON_")
-                        .to_string()
-                });
-                let scanned = page.stats.map_or(0, |s| s.rows_scanned);
-                out.responses
-                    .push((latency, reason, page.events.len() as u64, bytes, scanned));
-                if !(page.partial && args.pattern == Pattern::Follow) {
-                    return out;
+                if counted {
+                    *s.total
+                        .errors_by_code
+                        .entry(format!("{:?}", status.code()))
+                        .or_default() += 1;
                 }
-                req.continuation_token = page.continuation_token;
-                sent = Instant::now();
+                return;
+            }
+            Ok(resp) => resp.into_inner(),
+        };
+        if counted {
+            let latency = latency_since_intended(sent, now);
+            let rows = page.events.len() as u64;
+            s.total.responses.record(latency);
+            s.interval.record(latency);
+            s.total.rows += rows;
+            s.interval_rows += rows;
+            s.total.bytes += page
+                .events
+                .iter()
+                .map(|e| (e.payload.len() + e.event_id.len() + 8) as u64)
+                .sum::<u64>();
+            s.total.rows_scanned += page.stats.map_or(0, |st| st.rows_scanned);
+            if page.partial {
+                let reason = page
+                    .partial_reason()
+                    .as_str_name()
+                    .trim_start_matches("PARTIAL_REASON_");
+                *s.total
+                    .partial_by_reason
+                    .entry(reason.to_string())
+                    .or_default() += 1;
             }
         }
+        if !(page.partial && args.pattern == Pattern::Follow) {
+            if window.counts(intended) {
+                s.reads += 1;
+                s.total.reads.record(latency_since_intended(intended, now));
+            }
+            return;
+        }
+        drop(s);
+        if window.over(now) {
+            return;
+        }
+        req.continuation_token = page.continuation_token;
+        sent = Instant::now();
     }
 }
 
@@ -453,33 +492,10 @@ struct Shared {
     total: RunStats,
     interval: Latencies,
     interval_rows: u64,
+    /// Calls answered (responses and errors) within the window.
     requests: u64,
-}
-
-fn record(shared: &Mutex<Shared>, op: OpResult, intended: Instant, counted: bool) {
-    if !counted {
-        return;
-    }
-    let mut s = shared.lock().expect("stats lock");
-    s.requests += 1;
-    if let Some(code) = op.error {
-        *s.total.errors_by_code.entry(code).or_default() += 1;
-        return;
-    }
-    for (lat, reason, rows, bytes, scanned) in &op.responses {
-        s.total.responses.record(*lat);
-        s.interval.record(*lat);
-        s.total.rows += rows;
-        s.interval_rows += rows;
-        s.total.bytes += bytes;
-        s.total.rows_scanned += scanned;
-        if let Some(r) = reason {
-            *s.total.partial_by_reason.entry(r.clone()).or_default() += 1;
-        }
-    }
-    s.total
-        .reads
-        .record(latency_since_intended(intended, Instant::now()));
+    /// Logical reads completed within the window.
+    reads: u64,
 }
 
 /// Drives reads as configured and returns (and saves) the report.
@@ -500,6 +516,10 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
     let began = Instant::now();
     let measure_from = began + warmup;
     let stop_at = duration.map(|d| measure_from + d);
+    let window = Window {
+        measure_from,
+        stop_at,
+    };
     let budget = args.requests;
     let started = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let take_ticket = {
@@ -547,7 +567,6 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
                     if !take_ticket(intended) {
                         break;
                     }
-                    let counted = intended >= measure_from;
                     if ops.len() >= MAX_OUTSTANDING {
                         let mut s = shared.lock().expect("stats lock");
                         *s.total
@@ -557,10 +576,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
                         continue;
                     }
                     let (c, a, sh) = (client.clone(), args.clone(), shared.clone());
-                    ops.spawn(async move {
-                        let op = logical_read(c, &a, intended).await;
-                        record(&sh, op, intended, counted);
-                    });
+                    ops.spawn(async move { logical_read(c, &a, intended, &sh, window).await });
                     while ops.try_join_next().is_some() {}
                 }
             } else {
@@ -577,8 +593,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
                             if !ticket(intended) {
                                 break;
                             }
-                            let op = logical_read(c.clone(), &a, intended).await;
-                            record(&sh, op, intended, intended >= measure_from);
+                            logical_read(c.clone(), &a, intended, &sh, window).await;
                         }
                     });
                 }
@@ -603,7 +618,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
                     .map_err(|e| anyhow::anyhow!("cannot write HDR log: {e:?}"))?;
                 if !args.quiet {
                     eprintln!(
-                        "[{:>5.1}s] {} reads, {:.0} rows/s, p99 {:.1} ms, max {:.1} ms, partial {:.0}%, errors {}",
+                        "[{:>5.1}s] {} calls, {:.0} rows/s, p99 {:.1} ms, max {:.1} ms, partial {:.0}%, errors {}",
                         began.elapsed().as_secs_f64(),
                         s.requests,
                         s.interval_rows as f64 / elapsed.as_secs_f64(),
@@ -637,6 +652,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         config: args.clone(),
         duration_s: elapsed.as_secs_f64(),
         requests: s.requests,
+        reads_completed: s.reads,
         responses: s.total.responses.summary(),
         reads: s.total.reads.summary(),
         rows: s.total.rows,

@@ -16,7 +16,10 @@ pub struct Report {
     pub label: String,
     pub config: RunArgs,
     pub duration_s: f64,
+    /// Calls answered within the measured window (responses and errors).
     pub requests: u64,
+    /// Logical reads completed within the window.
+    pub reads_completed: u64,
     pub responses: Summary,
     pub reads: Summary,
     pub rows: u64,
@@ -47,6 +50,12 @@ impl Report {
         Ok(())
     }
 
+    /// Fraction of calls that failed.
+    pub fn error_rate(&self) -> f64 {
+        let errors: u64 = self.errors_by_code.values().sum();
+        errors as f64 / self.requests.max(1) as f64
+    }
+
     /// The SLO drawn on charts: the request SLO, else the deadline.
     pub fn slo_ms(&self) -> Option<f64> {
         self.config
@@ -62,7 +71,12 @@ impl Report {
         let line = |out: &mut String, k: &str, v: String| out.push_str(&format!("{k:<22} {v}\n"));
         line(&mut out, "run", self.label.clone());
         line(&mut out, "duration", format!("{:.1} s", self.duration_s));
-        line(&mut out, "requests", self.requests.to_string());
+        line(&mut out, "calls", self.requests.to_string());
+        line(
+            &mut out,
+            "reads completed",
+            self.reads_completed.to_string(),
+        );
         for (name, s) in [
             ("response latency", &self.responses),
             ("logical read latency", &self.reads),
