@@ -314,6 +314,7 @@ impl From<PartialReason> for pb::PartialReason {
             PartialReason::ByteLimit => Self::ByteLimit,
             PartialReason::RowLimit => Self::RowLimit,
             PartialReason::StorageError => Self::StorageError,
+            PartialReason::Shutdown => Self::ServerShutdown,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! every flag is also an `HOURGLASS_*` variable), and the `serve` entry.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::engine::budget::BudgetConfig;
 use crate::engine::{EngineConfig, ReadEngine};
-use crate::server::{serve, HourglassService};
+use crate::server::{serve, set_health, HourglassService};
 use crate::storage::cassandra::{
     parse_consistency, CassandraConfig, CassandraStore, DEFAULT_REPLICATION,
 };
@@ -27,8 +28,34 @@ pub const DEFAULT_CASSANDRA: &str = "127.0.0.1:19042";
     about = "A time-series read service that always answers on time"
 )]
 pub struct Cli {
+    /// TOML config file; its keys are `serve` flag names. Precedence:
+    /// command-line flags, then HOURGLASS_* variables, then this file, then defaults.
+    #[arg(long, global = true, env = "HOURGLASS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "HOURGLASS_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the config file (--config) and print the effective `serve`
+    /// configuration, secrets masked.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -37,9 +64,25 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Write a wide demo series through a running server and read it back.
     Demo(DemoArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Load testing: seed, run, compare, chart, bench.
     #[command(subcommand)]
     Load(crate::load::LoadCommand),
+}
+
+/// Where metrics are served, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+fn parse_metrics_listen(s: &str) -> Result<MetricsListen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(MetricsListen(None));
+    }
+    s.parse()
+        .map(|a| MetricsListen(Some(a)))
+        .map_err(|e| format!("{e}: expected host:port or \"off\""))
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -94,6 +137,15 @@ pub struct ServeArgs {
     /// deadlines and read whole pages, the baseline for benchmarks).
     #[arg(long, env = "HOURGLASS_PARTIAL_READS", default_value_t = true, action = clap::ArgAction::Set)]
     pub partial_reads: bool,
+    /// Address of the Prometheus metrics endpoint (`/metrics`); "off" disables it.
+    #[arg(long, env = "HOURGLASS_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = parse_metrics_listen)]
+    pub metrics_listen: MetricsListen,
+    /// How long in-flight calls may take to finish after a shutdown signal.
+    #[arg(long, env = "HOURGLASS_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub drain_timeout: Duration,
+    /// How often storage is probed for the health service.
+    #[arg(long, env = "HOURGLASS_HEALTH_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub health_interval: Duration,
     /// How long to wait for Cassandra at start.
     #[arg(long, env = "HOURGLASS_CONNECT_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub connect_timeout: Duration,
@@ -169,23 +221,212 @@ impl ServeArgs {
     }
 }
 
-/// Connects to storage, binds and serves until SIGTERM or Ctrl-C.
+/// Connects to storage, binds and serves until SIGTERM or Ctrl-C; then
+/// reports NOT_SERVING, ends running reads partially and waits at most
+/// `--drain-timeout` for in-flight calls.
 pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let keys = args.key_ring()?;
-    let store = CassandraStore::connect(&args.cassandra_config()).await?;
+    if let MetricsListen(Some(addr)) = args.metrics_listen {
+        crate::telemetry::install_prometheus(addr)?;
+        tracing::info!(%addr, "serving metrics at /metrics");
+    }
+    let store = Arc::new(CassandraStore::connect(&args.cassandra_config()).await?);
     tracing::info!(cassandra = ?args.cassandra, keyspace = %args.keyspace, "connected to storage");
-    let engine = Arc::new(ReadEngine::new(Arc::new(store), args.engine_config()));
+    let drain = tokio_util::sync::CancellationToken::new();
+    let engine =
+        Arc::new(ReadEngine::new(store.clone(), args.engine_config()).with_drain(drain.clone()));
     let mut service = HourglassService::new(engine, keys, args.budget_config());
     if !args.partial_reads {
         service = service.without_partial_reads();
     }
+    let (reporter, health) = tonic_health::server::health_reporter();
+    set_health(&reporter, true).await;
+    let probe = tokio::spawn(probe_storage(
+        store,
+        reporter.clone(),
+        args.health_interval,
+        drain.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "serving");
-    serve(listener, service, shutdown_signal()).await?;
+    let shutdown = {
+        let (drain, reporter) = (drain.clone(), reporter.clone());
+        async move {
+            shutdown_signal().await;
+            set_health(&reporter, false).await;
+            drain.cancel();
+        }
+    };
+    let drain_timeout = args.drain_timeout;
+    let bounded = async {
+        drain.cancelled().await;
+        tokio::time::sleep(drain_timeout).await;
+    };
+    tokio::select! {
+        served = serve(listener, service, health, shutdown) => served?,
+        _ = bounded => tracing::warn!(?drain_timeout, "in-flight calls outlived the drain timeout; exiting"),
+    }
+    probe.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keeps the health service in step with storage: SERVING while Cassandra
+/// answers, NOT_SERVING while it does not or once draining began.
+async fn probe_storage(
+    store: Arc<CassandraStore>,
+    reporter: tonic_health::server::HealthReporter,
+    interval: Duration,
+    drain: tokio_util::sync::CancellationToken,
+) {
+    let mut last = None;
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = drain.cancelled() => return,
+        }
+        let up = store
+            .probe(interval.max(Duration::from_millis(500)))
+            .await
+            .is_ok();
+        metrics::gauge!(crate::telemetry::STORAGE_UP).set(if up { 1.0 } else { 0.0 });
+        if last != Some(up) && !drain.is_cancelled() {
+            tracing::info!(up, "storage health changed");
+            set_health(&reporter, up).await;
+            last = Some(up);
+        }
+    }
+}
+
+/// Applies a TOML config file: every key names a `serve` flag (`max-budget`
+/// or `max_budget`) and sets its HOURGLASS_* variable unless that variable
+/// is already set, so flags beat variables beat the file. Unknown keys and
+/// non-scalar values are errors naming the key.
+pub fn apply_config_file(path: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("config file {} is not valid TOML: {e}", path.display()))?;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let serve = cmd.find_subcommand("serve").expect("serve subcommand");
+    let mut settings = Vec::new();
+    for (key, value) in &table {
+        let flag = key.replace('_', "-");
+        let env = serve
+            .get_arguments()
+            .find(|a| a.get_long() == Some(flag.as_str()))
+            .and_then(|a| a.get_env())
+            .ok_or_else(|| {
+                anyhow::anyhow!("config file {}: unknown key {key:?}", path.display())
+            })?;
+        let value = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            _ => anyhow::bail!(
+                "config file {}: key {key:?} must be a string, number, boolean or list",
+                path.display()
+            ),
+        };
+        settings.push((env.to_os_string(), value));
+    }
+    for (env, value) in settings {
+        if std::env::var_os(&env).is_none() {
+            // SAFETY: called from `main` before any other thread starts.
+            unsafe { std::env::set_var(env, value) };
+        }
+    }
+    Ok(())
+}
+
+/// The config file named by `--config` / `--config=` in `args`, else by
+/// HOURGLASS_CONFIG; read before clap parses, so the file can feed defaults.
+pub fn config_path_from(args: &[String]) -> Option<PathBuf> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--config" {
+            return it.next().map(PathBuf::from);
+        }
+        if let Some(v) = a.strip_prefix("--config=") {
+            return Some(PathBuf::from(v));
+        }
+    }
+    std::env::var_os("HOURGLASS_CONFIG").map(PathBuf::from)
+}
+
+/// `config check`: the effective `serve` configuration, secrets masked.
+pub fn check_config() -> anyhow::Result<String> {
+    let cli = Cli::try_parse_from(["hourglass", "serve"]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let Command::Serve(args) = cli.command else {
+        unreachable!("parsed the serve subcommand")
+    };
+    let keys = args.key_ring()?;
+    let masked_keys = format!(
+        "{} key(s), signing with {:?} (secrets hidden)",
+        keys.key_count(),
+        keys.signing_id()
+    );
+    let rows: Vec<(&str, String)> = vec![
+        ("listen", args.listen.to_string()),
+        ("cassandra", args.cassandra.join(",")),
+        ("keyspace", args.keyspace.clone()),
+        ("consistency", format!("{:?}", args.consistency)),
+        ("replication", args.replication.clone()),
+        ("token-keys", masked_keys),
+        (
+            "token-ttl",
+            humantime::format_duration(args.token_ttl).to_string(),
+        ),
+        (
+            "default-budget",
+            humantime::format_duration(args.default_budget).to_string(),
+        ),
+        (
+            "max-budget",
+            humantime::format_duration(args.max_budget).to_string(),
+        ),
+        (
+            "deadline-margin",
+            humantime::format_duration(args.deadline_margin).to_string(),
+        ),
+        ("readahead-buckets", args.readahead_buckets.to_string()),
+        ("max-in-flight", args.max_in_flight.to_string()),
+        ("max-storage-page", args.max_storage_page.to_string()),
+        ("partial-reads", args.partial_reads.to_string()),
+        (
+            "metrics-listen",
+            args.metrics_listen
+                .0
+                .map_or("off".into(), |a| a.to_string()),
+        ),
+        (
+            "drain-timeout",
+            humantime::format_duration(args.drain_timeout).to_string(),
+        ),
+        (
+            "health-interval",
+            humantime::format_duration(args.health_interval).to_string(),
+        ),
+        (
+            "connect-timeout",
+            humantime::format_duration(args.connect_timeout).to_string(),
+        ),
+    ];
+    Ok(rows.iter().map(|(k, v)| format!("{k} = {v}\n")).collect())
 }
 
 /// Completes on SIGTERM or Ctrl-C.

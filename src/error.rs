@@ -46,6 +46,9 @@ pub enum ServiceError {
     /// Storage failed in a way retrying will not fix.
     #[error("storage failure: {0}")]
     Storage(StorageError),
+    /// The server is draining for shutdown; another replica can serve.
+    #[error("server is shutting down; retry on another replica")]
+    Draining,
 }
 
 impl ServiceError {
@@ -72,6 +75,7 @@ impl ServiceError {
             Self::NoProgress { .. } => "BUDGET_TOO_SMALL",
             Self::Unavailable(_) => "STORAGE_UNAVAILABLE",
             Self::Storage(_) => "STORAGE_FAILURE",
+            Self::Draining => "SERVER_DRAINING",
         }
     }
 }
@@ -90,6 +94,7 @@ impl From<ReadError> for ServiceError {
         match e {
             ReadError::NoProgress { budget, set_by } => Self::NoProgress { budget, set_by },
             ReadError::Storage(s) => s.into(),
+            ReadError::ShuttingDown => Self::Draining,
         }
     }
 }
@@ -127,6 +132,10 @@ impl From<ServiceError> for tonic::Status {
                 Code::Unavailable
             }
             ServiceError::Storage(_) => Code::Internal,
+            ServiceError::Draining => {
+                details.set_retry_info(Some(Duration::ZERO));
+                Code::Unavailable
+            }
         };
         details.set_error_info(err.reason(), ERROR_DOMAIN, info);
         tonic::Status::with_error_details(code, message, details)

@@ -11,6 +11,7 @@
 //! * [`storage`]: the [`storage::Storage`] trait, Cassandra/ScyllaDB behind
 //!   it ([`storage::cassandra`]) and an in-process fake for engine tests.
 //! * [`model`]: namespaces, events, clustering keys, bucket arithmetic.
+//! * [`telemetry`]: Prometheus metrics and their names.
 //! * [`client`]: follows tokens to the end of a read as a `Stream`.
 //! * [`load`]: the load tool and macro benchmark.
 //! * [`demo`]: the quick-start walkthrough; [`config`]: flags and `serve`.
@@ -28,4 +29,5 @@ pub mod load;
 pub mod model;
 pub mod server;
 pub mod storage;
+pub mod telemetry;
 pub mod token;

@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +22,7 @@ use crate::engine::{ReadEngine, ReadRequest, RowSink};
 use crate::error::ServiceError;
 use crate::model::{Key, Namespace, Order, Row, Span};
 use crate::storage::{Created, Storage};
+use crate::telemetry;
 use crate::token::{KeyRing, QueryFingerprint};
 
 /// Rows per StreamEvents batch at most.
@@ -139,78 +141,121 @@ fn check_frontier(k: &Key, start: i64, end: i64, order: Order) -> Result<(), Ser
     }
 }
 
-fn record_outcome(outcome: &str) {
+/// The request id: the client's `x-request-id`, or a fresh UUID.
+fn request_id(metadata: &tonic::metadata::MetadataMap) -> String {
+    metadata
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// Ends an RPC: records its outcome in the span and metrics, and maps the
+/// error to a status.
+fn finish<T>(
+    method: &'static str,
+    started: Instant,
+    result: Result<T, ServiceError>,
+    outcome_of: impl FnOnce(&T) -> &'static str,
+) -> Result<T, Status> {
+    let outcome = match &result {
+        Ok(v) => outcome_of(v),
+        Err(e) => {
+            metrics::counter!(telemetry::REJECTED, "reason" => e.reason()).increment(1);
+            tracing::info!(cause = %e, "request failed");
+            "error"
+        }
+    };
     tracing::Span::current().record("outcome", outcome);
+    telemetry::request(method, outcome, started.elapsed());
+    result.map_err(Status::from)
+}
+
+fn ok<T>(_: &T) -> &'static str {
+    "ok"
 }
 
 #[tonic::async_trait]
 impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
-    #[tracing::instrument(name = "CreateNamespace", skip_all, fields(namespace, outcome))]
+    #[tracing::instrument(name = "CreateNamespace", skip_all, fields(request_id = %request_id(request.metadata()), namespace, outcome))]
     async fn create_namespace(
         &self,
         request: Request<pb::CreateNamespaceRequest>,
     ) -> Result<Response<pb::Namespace>, Status> {
-        let pb::CreateNamespaceRequest { namespace } = request.into_inner();
-        let ns = Namespace::try_from(namespace.unwrap_or_default())?;
-        tracing::Span::current().record("namespace", ns.name.as_str());
-        let result = match self.engine.storage().create_namespace(&ns).await {
-            Ok(Created::New) => Ok(ns),
-            Ok(Created::Existing(existing)) if existing == ns => Ok(ns),
-            Ok(Created::Existing(existing)) => Err(ServiceError::NamespaceConflict(existing)),
-            Err(e) => Err(e.into()),
-        };
-        record_outcome(if result.is_ok() { "ok" } else { "error" });
-        Ok(Response::new(result?.into()))
+        let started = Instant::now();
+        let result = async {
+            let pb::CreateNamespaceRequest { namespace } = request.into_inner();
+            let ns = Namespace::try_from(namespace.unwrap_or_default())?;
+            tracing::Span::current().record("namespace", ns.name.as_str());
+            match self.engine.storage().create_namespace(&ns).await? {
+                Created::New => Ok(ns),
+                Created::Existing(existing) if existing == ns => Ok(ns),
+                Created::Existing(existing) => Err(ServiceError::NamespaceConflict(existing)),
+            }
+        }
+        .await;
+        finish("CreateNamespace", started, result, ok).map(|ns| Response::new(ns.into()))
     }
 
-    #[tracing::instrument(name = "GetNamespace", skip_all, fields(namespace, outcome))]
+    #[tracing::instrument(name = "GetNamespace", skip_all, fields(request_id = %request_id(request.metadata()), namespace, outcome))]
     async fn get_namespace(
         &self,
         request: Request<pb::GetNamespaceRequest>,
     ) -> Result<Response<pb::Namespace>, Status> {
-        let pb::GetNamespaceRequest { name } = request.into_inner();
-        api::check_namespace_name("name", &name)?;
-        tracing::Span::current().record("namespace", name.as_str());
-        let ns = self.namespace(&name).await?;
-        Ok(Response::new((*ns).clone().into()))
+        let started = Instant::now();
+        let result = async {
+            let pb::GetNamespaceRequest { name } = request.into_inner();
+            api::check_namespace_name("name", &name)?;
+            tracing::Span::current().record("namespace", name.as_str());
+            self.namespace(&name).await
+        }
+        .await;
+        finish("GetNamespace", started, result, ok).map(|ns| Response::new((*ns).clone().into()))
     }
 
-    #[tracing::instrument(name = "WriteEvents", skip_all, fields(namespace, events, outcome))]
+    #[tracing::instrument(name = "WriteEvents", skip_all, fields(request_id = %request_id(request.metadata()), namespace, events, outcome))]
     async fn write_events(
         &self,
         request: Request<pb::WriteEventsRequest>,
     ) -> Result<Response<pb::WriteEventsResponse>, Status> {
-        let pb::WriteEventsRequest { namespace, events } = request.into_inner();
-        api::check_namespace_name("namespace", &namespace)?;
-        tracing::Span::current().record("namespace", namespace.as_str());
-        let events = api::validate_events(events)?;
-        tracing::Span::current().record("events", events.len());
-        let ns = self.namespace(&namespace).await?;
-        let written = self.engine.storage().write_events(&ns, &events).await;
-        record_outcome(if written.is_ok() { "ok" } else { "error" });
-        written.map_err(ServiceError::from)?;
-        Ok(Response::new(pb::WriteEventsResponse {
-            written: events.len() as u64,
-        }))
+        let started = Instant::now();
+        let result = async {
+            let pb::WriteEventsRequest { namespace, events } = request.into_inner();
+            api::check_namespace_name("namespace", &namespace)?;
+            tracing::Span::current().record("namespace", namespace.as_str());
+            let events = api::validate_events(events)?;
+            tracing::Span::current().record("events", events.len());
+            let ns = self.namespace(&namespace).await?;
+            self.engine.storage().write_events(&ns, &events).await?;
+            Ok(events.len() as u64)
+        }
+        .await;
+        finish("WriteEvents", started, result, ok)
+            .map(|written| Response::new(pb::WriteEventsResponse { written }))
     }
 
-    #[tracing::instrument(
-        name = "ReadEvents",
-        skip_all,
-        fields(namespace, series, budget_ms, outcome)
-    )]
+    #[tracing::instrument(name = "ReadEvents", skip_all, fields(request_id = %request_id(request.metadata()), namespace, series, budget_ms, outcome))]
     async fn read_events(
         &self,
         request: Request<pb::ReadEventsRequest>,
     ) -> Result<Response<pb::ReadEventsResponse>, Status> {
-        let (req, fp) = self.prepare_read(request).await?;
-        let mut rows = Vec::new();
-        let outcome = self.engine.read(&req, &mut rows).await.map_err(|e| {
-            record_outcome("error");
-            ServiceError::from(e)
+        let started = Instant::now();
+        let result = async {
+            let (req, fp) = self.prepare_read(request).await?;
+            let mut rows = Vec::new();
+            let outcome = self.engine.read(&req, &mut rows).await?;
+            let end = api::stream_end(outcome, |k| self.keys.issue(&fp, k));
+            let events = rows
+                .into_iter()
+                .map(|r| api::event_of(&req.series_id, r))
+                .collect();
+            Ok((events, end))
+        }
+        .await;
+        let (events, end) = finish("ReadEvents", started, result, |(_, end)| {
+            partial_or_complete(end)
         })?;
-        let end = api::stream_end(outcome, |k| self.keys.issue(&fp, k));
-        record_outcome(if end.partial { "partial" } else { "complete" });
         let pb::StreamEnd {
             partial,
             partial_reason,
@@ -219,10 +264,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             stats,
         } = end;
         Ok(Response::new(pb::ReadEventsResponse {
-            events: rows
-                .into_iter()
-                .map(|r| api::event_of(&req.series_id, r))
-                .collect(),
+            events,
             partial,
             partial_reason,
             continuation_token,
@@ -235,16 +277,17 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         Box<dyn tokio_stream::Stream<Item = Result<pb::StreamEventsResponse, Status>> + Send>,
     >;
 
-    #[tracing::instrument(
-        name = "StreamEvents",
-        skip_all,
-        fields(namespace, series, budget_ms, outcome)
-    )]
+    #[tracing::instrument(name = "StreamEvents", skip_all, fields(request_id = %request_id(request.metadata()), namespace, series, budget_ms, outcome))]
     async fn stream_events(
         &self,
         request: Request<pb::ReadEventsRequest>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
-        let (req, fp) = self.prepare_read(request).await?;
+        let started = Instant::now();
+        let prepared = self.prepare_read(request).await;
+        let (req, fp) = match prepared {
+            Ok(p) => p,
+            Err(e) => return finish("StreamEvents", started, Err(e), ok),
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let guard = cancel.clone().drop_guard();
@@ -256,19 +299,16 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
                 buf: Vec::new(),
                 tx: tx.clone(),
             };
-            let msg = match engine.read(&req, &mut sink).await {
-                Ok(outcome) => {
-                    let end = api::stream_end(outcome, |k| keys.issue(&fp, k));
-                    record_outcome(if end.partial { "partial" } else { "complete" });
-                    Ok(pb::StreamEventsResponse {
-                        message: Some(pb::stream_events_response::Message::End(end)),
-                    })
+            let result = engine
+                .read(&req, &mut sink)
+                .await
+                .map_err(ServiceError::from)
+                .map(|outcome| api::stream_end(outcome, |k| keys.issue(&fp, k)));
+            let msg = finish("StreamEvents", started, result, partial_or_complete).map(|end| {
+                pb::StreamEventsResponse {
+                    message: Some(pb::stream_events_response::Message::End(end)),
                 }
-                Err(e) => {
-                    record_outcome("error");
-                    Err(ServiceError::from(e).into())
-                }
-            };
+            });
             let _ = tx.send(msg);
         };
         // The read stops as soon as the client drops the stream (guard dropped).
@@ -286,6 +326,14 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             m
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+fn partial_or_complete(end: &pb::StreamEnd) -> &'static str {
+    if end.partial {
+        "partial"
+    } else {
+        "complete"
     }
 }
 
@@ -317,17 +365,27 @@ impl RowSink for StreamSink {
     }
 }
 
-/// Serves `service` on `listener` until `shutdown` completes, then lets
+/// Serves `service` with gRPC health (`health`) and server reflection (v1
+/// and v1alpha) on `listener` until `shutdown` completes, then lets
 /// in-flight calls finish.
-pub async fn serve<S: Storage>(
+pub async fn serve<S: Storage, H: tonic_health::pb::health_server::Health>(
     listener: TcpListener,
     service: HourglassService<S>,
+    health: tonic_health::pb::health_server::HealthServer<H>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     let svc = pb::hourglass_server::HourglassServer::new(service)
         .max_decoding_message_size(api::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(api::MAX_MESSAGE_BYTES);
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
     tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
         .add_service(svc)
         // Without TCP_NODELAY, Nagle's algorithm and the client's delayed
         // ACK hold a response's last segment for tens of milliseconds.
@@ -335,5 +393,33 @@ pub async fn serve<S: Storage>(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
-        .await
+        .await?;
+    Ok(())
+}
+
+/// Why serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The reflection service could not be built from the descriptors.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The gRPC health service name of Hourglass.
+pub const HEALTH_SERVICE_NAME: &str = "hourglass.v1.Hourglass";
+
+/// Sets the health of the whole server ("") and of the Hourglass service.
+pub async fn set_health(reporter: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status(HEALTH_SERVICE_NAME, status)
+        .await;
 }

@@ -132,6 +132,11 @@ impl KeyRing {
         })
     }
 
+    /// How many keys verify tokens.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
     /// Id of the key that signs new tokens.
     pub fn signing_id(&self) -> &str {
         &self.signing_id

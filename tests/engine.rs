@@ -416,3 +416,34 @@ proptest! {
         })?;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn draining_ends_running_reads_partially_with_a_token_position() {
+    let ns = namespace(1_000_000, 2);
+    let (store, all) = seeded(&ns, 0..50_000).await;
+    store.set_latency(|_| 20 * MS);
+    let drain = tokio_util::sync::CancellationToken::new();
+    let engine =
+        ReadEngine::new(Arc::new(store.clone()), EngineConfig::default()).with_drain(drain.clone());
+    let req = request(&ns, Order::Ascending, 10_000 * MS, 100_000);
+    let trigger = async {
+        tokio::time::sleep(30 * MS).await;
+        drain.cancel();
+    };
+    let ((rows, out), ()) = tokio::join!(read(&engine, &req), trigger);
+    let out = out.expect("partial, not an error: rows were read before the drain");
+    assert!(!rows.is_empty());
+    assert_rows(&rows, &all[..rows.len()]);
+    assert_eq!(
+        out.ending,
+        Ending::Partial {
+            reason: PartialReason::Shutdown,
+            frontier: rows.last().unwrap().key.clone()
+        }
+    );
+    assert_eq!(store.in_flight(), 0);
+    // A read that starts while draining has nothing to return: an error.
+    let (rows, out) = read(&engine, &req).await;
+    assert!(rows.is_empty());
+    assert!(matches!(out, Err(ReadError::ShuttingDown)), "{out:?}");
+}

@@ -29,8 +29,12 @@ use futures::{FutureExt, StreamExt};
 use rand::Rng;
 use tokio::time::Instant;
 
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
 use crate::model::{bucket_start, Key, Namespace, Order, Row, Span};
 use crate::storage::{BucketQuery, ShardQuery, Storage, StorageError};
+use crate::telemetry;
 use budget::{Budget, BudgetSource};
 use merge::{pick, Pick};
 use predict::{LatencyModel, LatencyModels};
@@ -111,6 +115,23 @@ pub enum PartialReason {
     ByteLimit,
     RowLimit,
     StorageError,
+    /// The server is draining for shutdown.
+    Shutdown,
+}
+
+impl PartialReason {
+    /// Label used in metrics and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Slo => "slo",
+            Self::ClientDeadline => "client_deadline",
+            Self::ServerBudget => "server_budget",
+            Self::ByteLimit => "byte_limit",
+            Self::RowLimit => "row_limit",
+            Self::StorageError => "storage_error",
+            Self::Shutdown => "shutdown",
+        }
+    }
 }
 
 impl From<BudgetSource> for PartialReason {
@@ -169,6 +190,9 @@ pub enum ReadError {
     /// Storage failed before any progress.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The server began draining before any progress.
+    #[error("server is shutting down")]
+    ShuttingDown,
 }
 
 /// Receives the rows of a read, in order.
@@ -190,6 +214,8 @@ pub struct ReadEngine<S> {
     storage: Arc<S>,
     config: EngineConfig,
     models: LatencyModels,
+    /// Cancelled when the server drains: running reads end partial at once.
+    drain: CancellationToken,
 }
 
 impl<S: Storage> ReadEngine<S> {
@@ -198,7 +224,15 @@ impl<S: Storage> ReadEngine<S> {
             storage,
             config,
             models: LatencyModels::default(),
+            drain: CancellationToken::new(),
         }
+    }
+
+    /// Ends running and future reads early (partial, reason shutdown) once
+    /// `drain` is cancelled.
+    pub fn with_drain(mut self, drain: CancellationToken) -> Self {
+        self.drain = drain;
+        self
     }
 
     pub fn storage(&self) -> &Arc<S> {
@@ -215,10 +249,24 @@ impl<S: Storage> ReadEngine<S> {
         req: &ReadRequest,
         sink: &mut impl RowSink,
     ) -> Result<ReadOutcome, ReadError> {
+        let _in_flight = telemetry::ScanInFlight::enter();
         let mut scan = Scan::new(self, req);
         let result = scan.run(sink).await;
         sink.flush();
-        result.map(|ending| scan.outcome(ending))
+        let outcome = result.map(|ending| scan.outcome(ending));
+        if let Ok(o) = &outcome {
+            metrics::counter!(telemetry::ROWS_SCANNED).increment(o.stats.rows_scanned);
+            metrics::counter!(telemetry::ROWS_DELIVERED).increment(o.stats.rows_delivered);
+            if !o.stats.budget.is_zero() {
+                metrics::histogram!(telemetry::BUDGET_USED)
+                    .record(o.stats.elapsed.as_secs_f64() / o.stats.budget.as_secs_f64());
+            }
+            if let Ending::Partial { reason, .. } = &o.ending {
+                metrics::counter!(telemetry::PARTIAL_RESPONSES, "reason" => reason.as_str())
+                    .increment(1);
+            }
+        }
+        outcome
     }
 }
 
@@ -414,6 +462,15 @@ impl<'a, S: Storage> Scan<'a, S> {
         })
     }
 
+    /// Ends the read because the server drains.
+    fn stop_for_shutdown(&self) -> Result<Ending, ReadError> {
+        self.stop(PartialReason::Shutdown, None)
+            .map_err(|e| match e {
+                ReadError::NoProgress { .. } => ReadError::ShuttingDown,
+                other => other,
+            })
+    }
+
     /// Ends the read at its deadline. Without progress, a storage error seen
     /// on the way is the better answer than "deadline exceeded": it says why.
     fn stop_for_budget(&self) -> Result<Ending, ReadError> {
@@ -440,6 +497,7 @@ impl<'a, S: Storage> Scan<'a, S> {
             let fetched = tokio::select! {
                 biased;
                 _ = tokio::time::sleep_until(self.stop_at()) => return self.stop_for_budget(),
+                _ = self.engine.drain.cancelled() => return self.stop_for_shutdown(),
                 f = self.in_flight.next() => match f {
                     Some(f) => f,
                     None => return Ok(Ending::Complete),
@@ -614,6 +672,7 @@ impl<'a, S: Storage> Scan<'a, S> {
                     result,
                 }
             }
+            .instrument(tracing::debug_span!("bucket_index", first, last, attempt))
             .boxed(),
         );
     }
@@ -678,6 +737,13 @@ impl<'a, S: Storage> Scan<'a, S> {
                     result,
                 }
             }
+            .instrument(tracing::debug_span!(
+                "storage_page",
+                bucket = b,
+                shard,
+                limit = page,
+                attempt
+            ))
             .boxed(),
         );
     }
@@ -726,6 +792,7 @@ impl<'a, S: Storage> Scan<'a, S> {
                 self.engine
                     .models
                     .observe(&self.req.namespace.name, rows.len(), took);
+                metrics::histogram!(telemetry::STORAGE_PAGE_SECONDS).record(took.as_secs_f64());
                 self.model.observe(rows.len(), took);
                 self.stats.rows_scanned += rows.len() as u64;
                 let order = self.req.order;
@@ -772,6 +839,7 @@ impl<'a, S: Storage> Scan<'a, S> {
             return Some(self.stop(PartialReason::StorageError, Some(err)));
         }
         self.stats.retries += 1;
+        metrics::counter!(telemetry::STORAGE_RETRIES).increment(1);
         self.last_error = Some(err.clone());
         tracing::debug!(cause = %err, attempt = next, ?delay, "retrying storage request");
         match kind {

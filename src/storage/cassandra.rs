@@ -224,6 +224,19 @@ impl CassandraStore {
         self.session.batch(&batch, values).await.map(|_| ())
     }
 
+    /// Asks the coordinator a trivial question: Ok while storage answers.
+    pub async fn probe(&self, timeout: Duration) -> Result<(), StorageError> {
+        let mut stmt = scylla::statement::unprepared::Statement::new(
+            "SELECT release_version FROM system.local",
+        );
+        stmt.set_request_timeout(Some(timeout));
+        self.session
+            .query_unpaged(stmt, ())
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
     /// The driver session, for tools that scan directly (benchmarks).
     pub fn session(&self) -> &Session {
         &self.session

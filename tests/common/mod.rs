@@ -90,8 +90,10 @@ impl TestServer {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel();
+        let (_reporter, health) = tonic_health::server::health_reporter();
         let task = tokio::spawn(async move {
-            serve(listener, service, async {
+            let _reporter = _reporter;
+            serve(listener, service, health, async {
                 let _ = rx.await;
             })
             .await
@@ -258,4 +260,89 @@ pub fn bad_field(status: &tonic::Status) -> Option<String> {
     status
         .get_details_bad_request()
         .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// The `hourglass serve` binary running as a child process.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts `hourglass serve` on free ports with the test keys and waits
+    /// until it accepts gRPC connections.
+    pub async fn start(extra: &[&str]) -> Self {
+        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_hourglass"))
+            .args(["serve", "--listen", &grpc.to_string()])
+            .args(["--metrics-listen", &metrics.to_string()])
+            .args(["--cassandra", cassandra(), "--keyspace", &keyspace()])
+            .args(["--consistency", "one", "--health-interval", "200ms"])
+            .args(extra)
+            .env("HOURGLASS_TOKEN_KEYS", TEST_KEYS)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("start hourglass serve");
+        // Owned at once, so Drop kills and reaps it on every path.
+        let server = Self {
+            child,
+            grpc,
+            metrics,
+        };
+        for _ in 0..300 {
+            if tokio::net::TcpStream::connect(grpc).await.is_ok() {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(server);
+        panic!("hourglass serve did not start listening on {grpc}");
+    }
+
+    pub async fn client(&self) -> HourglassClient<Channel> {
+        HourglassClient::connect(format!("http://{}", self.grpc))
+            .await
+            .expect("connect")
+    }
+
+    /// GET `path` from the metrics endpoint, returning the body.
+    pub async fn scrape(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.metrics)
+            .await
+            .expect("metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("send");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read metrics");
+        out
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

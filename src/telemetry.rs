@@ -1,0 +1,89 @@
+//! Metrics (Prometheus, through the `metrics` facade) and the names of
+//! everything Hourglass measures. Recording is a no-op until
+//! [`install_prometheus`] installs the exporter, so the library and its
+//! tests pay nothing for it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Request latency by gRPC method and outcome, seconds (histogram).
+pub const REQUEST_SECONDS: &str = "hourglass_request_duration_seconds";
+/// Partial responses by reason (counter).
+pub const PARTIAL_RESPONSES: &str = "hourglass_partial_responses_total";
+/// Share of the budget a read used, 0 to 1+ (histogram).
+pub const BUDGET_USED: &str = "hourglass_budget_used_ratio";
+/// Storage page latency, seconds (histogram).
+pub const STORAGE_PAGE_SECONDS: &str = "hourglass_storage_page_duration_seconds";
+/// Rows received from storage (counter).
+pub const ROWS_SCANNED: &str = "hourglass_rows_scanned_total";
+/// Rows sent to clients (counter).
+pub const ROWS_DELIVERED: &str = "hourglass_rows_delivered_total";
+/// Scans running now (gauge).
+pub const SCANS_IN_FLIGHT: &str = "hourglass_scans_in_flight";
+/// Storage requests retried (counter).
+pub const STORAGE_RETRIES: &str = "hourglass_storage_retries_total";
+/// Requests refused, by ErrorInfo reason (counter).
+pub const REJECTED: &str = "hourglass_rejected_requests_total";
+/// 1 while storage answers health probes, else 0 (gauge).
+pub const STORAGE_UP: &str = "hourglass_storage_up";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const RATIO_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0, 1.05, 1.25, 2.0];
+
+/// Serves `/metrics` on `addr` for the rest of the process.
+pub fn install_prometheus(addr: SocketAddr) -> anyhow::Result<()> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(BUDGET_USED.into()), RATIO_BUCKETS)?
+        .install()
+        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_histogram!(
+        REQUEST_SECONDS,
+        Unit::Seconds,
+        "RPC latency by method and outcome"
+    );
+    describe_counter!(PARTIAL_RESPONSES, "Partial read responses by reason");
+    describe_histogram!(BUDGET_USED, "Elapsed share of each read's latency budget");
+    describe_histogram!(STORAGE_PAGE_SECONDS, Unit::Seconds, "Storage page latency");
+    describe_counter!(ROWS_SCANNED, "Rows received from storage");
+    describe_counter!(ROWS_DELIVERED, "Rows returned to clients");
+    describe_gauge!(SCANS_IN_FLIGHT, "Reads scanning now");
+    describe_counter!(
+        STORAGE_RETRIES,
+        "Storage requests retried after transient errors"
+    );
+    describe_counter!(REJECTED, "Requests refused, by reason");
+    describe_gauge!(STORAGE_UP, "1 while storage answers health probes");
+}
+
+/// Counts a scan as in flight until dropped.
+pub struct ScanInFlight(());
+
+impl ScanInFlight {
+    pub fn enter() -> Self {
+        metrics::gauge!(SCANS_IN_FLIGHT).increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for ScanInFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(SCANS_IN_FLIGHT).decrement(1.0);
+    }
+}
+
+/// Records one finished RPC.
+pub fn request(method: &'static str, outcome: &'static str, elapsed: Duration) {
+    metrics::histogram!(REQUEST_SECONDS, "method" => method, "outcome" => outcome)
+        .record(elapsed.as_secs_f64());
+}

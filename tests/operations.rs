@@ -1,0 +1,271 @@
+//! Operating the real `hourglass serve` process: health, reflection through
+//! grpcurl, Prometheus metrics after partial reads, the Python client, the
+//! config file and graceful shutdown.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+use hourglass::api::pb;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+async fn seeded(server: &ServerProcess, ns: &str, rows: i64) -> Vec<pb::Event> {
+    let mut client = server.client().await;
+    create_namespace(&mut client, ns, 1_000_000, 3).await;
+    let events: Vec<_> = (0..rows)
+        .map(|i| event("s", i * 1000, &format!("{i:05}")))
+        .collect();
+    write_all(&client, ns, events.clone()).await;
+    events
+}
+
+fn metric(scrape: &str, line_prefix: &str) -> f64 {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_and_graceful_shutdown() {
+    let server = ServerProcess::start(&[]).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    for service in ["", "hourglass.v1.Hourglass"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
+
+    seeded(&server, "ops", 500).await;
+    let before = metric(
+        &server.scrape().await,
+        "hourglass_partial_responses_total{reason=\"row_limit\"}",
+    );
+    let mut client = server.client().await;
+    let req = pb::ReadEventsRequest {
+        page_size: 100,
+        ..read_request("ops", "s", 0, i64::MAX)
+    };
+    let (events, pages) = read_to_end(&mut client, req).await;
+    assert_eq!(events.len(), 500);
+    assert_eq!(pages.len(), 5, "the fifth page knows it is the last");
+    let scrape = server.scrape().await;
+    let after = metric(
+        &scrape,
+        "hourglass_partial_responses_total{reason=\"row_limit\"}",
+    );
+    assert_eq!(after - before, 4.0, "four partial responses counted");
+    for name in [
+        "hourglass_request_duration_seconds_bucket{method=\"ReadEvents\"",
+        "hourglass_rows_delivered_total",
+        "hourglass_rows_scanned_total",
+        "hourglass_storage_page_duration_seconds_bucket",
+        "hourglass_budget_used_ratio_bucket",
+        "hourglass_scans_in_flight",
+        "hourglass_storage_up 1",
+    ] {
+        assert!(scrape.contains(name), "metrics lack {name}:\n{scrape}");
+    }
+    assert!(metric(&scrape, "hourglass_rows_delivered_total") >= 500.0);
+    let err = client
+        .read_events(read_request("ops", "s", 10, 5))
+        .await
+        .expect_err("reversed range");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let scrape = server.scrape().await;
+    assert!(
+        metric(
+            &scrape,
+            "hourglass_rejected_requests_total{reason=\"INVALID_FIELD\"}"
+        ) >= 1.0
+    );
+
+    let status = server.terminate();
+    assert!(status.success(), "graceful exit on SIGTERM: {status}");
+}
+
+/// grpcurl, installed by scripts/test (GRPCURL or $(go env GOPATH)/bin).
+fn grpcurl() -> PathBuf {
+    if let Ok(p) = std::env::var("GRPCURL") {
+        return p.into();
+    }
+    let gopath = Command::new("go")
+        .args(["env", "GOPATH"])
+        .output()
+        .expect("go env GOPATH");
+    let path = PathBuf::from(String::from_utf8_lossy(&gopath.stdout).trim()).join("bin/grpcurl");
+    assert!(
+        path.exists(),
+        "grpcurl not installed at {}: run scripts/test",
+        path.display()
+    );
+    path
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_works_through_reflection_alone() {
+    let server = ServerProcess::start(&[]).await;
+    seeded(&server, "curl", 20).await;
+    let addr = server.grpc.to_string();
+    let list = run(Command::new(grpcurl()).args(["-plaintext", &addr, "list"]));
+    assert!(list.contains("hourglass.v1.Hourglass"), "{list}");
+    assert!(list.contains("grpc.health.v1.Health"), "{list}");
+    let describe = run(Command::new(grpcurl()).args([
+        "-plaintext",
+        &addr,
+        "describe",
+        "hourglass.v1.ReadEventsRequest",
+    ]));
+    assert!(describe.contains("continuation_token"), "{describe}");
+    let read = run(Command::new(grpcurl()).args([
+        "-plaintext",
+        "-d",
+        r#"{"namespace":"curl","series_id":"s","start_time_micros":"0","end_time_micros":"100000","page_size":5}"#,
+        &addr,
+        "hourglass.v1.Hourglass/ReadEvents",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&read).expect("JSON response");
+    assert_eq!(v["events"].as_array().map(Vec::len), Some(5));
+    assert_eq!(v["partial"], true);
+    assert_eq!(v["partialReason"], "PARTIAL_REASON_ROW_LIMIT");
+}
+
+fn python() -> String {
+    std::env::var("HOURGLASS_PYTHON").unwrap_or_else(|_| {
+        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+        if std::path::Path::new(venv).exists() {
+            venv.into()
+        } else {
+            "python3".into()
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_pages_to_the_end() {
+    let server = ServerProcess::start(&[]).await;
+    seeded(&server, "py", 2500).await;
+    let gen = std::env::temp_dir().join(format!("hourglass-py-{}", std::process::id()));
+    std::fs::create_dir_all(&gen).unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    run(Command::new(python())
+        .current_dir(root)
+        .args(["-m", "grpc_tools.protoc", "-Iproto"])
+        .arg(format!("--python_out={}", gen.display()))
+        .arg(format!("--grpc_python_out={}", gen.display()))
+        .arg("proto/hourglass/v1/hourglass.proto"));
+    for descending in [false, true] {
+        let mut cmd = Command::new(python());
+        cmd.current_dir(root)
+            .env("PYTHONPATH", &gen)
+            .args([
+                "examples/python/read_series.py",
+                "--server",
+                &server.grpc.to_string(),
+            ])
+            .args([
+                "--namespace",
+                "py",
+                "--series",
+                "s",
+                "--start",
+                "0",
+                "--end",
+                "9223372036854775807",
+            ])
+            .args(["--page-size", "300", "--deadline-ms", "2000"]);
+        if descending {
+            cmd.arg("--descending");
+        }
+        let out = run(&mut cmd);
+        assert_eq!(
+            out.trim(),
+            "events=2500 calls=9 partial=8",
+            "descending={descending}"
+        );
+    }
+}
+
+#[test]
+fn config_check_validates_and_masks_secrets() {
+    let dir = std::env::temp_dir().join(format!("hourglass-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        "listen = \"127.0.0.1:7000\"\nmax_budget = \"5s\"\ncassandra = [\"10.0.0.1:9042\", \"10.0.0.2:9042\"]\n\
+         token-keys = \"k1:super-secret-value-123\"\nreadahead-buckets = 3\n",
+    )
+    .unwrap();
+    let check = |file: &std::path::Path, extra: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hourglass"));
+        cmd.args(["config", "check", "--config"])
+            .arg(file)
+            .env_remove("HOURGLASS_TOKEN_KEYS");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let out = check(&good, &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("listen = 127.0.0.1:7000"), "{text}");
+    assert!(text.contains("max-budget = 5s"), "{text}");
+    assert!(
+        text.contains("cassandra = 10.0.0.1:9042,10.0.0.2:9042"),
+        "{text}"
+    );
+    assert!(text.contains("readahead-buckets = 3"), "{text}");
+    assert!(!text.contains("super-secret"), "secret printed: {text}");
+    // Environment beats the file.
+    let out = check(&good, &[("HOURGLASS_MAX_BUDGET", "7s")]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("max-budget = 7s"));
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "listen = \"127.0.0.1:7000\"\nmax_budgit = \"5s\"\n").unwrap();
+    let out = check(&bad, &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown key \"max_budgit\""));
+    let bad = dir.join("bad-value.toml");
+    std::fs::write(
+        &bad,
+        "max-budget = \"soon\"\ntoken-keys = \"k1:super-secret-value-123\"\n",
+    )
+    .unwrap();
+    let out = check(&bad, &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max-budget"));
+}
