@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::engine::budget::BudgetConfig;
 use crate::engine::{EngineConfig, ReadEngine};
 use crate::server::{serve, set_health, HourglassService};
+use crate::storage::breaker::{Breaker, BreakerConfig};
 use crate::storage::cassandra::{
     parse_consistency, CassandraConfig, CassandraStore, DEFAULT_REPLICATION,
 };
@@ -146,6 +147,12 @@ pub struct ServeArgs {
     /// How often storage is probed for the health service.
     #[arg(long, env = "HOURGLASS_HEALTH_INTERVAL", default_value = "1s", value_parser = duration)]
     pub health_interval: Duration,
+    /// Consecutive transient storage failures that open the circuit breaker.
+    #[arg(long, env = "HOURGLASS_BREAKER_FAILURES", default_value_t = 5)]
+    pub breaker_failures: u32,
+    /// How long the open circuit fails requests fast before probing storage.
+    #[arg(long, env = "HOURGLASS_BREAKER_COOL_DOWN", default_value = "2s", value_parser = duration)]
+    pub breaker_cool_down: Duration,
     /// How long to wait for Cassandra at start.
     #[arg(long, env = "HOURGLASS_CONNECT_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub connect_timeout: Duration,
@@ -233,8 +240,16 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let store = Arc::new(CassandraStore::connect(&args.cassandra_config()).await?);
     tracing::info!(cassandra = ?args.cassandra, keyspace = %args.keyspace, "connected to storage");
     let drain = tokio_util::sync::CancellationToken::new();
-    let engine =
-        Arc::new(ReadEngine::new(store.clone(), args.engine_config()).with_drain(drain.clone()));
+    let breaker = Breaker::new(
+        store.clone(),
+        BreakerConfig {
+            failure_threshold: args.breaker_failures.max(1),
+            cool_down: args.breaker_cool_down,
+        },
+    );
+    let engine = Arc::new(
+        ReadEngine::new(Arc::new(breaker), args.engine_config()).with_drain(drain.clone()),
+    );
     let mut service = HourglassService::new(engine, keys, args.budget_config());
     if !args.partial_reads {
         service = service.without_partial_reads();

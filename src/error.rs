@@ -83,7 +83,9 @@ impl ServiceError {
 impl From<StorageError> for ServiceError {
     fn from(e: StorageError) -> Self {
         match e {
-            StorageError::Transient(_) | StorageError::Connect { .. } => Self::Unavailable(e),
+            StorageError::Transient(_)
+            | StorageError::Connect { .. }
+            | StorageError::CircuitOpen { .. } => Self::Unavailable(e),
             StorageError::Fatal(_) => Self::Storage(e),
         }
     }
@@ -126,6 +128,10 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::NoProgress { budget, .. } => {
                 info.insert("budget_micros".into(), budget.as_micros().to_string());
                 Code::DeadlineExceeded
+            }
+            ServiceError::Unavailable(StorageError::CircuitOpen { retry_after }) => {
+                details.set_retry_info(Some((*retry_after).max(STORAGE_RETRY_DELAY)));
+                Code::Unavailable
             }
             ServiceError::Unavailable(_) => {
                 details.set_retry_info(Some(STORAGE_RETRY_DELAY));

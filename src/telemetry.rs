@@ -24,6 +24,8 @@ pub const SCANS_IN_FLIGHT: &str = "hourglass_scans_in_flight";
 pub const STORAGE_RETRIES: &str = "hourglass_storage_retries_total";
 /// Requests refused, by ErrorInfo reason (counter).
 pub const REJECTED: &str = "hourglass_rejected_requests_total";
+/// Storage circuit breaker: 0 closed, 1 half-open, 2 open (gauge).
+pub const CIRCUIT_STATE: &str = "hourglass_storage_circuit_state";
 /// 1 while storage answers health probes, else 0 (gauge).
 pub const STORAGE_UP: &str = "hourglass_storage_up";
 
@@ -64,6 +66,10 @@ fn describe() {
     );
     describe_counter!(REJECTED, "Requests refused, by reason");
     describe_gauge!(STORAGE_UP, "1 while storage answers health probes");
+    describe_gauge!(
+        CIRCUIT_STATE,
+        "Storage circuit: 0 closed, 1 half-open, 2 open"
+    );
 }
 
 /// Counts a scan as in flight until dropped.

@@ -172,12 +172,15 @@ mod tests {
         }
         let s = l.summary();
         assert_eq!(s.count, 1000);
-        assert!((s.p50_ms - 500.0).abs() <= 1.0, "{}", s.p50_ms);
-        assert!((s.p90_ms - 900.0).abs() <= 1.0, "{}", s.p90_ms);
-        assert!((s.p99_ms - 990.0).abs() <= 1.0, "{}", s.p99_ms);
-        assert!((s.p999_ms - 999.0).abs() <= 1.0, "{}", s.p999_ms);
-        assert!((s.max_ms - 1000.0).abs() <= 1.0, "{}", s.max_ms);
-        assert!((s.mean_ms - 500.5).abs() <= 1.0, "{}", s.mean_ms);
+        // Three significant digits: values are exact to 0.1%.
+        let near = |got: f64, want: f64| (got - want).abs() <= want * 0.001;
+        assert!(near(s.p50_ms, 500.0), "{}", s.p50_ms);
+        assert!(near(s.p90_ms, 900.0), "{}", s.p90_ms);
+        assert!(near(s.p99_ms, 990.0), "{}", s.p99_ms);
+        // Rank rounding puts p99.9 of 1000 samples on the 999th or 1000th.
+        assert!(near(s.p999_ms, 999.0) || near(s.p999_ms, 1000.0), "{}", s.p999_ms);
+        assert!(near(s.max_ms, 1000.0), "{}", s.max_ms);
+        assert!(near(s.mean_ms, 500.5), "{}", s.mean_ms);
         assert_eq!(s.percentiles.len(), PERCENTILES.len());
     }
 

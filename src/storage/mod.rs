@@ -7,6 +7,7 @@
 //! in order, up to a limit. No paging state is kept between calls, which is
 //! what makes continuation tokens stateless.
 
+pub mod breaker;
 pub mod cassandra;
 pub mod memory;
 
@@ -57,6 +58,9 @@ pub enum StorageError {
     /// Could not connect to the store at all.
     #[error("cannot reach storage at {address}: {cause}")]
     Connect { address: String, cause: String },
+    /// The circuit breaker is open after repeated failures: failed fast.
+    #[error("storage circuit open after repeated failures; retry in {retry_after:?}")]
+    CircuitOpen { retry_after: Duration },
 }
 
 impl StorageError {
@@ -110,4 +114,43 @@ pub trait Storage: Send + Sync + 'static {
         &self,
         query: ShardQuery,
     ) -> impl Future<Output = Result<Vec<Row>, StorageError>> + Send;
+}
+
+/// A shared store is a store.
+impl<S: Storage> Storage for Arc<S> {
+    fn create_namespace(
+        &self,
+        ns: &Namespace,
+    ) -> impl Future<Output = Result<Created, StorageError>> + Send {
+        (**self).create_namespace(ns)
+    }
+
+    fn get_namespace(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Namespace>, StorageError>> + Send {
+        (**self).get_namespace(name)
+    }
+
+    fn write_events(
+        &self,
+        ns: &Namespace,
+        events: &[NewEvent],
+    ) -> impl Future<Output = Result<(), StorageError>> + Send {
+        (**self).write_events(ns, events)
+    }
+
+    fn list_buckets(
+        &self,
+        query: BucketQuery,
+    ) -> impl Future<Output = Result<Vec<i64>, StorageError>> + Send {
+        (**self).list_buckets(query)
+    }
+
+    fn read_shard(
+        &self,
+        query: ShardQuery,
+    ) -> impl Future<Output = Result<Vec<Row>, StorageError>> + Send {
+        (**self).read_shard(query)
+    }
 }

@@ -1,0 +1,273 @@
+//! A circuit breaker in front of a store: after repeated transient failures
+//! it fails requests at once instead of letting each wait out its budget,
+//! then lets a single probe through after a cool-down and closes again when
+//! the probe succeeds.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{BucketQuery, Created, ShardQuery, Storage, StorageError};
+use crate::model::{Namespace, NewEvent, Row};
+use crate::telemetry;
+
+/// Breaker settings.
+#[derive(Clone, Copy, Debug)]
+pub struct BreakerConfig {
+    /// Consecutive transient failures that open the circuit.
+    pub failure_threshold: u32,
+    /// How long the circuit stays open before a probe may pass.
+    pub cool_down: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            cool_down: Duration::from_secs(2),
+        }
+    }
+}
+
+/// State of the circuit, as exported in metrics (0, 1, 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CircuitState {
+    /// Requests pass; counting consecutive failures.
+    Closed { failures: u32 },
+    /// One probe is in flight; everything else fails fast.
+    HalfOpen,
+    /// Everything fails fast until `until`.
+    Open { until: Instant },
+}
+
+impl CircuitState {
+    fn gauge(&self) -> f64 {
+        match self {
+            Self::Closed { .. } => 0.0,
+            Self::HalfOpen => 1.0,
+            Self::Open { .. } => 2.0,
+        }
+    }
+}
+
+/// A store behind a circuit breaker.
+pub struct Breaker<S> {
+    inner: S,
+    config: BreakerConfig,
+    state: Mutex<CircuitState>,
+}
+
+impl<S: Storage> Breaker<S> {
+    pub fn new(inner: S, config: BreakerConfig) -> Self {
+        metrics::gauge!(telemetry::CIRCUIT_STATE).set(0.0);
+        Self {
+            inner,
+            config,
+            state: Mutex::new(CircuitState::Closed { failures: 0 }),
+        }
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    pub fn state(&self) -> CircuitState {
+        *self.state.lock().expect("breaker lock")
+    }
+
+    fn set(&self, state: &mut CircuitState, next: CircuitState) {
+        if std::mem::discriminant(state) != std::mem::discriminant(&next) {
+            tracing::warn!(from = ?state, to = ?next, "storage circuit changed");
+        }
+        *state = next;
+        metrics::gauge!(telemetry::CIRCUIT_STATE).set(next.gauge());
+    }
+
+    /// Admits a request, or fails it fast. Returns whether it is the probe.
+    fn admit(&self) -> Result<bool, StorageError> {
+        let mut state = self.state.lock().expect("breaker lock");
+        match *state {
+            CircuitState::Closed { .. } => Ok(false),
+            CircuitState::Open { until } if Instant::now() >= until => {
+                self.set(&mut state, CircuitState::HalfOpen);
+                Ok(true)
+            }
+            CircuitState::Open { until } => Err(StorageError::CircuitOpen {
+                retry_after: until.saturating_duration_since(Instant::now()),
+            }),
+            CircuitState::HalfOpen => Err(StorageError::CircuitOpen {
+                retry_after: self.config.cool_down,
+            }),
+        }
+    }
+
+    fn record<T>(&self, probe: bool, result: &Result<T, StorageError>) {
+        let mut state = self.state.lock().expect("breaker lock");
+        let failed = matches!(result, Err(e) if e.is_transient() || matches!(e, StorageError::Connect { .. }));
+        let next = match (*state, failed) {
+            (_, false) if probe || matches!(*state, CircuitState::Closed { .. }) => {
+                CircuitState::Closed { failures: 0 }
+            }
+            (CircuitState::Closed { failures }, true)
+                if failures + 1 < self.config.failure_threshold =>
+            {
+                CircuitState::Closed {
+                    failures: failures + 1,
+                }
+            }
+            (CircuitState::Closed { .. }, true) => CircuitState::Open {
+                until: Instant::now() + self.config.cool_down,
+            },
+            (_, true) if probe => CircuitState::Open {
+                until: Instant::now() + self.config.cool_down,
+            },
+            (other, _) => other,
+        };
+        self.set(&mut state, next);
+    }
+
+    async fn call<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, StorageError>>,
+    ) -> Result<T, StorageError> {
+        let probe = self.admit()?;
+        // If the caller drops this future mid-probe, the half-open state must
+        // not stick: the guard reopens the circuit for another probe.
+        let guard = ProbeGuard {
+            breaker: self,
+            armed: probe,
+        };
+        let result = f.await;
+        std::mem::forget(guard);
+        self.record(probe, &result);
+        result
+    }
+}
+
+struct ProbeGuard<'a, S: Storage> {
+    breaker: &'a Breaker<S>,
+    armed: bool,
+}
+
+impl<S: Storage> Drop for ProbeGuard<'_, S> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut state = self.breaker.state.lock().expect("breaker lock");
+            if *state == CircuitState::HalfOpen {
+                self.breaker.set(
+                    &mut state,
+                    CircuitState::Open {
+                        until: Instant::now(),
+                    },
+                );
+            }
+        }
+    }
+}
+
+impl<S: Storage> Storage for Breaker<S> {
+    async fn create_namespace(&self, ns: &Namespace) -> Result<Created, StorageError> {
+        self.call(self.inner.create_namespace(ns)).await
+    }
+
+    async fn get_namespace(&self, name: &str) -> Result<Option<Namespace>, StorageError> {
+        self.call(self.inner.get_namespace(name)).await
+    }
+
+    async fn write_events(&self, ns: &Namespace, events: &[NewEvent]) -> Result<(), StorageError> {
+        self.call(self.inner.write_events(ns, events)).await
+    }
+
+    async fn list_buckets(&self, query: BucketQuery) -> Result<Vec<i64>, StorageError> {
+        self.call(self.inner.list_buckets(query)).await
+    }
+
+    async fn read_shard(&self, query: ShardQuery) -> Result<Vec<Row>, StorageError> {
+        self.call(self.inner.read_shard(query)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::model::{Key, Order, Span};
+    use crate::storage::memory::MemoryStore;
+
+    fn query() -> ShardQuery {
+        ShardQuery {
+            namespace: Arc::new(Namespace {
+                name: "n".into(),
+                bucket_width_micros: 1000,
+                shards: 1,
+                retention_seconds: 0,
+            }),
+            series_id: "s".into(),
+            bucket: 0,
+            shard: 0,
+            span: Span {
+                after: Key::boundary(0),
+                before: Key::boundary(100),
+            },
+            order: Order::Ascending,
+            limit: 10,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_repeated_failures_fails_fast_and_closes_after_a_good_probe() {
+        let store = MemoryStore::new();
+        let breaker = Breaker::new(
+            store.clone(),
+            BreakerConfig {
+                failure_threshold: 3,
+                cool_down: Duration::from_secs(2),
+            },
+        );
+        store.fail_next((0..3).map(|_| StorageError::Transient("unavailable".into())));
+        for _ in 0..3 {
+            assert!(breaker.read_shard(query()).await.is_err());
+        }
+        assert!(matches!(breaker.state(), CircuitState::Open { .. }));
+        // Open: no request reaches the store.
+        let before = store.shard_queries();
+        let err = breaker.read_shard(query()).await.unwrap_err();
+        assert!(
+            matches!(err, StorageError::CircuitOpen { retry_after } if retry_after == Duration::from_secs(2))
+        );
+        assert_eq!(store.shard_queries(), before);
+        // After the cool-down one probe passes; it fails, so the circuit reopens.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        store.fail_next([StorageError::Transient("still down".into())]);
+        assert!(matches!(
+            breaker.read_shard(query()).await,
+            Err(StorageError::Transient(_))
+        ));
+        assert!(matches!(breaker.state(), CircuitState::Open { .. }));
+        // Next probe succeeds: closed again.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(breaker.read_shard(query()).await.is_ok());
+        assert_eq!(breaker.state(), CircuitState::Closed { failures: 0 });
+        assert_eq!(store.shard_queries(), before + 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fatal_errors_and_successes_do_not_open_the_circuit() {
+        let store = MemoryStore::new();
+        let breaker = Breaker::new(store.clone(), BreakerConfig::default());
+        store.fail_next((0..10).map(|_| StorageError::Fatal("bad query".into())));
+        for _ in 0..10 {
+            assert!(breaker.read_shard(query()).await.is_err());
+        }
+        assert_eq!(breaker.state(), CircuitState::Closed { failures: 0 });
+        store.fail_next((0..4).map(|_| StorageError::Transient("blip".into())));
+        for _ in 0..4 {
+            let _ = breaker.read_shard(query()).await;
+        }
+        assert!(breaker.read_shard(query()).await.is_ok());
+        assert_eq!(breaker.state(), CircuitState::Closed { failures: 0 });
+    }
+}
