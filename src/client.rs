@@ -9,9 +9,25 @@ use tonic::{Request, Status};
 use crate::api::pb;
 use crate::api::pb::hourglass_client::HourglassClient;
 
+/// Calls repeated when the server could not return a single row in the
+/// budget (DEADLINE_EXCEEDED, reason BUDGET_TOO_SMALL) before giving up.
+pub const NO_PROGRESS_RETRIES: usize = 3;
+
+/// Whether `status` says not one row fit in the call's budget: the same
+/// call may well succeed when storage is warmer or less loaded.
+pub fn is_no_progress(status: &Status) -> bool {
+    use tonic_types::StatusExt;
+    status.code() == tonic::Code::DeadlineExceeded
+        && status
+            .get_details_error_info()
+            .is_some_and(|i| i.reason == crate::error::REASON_BUDGET_TOO_SMALL)
+}
+
 /// Every response of a logical read, in order: the first call with `request`
 /// as given, then one call per continuation token until a response is not
-/// partial. Each call carries `per_call` as its gRPC deadline (if any).
+/// partial. Each call carries `per_call` as its gRPC deadline (if any); a
+/// call that made no progress at all is repeated up to
+/// [`NO_PROGRESS_RETRIES`] times.
 pub fn read_pages(
     client: HourglassClient<Channel>,
     request: pb::ReadEventsRequest,
@@ -23,11 +39,18 @@ pub fn read_pages(
             let Some(req) = next else {
                 return Ok(None);
             };
-            let mut call = Request::new(req.clone());
-            if let Some(d) = per_call {
-                call.set_timeout(d);
-            }
-            let resp = client.read_events(call).await?.into_inner();
+            let mut attempt = 0;
+            let resp = loop {
+                let mut call = Request::new(req.clone());
+                if let Some(d) = per_call {
+                    call.set_timeout(d);
+                }
+                match client.read_events(call).await {
+                    Ok(r) => break r.into_inner(),
+                    Err(s) if is_no_progress(&s) && attempt < NO_PROGRESS_RETRIES => attempt += 1,
+                    Err(s) => return Err(s),
+                }
+            };
             let next = resp.partial.then(|| pb::ReadEventsRequest {
                 continuation_token: resp.continuation_token.clone(),
                 ..req

@@ -42,6 +42,10 @@ pub struct Cli {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+    /// Export tracing spans to this OTLP/gRPC collector (built with `--features otel`).
+    #[cfg(feature = "otel")]
+    #[arg(long, global = true, env = "HOURGLASS_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

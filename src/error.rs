@@ -16,6 +16,8 @@ use crate::token::TokenError;
 
 /// ErrorInfo domain of every Hourglass error.
 pub const ERROR_DOMAIN: &str = "hourglass.v1";
+/// ErrorInfo reason of DEADLINE_EXCEEDED when not one row fit in the budget.
+pub const REASON_BUDGET_TOO_SMALL: &str = "BUDGET_TOO_SMALL";
 /// Suggested wait before retrying after storage trouble.
 pub const STORAGE_RETRY_DELAY: Duration = Duration::from_millis(200);
 
@@ -72,7 +74,7 @@ impl ServiceError {
             Self::Token(TokenError::QueryMismatch) => "TOKEN_QUERY_MISMATCH",
             Self::NamespaceNotFound(_) => "NAMESPACE_NOT_FOUND",
             Self::NamespaceConflict(_) => "NAMESPACE_CONFLICT",
-            Self::NoProgress { .. } => "BUDGET_TOO_SMALL",
+            Self::NoProgress { .. } => REASON_BUDGET_TOO_SMALL,
             Self::Unavailable(_) => "STORAGE_UNAVAILABLE",
             Self::Storage(_) => "STORAGE_FAILURE",
             Self::Draining => "SERVER_DRAINING",

@@ -27,6 +27,8 @@ pub mod engine;
 pub mod error;
 pub mod load;
 pub mod model;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod server;
 pub mod storage;
 pub mod telemetry;

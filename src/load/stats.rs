@@ -178,7 +178,11 @@ mod tests {
         assert!(near(s.p90_ms, 900.0), "{}", s.p90_ms);
         assert!(near(s.p99_ms, 990.0), "{}", s.p99_ms);
         // Rank rounding puts p99.9 of 1000 samples on the 999th or 1000th.
-        assert!(near(s.p999_ms, 999.0) || near(s.p999_ms, 1000.0), "{}", s.p999_ms);
+        assert!(
+            near(s.p999_ms, 999.0) || near(s.p999_ms, 1000.0),
+            "{}",
+            s.p999_ms
+        );
         assert!(near(s.max_ms, 1000.0), "{}", s.max_ms);
         assert!(near(s.mean_ms, 500.5), "{}", s.mean_ms);
         assert_eq!(s.percentiles.len(), PERCENTILES.len());
