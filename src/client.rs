@@ -11,7 +11,9 @@ use crate::api::pb::hourglass_client::HourglassClient;
 
 /// Calls repeated when the server could not return a single row in the
 /// budget (DEADLINE_EXCEEDED, reason BUDGET_TOO_SMALL) before giving up.
-pub const NO_PROGRESS_RETRIES: usize = 3;
+pub const NO_PROGRESS_RETRIES: u32 = 5;
+/// Pause before the first repeat; it grows linearly with each attempt.
+pub const NO_PROGRESS_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Whether `status` says not one row fit in the call's budget: the same
 /// call may well succeed when storage is warmer or less loaded.
@@ -47,7 +49,10 @@ pub fn read_pages(
                 }
                 match client.read_events(call).await {
                     Ok(r) => break r.into_inner(),
-                    Err(s) if is_no_progress(&s) && attempt < NO_PROGRESS_RETRIES => attempt += 1,
+                    Err(s) if is_no_progress(&s) && attempt < NO_PROGRESS_RETRIES => {
+                        attempt += 1;
+                        tokio::time::sleep(NO_PROGRESS_BACKOFF * attempt).await;
+                    }
                     Err(s) => return Err(s),
                 }
             };

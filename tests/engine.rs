@@ -447,3 +447,26 @@ async fn draining_ends_running_reads_partially_with_a_token_position() {
     assert!(rows.is_empty());
     assert!(matches!(out, Err(ReadError::ShuttingDown)), "{out:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn pages_abandoned_at_the_deadline_teach_the_model_to_ask_for_less() {
+    // 200 µs per row: even the first 128-row page (25.6 ms) misses a 20 ms SLO.
+    let ns = namespace(1_000_000_000, 1);
+    let (store, all) = seeded(&ns, 0..10_000).await;
+    store.set_latency(|q| Duration::from_micros(200 * q.limit as u64));
+    let engine = engine(&store);
+    let mut attempts = 0;
+    let rows = loop {
+        attempts += 1;
+        assert!(attempts <= 10, "never learned to fit a page in the budget");
+        let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 20 * MS, 100_000)).await;
+        match out {
+            Err(ReadError::NoProgress { .. }) => continue,
+            Ok(_) => break rows,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(attempts > 1, "the first call cannot make progress");
+    assert!(!rows.is_empty());
+    assert_rows(&rows, &all[..rows.len()]);
+}

@@ -280,6 +280,8 @@ struct ShardCursor {
     requested: usize,
     /// Pages fetched so far (for slow start).
     pages: u32,
+    /// When the fetch in flight was sent.
+    sent: Option<Instant>,
 }
 
 struct BucketCursor {
@@ -394,6 +396,7 @@ impl<'a, S: Storage> Scan<'a, S> {
                     done: false,
                     requested: 0,
                     pages: 0,
+                    sent: None,
                 })
                 .collect(),
         }
@@ -462,6 +465,22 @@ impl<'a, S: Storage> Scan<'a, S> {
         })
     }
 
+    /// Pages still in flight at the deadline took at least this long: teach
+    /// the model, or it would keep sizing pages that never land (it only
+    /// ever sees the pages that do).
+    fn learn_from_abandoned_pages(&self) {
+        let now = Instant::now();
+        for s in self.buckets.iter().flat_map(|b| &b.shards) {
+            if let (true, Some(sent)) = (s.requested > 0, s.sent) {
+                if now > sent {
+                    self.engine
+                        .models
+                        .observe(&self.req.namespace.name, s.requested, now - sent);
+                }
+            }
+        }
+    }
+
     /// Ends the read because the server drains.
     fn stop_for_shutdown(&self) -> Result<Ending, ReadError> {
         self.stop(PartialReason::Shutdown, None)
@@ -474,6 +493,7 @@ impl<'a, S: Storage> Scan<'a, S> {
     /// Ends the read at its deadline. Without progress, a storage error seen
     /// on the way is the better answer than "deadline exceeded": it says why.
     fn stop_for_budget(&self) -> Result<Ending, ReadError> {
+        self.learn_from_abandoned_pages();
         self.stop(self.req.budget.source.into(), self.last_error.clone())
     }
 
@@ -708,6 +728,7 @@ impl<'a, S: Storage> Scan<'a, S> {
         };
         cursor.pages += 1;
         cursor.requested = page;
+        cursor.sent = Some(Instant::now() + delay);
         self.stats.storage_pages += 1;
         let q = ShardQuery {
             namespace: self.req.namespace.clone(),
