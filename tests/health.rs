@@ -53,12 +53,7 @@ async fn health_follows_cassandra_down_and_up() {
         panic!("this test stops and starts the project's own node; unset HOURGLASS_TEST_CASSANDRA");
     }
     let server = ServerProcess::start(&[]).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = HealthClient::new(channel);
+    let mut health = server.health().await;
     wait_for(&mut health, ServingStatus::Serving, Duration::from_secs(10)).await;
     cassandra_script("stop");
     let down = async {

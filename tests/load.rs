@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use hourglass::load::report::{self, Report};
-use hourglass::load::{run, seed, Pattern, RunArgs, SeedArgs};
+use hourglass::load::{run, seed, Pattern, RunArgs, SeedArgs, Target};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_run_report_and_chart() {
@@ -13,13 +13,15 @@ async fn seed_run_report_and_chart() {
     let url = format!("http://{}", server.addr);
     let dir = std::env::temp_dir().join(format!("hourglass-load-{}", std::process::id()));
     let seed_args = SeedArgs {
-        server: url.clone(),
-        namespace: format!("loadtest{}", std::process::id()),
-        series: 2,
+        target: Target {
+            server: url.clone(),
+            namespace: format!("loadtest{}", std::process::id()),
+            series: 2,
+            span_secs: 600,
+        },
         rows_per_series: 3000,
         payload_bytes: 10,
         payload_max_bytes: Some(30),
-        span_secs: 600,
         bucket_secs: 60,
         shards: 3,
         batch: 500,
@@ -37,10 +39,7 @@ async fn seed_run_report_and_chart() {
     .expect("reseed");
 
     let base = RunArgs {
-        server: url,
-        namespace: seed_args.namespace.clone(),
-        series: 2,
-        span_secs: 600,
+        target: seed_args.target.clone(),
         rate: None,
         clients: 2,
         duration_secs: None,
@@ -48,7 +47,8 @@ async fn seed_run_report_and_chart() {
         warmup_secs: 0.0,
         pattern: Pattern::Follow,
         range_fraction: 0.1,
-        slo_ms: Some(200),
+        // No SLO: the page size alone ends responses, so counts are exact.
+        slo_ms: None,
         deadline_ms: None,
         page_size: 700,
         descending: false,
@@ -66,12 +66,9 @@ async fn seed_run_report_and_chart() {
         "every follow read returns the whole series"
     );
     assert!(a.errors_by_code.is_empty(), "{:?}", a.errors_by_code);
-    assert!(
-        a.responses.count >= 6 * 5,
-        "pages of 700 rows: {}",
-        a.responses.count
-    );
-    assert!(a.partial_by_reason["ROW_LIMIT"] >= 6 * 4);
+    // 3000 rows in pages of 700: four partial responses per read.
+    assert_eq!(a.partial_by_reason["ROW_LIMIT"], 6 * 4);
+    assert_eq!(a.responses.count, 6 * 5);
     let reloaded = Report::load(&base.report).expect("valid JSON report");
     assert_eq!(reloaded.rows, a.rows);
     assert_eq!(reloaded.config.page_size, 700);
@@ -102,7 +99,10 @@ async fn seed_run_report_and_chart() {
     report::chart(&[a, b], &svg).expect("chart");
     let text = std::fs::read_to_string(&svg).expect("svg written");
     assert!(text.starts_with("<svg"), "{}", &text[..40.min(text.len())]);
-    assert!(text.contains("SLO 200 ms"));
+    assert!(
+        text.contains("SLO 500 ms"),
+        "the deadline is drawn as the SLO"
+    );
 
     let err = run(&RunArgs {
         range_fraction: 0.0,

@@ -10,7 +10,6 @@ use std::process::Command;
 use common::*;
 use hourglass::api::pb;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 async fn seeded(server: &ServerProcess, ns: &str, rows: i64) -> Vec<pb::Event> {
@@ -35,12 +34,7 @@ fn metric(scrape: &str, line_prefix: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_metrics_and_graceful_shutdown() {
     let server = ServerProcess::start(&[]).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = HealthClient::new(channel);
+    let mut health = server.health().await;
     for service in ["", "hourglass.v1.Hourglass"] {
         let status = health
             .check(HealthCheckRequest {

@@ -13,7 +13,7 @@ use clap::Args;
 use futures::StreamExt;
 use scylla::statement::Consistency;
 
-use super::{seed, Pattern, RunArgs, SeedArgs};
+use super::{seed, Pattern, RunArgs, SeedArgs, Target};
 use crate::storage::cassandra::{CassandraConfig, CassandraStore, DEFAULT_REPLICATION};
 
 const KEYSPACE: &str = "hourglass_bench";
@@ -184,12 +184,18 @@ async fn direct_scan(
     Ok((total, began.elapsed()))
 }
 
-fn run_args(url: &str, size: u64, label: String) -> RunArgs {
-    RunArgs {
+fn target(url: &str, size: u64) -> Target {
+    Target {
         server: url.to_string(),
         namespace: namespace_of(size),
         series: 1,
         span_secs: span_secs(size),
+    }
+}
+
+fn run_args(url: &str, size: u64, label: String) -> RunArgs {
+    RunArgs {
+        target: target(url, size),
         rate: None,
         clients: 1,
         duration_secs: None,
@@ -258,13 +264,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     eprintln!("== seeding series of {:?} rows", args.sizes);
     for &size in &args.sizes {
         seed(&SeedArgs {
-            server: a.url.clone(),
-            namespace: namespace_of(size),
-            series: 1,
+            target: target(&a.url, size),
             rows_per_series: size,
             payload_bytes: 64,
             payload_max_bytes: None,
-            span_secs: span_secs(size),
             bucket_secs: BUCKET_SECS,
             shards: SHARDS,
             batch: 2000,

@@ -54,8 +54,10 @@ pub enum LoadCommand {
     Bench(bench::BenchArgs),
 }
 
+/// Which server and seeded series a load command works on; `seed` and
+/// `run` must agree on these.
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
-pub struct SeedArgs {
+pub struct Target {
     #[arg(
         long,
         env = "HOURGLASS_SERVER",
@@ -64,9 +66,27 @@ pub struct SeedArgs {
     pub server: String,
     #[arg(long, default_value = "load")]
     pub namespace: String,
-    /// Series to write (named series-0, series-1, ...).
+    /// Number of series (named series-0, series-1, ...).
     #[arg(long, default_value_t = 1)]
     pub series: u32,
+    /// Seconds of event time each series covers, from 2026-01-01.
+    #[arg(long, default_value_t = 3600)]
+    pub span_secs: u64,
+}
+
+impl Target {
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.series >= 1, "--series must be at least 1");
+        anyhow::ensure!(self.span_secs >= 1, "--span-secs must be at least 1");
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct SeedArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub target: Target,
     /// Rows per series (up to 10,000,000).
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub rows_per_series: u64,
@@ -75,9 +95,6 @@ pub struct SeedArgs {
     pub payload_bytes: usize,
     #[arg(long)]
     pub payload_max_bytes: Option<usize>,
-    /// Seconds of event time each series covers, from 2026-01-01.
-    #[arg(long, default_value_t = 3600)]
-    pub span_secs: u64,
     #[arg(long, default_value_t = 300)]
     pub bucket_secs: u64,
     #[arg(long, default_value_t = 4)]
@@ -107,20 +124,9 @@ pub enum Pattern {
 
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub struct RunArgs {
-    #[arg(
-        long,
-        env = "HOURGLASS_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub server: String,
-    #[arg(long, default_value = "load")]
-    pub namespace: String,
-    /// Seeded series to read from.
-    #[arg(long, default_value_t = 1)]
-    pub series: u32,
-    /// Event-time span of the seeded series, seconds.
-    #[arg(long, default_value_t = 3600)]
-    pub span_secs: u64,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub target: Target,
     /// Open loop: logical reads started per second regardless of completions.
     #[arg(long)]
     pub rate: Option<f64>,
@@ -172,8 +178,7 @@ impl RunArgs {
             );
         }
         anyhow::ensure!(self.clients >= 1, "--clients must be at least 1");
-        anyhow::ensure!(self.series >= 1, "--series must be at least 1");
-        anyhow::ensure!(self.span_secs >= 1, "--span-secs must be at least 1");
+        self.target.validate()?;
         anyhow::ensure!(
             self.range_fraction > 0.0 && self.range_fraction <= 1.0,
             "--range-fraction must be in (0, 1], got {}",
@@ -231,7 +236,7 @@ pub async fn main(cmd: LoadCommand) -> anyhow::Result<()> {
 
 /// Event `i` of series `series` as seeded.
 pub fn seed_event(args: &SeedArgs, series: u32, i: u64) -> pb::Event {
-    let step = (args.span_secs as i64 * 1_000_000) / args.rows_per_series as i64;
+    let step = (args.target.span_secs as i64 * 1_000_000) / args.rows_per_series as i64;
     let len = match args.payload_max_bytes {
         Some(max) if max > args.payload_bytes => {
             // Deterministic spread, so re-seeding writes identical rows.
@@ -256,26 +261,25 @@ struct Checkpoint {
 }
 
 fn checkpoint_path(args: &SeedArgs) -> PathBuf {
-    PathBuf::from(format!("reports/seed-{}.json", args.namespace))
+    PathBuf::from(format!("reports/seed-{}.json", args.target.namespace))
 }
 
 /// Seeds series; resumable through a checkpoint file of contiguous progress.
 pub async fn seed(args: &SeedArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
     anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
-    anyhow::ensure!(args.series >= 1, "--series must be at least 1");
-    anyhow::ensure!(args.span_secs >= 1, "--span-secs must be at least 1");
+    args.target.validate()?;
     if let Some(max) = args.payload_max_bytes {
         anyhow::ensure!(
             max >= args.payload_bytes,
             "--payload-max-bytes must be >= --payload-bytes"
         );
     }
-    let mut client = connect(&args.server, Duration::from_secs(30)).await?;
+    let mut client = connect(&args.target.server, Duration::from_secs(30)).await?;
     client
         .create_namespace(pb::CreateNamespaceRequest {
             namespace: Some(pb::Namespace {
-                name: args.namespace.clone(),
+                name: args.target.namespace.clone(),
                 bucket_width_micros: args.bucket_secs as i64 * 1_000_000,
                 shards: args.shards,
                 retention_seconds: 0,
@@ -291,7 +295,7 @@ pub async fn seed(args: &SeedArgs) -> anyhow::Result<()> {
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default()
     };
-    let total = u64::from(args.series) * args.rows_per_series;
+    let total = u64::from(args.target.series) * args.rows_per_series;
     let already: u64 = checkpoint
         .done
         .values()
@@ -308,7 +312,7 @@ pub async fn seed(args: &SeedArgs) -> anyhow::Result<()> {
     );
     bar.set_position(already);
     let began = Instant::now();
-    for s in 0..args.series {
+    for s in 0..args.target.series {
         let from = checkpoint.done.get(&s).copied().unwrap_or(0);
         let batches: Vec<(u64, u64)> = (from..args.rows_per_series)
             .step_by(args.batch)
@@ -317,7 +321,7 @@ pub async fn seed(args: &SeedArgs) -> anyhow::Result<()> {
         let mut writes = futures::stream::iter(batches.into_iter().map(|(lo, hi)| {
             let mut c = client.clone();
             let events = (lo..hi).map(|i| seed_event(args, s, i)).collect();
-            let namespace = args.namespace.clone();
+            let namespace = args.target.namespace.clone();
             async move {
                 c.write_events(pb::WriteEventsRequest { namespace, events })
                     .await
@@ -349,9 +353,9 @@ pub async fn seed(args: &SeedArgs) -> anyhow::Result<()> {
     let secs = began.elapsed().as_secs_f64();
     println!(
         "seeded {} series x {} rows into {:?}: wrote {written} rows in {secs:.1} s ({:.0} rows/s)",
-        args.series,
+        args.target.series,
         args.rows_per_series,
-        args.namespace,
+        args.target.namespace,
         written as f64 / secs.max(1e-9)
     );
     Ok(())
@@ -367,8 +371,8 @@ fn save_checkpoint(path: &PathBuf, c: &Checkpoint) -> anyhow::Result<()> {
 
 fn request_for(args: &RunArgs) -> pb::ReadEventsRequest {
     let mut rng = rand::rng();
-    let series = rng.random_range(0..args.series);
-    let span = args.span_secs as i64 * 1_000_000;
+    let series = rng.random_range(0..args.target.series);
+    let span = args.target.span_secs as i64 * 1_000_000;
     let (start, end) = match args.pattern {
         Pattern::RandomRange => {
             let len = ((span as f64 * args.range_fraction) as i64).max(1);
@@ -378,7 +382,7 @@ fn request_for(args: &RunArgs) -> pb::ReadEventsRequest {
         Pattern::WholeSeries | Pattern::Follow => (LOAD_EPOCH_MICROS, LOAD_EPOCH_MICROS + span),
     };
     pb::ReadEventsRequest {
-        namespace: args.namespace.clone(),
+        namespace: args.target.namespace.clone(),
         series_id: format!("series-{series}"),
         start_time_micros: start,
         end_time_micros: end,
@@ -501,7 +505,7 @@ struct Shared {
 /// Drives reads as configured and returns (and saves) the report.
 pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
     args.validate()?;
-    let client = connect(&args.server, Duration::from_secs(30)).await?;
+    let client = connect(&args.target.server, Duration::from_secs(30)).await?;
     let cpu0 = cpu_time::ProcessTime::now();
     let shared = Arc::new(Mutex::new(Shared::default()));
     let warmup = Duration::from_secs_f64(args.warmup_secs);
