@@ -76,6 +76,8 @@ impl ServerProcess {
                 "--partial-reads",
                 if partial_reads { "true" } else { "false" },
             ])
+            // Two servers run side by side: neither takes the metrics port.
+            .args(["--metrics-listen", "off"])
             .env("HOURGLASS_TOKEN_KEYS", BENCH_KEYS)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
