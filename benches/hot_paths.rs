@@ -1,4 +1,5 @@
-//! Micro-benchmarks of the hot pure code: tokens and the shard merge.
+//! Micro-benchmarks of the hot pure code: tokens, the shard merge, and
+//! stored rows to protobuf (conversion and encoding).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -58,5 +59,32 @@ fn merge(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, tokens, merge);
+fn conversion(c: &mut Criterion) {
+    use prost::Message;
+    let rows: Vec<Row> = (0..1000)
+        .map(|i| Row {
+            key: Key::new(1_700_000_000_000_000 + i, format!("event-{i:06}")),
+            payload: bytes::Bytes::from(vec![b'x'; 64]),
+            tags: Default::default(),
+        })
+        .collect();
+    c.bench_function("rows_to_proto_and_encode_1000", |b| {
+        b.iter_batched(
+            || rows.clone(),
+            |rows| {
+                let response = hourglass::api::pb::ReadEventsResponse {
+                    events: rows
+                        .into_iter()
+                        .map(|r| hourglass::api::event_of("series-1", r))
+                        .collect(),
+                    ..Default::default()
+                };
+                response.encode_to_vec().len()
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, tokens, merge, conversion);
 criterion_main!(benches);

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use futures::{Stream, TryStreamExt};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
@@ -34,7 +35,7 @@ pub fn read_pages(
     client: HourglassClient<Channel>,
     request: pb::ReadEventsRequest,
     per_call: Option<Duration>,
-) -> impl Stream<Item = Result<pb::ReadEventsResponse, Status>> {
+) -> BoxStream<'static, Result<pb::ReadEventsResponse, Status>> {
     futures::stream::try_unfold(
         (client, Some(request)),
         move |(mut client, next)| async move {
@@ -63,6 +64,7 @@ pub fn read_pages(
             Ok(Some((resp, (client, next))))
         },
     )
+    .boxed()
 }
 
 /// Every event of a logical read, in order, following tokens to the end.
@@ -70,10 +72,11 @@ pub fn read_all(
     client: HourglassClient<Channel>,
     request: pb::ReadEventsRequest,
     per_call: Option<Duration>,
-) -> impl Stream<Item = Result<pb::Event, Status>> {
+) -> BoxStream<'static, Result<pb::Event, Status>> {
     read_pages(client, request, per_call)
         .map_ok(|page| futures::stream::iter(page.events.into_iter().map(Ok)))
         .try_flatten()
+        .boxed()
 }
 
 /// Convenience: collects [`read_all`].

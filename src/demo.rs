@@ -132,7 +132,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
             order: order as i32,
             ..base.clone()
         };
-        let mut pages = client::read_pages(client.clone(), req, None).boxed();
+        let mut pages = client::read_pages(client.clone(), req, None);
         let (mut n, mut total, mut prev) = (0usize, 0usize, None::<(i64, String)>);
         while let Some(page) = pages.try_next().await? {
             n += 1;
@@ -179,7 +179,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         ..base
     };
     let began = Instant::now();
-    let mut pages = client::read_pages(client.clone(), req, None).boxed();
+    let mut pages = client::read_pages(client.clone(), req, None);
     let (mut responses, mut partial_slo, mut rows, mut scanned) = (0, 0, 0, 0);
     let mut latencies = Vec::new();
     let mut last = Instant::now();
