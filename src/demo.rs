@@ -10,6 +10,7 @@ use tonic::transport::Channel;
 use crate::api::pb;
 use crate::api::pb::hourglass_client::HourglassClient;
 use crate::client;
+use crate::load::stats::Latencies;
 
 /// What the demo does.
 #[derive(Clone, Debug)]
@@ -82,14 +83,13 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
 
     let series = "sensor-42";
     let began = Instant::now();
-    let batches: Vec<Vec<pb::Event>> = (0..opts.rows)
-        .collect::<Vec<_>>()
-        .chunks(opts.batch)
-        .map(|c| c.iter().map(|&i| demo_event(series, i)).collect())
-        .collect();
-    let n_batches = batches.len();
+    // Each batch is built when its call starts, not all up front.
+    let n_batches = opts.rows.div_ceil(opts.batch);
     let mut done = 0usize;
-    let mut writes = futures::stream::iter(batches.into_iter().map(|events| {
+    let mut writes = futures::stream::iter((0..opts.rows).step_by(opts.batch).map(|lo| {
+        let events = (lo..(lo + opts.batch).min(opts.rows))
+            .map(|i| demo_event(series, i))
+            .collect();
         let mut c = client.clone();
         async move {
             c.write_events(pb::WriteEventsRequest {
@@ -181,14 +181,14 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     let began = Instant::now();
     let mut pages = client::read_pages(client.clone(), req, None);
     let (mut responses, mut partial_slo, mut rows, mut scanned) = (0, 0, 0, 0);
-    let mut latencies = Vec::new();
+    let mut latencies = Latencies::default();
     let mut last = Instant::now();
     while let Some(page) = pages.try_next().await? {
         let took = last.elapsed().as_secs_f64() * 1000.0;
         last = Instant::now();
         responses += 1;
         rows += page.events.len();
-        latencies.push(took);
+        latencies.record(Duration::from_secs_f64(took / 1000.0));
         scanned += page.stats.map_or(0, |s| s.rows_scanned);
         if page.partial_reason() == pb::PartialReason::Slo {
             partial_slo += 1;
@@ -205,8 +205,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         }
     }
     anyhow::ensure!(rows == opts.rows, "read {rows} events, wrote {}", opts.rows);
-    latencies.sort_by(f64::total_cmp);
-    let pct = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    let pct = |q: f64| latencies.percentile_ms(q * 100.0);
     println!(
         "  ... {responses} responses, {partial_slo} of them partial at the SLO, {rows} events \
          in {:.2} s",

@@ -239,10 +239,6 @@ impl<S: Storage> ReadEngine<S> {
         &self.storage
     }
 
-    pub fn config(&self) -> &EngineConfig {
-        &self.config
-    }
-
     /// Runs one read, pushing rows into `sink`.
     pub async fn read(
         &self,

@@ -129,20 +129,6 @@ pub struct RunStats {
 }
 
 impl RunStats {
-    pub fn merge(&mut self, other: &RunStats) {
-        self.responses.add(&other.responses);
-        self.reads.add(&other.reads);
-        for (k, v) in &other.partial_by_reason {
-            *self.partial_by_reason.entry(k.clone()).or_default() += v;
-        }
-        for (k, v) in &other.errors_by_code {
-            *self.errors_by_code.entry(k.clone()).or_default() += v;
-        }
-        self.rows += other.rows;
-        self.bytes += other.bytes;
-        self.rows_scanned += other.rows_scanned;
-    }
-
     /// Fraction of responses that were partial.
     pub fn partial_rate(&self) -> f64 {
         let partial: u64 = self.partial_by_reason.values().sum();
@@ -206,21 +192,5 @@ mod tests {
             Duration::from_millis(75)
         );
         assert_eq!(latency_since_intended(done, s.intended(3)), Duration::ZERO);
-    }
-
-    #[test]
-    fn merging_stats_adds_everything() {
-        let mut a = RunStats::default();
-        a.responses.record(Duration::from_millis(10));
-        a.partial_by_reason.insert("SLO".into(), 1);
-        a.rows = 5;
-        let mut b = a.clone();
-        b.errors_by_code.insert("Unavailable".into(), 2);
-        a.merge(&b);
-        assert_eq!(a.responses.len(), 2);
-        assert_eq!(a.partial_by_reason["SLO"], 2);
-        assert_eq!(a.errors_by_code["Unavailable"], 2);
-        assert_eq!(a.rows, 10);
-        assert_eq!(a.partial_rate(), 1.0);
     }
 }

@@ -68,10 +68,6 @@ impl<S: Storage> Breaker<S> {
         }
     }
 
-    pub fn inner(&self) -> &S {
-        &self.inner
-    }
-
     pub fn state(&self) -> CircuitState {
         *self.state.lock().expect("breaker lock")
     }

@@ -405,11 +405,12 @@ impl Storage for CassandraStore {
             while start < rows.len() {
                 let mut bytes = 0;
                 let mut end = start;
-                while end < rows.len()
-                    && end - start < BATCH_MAX_ROWS
-                    && (end == start || bytes + rows[end].row.weight() <= BATCH_MAX_BYTES)
-                {
-                    bytes += rows[end].row.weight();
+                while end < rows.len() && end - start < BATCH_MAX_ROWS {
+                    let weight = rows[end].row.weight();
+                    if end > start && bytes + weight > BATCH_MAX_BYTES {
+                        break;
+                    }
+                    bytes += weight;
                     end += 1;
                 }
                 batches.push(self.write_batch(ns, series, bucket, shard, &rows[start..end]));
