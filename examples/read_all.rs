@@ -26,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
         series_id: series,
         start_time_micros: i64::MIN,
         end_time_micros: i64::MAX,
-        page_size: 10_000,
+        page_size: Some(10_000),
         slo_millis: 50,
         ..Default::default()
     };

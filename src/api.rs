@@ -28,7 +28,7 @@ pub const MAX_PAGE_BYTES: usize = 32 << 20;
 /// Largest gRPC message the server accepts or sends.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// Longest accepted SLO.
-pub const MAX_SLO_MILLIS: u32 = 3_600_000;
+pub const MAX_SLO_MILLIS: i64 = 3_600_000;
 
 type Result<T> = std::result::Result<T, ServiceError>;
 
@@ -250,35 +250,36 @@ impl TryFrom<pb::ReadEventsRequest> for ReadParams {
                 ))
             }
         };
-        let page_size = match page_size as usize {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n > MAX_PAGE_SIZE => {
-                return Err(ServiceError::invalid(
+        let page_size =
+            match page_size.map(|n| n as usize) {
+                None => DEFAULT_PAGE_SIZE,
+                Some(n) if n == 0 || n > MAX_PAGE_SIZE => return Err(ServiceError::invalid(
                     "page_size",
-                    format!("must be at most {MAX_PAGE_SIZE} (got {n})"),
-                ))
-            }
-            n => n,
-        };
+                    format!(
+                        "must be between 1 and {MAX_PAGE_SIZE}, or unset for the default (got {n})"
+                    ),
+                )),
+                Some(n) => n,
+            };
         let page_bytes = match page_bytes_limit {
-            0 => DEFAULT_PAGE_BYTES,
-            n if n > MAX_PAGE_BYTES as u64 => {
-                return Err(ServiceError::invalid(
-                    "page_bytes_limit",
-                    format!("must be at most {MAX_PAGE_BYTES} (got {n})"),
-                ))
-            }
-            n => n as usize,
+            None => DEFAULT_PAGE_BYTES,
+            Some(n) if n == 0 || n > MAX_PAGE_BYTES as u64 => return Err(ServiceError::invalid(
+                "page_bytes_limit",
+                format!(
+                    "must be between 1 and {MAX_PAGE_BYTES}, or unset for the default (got {n})"
+                ),
+            )),
+            Some(n) => n as usize,
         };
         let slo = match slo_millis {
             0 => None,
-            n if n > MAX_SLO_MILLIS => {
+            n if !(1..=MAX_SLO_MILLIS).contains(&n) => {
                 return Err(ServiceError::invalid(
                     "slo_millis",
-                    format!("must be at most {MAX_SLO_MILLIS} (got {n})"),
+                    format!("must be between 1 and {MAX_SLO_MILLIS}, or 0 for none (got {n})"),
                 ))
             }
-            n => Some(Duration::from_millis(u64::from(n))),
+            n => Some(Duration::from_millis(n as u64)),
         };
         Ok(Self {
             namespace,

@@ -123,7 +123,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         start_time_micros: start,
         end_time_micros: end,
         order: pb::Order::Ascending as i32,
-        page_size: opts.page_size,
+        page_size: Some(opts.page_size),
         ..Default::default()
     };
     for order in [pb::Order::Ascending, pb::Order::Descending] {
@@ -174,8 +174,8 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         opts.slo_millis
     );
     let req = pb::ReadEventsRequest {
-        page_size: 100_000,
-        slo_millis: opts.slo_millis,
+        page_size: Some(100_000),
+        slo_millis: opts.slo_millis.into(),
         ..base
     };
     let began = Instant::now();

@@ -186,7 +186,8 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         let started = Instant::now();
         let result = async {
             let pb::CreateNamespaceRequest { namespace } = request.into_inner();
-            let ns = Namespace::try_from(namespace.unwrap_or_default())?;
+            let ns = namespace.ok_or_else(|| ServiceError::invalid("namespace", "is required"))?;
+            let ns = Namespace::try_from(ns)?;
             tracing::Span::current().record("namespace", ns.name.as_str());
             match self.engine.storage().create_namespace(&ns).await? {
                 Created::New => Ok(ns),

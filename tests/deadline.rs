@@ -173,7 +173,7 @@ async fn a_million_rows_read_under_deadlines_exactly_once_in_order() {
     eprintln!("seeded {ROWS} rows in {:?}", began.elapsed());
 
     let base = pb::ReadEventsRequest {
-        page_size: 100_000,
+        page_size: Some(100_000),
         ..read_request(NS, SERIES, 0, ROWS as i64 * SPACING)
     };
     for order in [pb::Order::Ascending, pb::Order::Descending] {
@@ -273,7 +273,7 @@ async fn tampered_and_mismatched_tokens_are_rejected() {
     )
     .await;
     let req = pb::ReadEventsRequest {
-        page_size: 10,
+        page_size: Some(10),
         ..read_request("tokens", "a", 0, 1000)
     };
     let page = server

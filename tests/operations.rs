@@ -54,7 +54,7 @@ async fn health_metrics_and_graceful_shutdown() {
     );
     let mut client = server.client().await;
     let req = pb::ReadEventsRequest {
-        page_size: 100,
+        page_size: Some(100),
         ..read_request("ops", "s", 0, i64::MAX)
     };
     let (events, pages) = read_to_end(&mut client, req).await;

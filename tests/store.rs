@@ -33,7 +33,7 @@ async fn paging_in_both_orders_yields_exactly_what_was_written() {
         for page_size in [1u32, 7, 1000] {
             for order in [pb::Order::Ascending, pb::Order::Descending] {
                 let req = pb::ReadEventsRequest {
-                    page_size,
+                    page_size: Some(page_size),
                     order: order as i32,
                     ..read_request(ns, "s", i64::MIN, i64::MAX)
                 };
@@ -74,7 +74,7 @@ async fn ranges_crossing_bucket_boundaries_return_exactly_their_rows() {
         for &end in cuts.iter().filter(|&&e| e > start) {
             for order in [pb::Order::Ascending, pb::Order::Descending] {
                 let req = pb::ReadEventsRequest {
-                    page_size: 13,
+                    page_size: Some(13),
                     order: order as i32,
                     ..read_request("ranges", "r", start, end)
                 };
@@ -189,7 +189,7 @@ async fn the_byte_limit_cuts_pages_and_tokens_continue_them() {
     write_all(&server.client, "bytes", written.clone()).await;
     // Each row weighs 100 payload + 4 id + 8 time = 112 bytes: 3 fit in 400.
     let req = pb::ReadEventsRequest {
-        page_bytes_limit: 400,
+        page_bytes_limit: Some(400),
         ..read_request("bytes", "b", 0, i64::MAX)
     };
     let (got, pages) = read_to_end(&mut server.client, req).await;
@@ -202,7 +202,7 @@ async fn the_byte_limit_cuts_pages_and_tokens_continue_them() {
     assert_eq!(pages[16].events.len(), 2);
     // A single row larger than the limit still comes back, alone.
     let req = pb::ReadEventsRequest {
-        page_bytes_limit: 1,
+        page_bytes_limit: Some(1),
         ..read_request("bytes", "b", 0, i64::MAX)
     };
     let page = server
@@ -249,7 +249,7 @@ async fn a_token_continues_after_a_server_restart() {
     let written = wide_events("t");
     write_all(&first.client, "restart", written.clone()).await;
     let req = pb::ReadEventsRequest {
-        page_size: 100,
+        page_size: Some(100),
         order: pb::Order::Descending as i32,
         ..read_request("restart", "t", -WIDTH, 200_000)
     };

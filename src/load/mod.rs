@@ -391,8 +391,8 @@ fn request_for(args: &RunArgs) -> pb::ReadEventsRequest {
         } else {
             pb::Order::Ascending
         } as i32,
-        page_size: args.page_size,
-        slo_millis: args.slo_ms.unwrap_or(0),
+        page_size: Some(args.page_size),
+        slo_millis: args.slo_ms.map_or(0, i64::from),
         ..Default::default()
     }
 }

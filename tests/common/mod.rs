@@ -248,10 +248,8 @@ pub async fn read_to_end(
 }
 
 fn effective_page_size(req: &pb::ReadEventsRequest) -> usize {
-    match req.page_size {
-        0 => hourglass::api::DEFAULT_PAGE_SIZE,
-        n => n as usize,
-    }
+    req.page_size
+        .map_or(hourglass::api::DEFAULT_PAGE_SIZE, |n| n as usize)
 }
 
 /// The BadRequest field named by a status.
