@@ -250,25 +250,28 @@ impl TryFrom<pb::ReadEventsRequest> for ReadParams {
                 ))
             }
         };
-        let page_size =
-            match page_size.map(|n| n as usize) {
-                None => DEFAULT_PAGE_SIZE,
-                Some(n) if n == 0 || n > MAX_PAGE_SIZE => return Err(ServiceError::invalid(
+        let page_size = match page_size.map(|n| n as usize) {
+            None => DEFAULT_PAGE_SIZE,
+            Some(n) if n == 0 || n > MAX_PAGE_SIZE => {
+                return Err(ServiceError::invalid(
                     "page_size",
                     format!(
                         "must be between 1 and {MAX_PAGE_SIZE}, or unset for the default (got {n})"
                     ),
-                )),
-                Some(n) => n,
-            };
+                ))
+            }
+            Some(n) => n,
+        };
         let page_bytes = match page_bytes_limit {
             None => DEFAULT_PAGE_BYTES,
-            Some(n) if n == 0 || n > MAX_PAGE_BYTES as u64 => return Err(ServiceError::invalid(
-                "page_bytes_limit",
-                format!(
+            Some(n) if n == 0 || n > MAX_PAGE_BYTES as u64 => {
+                return Err(ServiceError::invalid(
+                    "page_bytes_limit",
+                    format!(
                     "must be between 1 and {MAX_PAGE_BYTES}, or unset for the default (got {n})"
                 ),
-            )),
+                ))
+            }
             Some(n) => n as usize,
         };
         let slo = match slo_millis {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::bulkhead::Bulkhead;
 use crate::engine::budget::BudgetConfig;
 use crate::engine::{EngineConfig, ReadEngine};
 use crate::server::{serve, set_health, HourglassService};
@@ -157,6 +158,13 @@ pub struct ServeArgs {
     /// How long the open circuit fails requests fast before probing storage.
     #[arg(long, env = "HOURGLASS_BREAKER_COOL_DOWN", default_value = "2s", value_parser = duration)]
     pub breaker_cool_down: Duration,
+    /// Concurrent scans (ReadEvents + StreamEvents) this server runs at most;
+    /// more are refused at once with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "HOURGLASS_MAX_SCANS", default_value_t = crate::bulkhead::DEFAULT_MAX_SCANS)]
+    pub max_scans: usize,
+    /// Concurrent scans of one namespace this server runs at most.
+    #[arg(long, env = "HOURGLASS_MAX_SCANS_PER_NAMESPACE", default_value_t = crate::bulkhead::DEFAULT_MAX_SCANS_PER_NAMESPACE)]
+    pub max_scans_per_namespace: usize,
     /// How long to wait for Cassandra at start.
     #[arg(long, env = "HOURGLASS_CONNECT_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub connect_timeout: Duration,
@@ -254,7 +262,8 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let engine = Arc::new(
         ReadEngine::new(Arc::new(breaker), args.engine_config()).with_drain(drain.clone()),
     );
-    let mut service = HourglassService::new(engine, keys, args.budget_config());
+    let mut service = HourglassService::new(engine, keys, args.budget_config())
+        .with_bulkhead(Bulkhead::new(args.max_scans, args.max_scans_per_namespace));
     if !args.partial_reads {
         service = service.without_partial_reads();
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::bulkhead::Full;
 use crate::engine::budget::BudgetSource;
 use crate::engine::ReadError;
 use crate::model::Namespace;
@@ -20,6 +21,8 @@ pub const ERROR_DOMAIN: &str = "hourglass.v1";
 pub const REASON_BUDGET_TOO_SMALL: &str = "BUDGET_TOO_SMALL";
 /// Suggested wait before retrying after storage trouble.
 pub const STORAGE_RETRY_DELAY: Duration = Duration::from_millis(200);
+/// Suggested wait before retrying a scan the bulkhead refused.
+pub const OVERLOAD_RETRY_DELAY: Duration = Duration::from_millis(50);
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,9 @@ pub enum ServiceError {
     /// The server is draining for shutdown; another replica can serve.
     #[error("server is shutting down; retry on another replica")]
     Draining,
+    /// Too many concurrent scans (the bulkhead); refused without queueing.
+    #[error("too many concurrent reads: {0}; retry shortly or on another replica")]
+    Overloaded(Full),
 }
 
 impl ServiceError {
@@ -75,9 +81,12 @@ impl ServiceError {
             Self::NamespaceNotFound(_) => "NAMESPACE_NOT_FOUND",
             Self::NamespaceConflict(_) => "NAMESPACE_CONFLICT",
             Self::NoProgress { .. } => REASON_BUDGET_TOO_SMALL,
+            Self::Unavailable(StorageError::CircuitOpen { .. }) => "STORAGE_CIRCUIT_OPEN",
             Self::Unavailable(_) => "STORAGE_UNAVAILABLE",
             Self::Storage(_) => "STORAGE_FAILURE",
             Self::Draining => "SERVER_DRAINING",
+            Self::Overloaded(Full::Server { .. }) => "TOO_MANY_SCANS",
+            Self::Overloaded(Full::Namespace { .. }) => "TOO_MANY_NAMESPACE_SCANS",
         }
     }
 }
@@ -144,6 +153,19 @@ impl From<ServiceError> for tonic::Status {
                 details.set_retry_info(Some(Duration::ZERO));
                 Code::Unavailable
             }
+            ServiceError::Overloaded(full) => {
+                let (subject, limit) = match full {
+                    Full::Server { limit } => ("server".to_string(), limit),
+                    Full::Namespace { name, limit } => {
+                        info.insert("namespace".into(), name.clone());
+                        (format!("namespace:{name}"), limit)
+                    }
+                };
+                info.insert("limit".into(), limit.to_string());
+                details.add_quota_failure_violation(subject, "concurrent scans at their limit");
+                details.set_retry_info(Some(OVERLOAD_RETRY_DELAY));
+                Code::ResourceExhausted
+            }
         };
         details.set_error_info(err.reason(), ERROR_DOMAIN, info);
         tonic::Status::with_error_details(code, message, details)
@@ -190,6 +212,14 @@ mod tests {
                 Code::Internal,
                 "STORAGE_FAILURE",
             ),
+            (
+                ServiceError::Overloaded(Full::Namespace {
+                    name: "n".into(),
+                    limit: 4,
+                }),
+                Code::ResourceExhausted,
+                "TOO_MANY_NAMESPACE_SCANS",
+            ),
         ];
         for (err, code, reason) in cases {
             let status = tonic::Status::from(err);
@@ -205,6 +235,12 @@ mod tests {
                 Code::Unavailable => {
                     let retry = status.get_details_retry_info().expect("RetryInfo");
                     assert_eq!(retry.retry_delay, Some(STORAGE_RETRY_DELAY));
+                }
+                Code::ResourceExhausted => {
+                    let retry = status.get_details_retry_info().expect("RetryInfo");
+                    assert_eq!(retry.retry_delay, Some(OVERLOAD_RETRY_DELAY));
+                    let quota = status.get_details_quota_failure().expect("QuotaFailure");
+                    assert_eq!(quota.violations[0].subject, "namespace:n");
                 }
                 _ => {}
             }

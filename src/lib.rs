@@ -10,6 +10,7 @@
 //!   storage errors, reports the frontier a token resumes from.
 //! * [`storage`]: the [`storage::Storage`] trait, Cassandra/ScyllaDB behind
 //!   it ([`storage::cassandra`]) and an in-process fake for engine tests.
+//! * [`bulkhead`]: bounds concurrent scans overall and per namespace.
 //! * [`model`]: namespaces, events, clustering keys, bucket arithmetic.
 //! * [`telemetry`]: Prometheus metrics and their names.
 //! * [`client`]: follows tokens to the end of a read as a `Stream`.
@@ -20,6 +21,7 @@
 //! knows about CQL.
 
 pub mod api;
+pub mod bulkhead;
 pub mod client;
 pub mod config;
 pub mod demo;

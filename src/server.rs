@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::api::{self, pb, ReadParams};
+use crate::bulkhead::{Bulkhead, ScanPermit};
 use crate::engine::budget::{parse_grpc_timeout, Budget, BudgetConfig};
 use crate::engine::{ReadEngine, ReadRequest, RowSink};
 use crate::error::ServiceError;
@@ -37,6 +38,8 @@ pub struct HourglassService<S> {
     namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
     /// False: budgets ignore SLOs and deadlines (benchmark baseline).
     partial_reads: bool,
+    /// Bounds concurrent scans; a read holds a permit while it scans.
+    bulkhead: Bulkhead,
 }
 
 impl<S: Storage> HourglassService<S> {
@@ -47,7 +50,14 @@ impl<S: Storage> HourglassService<S> {
             budget,
             namespaces: RwLock::new(HashMap::new()),
             partial_reads: true,
+            bulkhead: Bulkhead::default(),
         }
+    }
+
+    /// Replaces the default bulkhead.
+    pub fn with_bulkhead(mut self, bulkhead: Bulkhead) -> Self {
+        self.bulkhead = bulkhead;
+        self
     }
 
     /// Ignores request SLOs and client deadlines: every read runs on the
@@ -76,11 +86,12 @@ impl<S: Storage> HourglassService<S> {
         Ok(ns)
     }
 
-    /// Validates a read, starts its budget and resolves its token.
+    /// Validates a read, starts its budget, resolves its token and takes
+    /// its bulkhead permit.
     async fn prepare_read(
         &self,
         request: Request<pb::ReadEventsRequest>,
-    ) -> Result<(ReadRequest, QueryFingerprint), ServiceError> {
+    ) -> Result<(ReadRequest, QueryFingerprint, ScanPermit), ServiceError> {
         let grpc_timeout = request
             .metadata()
             .get("grpc-timeout")
@@ -106,6 +117,10 @@ impl<S: Storage> HourglassService<S> {
                 Some(frontier)
             }
         };
+        let permit = self
+            .bulkhead
+            .try_acquire(&namespace.name)
+            .map_err(ServiceError::Overloaded)?;
         Ok((
             ReadRequest {
                 namespace,
@@ -119,6 +134,7 @@ impl<S: Storage> HourglassService<S> {
                 budget,
             },
             fp,
+            permit,
         ))
     }
 }
@@ -243,7 +259,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
     ) -> Result<Response<pb::ReadEventsResponse>, Status> {
         let started = Instant::now();
         let result = async {
-            let (req, fp) = self.prepare_read(request).await?;
+            let (req, fp, _permit) = self.prepare_read(request).await?;
             let mut rows = Vec::new();
             let outcome = self.engine.read(&req, &mut rows).await?;
             let end = api::stream_end(outcome, |k| self.keys.issue(&fp, k));
@@ -285,7 +301,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
         let started = Instant::now();
         let prepared = self.prepare_read(request).await;
-        let (req, fp) = match prepared {
+        let (req, fp, permit) = match prepared {
             Ok(p) => p,
             Err(e) => return finish("StreamEvents", started, Err(e), ok),
         };
@@ -295,6 +311,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         let engine = self.engine.clone();
         let keys = self.keys.clone();
         let run = async move {
+            let _permit = permit;
             let mut sink = StreamSink {
                 series_id: req.series_id.clone(),
                 buf: Vec::new(),

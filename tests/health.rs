@@ -38,20 +38,9 @@ async fn wait_for(
     }
 }
 
-fn cassandra_script(action: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cassandra");
-    let status = std::process::Command::new(script)
-        .arg(action)
-        .status()
-        .expect("run script");
-    assert!(status.success(), "scripts/cassandra {action}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_cassandra_down_and_up() {
-    if std::env::var("HOURGLASS_TEST_CASSANDRA").is_ok() {
-        panic!("this test stops and starts the project's own node; unset HOURGLASS_TEST_CASSANDRA");
-    }
+    own_node_only();
     let server = ServerProcess::start(&[]).await;
     let mut health = server.health().await;
     wait_for(&mut health, ServingStatus::Serving, Duration::from_secs(10)).await;

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use hourglass::api::pb;
 use hourglass::api::pb::hourglass_client::HourglassClient;
+use hourglass::bulkhead::Bulkhead;
 use hourglass::engine::budget::BudgetConfig;
 use hourglass::engine::{EngineConfig, ReadEngine};
 use hourglass::server::{serve, HourglassService};
+use hourglass::storage::breaker::{Breaker, BreakerConfig};
 use hourglass::storage::cassandra::{CassandraConfig, CassandraStore, DEFAULT_REPLICATION};
 use hourglass::token::KeyRing;
 use scylla::statement::Consistency;
@@ -81,10 +83,26 @@ impl TestServer {
     }
 
     pub async fn start_with(engine: EngineConfig, budget: BudgetConfig) -> Self {
-        let store = store().await;
+        Self::start_full(
+            engine,
+            budget,
+            BreakerConfig::default(),
+            Bulkhead::default(),
+        )
+        .await
+    }
+
+    /// A server with the breaker and bulkhead given.
+    pub async fn start_full(
+        engine: EngineConfig,
+        budget: BudgetConfig,
+        breaker: BreakerConfig,
+        bulkhead: Bulkhead,
+    ) -> Self {
+        let store = Breaker::new(Arc::new(store().await), breaker);
         let engine = Arc::new(ReadEngine::new(Arc::new(store), engine));
         let keys = KeyRing::parse(TEST_KEYS, Duration::from_secs(3600)).expect("test keys");
-        let service = HourglassService::new(engine, keys, budget);
+        let service = HourglassService::new(engine, keys, budget).with_bulkhead(bulkhead);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -258,6 +276,35 @@ pub fn bad_field(status: &tonic::Status) -> Option<String> {
     status
         .get_details_bad_request()
         .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
+}
+
+/// Runs `scripts/cassandra <action>` (start, stop, kill, freeze, thaw).
+pub fn cassandra_script(action: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cassandra");
+    let status = Command::new(script)
+        .arg(action)
+        .status()
+        .expect("run scripts/cassandra");
+    assert!(status.success(), "scripts/cassandra {action}: {status}");
+}
+
+/// Refuses to run a test that stops or signals the project's own node
+/// against someone else's Cassandra.
+pub fn own_node_only() {
+    assert!(
+        std::env::var("HOURGLASS_TEST_CASSANDRA").is_err(),
+        "this test stops and signals the project's own node; unset HOURGLASS_TEST_CASSANDRA"
+    );
+    cassandra();
+}
+
+/// The ErrorInfo reason of a status ("" when absent).
+pub fn reason_of(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
 }
 
 /// A free loopback port (bound then released).

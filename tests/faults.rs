@@ -1,0 +1,358 @@
+//! Faults injected into the real Cassandra node mid-read: SIGKILL, SIGSTOP,
+//! a node that stays down, and the bulkhead under a stalled store. These
+//! tests signal the shared node, so they take a lock and run one at a time
+//! (and this binary runs alone: cargo runs test binaries one after another);
+//! each leaves the node running.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use hourglass::api::pb;
+use hourglass::bulkhead::Bulkhead;
+use hourglass::engine::budget::BudgetConfig;
+use hourglass::engine::EngineConfig;
+use hourglass::storage::breaker::BreakerConfig;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+static NODE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const ROWS: i64 = 40_000;
+
+/// A read long enough to be interrupted: small storage pages, so tens of
+/// thousands of rows take hundreds of round trips.
+fn slow_engine() -> EngineConfig {
+    EngineConfig {
+        max_storage_page: 200,
+        initial_storage_page: 100,
+        max_in_flight: 2,
+        readahead_buckets: 0,
+        ..EngineConfig::default()
+    }
+}
+
+async fn seeded_server(ns: &str, breaker: BreakerConfig, bulkhead: Bulkhead) -> TestServer {
+    own_node_only();
+    let mut server =
+        TestServer::start_full(slow_engine(), BudgetConfig::default(), breaker, bulkhead).await;
+    create_namespace(&mut server.client, ns, 10_000_000, 4).await;
+    let events = (0..ROWS)
+        .map(|i| event("big", i * 1000, &format!("{i}")))
+        .collect();
+    write_all(&server.client, ns, events).await;
+    server
+}
+
+/// What a StreamEvents call delivered before it ended.
+struct Streamed {
+    events: Vec<pb::Event>,
+    end: Result<pb::StreamEnd, tonic::Status>,
+    elapsed: Duration,
+}
+
+/// Streams `req`; runs `at_first_batch` once the first rows arrived.
+async fn stream(
+    server: &TestServer,
+    req: pb::ReadEventsRequest,
+    at_first_batch: impl FnOnce(),
+) -> Streamed {
+    let began = Instant::now();
+    let mut client = server.client.clone();
+    let mut s = client
+        .stream_events(req)
+        .await
+        .expect("stream starts")
+        .into_inner();
+    let mut events = Vec::new();
+    let mut hook = Some(at_first_batch);
+    let end = loop {
+        match s.message().await {
+            Ok(Some(pb::StreamEventsResponse {
+                message: Some(pb::stream_events_response::Message::Batch(b)),
+            })) => {
+                events.extend(b.events);
+                if let Some(f) = hook.take() {
+                    f();
+                }
+            }
+            Ok(Some(pb::StreamEventsResponse {
+                message: Some(pb::stream_events_response::Message::End(end)),
+            })) => break Ok(end),
+            Ok(other) => panic!("unexpected stream message {other:?}"),
+            Err(status) => break Err(status),
+        }
+    };
+    Streamed {
+        events,
+        end,
+        elapsed: began.elapsed(),
+    }
+}
+
+/// Reads until a call succeeds (storage back, breaker closed), for at most `within`.
+async fn until_reads_work(server: &TestServer, ns: &str, within: Duration) -> Duration {
+    let began = Instant::now();
+    loop {
+        let mut c = server.client.clone();
+        match c.read_events(read_request(ns, "big", 0, 1000)).await {
+            Ok(_) => return began.elapsed(),
+            Err(s) => assert!(
+                began.elapsed() < within,
+                "reads still fail {within:?} after the node came back: {s:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Follows `token` with ReadEvents to the end of [0, ROWS ms).
+async fn resume(server: &TestServer, ns: &str, token: String) -> Vec<pb::Event> {
+    let mut client = server.client.clone();
+    let req = pb::ReadEventsRequest {
+        continuation_token: token,
+        page_size: Some(10_000),
+        ..read_request(ns, "big", 0, ROWS * 1000)
+    };
+    read_to_end(&mut client, req).await.0
+}
+
+fn assert_exactly_once_in_order(events: &[pb::Event]) {
+    assert_eq!(events.len() as i64, ROWS, "row count");
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.event_time_micros, i as i64 * 1000, "row {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_read_then_down_then_back() {
+    let _node = NODE.lock().await;
+    let breaker = BreakerConfig {
+        failure_threshold: 3,
+        cool_down: Duration::from_millis(500),
+    };
+    let server = seeded_server("killed", breaker, Bulkhead::default()).await;
+
+    // A writer acknowledging batches while the node dies.
+    let acked: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (mut client, acked, stop) = (server.client.clone(), acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut refused = 0;
+            for batch in 0i64.. {
+                if stop.load(Ordering::Relaxed) {
+                    return refused;
+                }
+                let events = (0..50)
+                    .map(|i| event("acked", batch * 50 + i, &format!("{batch}/{i}")))
+                    .collect();
+                let req = pb::WriteEventsRequest {
+                    namespace: "killed".into(),
+                    events,
+                };
+                match client.write_events(req).await {
+                    Ok(_) => acked.lock().unwrap().push(batch),
+                    Err(_) => refused += 1,
+                }
+            }
+            unreachable!()
+        })
+    };
+    while acked.lock().unwrap().len() < 10 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Kill the node as soon as the first rows of a long read arrive.
+    let budget = Duration::from_secs(4);
+    let req = pb::ReadEventsRequest {
+        slo_millis: budget.as_millis() as i64,
+        page_size: Some(100_000),
+        ..read_request("killed", "big", 0, ROWS * 1000)
+    };
+    let got = stream(&server, req, || cassandra_script("kill")).await;
+    stop.store(true, Ordering::Relaxed);
+    let refused_writes = writer.await.unwrap();
+    assert!(
+        got.elapsed < budget + Duration::from_millis(500),
+        "the answer took {:?}, past its {budget:?} budget",
+        got.elapsed
+    );
+    assert!(
+        !got.events.is_empty() && (got.events.len() as i64) < ROWS,
+        "killed mid-read: {} rows",
+        got.events.len()
+    );
+    let end = got.end.expect("rows so far end the stream with OK");
+    assert!(end.partial);
+    assert_eq!(
+        end.partial_reason,
+        pb::PartialReason::StorageError as i32,
+        "{end:?}"
+    );
+    assert!(refused_writes > 0, "the writer saw the node die");
+
+    // While the node stays down: a read with no rows so far is UNAVAILABLE
+    // with RetryInfo, and after a few failures the breaker answers at once.
+    let mut reasons = Vec::new();
+    for _ in 0..8 {
+        let began = Instant::now();
+        let mut c = server.client.clone();
+        let req = pb::ReadEventsRequest {
+            slo_millis: 2000,
+            ..read_request("killed", "big", 0, ROWS * 1000)
+        };
+        let status = c.read_events(req).await.expect_err("node is down");
+        let took = began.elapsed();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            status.get_details_retry_info().is_some(),
+            "RetryInfo on {status:?}"
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "waited {took:?} on a dead node"
+        );
+        reasons.push(reason_of(&status));
+    }
+    assert!(
+        reasons.iter().any(|r| r == "STORAGE_CIRCUIT_OPEN"),
+        "the breaker never opened: {reasons:?}"
+    );
+
+    // Back up: the same server reconnects and the breaker's probe closes it.
+    cassandra_script("start");
+    until_reads_work(&server, "killed", Duration::from_secs(60)).await;
+
+    // The token of the interrupted read resumes exactly after its rows.
+    let before_kill = got.events.len();
+    let mut all = got.events;
+    all.extend(resume(&server, "killed", end.continuation_token).await);
+    assert_exactly_once_in_order(&all);
+
+    // Every acknowledged write survived the SIGKILL.
+    let mut c = server.client.clone();
+    let (stored, _) = read_to_end(&mut c, read_request("killed", "acked", 0, i64::MAX)).await;
+    let stored: HashSet<(i64, String)> = stored.iter().map(key).collect();
+    let acked = acked.lock().unwrap().clone();
+    for batch in &acked {
+        for i in 0..50 {
+            let k = (batch * 50 + i, format!("{batch}/{i}"));
+            assert!(stored.contains(&k), "acknowledged event {k:?} lost");
+        }
+    }
+    eprintln!(
+        "killed after {} of {ROWS} rows in {:?}; breaker reasons {reasons:?}; {} acknowledged batches all present",
+        before_kill,
+        got.elapsed,
+        acked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_mid_read_answers_within_budget_and_the_bulkhead_sheds() {
+    let _node = NODE.lock().await;
+    let server = seeded_server("frozen", BreakerConfig::default(), Bulkhead::new(3, 2)).await;
+    let mut c = server.client.clone();
+    create_namespace(&mut c, "frozen2", 10_000_000, 1).await;
+    write_all(&c, "frozen2", vec![event("big", 1, "a")]).await;
+
+    // Freeze the node as soon as the first rows of a long read arrive.
+    let budget = Duration::from_millis(1500);
+    let req = pb::ReadEventsRequest {
+        slo_millis: budget.as_millis() as i64,
+        page_size: Some(100_000),
+        ..read_request("frozen", "big", 0, ROWS * 1000)
+    };
+    let thaw = Thaw;
+    let got = stream(&server, req, || cassandra_script("freeze")).await;
+    assert!(
+        got.elapsed < budget + Duration::from_millis(500),
+        "the answer took {:?}, past its {budget:?} budget",
+        got.elapsed
+    );
+    let end = got.end.expect("rows so far end the stream with OK");
+    assert!(end.partial, "{end:?}");
+    assert!(
+        [
+            pb::PartialReason::Slo as i32,
+            pb::PartialReason::StorageError as i32
+        ]
+        .contains(&end.partial_reason),
+        "{end:?}"
+    );
+    assert!(!got.events.is_empty() && (got.events.len() as i64) < ROWS);
+
+    // Still frozen: two reads of "frozen" and one of "frozen2" hang on
+    // storage holding their permits (2 per namespace, 3 in all) ...
+    let hung: Vec<_> = [("frozen", 3000), ("frozen", 3000), ("frozen2", 3000)]
+        .into_iter()
+        .map(|(ns, slo)| {
+            let mut c = server.client.clone();
+            let req = pb::ReadEventsRequest {
+                slo_millis: slo,
+                ..read_request(ns, "big", 0, ROWS * 1000)
+            };
+            tokio::spawn(async move {
+                let began = Instant::now();
+                (c.read_events(req).await, began.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ... so more are refused at once, naming the bound that is full.
+    for (ns, want) in [
+        ("frozen", "TOO_MANY_NAMESPACE_SCANS"),
+        ("frozen2", "TOO_MANY_SCANS"),
+    ] {
+        let began = Instant::now();
+        let status = c
+            .read_events(pb::ReadEventsRequest {
+                slo_millis: 3000,
+                ..read_request(ns, "big", 0, ROWS * 1000)
+            })
+            .await
+            .expect_err("bulkhead full");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert_eq!(reason_of(&status), want);
+        assert!(status.get_details_retry_info().is_some());
+        assert!(began.elapsed() < Duration::from_secs(1), "refusal queued");
+    }
+    drop(thaw);
+    for h in hung {
+        let (result, took) = h.await.unwrap();
+        assert!(
+            took < Duration::from_millis(3500),
+            "hung read took {took:?}"
+        );
+        match result {
+            Ok(r) => assert_eq!(
+                r.get_ref().partial,
+                !r.get_ref().continuation_token.is_empty()
+            ),
+            Err(s) => assert!(
+                [Code::DeadlineExceeded, Code::Unavailable].contains(&s.code()),
+                "{s:?}"
+            ),
+        }
+    }
+    // Permits came back: the namespace reads again, and the token of the
+    // frozen read resumes exactly after its rows.
+    until_reads_work(&server, "frozen", Duration::from_secs(30)).await;
+    let mut all = got.events;
+    all.extend(resume(&server, "frozen", end.continuation_token).await);
+    assert_exactly_once_in_order(&all);
+}
+
+/// Thaws the node when dropped, so a failed assertion never leaves it frozen.
+struct Thaw;
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        cassandra_script("thaw");
+    }
+}
