@@ -7,14 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
+use crate::auth::Authenticator;
 use crate::bulkhead::Bulkhead;
 use crate::engine::budget::BudgetConfig;
 use crate::engine::{EngineConfig, ReadEngine};
-use crate::server::{serve, set_health, HourglassService};
+use crate::server::{serve_tls, set_health, HourglassService};
 use crate::storage::breaker::{Breaker, BreakerConfig};
 use crate::storage::cassandra::{
-    parse_consistency, CassandraConfig, CassandraStore, DEFAULT_REPLICATION,
+    parse_consistency, CassandraConfig, CassandraStore, Credentials, DEFAULT_REPLICATION,
 };
 use crate::token::KeyRing;
 
@@ -112,8 +114,14 @@ pub struct ServeArgs {
     /// CQL replication map used if the keyspace is created.
     #[arg(long, env = "HOURGLASS_REPLICATION", default_value = DEFAULT_REPLICATION)]
     pub replication: String,
-    /// Token signing keys `id:secret[,id:secret]`; the first signs, all verify.
-    #[arg(long, env = "HOURGLASS_TOKEN_KEYS", hide_env_values = true)]
+    /// Token signing keys `id:secret[,id:secret]`; the first signs, all
+    /// verify. A secret: only from the environment or the config file.
+    #[arg(
+        long,
+        env = "HOURGLASS_TOKEN_KEYS",
+        hide_env_values = true,
+        hide = true
+    )]
     pub token_keys: Option<String>,
     /// File holding the token keys (same format), instead of --token-keys.
     #[arg(long, env = "HOURGLASS_TOKEN_KEYS_FILE", conflicts_with = "token_keys")]
@@ -165,6 +173,43 @@ pub struct ServeArgs {
     /// Concurrent scans of one namespace this server runs at most.
     #[arg(long, env = "HOURGLASS_MAX_SCANS_PER_NAMESPACE", default_value_t = crate::bulkhead::DEFAULT_MAX_SCANS_PER_NAMESPACE)]
     pub max_scans_per_namespace: usize,
+    /// PEM certificate chain: serve gRPC over TLS (needs --tls-key).
+    #[arg(long, env = "HOURGLASS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "HOURGLASS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: also require client certificates signed by them
+    /// (mutual TLS).
+    #[arg(long, env = "HOURGLASS_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// TOML file of bearer-token clients and their per-namespace read/write
+    /// permissions (see `auth` in the docs); without it nobody is
+    /// authenticated.
+    #[arg(long, env = "HOURGLASS_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Cassandra username (PasswordAuthenticator).
+    #[arg(long, env = "HOURGLASS_CASSANDRA_USERNAME")]
+    pub cassandra_username: Option<String>,
+    /// Cassandra password; a secret, so only from the environment or the
+    /// config file, never the command line.
+    #[arg(
+        long,
+        env = "HOURGLASS_CASSANDRA_PASSWORD",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub cassandra_password: Option<String>,
+    /// File holding the Cassandra password.
+    #[arg(
+        long,
+        env = "HOURGLASS_CASSANDRA_PASSWORD_FILE",
+        conflicts_with = "cassandra_password"
+    )]
+    pub cassandra_password_file: Option<PathBuf>,
+    /// PEM CA of the Cassandra nodes' certificates: connect over TLS.
+    #[arg(long, env = "HOURGLASS_CASSANDRA_TLS_CA")]
+    pub cassandra_tls_ca: Option<PathBuf>,
     /// How long to wait for Cassandra at start.
     #[arg(long, env = "HOURGLASS_CONNECT_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub connect_timeout: Duration,
@@ -212,14 +257,70 @@ impl ServeArgs {
         KeyRing::parse(spec.trim(), self.token_ttl).map_err(|e| anyhow::anyhow!("token keys: {e}"))
     }
 
-    pub fn cassandra_config(&self) -> CassandraConfig {
-        CassandraConfig {
+    /// The Cassandra connection settings; reads the password file.
+    pub fn cassandra_config(&self) -> anyhow::Result<CassandraConfig> {
+        let password = match (&self.cassandra_password, &self.cassandra_password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot read Cassandra password file {}: {e}",
+                            path.display()
+                        )
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        let credentials = match (&self.cassandra_username, password) {
+            (Some(username), Some(password)) => Some(Credentials {
+                username: username.clone(),
+                password,
+            }),
+            (None, None) => None,
+            (Some(_), None) => anyhow::bail!(
+                "--cassandra-username needs a password: set HOURGLASS_CASSANDRA_PASSWORD or \
+                 --cassandra-password-file"
+            ),
+            (None, Some(_)) => anyhow::bail!("a Cassandra password needs --cassandra-username"),
+        };
+        Ok(CassandraConfig {
             contact_points: self.cassandra.clone(),
             keyspace: self.keyspace.clone(),
             replication: self.replication.clone(),
             consistency: self.consistency,
             connect_timeout: self.connect_timeout,
+            credentials,
+            tls_ca: self.cassandra_tls_ca.clone(),
+        })
+    }
+
+    /// The gRPC server's TLS settings, if TLS is on; reads the PEM files.
+    pub fn tls_config(&self) -> anyhow::Result<Option<ServerTlsConfig>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let read = |what: &str, p: &Path| {
+            std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {what} {}: {e}", p.display()))
+        };
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+            read("--tls-cert", cert)?,
+            read("--tls-key", key)?,
+        ));
+        if let Some(ca) = &self.tls_client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read("--tls-client-ca", ca)?));
         }
+        Ok(Some(tls))
+    }
+
+    /// The bearer-token clients, if authentication is on.
+    pub fn authenticator(&self) -> anyhow::Result<Option<Arc<Authenticator>>> {
+        self.auth_file
+            .as_deref()
+            .map(|p| Authenticator::load(p).map(Arc::new))
+            .transpose()
     }
 
     pub fn engine_config(&self) -> EngineConfig {
@@ -245,11 +346,14 @@ impl ServeArgs {
 /// `--drain-timeout` for in-flight calls.
 pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let keys = args.key_ring()?;
+    let tls = args.tls_config()?;
+    let auth = args.authenticator()?;
+    let cassandra = args.cassandra_config()?;
     if let MetricsListen(Some(addr)) = args.metrics_listen {
         crate::telemetry::install_prometheus(addr)?;
         tracing::info!(%addr, "serving metrics at /metrics");
     }
-    let store = Arc::new(CassandraStore::connect(&args.cassandra_config()).await?);
+    let store = Arc::new(CassandraStore::connect(&cassandra).await?);
     tracing::info!(cassandra = ?args.cassandra, keyspace = %args.keyspace, "connected to storage");
     let drain = tokio_util::sync::CancellationToken::new();
     let breaker = Breaker::new(
@@ -267,6 +371,10 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     if !args.partial_reads {
         service = service.without_partial_reads();
     }
+    if let Some(auth) = auth {
+        tracing::info!(clients = auth.len(), "bearer-token authentication on");
+        service = service.with_auth(auth);
+    }
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, true).await;
     let probe = tokio::spawn(probe_storage(
@@ -278,7 +386,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, "serving");
+    tracing::info!(listen = %listener.local_addr()?, tls = tls.is_some(), "serving");
     let shutdown = {
         let (drain, reporter) = (drain.clone(), reporter.clone());
         async move {
@@ -293,7 +401,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::time::sleep(drain_timeout).await;
     };
     tokio::select! {
-        served = serve(listener, service, health, shutdown) => served?,
+        served = serve_tls(listener, tls, service, health, shutdown) => served?,
         _ = bounded => tracing::warn!(?drain_timeout, "in-flight calls outlived the drain timeout; exiting"),
     }
     probe.abort();
@@ -381,6 +489,34 @@ pub fn apply_config_file(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Flags whose values are secrets: refused on the command line (where
+/// `ps` and shell history would show them); set them through the
+/// environment, the config file or their `-file` flags.
+pub const SECRET_FLAGS: [(&str, &str); 2] = [
+    ("--token-keys", "HOURGLASS_TOKEN_KEYS or --token-keys-file"),
+    (
+        "--cassandra-password",
+        "HOURGLASS_CASSANDRA_PASSWORD or --cassandra-password-file",
+    ),
+];
+
+/// Refuses secrets given as command-line flags.
+pub fn reject_secret_flags(args: &[String]) -> anyhow::Result<()> {
+    for a in args {
+        for (flag, instead) in SECRET_FLAGS {
+            if a == flag
+                || a.strip_prefix(flag)
+                    .is_some_and(|rest| rest.starts_with('='))
+            {
+                anyhow::bail!(
+                    "{flag} would put a secret on the command line, visible to other users; use {instead}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The config file named by `--config` / `--config=` in `args`, else by
 /// HOURGLASS_CONFIG; read before clap parses, so the file can feed defaults.
 pub fn config_path_from(args: &[String]) -> Option<PathBuf> {
@@ -415,6 +551,49 @@ pub fn check_config() -> anyhow::Result<String> {
         ("consistency", format!("{:?}", args.consistency)),
         ("replication", args.replication.clone()),
         ("token-keys", masked_keys),
+        (
+            "tls",
+            match (&args.tls_cert, &args.tls_client_ca) {
+                (None, _) => "off".to_string(),
+                (Some(c), None) => format!("on, certificate {}", c.display()),
+                (Some(c), Some(ca)) => format!(
+                    "on, certificate {}, client certificates from {}",
+                    c.display(),
+                    ca.display()
+                ),
+            },
+        ),
+        (
+            "auth-file",
+            match args.authenticator()? {
+                None => "off (no authentication)".to_string(),
+                Some(a) => format!("{} client(s) (token hashes hidden)", a.len()),
+            },
+        ),
+        (
+            "cassandra-username",
+            args.cassandra_username
+                .clone()
+                .unwrap_or_else(|| "(none)".into()),
+        ),
+        (
+            "cassandra-password",
+            match args.cassandra_config()?.credentials {
+                Some(_) => "set (hidden)".to_string(),
+                None => "(none)".to_string(),
+            },
+        ),
+        (
+            "cassandra-tls-ca",
+            args.cassandra_tls_ca
+                .as_ref()
+                .map_or("off".into(), |p| p.display().to_string()),
+        ),
+        ("max-scans", args.max_scans.to_string()),
+        (
+            "max-scans-per-namespace",
+            args.max_scans_per_namespace.to_string(),
+        ),
         (
             "token-ttl",
             humantime::format_duration(args.token_ttl).to_string(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::auth::AuthError;
 use crate::bulkhead::Full;
 use crate::engine::budget::BudgetSource;
 use crate::engine::ReadError;
@@ -54,6 +55,9 @@ pub enum ServiceError {
     /// The server is draining for shutdown; another replica can serve.
     #[error("server is shutting down; retry on another replica")]
     Draining,
+    /// Authentication failed or the client lacks the permission.
+    #[error("{0}")]
+    Auth(#[from] AuthError),
     /// Too many concurrent scans (the bulkhead); refused without queueing.
     #[error("too many concurrent reads: {0}; retry shortly or on another replica")]
     Overloaded(Full),
@@ -85,6 +89,9 @@ impl ServiceError {
             Self::Unavailable(_) => "STORAGE_UNAVAILABLE",
             Self::Storage(_) => "STORAGE_FAILURE",
             Self::Draining => "SERVER_DRAINING",
+            Self::Auth(AuthError::MissingToken) => "MISSING_CREDENTIALS",
+            Self::Auth(AuthError::UnknownToken) => "UNKNOWN_CREDENTIALS",
+            Self::Auth(AuthError::Denied { .. }) => "PERMISSION_DENIED",
             Self::Overloaded(Full::Server { .. }) => "TOO_MANY_SCANS",
             Self::Overloaded(Full::Namespace { .. }) => "TOO_MANY_NAMESPACE_SCANS",
         }
@@ -152,6 +159,19 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::Draining => {
                 details.set_retry_info(Some(Duration::ZERO));
                 Code::Unavailable
+            }
+            ServiceError::Auth(AuthError::MissingToken | AuthError::UnknownToken) => {
+                Code::Unauthenticated
+            }
+            ServiceError::Auth(AuthError::Denied {
+                client,
+                access,
+                namespace,
+            }) => {
+                info.insert("client".into(), client.clone());
+                info.insert("access".into(), access.to_string());
+                info.insert("namespace".into(), namespace.clone());
+                Code::PermissionDenied
             }
             ServiceError::Overloaded(full) => {
                 let (subject, limit) = match full {

@@ -11,6 +11,7 @@
 //! * [`storage`]: the [`storage::Storage`] trait, Cassandra/ScyllaDB behind
 //!   it ([`storage::cassandra`]) and an in-process fake for engine tests.
 //! * [`bulkhead`]: bounds concurrent scans overall and per namespace.
+//! * [`auth`]: bearer-token authentication, per-namespace permissions.
 //! * [`model`]: namespaces, events, clustering keys, bucket arithmetic.
 //! * [`telemetry`]: Prometheus metrics and their names.
 //! * [`client`]: follows tokens to the end of a read as a `Stream`.
@@ -21,6 +22,7 @@
 //! knows about CQL.
 
 pub mod api;
+pub mod auth;
 pub mod bulkhead;
 pub mod client;
 pub mod config;

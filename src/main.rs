@@ -3,8 +3,8 @@
 
 use clap::Parser;
 use hourglass::config::{
-    apply_config_file, check_config, config_path_from, run_serve, Cli, Command, ConfigCommand,
-    LogFormat,
+    apply_config_file, check_config, config_path_from, reject_secret_flags, run_serve, Cli,
+    Command, ConfigCommand, LogFormat,
 };
 use hourglass::demo::{self, DemoOptions};
 use tracing_subscriber::layer::SubscriberExt;
@@ -16,6 +16,10 @@ fn main() -> std::process::ExitCode {
     // The config file feeds HOURGLASS_* variables, so it is read before clap
     // parses and before any thread starts.
     let args: Vec<String> = std::env::args().collect();
+    if let Err(e) = reject_secret_flags(&args) {
+        eprintln!("error: {e:#}");
+        return std::process::ExitCode::from(2);
+    }
     if let Some(path) = config_path_from(&args) {
         if let Err(e) = apply_config_file(&path) {
             eprintln!("error: {e:#}");
@@ -84,7 +88,10 @@ impl Drop for Telemetry {
 /// with `--features otel` exports spans to `--otlp-endpoint`.
 fn init_tracing(cli: &Cli) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour only for a terminal: log files and collectors get plain text.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let fmt = match cli.log_format {
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt.json().boxed(),

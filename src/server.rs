@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::api::{self, pb, ReadParams};
+use crate::auth::{Access, Authenticator, Principal};
 use crate::bulkhead::{Bulkhead, ScanPermit};
 use crate::engine::budget::{parse_grpc_timeout, Budget, BudgetConfig};
 use crate::engine::{ReadEngine, ReadRequest, RowSink};
@@ -40,6 +41,8 @@ pub struct HourglassService<S> {
     partial_reads: bool,
     /// Bounds concurrent scans; a read holds a permit while it scans.
     bulkhead: Bulkhead,
+    /// Bearer-token clients and their permissions; None: no authentication.
+    auth: Option<Arc<Authenticator>>,
 }
 
 impl<S: Storage> HourglassService<S> {
@@ -51,6 +54,28 @@ impl<S: Storage> HourglassService<S> {
             namespaces: RwLock::new(HashMap::new()),
             partial_reads: true,
             bulkhead: Bulkhead::default(),
+            auth: None,
+        }
+    }
+
+    /// Requires a bearer token of one of `auth`'s clients on every call.
+    pub fn with_auth(mut self, auth: Arc<Authenticator>) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// The calling client, when authentication is on.
+    fn authenticate(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Option<Arc<Principal>>, ServiceError> {
+        match &self.auth {
+            None => Ok(None),
+            Some(auth) => {
+                let p = auth.authenticate(metadata)?;
+                tracing::Span::current().record("client", p.name.as_str());
+                Ok(Some(p))
+            }
         }
     }
 
@@ -97,7 +122,9 @@ impl<S: Storage> HourglassService<S> {
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
+        let principal = self.authenticate(request.metadata())?;
         let p = ReadParams::try_from(request.into_inner())?;
+        permit(&principal, Access::Read, &p.namespace)?;
         let budget = if self.partial_reads {
             Budget::new(&self.budget, p.slo, grpc_timeout)
         } else {
@@ -136,6 +163,19 @@ impl<S: Storage> HourglassService<S> {
             fp,
             permit,
         ))
+    }
+}
+
+/// Checks `access` to `namespace` for the caller (always allowed without
+/// authentication).
+fn permit(
+    principal: &Option<Arc<Principal>>,
+    access: Access,
+    namespace: &str,
+) -> Result<(), ServiceError> {
+    match principal {
+        Some(p) => Ok(p.check(access, namespace)?),
+        None => Ok(()),
     }
 }
 
@@ -194,16 +234,18 @@ fn ok<T>(_: &T) -> &'static str {
 
 #[tonic::async_trait]
 impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
-    #[tracing::instrument(name = "CreateNamespace", skip_all, fields(request_id = %request_id(request.metadata()), namespace, outcome))]
+    #[tracing::instrument(name = "CreateNamespace", skip_all, fields(request_id = %request_id(request.metadata()), client, namespace, outcome))]
     async fn create_namespace(
         &self,
         request: Request<pb::CreateNamespaceRequest>,
     ) -> Result<Response<pb::Namespace>, Status> {
         let started = Instant::now();
         let result = async {
+            let principal = self.authenticate(request.metadata())?;
             let pb::CreateNamespaceRequest { namespace } = request.into_inner();
             let ns = namespace.ok_or_else(|| ServiceError::invalid("namespace", "is required"))?;
             let ns = Namespace::try_from(ns)?;
+            permit(&principal, Access::Write, &ns.name)?;
             tracing::Span::current().record("namespace", ns.name.as_str());
             match self.engine.storage().create_namespace(&ns).await? {
                 Created::New => Ok(ns),
@@ -215,15 +257,17 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         finish("CreateNamespace", started, result, ok).map(|ns| Response::new(ns.into()))
     }
 
-    #[tracing::instrument(name = "GetNamespace", skip_all, fields(request_id = %request_id(request.metadata()), namespace, outcome))]
+    #[tracing::instrument(name = "GetNamespace", skip_all, fields(request_id = %request_id(request.metadata()), client, namespace, outcome))]
     async fn get_namespace(
         &self,
         request: Request<pb::GetNamespaceRequest>,
     ) -> Result<Response<pb::Namespace>, Status> {
         let started = Instant::now();
         let result = async {
+            let principal = self.authenticate(request.metadata())?;
             let pb::GetNamespaceRequest { name } = request.into_inner();
             api::check_namespace_name("name", &name)?;
+            permit(&principal, Access::Read, &name)?;
             tracing::Span::current().record("namespace", name.as_str());
             self.namespace(&name).await
         }
@@ -231,15 +275,17 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         finish("GetNamespace", started, result, ok).map(|ns| Response::new((*ns).clone().into()))
     }
 
-    #[tracing::instrument(name = "WriteEvents", skip_all, fields(request_id = %request_id(request.metadata()), namespace, events, outcome))]
+    #[tracing::instrument(name = "WriteEvents", skip_all, fields(request_id = %request_id(request.metadata()), client, namespace, events, outcome))]
     async fn write_events(
         &self,
         request: Request<pb::WriteEventsRequest>,
     ) -> Result<Response<pb::WriteEventsResponse>, Status> {
         let started = Instant::now();
         let result = async {
+            let principal = self.authenticate(request.metadata())?;
             let pb::WriteEventsRequest { namespace, events } = request.into_inner();
             api::check_namespace_name("namespace", &namespace)?;
+            permit(&principal, Access::Write, &namespace)?;
             tracing::Span::current().record("namespace", namespace.as_str());
             let events = api::validate_events(events)?;
             tracing::Span::current().record("events", events.len());
@@ -252,7 +298,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             .map(|written| Response::new(pb::WriteEventsResponse { written }))
     }
 
-    #[tracing::instrument(name = "ReadEvents", skip_all, fields(request_id = %request_id(request.metadata()), namespace, series, budget_ms, outcome))]
+    #[tracing::instrument(name = "ReadEvents", skip_all, fields(request_id = %request_id(request.metadata()), client, namespace, series, budget_ms, outcome))]
     async fn read_events(
         &self,
         request: Request<pb::ReadEventsRequest>,
@@ -294,7 +340,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         Box<dyn tokio_stream::Stream<Item = Result<pb::StreamEventsResponse, Status>> + Send>,
     >;
 
-    #[tracing::instrument(name = "StreamEvents", skip_all, fields(request_id = %request_id(request.metadata()), namespace, series, budget_ms, outcome))]
+    #[tracing::instrument(name = "StreamEvents", skip_all, fields(request_id = %request_id(request.metadata()), client, namespace, series, budget_ms, outcome))]
     async fn stream_events(
         &self,
         request: Request<pb::ReadEventsRequest>,
@@ -392,6 +438,17 @@ pub async fn serve<S: Storage, H: tonic_health::pb::health_server::Health>(
     health: tonic_health::pb::health_server::HealthServer<H>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    serve_tls(listener, None, service, health, shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given (rustls).
+pub async fn serve_tls<S: Storage, H: tonic_health::pb::health_server::Health>(
+    listener: TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    service: HourglassService<S>,
+    health: tonic_health::pb::health_server::HealthServer<H>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
     let svc = pb::hourglass_server::HourglassServer::new(service)
         .max_decoding_message_size(api::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(api::MAX_MESSAGE_BYTES);
@@ -400,7 +457,11 @@ pub async fn serve<S: Storage, H: tonic_health::pb::health_server::Health>(
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(health)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)

@@ -260,6 +260,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         replication: DEFAULT_REPLICATION.into(),
         consistency: Consistency::One,
         connect_timeout: Duration::from_secs(30),
+        ..CassandraConfig::default()
     })
     .await?;
     let biggest = *args.sizes.iter().max().expect("non-empty");

@@ -9,7 +9,8 @@
 //!   the index of non-empty buckets, so sparse reads skip empty buckets.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -49,6 +50,63 @@ pub struct CassandraConfig {
     pub replication: String,
     pub consistency: Consistency,
     pub connect_timeout: Duration,
+    /// Username and password for PasswordAuthenticator, if required.
+    pub credentials: Option<Credentials>,
+    /// PEM file of the CA that signed the nodes' certificates: connect with
+    /// TLS (rustls) and verify them. Certificates must name the node's IP.
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl Default for CassandraConfig {
+    fn default() -> Self {
+        Self {
+            contact_points: vec!["127.0.0.1:9042".into()],
+            keyspace: "hourglass".into(),
+            replication: DEFAULT_REPLICATION.into(),
+            consistency: Consistency::LocalQuorum,
+            connect_timeout: Duration::from_secs(10),
+            credentials: None,
+            tls_ca: None,
+        }
+    }
+}
+
+/// CQL login. The password never appears in Debug output or logs.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<hidden>")
+            .finish()
+    }
+}
+
+/// A rustls client config trusting the CA certificates in `ca_pem`.
+fn tls_context(ca_pem: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_pem)
+        .map_err(|e| format!("cannot read CA file {}: {e}", ca_pem.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("CA file {}: {e}", ca_pem.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("CA file {}: {e}", ca_pem.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("CA file {} holds no certificate", ca_pem.display()));
+    }
+    Ok(Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
 }
 
 /// The Cassandra-backed [`Storage`].
@@ -85,16 +143,19 @@ impl CassandraStore {
             address: address.clone(),
             cause,
         };
-        let session = tokio::time::timeout(
-            cfg.connect_timeout,
-            SessionBuilder::new()
-                .known_nodes(&cfg.contact_points)
-                .connection_timeout(cfg.connect_timeout)
-                .build(),
-        )
-        .await
-        .map_err(|_| connect_err(format!("no answer within {:?}", cfg.connect_timeout)))?
-        .map_err(|e| connect_err(e.to_string()))?;
+        let mut builder = SessionBuilder::new()
+            .known_nodes(&cfg.contact_points)
+            .connection_timeout(cfg.connect_timeout);
+        if let Some(c) = &cfg.credentials {
+            builder = builder.user(&c.username, &c.password);
+        }
+        if let Some(ca) = &cfg.tls_ca {
+            builder = builder.tls_context(Some(tls_context(ca).map_err(&connect_err)?));
+        }
+        let session = tokio::time::timeout(cfg.connect_timeout, builder.build())
+            .await
+            .map_err(|_| connect_err(format!("no answer within {:?}", cfg.connect_timeout)))?
+            .map_err(|e| connect_err(e.to_string()))?;
         let ks = &cfg.keyspace;
         if ks.is_empty() || !ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(StorageError::Fatal(format!(

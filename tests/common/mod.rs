@@ -64,6 +64,7 @@ pub async fn store() -> CassandraStore {
         replication: DEFAULT_REPLICATION.to_string(),
         consistency: Consistency::One,
         connect_timeout: Duration::from_secs(30),
+        ..CassandraConfig::default()
     })
     .await
     .expect("connect to the test Cassandra")
@@ -326,18 +327,31 @@ impl ServerProcess {
     /// Starts `hourglass serve` on free ports with the test keys and waits
     /// until it accepts gRPC connections.
     pub async fn start(extra: &[&str]) -> Self {
+        Self::start_with(extra, &[], None).await
+    }
+
+    /// Like [`ServerProcess::start`], with extra environment variables and
+    /// stderr (the log) written to `log` if given.
+    pub async fn start_with(
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log: Option<std::fs::File>,
+    ) -> Self {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_hourglass"))
-            .args(["serve", "--listen", &grpc.to_string()])
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hourglass"));
+        cmd.args(["serve", "--listen", &grpc.to_string()])
             .args(["--metrics-listen", &metrics.to_string()])
             .args(["--cassandra", cassandra(), "--keyspace", &keyspace()])
             .args(["--consistency", "one", "--health-interval", "200ms"])
             .args(extra)
             .env("HOURGLASS_TOKEN_KEYS", TEST_KEYS)
             .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("start hourglass serve");
+            .envs(env.iter().copied());
+        if let Some(f) = log {
+            cmd.stderr(f);
+        }
+        let child = cmd.spawn().expect("start hourglass serve");
         // Owned at once, so Drop kills and reaps it on every path.
         let server = Self {
             child,
