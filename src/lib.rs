@@ -29,6 +29,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod error;
+pub mod fuzzing;
 pub mod load;
 pub mod model;
 #[cfg(feature = "otel")]

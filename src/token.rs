@@ -164,6 +164,15 @@ impl KeyRing {
         URL_SAFE_NO_PAD.encode(buf)
     }
 
+    /// Signs arbitrary `body` bytes as a token, so the fuzz harness can
+    /// reach the parser behind the MAC. Not for serving.
+    #[doc(hidden)]
+    pub fn seal_unchecked(&self, body: &[u8]) -> String {
+        let mut buf = body.to_vec();
+        buf.extend_from_slice(&mac(&self.keys[&self.signing_id], body));
+        URL_SAFE_NO_PAD.encode(buf)
+    }
+
     /// Verifies `token` for `query` and returns the frontier it resumes after.
     pub fn verify(&self, token: &str, query: &QueryFingerprint) -> Result<Key, TokenError> {
         self.verify_at(token, query, unix_now())
@@ -182,7 +191,14 @@ impl KeyRing {
         let raw = URL_SAFE_NO_PAD
             .decode(token)
             .map_err(|_| TokenError::Malformed("not base64url"))?;
-        let mut r = Reader(&raw);
+        // The MAC is split off first: everything parsed below lies in the
+        // signed part, never in the tag.
+        let signed_len = raw
+            .len()
+            .checked_sub(MAC_LEN)
+            .ok_or(TokenError::Malformed("truncated"))?;
+        let (signed, tag) = raw.split_at(signed_len);
+        let mut r = Reader(signed);
         let version = r.u8()?;
         if version != TOKEN_VERSION {
             return Err(TokenError::UnsupportedVersion(version));
@@ -194,17 +210,12 @@ impl KeyRing {
             .keys
             .get(id)
             .ok_or_else(|| TokenError::UnknownKey(id.chars().take(MAX_KEY_ID_LEN).collect()))?;
-        let signed_len = raw
-            .len()
-            .checked_sub(MAC_LEN)
-            .ok_or(TokenError::Malformed("truncated"))?;
-        let (signed, tag) = raw.split_at(signed_len);
         let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
         m.update(signed);
         m.verify_truncated_left(tag)
             .map_err(|_| TokenError::BadSignature)?;
         // From here on the bytes are ours; still parse defensively.
-        let mut r = Reader(&signed[2 + id_len..]);
+        let mut r = Reader(r.0);
         let expires = r.u64()?;
         let fingerprint = r.take(FINGERPRINT_LEN)?;
         let time = r.u64()? as i64;
@@ -296,6 +307,24 @@ impl QueryFingerprint {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_key_id_running_into_the_mac_is_malformed_not_a_panic() {
+        // Find a secret whose MAC of [version, id_len = 1] starts with the
+        // key id "a": the id read from the raw bytes then overlaps the MAC.
+        let body = [TOKEN_VERSION, 1];
+        let secret = (0u32..)
+            .map(|i| format!("secret-{i:010}"))
+            .find(|s| mac(s.as_bytes(), &body)[0] == b'a')
+            .unwrap();
+        let keys = KeyRing::parse(&format!("a:{secret}"), Duration::from_secs(60)).unwrap();
+        let token = keys.seal_unchecked(&body);
+        let fp = QueryFingerprint::new(&ns(), "s", 0, 10, Order::Ascending);
+        assert_eq!(
+            keys.verify_at(&token, &fp, 0),
+            Err(TokenError::Malformed("truncated"))
+        );
+    }
+
     fn ns() -> Namespace {
         Namespace {
             name: "metrics".into(),
@@ -349,7 +378,7 @@ mod tests {
             assert!(r.verify_at(&t[..cut], &fp(), 0).is_err(), "cut {cut}");
         }
         assert_eq!(
-            r.verify_at(&URL_SAFE_NO_PAD.encode([9u8, 0, 0]), &fp(), 0),
+            r.verify_at(&URL_SAFE_NO_PAD.encode([9u8; 3 + MAC_LEN]), &fp(), 0),
             Err(TokenError::UnsupportedVersion(9))
         );
     }
