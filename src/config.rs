@@ -93,7 +93,8 @@ fn parse_metrics_listen(s: &str) -> Result<MetricsListen, String> {
         .map_err(|e| format!("{e}: expected host:port or \"off\""))
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
+/// Parses a human duration (`250ms`, `2s`, `5m`, `1h`) for flags.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 250ms, 2s, 1h)"))
 }
 
@@ -127,16 +128,16 @@ pub struct ServeArgs {
     #[arg(long, env = "HOURGLASS_TOKEN_KEYS_FILE", conflicts_with = "token_keys")]
     pub token_keys_file: Option<std::path::PathBuf>,
     /// How long a continuation token stays valid.
-    #[arg(long, env = "HOURGLASS_TOKEN_TTL", default_value = "24h", value_parser = duration)]
+    #[arg(long, env = "HOURGLASS_TOKEN_TTL", default_value = "24h", value_parser = parse_duration)]
     pub token_ttl: Duration,
     /// Read budget when a request has neither an SLO nor a deadline.
-    #[arg(long, env = "HOURGLASS_DEFAULT_BUDGET", default_value = "2s", value_parser = duration)]
+    #[arg(long, env = "HOURGLASS_DEFAULT_BUDGET", default_value = "2s", value_parser = parse_duration)]
     pub default_budget: Duration,
     /// Upper bound on any read budget.
-    #[arg(long, env = "HOURGLASS_MAX_BUDGET", default_value = "30s", value_parser = duration)]
+    #[arg(long, env = "HOURGLASS_MAX_BUDGET", default_value = "30s", value_parser = parse_duration)]
     pub max_budget: Duration,
     /// Subtracted from client deadlines to leave time for the response.
-    #[arg(long, env = "HOURGLASS_DEADLINE_MARGIN", default_value = "5ms", value_parser = duration)]
+    #[arg(long, env = "HOURGLASS_DEADLINE_MARGIN", default_value = "5ms", value_parser = parse_duration)]
     pub deadline_margin: Duration,
     /// Buckets read ahead of the one being merged.
     #[arg(long, env = "HOURGLASS_READAHEAD_BUCKETS", default_value_t = EngineConfig::default().readahead_buckets)]
@@ -155,16 +156,16 @@ pub struct ServeArgs {
     #[arg(long, env = "HOURGLASS_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = parse_metrics_listen)]
     pub metrics_listen: MetricsListen,
     /// How long in-flight calls may take to finish after a shutdown signal.
-    #[arg(long, env = "HOURGLASS_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration)]
+    #[arg(long, env = "HOURGLASS_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
     /// How often storage is probed for the health service.
-    #[arg(long, env = "HOURGLASS_HEALTH_INTERVAL", default_value = "1s", value_parser = duration)]
+    #[arg(long, env = "HOURGLASS_HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub health_interval: Duration,
     /// Consecutive transient storage failures that open the circuit breaker.
     #[arg(long, env = "HOURGLASS_BREAKER_FAILURES", default_value_t = 5)]
     pub breaker_failures: u32,
     /// How long the open circuit fails requests fast before probing storage.
-    #[arg(long, env = "HOURGLASS_BREAKER_COOL_DOWN", default_value = "2s", value_parser = duration)]
+    #[arg(long, env = "HOURGLASS_BREAKER_COOL_DOWN", default_value = "2s", value_parser = parse_duration)]
     pub breaker_cool_down: Duration,
     /// Concurrent scans (ReadEvents + StreamEvents) this server runs at most;
     /// more are refused at once with RESOURCE_EXHAUSTED.
@@ -211,7 +212,7 @@ pub struct ServeArgs {
     #[arg(long, env = "HOURGLASS_CASSANDRA_TLS_CA")]
     pub cassandra_tls_ca: Option<PathBuf>,
     /// How long to wait for Cassandra at start.
-    #[arg(long, env = "HOURGLASS_CONNECT_TIMEOUT", default_value = "10s", value_parser = duration)]
+    #[arg(long, env = "HOURGLASS_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 }
 
@@ -377,6 +378,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, true).await;
+    let process_metrics = tokio::spawn(crate::telemetry::sample_process_metrics());
     let probe = tokio::spawn(probe_storage(
         store,
         reporter.clone(),
@@ -405,6 +407,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         _ = bounded => tracing::warn!(?drain_timeout, "in-flight calls outlived the drain timeout; exiting"),
     }
     probe.abort();
+    process_metrics.abort();
     tracing::info!("stopped");
     Ok(())
 }

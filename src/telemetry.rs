@@ -72,6 +72,36 @@ fn describe() {
     );
 }
 
+/// Resident memory of the server process (Prometheus' standard name).
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+
+/// Samples the process's resident memory into [`PROCESS_RSS`] every second
+/// (Linux: /proc/self/status; elsewhere the gauge stays unset).
+pub async fn sample_process_metrics() {
+    metrics::describe_gauge!(PROCESS_RSS, "Resident memory of this process, bytes");
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if let Some(rss) = resident_bytes() {
+            metrics::gauge!(PROCESS_RSS).set(rss as f64);
+        }
+    }
+}
+
+/// This process's resident set size, from /proc/self/status.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 /// Counts a scan as in flight until dropped.
 pub struct ScanInFlight(());
 

@@ -112,3 +112,53 @@ async fn seed_run_report_and_chart() {
     .expect_err("bad fraction");
     assert!(err.to_string().contains("--range-fraction"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_soak_ends_every_scan_and_fails_nothing_unexpectedly() {
+    use hourglass::load::soak::{self, SoakArgs};
+    use std::time::Duration;
+    let server = ServerProcess::start(&["--max-scans", "6"]).await;
+    let target = Target {
+        server: format!("http://{}", server.grpc),
+        namespace: format!("soak{}", std::process::id()),
+        series: 2,
+        span_secs: 60,
+    };
+    seed(&SeedArgs {
+        target: target.clone(),
+        rows_per_series: 5000,
+        payload_bytes: 32,
+        payload_max_bytes: None,
+        bucket_secs: 10,
+        shards: 2,
+        batch: 1000,
+        concurrency: 4,
+        restart: true,
+        quiet: true,
+    })
+    .await
+    .expect("seed");
+    let report = soak::run(&SoakArgs {
+        target,
+        metrics: format!("http://{}/metrics", server.metrics),
+        clients: 8,
+        duration: Duration::from_secs(6),
+        sample_every: Duration::from_millis(500),
+        max_rss_growth: 0.10,
+        quiet: true,
+    })
+    .await
+    .expect("soak");
+    eprintln!("{}", report.summary());
+    assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
+    assert_eq!(report.in_flight_after, 0.0, "scans left in flight");
+    for kind in ["read:ok", "stream:ok", "deadline-read:ok", "write:ok", "bad-request:ok"] {
+        assert!(
+            report.outcomes.get(kind).copied().unwrap_or(0) > 0,
+            "no {kind} in {:?}",
+            report.outcomes
+        );
+    }
+    assert!(report.samples.len() >= 10);
+    assert!(report.samples.iter().all(|s| s.rss_bytes > 1e6), "RSS sampled");
+}

@@ -844,6 +844,11 @@ impl<'a, S: Storage> Scan<'a, S> {
         attempt: u32,
         err: StorageError,
     ) -> Option<Result<Ending, ReadError>> {
+        if self.remaining().is_zero() {
+            // Storage requests time out when the budget does: this is the
+            // budget ending, not storage failing.
+            return Some(self.stop_for_budget());
+        }
         let next = attempt + 1;
         let delay = self.backoff(next);
         let page = match &kind {

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod report;
+pub mod soak;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -52,6 +53,9 @@ pub enum LoadCommand {
     },
     /// The macro benchmark against the local Cassandra; writes docs/benchmarks.md.
     Bench(bench::BenchArgs),
+    /// Many clients for minutes against a running server (with metrics on):
+    /// checks that memory stays flat, scans end and nothing fails unexpectedly.
+    Soak(soak::SoakArgs),
 }
 
 /// Which server and seeded series a load command works on; `seed` and
@@ -231,6 +235,12 @@ pub async fn main(cmd: LoadCommand) -> anyhow::Result<()> {
             Ok(())
         }
         LoadCommand::Bench(args) => bench::run(&args).await,
+        LoadCommand::Soak(args) => {
+            let report = soak::run(&args).await?;
+            print!("{}", report.summary());
+            anyhow::ensure!(report.passed(), "the soak failed");
+            Ok(())
+        }
     }
 }
 
