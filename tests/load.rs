@@ -152,7 +152,13 @@ async fn a_short_soak_ends_every_scan_and_fails_nothing_unexpectedly() {
     eprintln!("{}", report.summary());
     assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
     assert_eq!(report.in_flight_after, 0.0, "scans left in flight");
-    for kind in ["read:ok", "stream:ok", "deadline-read:ok", "write:ok", "bad-request:ok"] {
+    for kind in [
+        "read:ok",
+        "stream:ok",
+        "deadline-read:ok",
+        "write:ok",
+        "bad-request:ok",
+    ] {
         assert!(
             report.outcomes.get(kind).copied().unwrap_or(0) > 0,
             "no {kind} in {:?}",
@@ -160,5 +166,8 @@ async fn a_short_soak_ends_every_scan_and_fails_nothing_unexpectedly() {
         );
     }
     assert!(report.samples.len() >= 10);
-    assert!(report.samples.iter().all(|s| s.rss_bytes > 1e6), "RSS sampled");
+    assert!(
+        report.samples.iter().all(|s| s.rss_bytes > 1e6),
+        "RSS sampled"
+    );
 }

@@ -75,7 +75,11 @@ impl SoakReport {
 
     pub fn summary(&self) -> String {
         let calls: u64 = self.outcomes.values().sum();
-        let rss: Vec<f64> = self.samples.iter().map(|s| s.rss_bytes / 1048576.0).collect();
+        let rss: Vec<f64> = self
+            .samples
+            .iter()
+            .map(|s| s.rss_bytes / 1048576.0)
+            .collect();
         let (lo, hi) = rss
             .iter()
             .fold((f64::MAX, 0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
@@ -104,20 +108,45 @@ struct Tally {
     calls: u64,
 }
 
+/// What a well-behaved client waits after a refusal: the server's RetryInfo
+/// delay for RESOURCE_EXHAUSTED, else nothing.
+fn backoff(result: &Result<(), tonic::Status>) -> Option<Duration> {
+    use tonic_types::StatusExt;
+    match result {
+        Err(s) if s.code() == Code::ResourceExhausted => Some(
+            s.get_details_retry_info()
+                .and_then(|r| r.retry_delay)
+                .unwrap_or(Duration::from_millis(50)),
+        ),
+        _ => None,
+    }
+}
+
 impl Tally {
-    fn record(&mut self, kind: &str, result: Result<(), tonic::Status>, expected: &[Code]) {
+    /// Counts a call; returns how long its client should wait before the next.
+    fn record(
+        &mut self,
+        kind: &str,
+        result: Result<(), tonic::Status>,
+        expected: &[Code],
+    ) -> Option<Duration> {
         self.calls += 1;
+        let wait = backoff(&result);
         let outcome = match &result {
             Ok(()) => "ok".to_string(),
             Err(s) => format!("{:?}", s.code()),
         };
-        *self.outcomes.entry(format!("{kind}:{outcome}")).or_default() += 1;
+        *self
+            .outcomes
+            .entry(format!("{kind}:{outcome}"))
+            .or_default() += 1;
         if let Err(s) = result {
             if !expected.contains(&s.code()) && self.unexpected.len() < 1000 {
                 self.unexpected
                     .push(format!("{kind}: {:?} {}", s.code(), s.message()));
             }
         }
+        wait
     }
 }
 
@@ -128,7 +157,10 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<SoakReport> {
     anyhow::ensure!(!args.duration.is_zero(), "--duration must be positive");
     let metrics = MetricsUrl::parse(&args.metrics)?;
     metrics.scrape().await.map_err(|e| {
-        anyhow::anyhow!("cannot scrape {}: {e} (is --metrics-listen on?)", args.metrics)
+        anyhow::anyhow!(
+            "cannot scrape {}: {e} (is --metrics-listen on?)",
+            args.metrics
+        )
     })?;
     let client = connect(&args.target.server, Duration::from_secs(30)).await?;
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -216,6 +248,10 @@ async fn one_call(
     n: usize,
     tally: &Mutex<Tally>,
 ) {
+    let mut wait = None;
+    let mut record = |kind: &str, result: Result<(), tonic::Status>, expected: &[Code]| {
+        wait = wait.or(tally.lock().expect("tally").record(kind, result, expected));
+    };
     let (kind, series, start, end, slo, descending, deadline_ms) = {
         let mut rng = rand::rng();
         let span = target.span_secs as i64 * 1_000_000;
@@ -257,14 +293,14 @@ async fn one_call(
                     Ok(r) => {
                         let r = r.into_inner();
                         let more = r.partial;
-                        tally.lock().expect("tally").record("read", Ok(()), &SHED);
+                        record("read", Ok(()), &SHED);
                         if !more {
                             break;
                         }
                         req.continuation_token = r.continuation_token;
                     }
                     Err(s) => {
-                        tally.lock().expect("tally").record("read", Err(s), &SHED);
+                        record("read", Err(s), &SHED);
                         break;
                     }
                 }
@@ -283,7 +319,7 @@ async fn one_call(
                 Ok(())
             }
             .await;
-            tally.lock().expect("tally").record("stream", result, &SHED);
+            record("stream", result, &SHED);
         }
         // A gRPC deadline and no SLO; the client may give up first.
         75..85 => {
@@ -293,10 +329,14 @@ async fn one_call(
             });
             call.set_timeout(Duration::from_millis(deadline_ms));
             let result = client.read_events(call).await.map(|_| ());
-            tally.lock().expect("tally").record(
+            record(
                 "deadline-read",
                 result,
-                &[Code::ResourceExhausted, Code::DeadlineExceeded, Code::Cancelled],
+                &[
+                    Code::ResourceExhausted,
+                    Code::DeadlineExceeded,
+                    Code::Cancelled,
+                ],
             );
         }
         // Small writes to a series of this client's own.
@@ -318,7 +358,7 @@ async fn one_call(
                 })
                 .await
                 .map(|_| ());
-            tally.lock().expect("tally").record("write", result, &[]);
+            record("write", result, &[]);
         }
         // Bad requests must be refused as such, every time.
         _ => {
@@ -333,8 +373,11 @@ async fn one_call(
                 Err(s) if s.code() == Code::InvalidArgument => Ok(()),
                 Err(s) => Err(s),
             };
-            tally.lock().expect("tally").record("bad-request", outcome, &[]);
+            record("bad-request", outcome, &[]);
         }
+    }
+    if let Some(w) = wait {
+        tokio::time::sleep(w).await;
     }
 }
 
