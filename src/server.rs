@@ -27,6 +27,9 @@ use crate::storage::{Created, Storage};
 use crate::telemetry;
 use crate::token::{KeyRing, QueryFingerprint};
 
+/// Concurrent HTTP/2 streams (calls) one client connection may open.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+
 /// Rows per StreamEvents batch at most.
 pub const STREAM_BATCH_ROWS: usize = 1000;
 
@@ -457,7 +460,12 @@ pub async fn serve_tls<S: Storage, H: tonic_health::pb::health_server::Health>(
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let mut builder = tonic::transport::Server::builder();
+    // Hostile or broken clients: bound streams per connection and drop
+    // connections whose peer stopped answering pings.
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
@@ -469,7 +477,9 @@ pub async fn serve_tls<S: Storage, H: tonic_health::pb::health_server::Health>(
         // Without TCP_NODELAY, Nagle's algorithm and the client's delayed
         // ACK hold a response's last segment for tens of milliseconds.
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(std::time::Duration::from_secs(60))),
             shutdown,
         )
         .await?;

@@ -244,6 +244,22 @@ fn config_check_validates_and_masks_secrets() {
     );
     assert!(text.contains("readahead-buckets = 3"), "{text}");
     assert!(!text.contains("super-secret"), "secret printed: {text}");
+    // The Cassandra password from the environment is reported, not shown.
+    let out = check(
+        &good,
+        &[
+            ("HOURGLASS_CASSANDRA_USERNAME", "svc"),
+            ("HOURGLASS_CASSANDRA_PASSWORD", "pa55-word-in-env"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cassandra-username = svc"), "{text}");
+    assert!(text.contains("cassandra-password = set (hidden)"), "{text}");
+    assert!(!text.contains("pa55-word"), "secret printed: {text}");
+    // A username without any password is an error naming both.
+    let out = check(&good, &[("HOURGLASS_CASSANDRA_USERNAME", "svc")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cassandra-username needs a password"));
     // Environment beats the file.
     let out = check(&good, &[("HOURGLASS_MAX_BUDGET", "7s")]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("max-budget = 7s"));
