@@ -360,7 +360,6 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         let engine = self.engine.clone();
         let keys = self.keys.clone();
         let run = async move {
-            let _permit = permit;
             let mut sink = StreamSink {
                 series_id: req.series_id.clone(),
                 buf: Vec::new(),
@@ -388,8 +387,11 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             }
             .in_current_span(),
         );
+        // The bulkhead permit lives as long as the response stream, not just
+        // the scan: rows a slow client has not taken yet stay buffered, so a
+        // client cannot pile up finished-but-unread streams beyond the bound.
         let stream = UnboundedReceiverStream::new(rx).map(move |m| {
-            let _alive = &guard;
+            let _alive = (&guard, &permit);
             m
         });
         Ok(Response::new(Box::pin(stream)))

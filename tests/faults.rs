@@ -356,3 +356,70 @@ impl Drop for Thaw {
         cassandra_script("thaw");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_client_does_not_read_keeps_its_scan_slot() {
+    let _node = NODE.lock().await;
+    let mut server = TestServer::start_full(
+        EngineConfig::default(),
+        BudgetConfig::default(),
+        BreakerConfig::default(),
+        Bulkhead::new(1, 1),
+    )
+    .await;
+    create_namespace(&mut server.client, "unread", 10_000_000, 2).await;
+    // 100,000 rows of ~100 bytes in 1,000-row messages: far more than
+    // HTTP/2 windows and send buffers hold for one stream.
+    let events = (0..100_000)
+        .map(|i| pb::Event {
+            payload: vec![7u8; 64].into(),
+            ..event("s", i * 100, &format!("{i}"))
+        })
+        .collect();
+    write_all(&server.client, "unread", events).await;
+    let req = pb::ReadEventsRequest {
+        page_size: Some(100_000),
+        page_bytes_limit: Some(32 << 20),
+        slo_millis: 1000,
+        ..read_request("unread", "s", 0, i64::MAX)
+    };
+    // Take one message and stop reading: the scan itself soon ends, but
+    // most of its rows wait in the server for this client.
+    let mut stream = server
+        .client
+        .stream_events(req.clone())
+        .await
+        .expect("stream")
+        .into_inner();
+    let first = stream.message().await.expect("first message");
+    assert!(first.is_some());
+    // Past the 1 s budget: the scan has surely ended.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let code = |r: Result<tonic::Response<pb::ReadEventsResponse>, tonic::Status>| {
+        r.map(|r| r.into_inner().events.len()).map_err(|s| s.code())
+    };
+    assert_eq!(
+        code(server.client.read_events(req.clone()).await),
+        Err(Code::ResourceExhausted),
+        "the unread stream holds the only slot"
+    );
+    // Dropping the stream frees the slot.
+    drop(stream);
+    let began = Instant::now();
+    loop {
+        match code(server.client.read_events(req.clone()).await) {
+            Ok(rows) => {
+                assert!(rows > 0);
+                break;
+            }
+            Err(c) => {
+                assert_eq!(c, Code::ResourceExhausted);
+                assert!(
+                    began.elapsed() < Duration::from_secs(5),
+                    "the slot never came back"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
