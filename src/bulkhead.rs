@@ -79,9 +79,13 @@ impl Bulkhead {
     pub fn try_acquire(&self, namespace: &str) -> Result<ScanPermit, Full> {
         let ns = {
             let mut map = self.namespaces.lock().expect("bulkhead map");
-            map.entry(namespace.to_string())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.per_namespace)))
-                .clone()
+            match map.get(namespace) {
+                Some(s) => s.clone(),
+                None => map
+                    .entry(namespace.to_string())
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.per_namespace)))
+                    .clone(),
+            }
         };
         let namespace_permit = ns.try_acquire_owned().map_err(|_| Full::Namespace {
             name: namespace.to_string(),

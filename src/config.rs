@@ -123,7 +123,7 @@ pub struct ServeArgs {
         hide_env_values = true,
         hide = true
     )]
-    pub token_keys: Option<String>,
+    pub token_keys: Option<Secret>,
     /// File holding the token keys (same format), instead of --token-keys.
     #[arg(long, env = "HOURGLASS_TOKEN_KEYS_FILE", conflicts_with = "token_keys")]
     pub token_keys_file: Option<std::path::PathBuf>,
@@ -200,7 +200,7 @@ pub struct ServeArgs {
         hide_env_values = true,
         hide = true
     )]
-    pub cassandra_password: Option<String>,
+    pub cassandra_password: Option<Secret>,
     /// File holding the Cassandra password.
     #[arg(
         long,
@@ -246,7 +246,7 @@ impl ServeArgs {
     /// The signing keys from the flag, env or file.
     pub fn key_ring(&self) -> anyhow::Result<KeyRing> {
         let spec = match (&self.token_keys, &self.token_keys_file) {
-            (Some(s), _) => s.clone(),
+            (Some(s), _) => s.expose().to_string(),
             (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
                 anyhow::anyhow!("cannot read token keys file {}: {e}", path.display())
             })?,
@@ -261,7 +261,7 @@ impl ServeArgs {
     /// The Cassandra connection settings; reads the password file.
     pub fn cassandra_config(&self) -> anyhow::Result<CassandraConfig> {
         let password = match (&self.cassandra_password, &self.cassandra_password_file) {
-            (Some(p), _) => Some(p.clone()),
+            (Some(p), _) => Some(p.expose().to_string()),
             (None, Some(path)) => Some(
                 std::fs::read_to_string(path)
                     .map_err(|e| {
@@ -492,6 +492,32 @@ pub fn apply_config_file(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A secret setting: its Debug form is redacted, so printing the parsed
+/// configuration can never show it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<hidden>)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
 /// Flags whose values are secrets: refused on the command line (where
 /// `ps` and shell history would show them); set them through the
 /// environment, the config file or their `-file` flags.
@@ -676,6 +702,23 @@ mod tests {
         assert_eq!(args.default_budget, DEFAULT_BUDGET);
         assert_eq!(args.max_budget, MAX_BUDGET);
         assert_eq!(args.deadline_margin, DEFAULT_DEADLINE_MARGIN);
+    }
+
+    #[test]
+    fn parsed_secrets_never_show_in_debug_output() {
+        std::env::set_var("HOURGLASS_CASSANDRA_PASSWORD", "debug-secret-42");
+        let cli = Cli::try_parse_from(["hourglass", "serve"]).unwrap();
+        std::env::remove_var("HOURGLASS_CASSANDRA_PASSWORD");
+        let Command::Serve(args) = cli.command else {
+            panic!("parsed serve")
+        };
+        assert_eq!(
+            args.cassandra_password.as_ref().map(Secret::expose),
+            Some("debug-secret-42")
+        );
+        let debug = format!("{args:?}");
+        assert!(debug.contains("Secret(<hidden>)"), "{debug}");
+        assert!(!debug.contains("debug-secret-42"), "{debug}");
     }
 
     #[test]
