@@ -72,6 +72,22 @@ impl ServiceError {
         }
     }
 
+    /// Whether the caller caused the error (bad input, no permission, a
+    /// budget too small, load shed) rather than the server or storage. Such
+    /// errors are routine under load and are logged at DEBUG, not INFO.
+    pub fn is_caller_error(&self) -> bool {
+        match self {
+            Self::InvalidArgument { .. }
+            | Self::Token(_)
+            | Self::NamespaceNotFound(_)
+            | Self::NamespaceConflict(_)
+            | Self::NoProgress { .. }
+            | Self::Auth(_)
+            | Self::Overloaded(_) => true,
+            Self::Unavailable(_) | Self::Storage(_) | Self::Draining => false,
+        }
+    }
+
     /// Stable machine-readable reason for ErrorInfo.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -242,6 +258,12 @@ mod tests {
             ),
         ];
         for (err, code, reason) in cases {
+            // Callers cause exactly the errors that are not UNAVAILABLE or INTERNAL.
+            assert_eq!(
+                err.is_caller_error(),
+                !matches!(code, Code::Unavailable | Code::Internal),
+                "{err}"
+            );
             let status = tonic::Status::from(err);
             assert_eq!(status.code(), code);
             let info = status.get_details_error_info().expect("ErrorInfo");

@@ -222,7 +222,11 @@ fn finish<T>(
         Ok(v) => outcome_of(v),
         Err(e) => {
             metrics::counter!(telemetry::REJECTED, "reason" => e.reason()).increment(1);
-            tracing::info!(cause = %e, "request failed");
+            if e.is_caller_error() {
+                tracing::debug!(cause = %e, reason = e.reason(), "request refused");
+            } else {
+                tracing::warn!(cause = %e, reason = e.reason(), "request failed");
+            }
             "error"
         }
     };
