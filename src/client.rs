@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use tonic::transport::Channel;
+use tonic::codegen::{Body, Bytes, StdError};
 use tonic::{Request, Status};
 
 use crate::api::pb;
@@ -26,13 +26,38 @@ pub fn is_no_progress(status: &Status) -> bool {
             .is_some_and(|i| i.reason == crate::error::REASON_BUDGET_TOO_SMALL)
 }
 
+/// What the helpers need of a client's transport: a plain
+/// `tonic::transport::Channel`, or one wrapped in an interceptor (for
+/// example one that adds `authorization: Bearer <token>`).
+pub trait Transport:
+    tonic::client::GrpcService<
+        tonic::body::Body,
+        Error: Into<StdError>,
+        ResponseBody: Body<Data = Bytes, Error: Into<StdError> + Send> + Send + 'static,
+        Future: Send,
+    > + Send
+    + 'static
+{
+}
+
+impl<T> Transport for T where
+    T: tonic::client::GrpcService<
+            tonic::body::Body,
+            Error: Into<StdError>,
+            ResponseBody: Body<Data = Bytes, Error: Into<StdError> + Send> + Send + 'static,
+            Future: Send,
+        > + Send
+        + 'static
+{
+}
+
 /// Every response of a logical read, in order: the first call with `request`
 /// as given, then one call per continuation token until a response is not
 /// partial. Each call carries `per_call` as its gRPC deadline (if any); a
 /// call that made no progress at all is repeated up to
 /// [`NO_PROGRESS_RETRIES`] times.
-pub fn read_pages(
-    client: HourglassClient<Channel>,
+pub fn read_pages<T: Transport>(
+    client: HourglassClient<T>,
     request: pb::ReadEventsRequest,
     per_call: Option<Duration>,
 ) -> BoxStream<'static, Result<pb::ReadEventsResponse, Status>> {
@@ -68,8 +93,8 @@ pub fn read_pages(
 }
 
 /// Every event of a logical read, in order, following tokens to the end.
-pub fn read_all(
-    client: HourglassClient<Channel>,
+pub fn read_all<T: Transport>(
+    client: HourglassClient<T>,
     request: pb::ReadEventsRequest,
     per_call: Option<Duration>,
 ) -> BoxStream<'static, Result<pb::Event, Status>> {
@@ -80,8 +105,8 @@ pub fn read_all(
 }
 
 /// Convenience: collects [`read_all`].
-pub async fn collect_all(
-    client: HourglassClient<Channel>,
+pub async fn collect_all<T: Transport>(
+    client: HourglassClient<T>,
     request: pb::ReadEventsRequest,
     per_call: Option<Duration>,
 ) -> Result<Vec<pb::Event>, Status> {

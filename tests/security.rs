@@ -72,21 +72,25 @@ async fn tls_channel(addr: std::net::SocketAddr, ca: &Path) -> Channel {
         .expect("TLS connect")
 }
 
-/// Adds `authorization: Bearer <token>` to every call.
-type AddToken =
-    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
-type Authed = HourglassClient<tonic::service::interceptor::InterceptedService<Channel, AddToken>>;
+/// Adds `authorization: Bearer <token>` to every call (nothing for None).
+#[derive(Clone)]
+struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 
-fn as_client(channel: Channel, token: Option<&str>) -> Authed {
-    let header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
-        token.map(|t| format!("Bearer {t}").parse().unwrap());
-    let f: AddToken = Box::new(move |mut req: tonic::Request<()>| {
-        if let Some(h) = &header {
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(h) = &self.0 {
             req.metadata_mut().insert("authorization", h.clone());
         }
         Ok(req)
-    });
-    HourglassClient::with_interceptor(channel, f)
+    }
+}
+
+type Authed =
+    HourglassClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>;
+
+fn as_client(channel: Channel, token: Option<&str>) -> Authed {
+    let header = token.map(|t| format!("Bearer {t}").parse().unwrap());
+    HourglassClient::with_interceptor(channel, BearerToken(header))
 }
 
 fn create(ns: &str) -> pb::CreateNamespaceRequest {
@@ -268,22 +272,10 @@ async fn tls_and_bearer_tokens_guard_every_namespace() {
     );
 
     // The reader reads alpha (token included) but writes nothing.
-    let (rest, _) = {
-        let mut all = Vec::new();
-        let mut req = with_token("alpha");
-        loop {
-            let p = reader
-                .read_events(req.clone())
-                .await
-                .expect("reader reads alpha")
-                .into_inner();
-            all.extend(p.events);
-            if !p.partial {
-                break (all, ());
-            }
-            req.continuation_token = p.continuation_token;
-        }
-    };
+    // The library's token-following helper works through the interceptor.
+    let rest = hourglass::client::collect_all(reader.clone(), with_token("alpha"), None)
+        .await
+        .expect("reader reads alpha");
     assert_eq!(
         rest.len(),
         40,
