@@ -16,7 +16,8 @@
 //! * [`telemetry`]: Prometheus metrics and their names.
 //! * [`client`]: follows tokens to the end of a read as a `Stream`.
 //! * [`load`]: the load tool and macro benchmark.
-//! * [`demo`]: the quick-start walkthrough; [`config`]: flags and `serve`.
+//! * [`cli`]: the binary's flags and config file, turned into a
+//!   [`server::ServerConfig`] that [`server::run`] serves.
 //!
 //! Nothing below [`server`] knows about tonic; nothing above [`storage`]
 //! knows about CQL.
@@ -24,8 +25,8 @@
 pub mod api;
 pub mod auth;
 pub mod bulkhead;
+pub mod cli;
 pub mod client;
-pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod error;
@@ -38,3 +39,12 @@ pub mod server;
 pub mod storage;
 pub mod telemetry;
 pub mod token;
+
+/// Temporary: the load tool's duration parser until it moves to its crate.
+#[doc(hidden)]
+pub mod config {
+    /// Parses a human duration (`250ms`, `2s`).
+    pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+        humantime::parse_duration(s).map_err(|e| e.to_string())
+    }
+}

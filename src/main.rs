@@ -1,32 +1,26 @@
-//! The `hourglass` binary: reads the config file, parses arguments, sets up
-//! logging, dispatches.
+//! The `hourglass` binary: parses arguments (with the config file), sets up
+//! logging, dispatches to the library.
 
-use clap::Parser;
-use hourglass::config::{
-    apply_config_file, check_config, config_path_from, reject_secret_flags, run_serve, Cli,
-    Command, ConfigCommand, LogFormat,
-};
-use hourglass::demo::{self, DemoOptions};
+use hourglass::cli::{self, Cli, CliError, Command, ConfigCommand, LogFormat};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
 
 fn main() -> std::process::ExitCode {
-    // The config file feeds HOURGLASS_* variables, so it is read before clap
-    // parses and before any thread starts.
     let args: Vec<String> = std::env::args().collect();
-    if let Err(e) = reject_secret_flags(&args) {
-        eprintln!("error: {e:#}");
-        return std::process::ExitCode::from(2);
-    }
-    if let Some(path) = config_path_from(&args) {
-        if let Err(e) = apply_config_file(&path) {
-            eprintln!("error: {e:#}");
+    let cli = match cli::parse(&args) {
+        Ok(cli) => cli,
+        Err(CliError::Clap(e)) => e.exit(),
+        Err(e @ CliError::SecretOnCommandLine { .. }) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+        Err(e @ CliError::ConfigFile(_)) => {
+            eprintln!("error: {e}");
             return std::process::ExitCode::FAILURE;
         }
-    }
-    let cli = Cli::parse();
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -44,19 +38,9 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => run_serve(*args).await,
-            Command::Load(cmd) => hourglass::load::main(cmd).await,
-            Command::Config(ConfigCommand::Check) => check_config().map(|text| print!("{text}")),
-            Command::Demo(a) => {
-                demo::run(&DemoOptions {
-                    server: a.server,
-                    rows: a.rows,
-                    batch: a.batch.max(1),
-                    concurrency: a.concurrency.max(1),
-                    page_size: a.page_size,
-                    slo_millis: a.slo_ms,
-                })
-                .await
+            Command::Serve(args) => serve(&args).await,
+            Command::Config(ConfigCommand::Check) => {
+                cli::check_config(cli.config.as_deref()).map(|text| print!("{text}"))
             }
         }
     });
@@ -67,6 +51,40 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `serve`: binds the listen address and runs the server until SIGTERM or
+/// Ctrl-C.
+async fn serve(args: &cli::ServeArgs) -> anyhow::Result<()> {
+    let config = args.server_config()?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    hourglass::server::run(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
 }
 
 /// Flushes exported spans when dropped.

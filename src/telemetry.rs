@@ -6,6 +6,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Default address of the Prometheus endpoint.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    9464,
+));
+
 /// Request latency by gRPC method and outcome, seconds (histogram).
 pub const REQUEST_SECONDS: &str = "hourglass_request_duration_seconds";
 /// Partial responses by reason (counter).

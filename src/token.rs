@@ -80,6 +80,9 @@ pub enum KeyRingError {
     DuplicateId(String),
 }
 
+/// How long a continuation token stays valid by default.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// The server's signing keys: the first signs, all verify (for rotation).
 #[derive(Clone)]
 pub struct KeyRing {

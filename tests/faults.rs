@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use hourglass::api::pb;
-use hourglass::bulkhead::Bulkhead;
-use hourglass::engine::budget::BudgetConfig;
+use hourglass::bulkhead::{DEFAULT_MAX_SCANS, DEFAULT_MAX_SCANS_PER_NAMESPACE};
 use hourglass::engine::EngineConfig;
 use hourglass::storage::breaker::BreakerConfig;
 use tonic::Code;
@@ -36,10 +35,16 @@ fn slow_engine() -> EngineConfig {
     }
 }
 
-async fn seeded_server(ns: &str, breaker: BreakerConfig, bulkhead: Bulkhead) -> TestServer {
+/// A server reading slowly, with `breaker` and at most `scans` concurrent
+/// scans (overall, per namespace).
+async fn seeded_server(ns: &str, breaker: BreakerConfig, scans: (usize, usize)) -> TestServer {
     own_node_only();
-    let mut server =
-        TestServer::start_full(slow_engine(), BudgetConfig::default(), breaker, bulkhead).await;
+    let mut server = TestServer::start_config(|c| {
+        c.engine = slow_engine();
+        c.breaker = breaker;
+        (c.max_scans, c.max_scans_per_namespace) = scans;
+    })
+    .await;
     create_namespace(&mut server.client, ns, 10_000_000, 4).await;
     let events = (0..ROWS)
         .map(|i| event("big", i * 1000, &format!("{i}")))
@@ -135,7 +140,12 @@ async fn killed_mid_read_then_down_then_back() {
         failure_threshold: 3,
         cool_down: Duration::from_millis(500),
     };
-    let server = seeded_server("killed", breaker, Bulkhead::default()).await;
+    let server = seeded_server(
+        "killed",
+        breaker,
+        (DEFAULT_MAX_SCANS, DEFAULT_MAX_SCANS_PER_NAMESPACE),
+    )
+    .await;
 
     // A writer acknowledging batches while the node dies.
     let acked: Arc<Mutex<Vec<i64>>> = Arc::default();
@@ -256,7 +266,7 @@ async fn killed_mid_read_then_down_then_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_mid_read_answers_within_budget_and_the_bulkhead_sheds() {
     let _node = NODE.lock().await;
-    let server = seeded_server("frozen", BreakerConfig::default(), Bulkhead::new(3, 2)).await;
+    let server = seeded_server("frozen", BreakerConfig::default(), (3, 2)).await;
     let mut c = server.client.clone();
     create_namespace(&mut c, "frozen2", 10_000_000, 1).await;
     write_all(&c, "frozen2", vec![event("big", 1, "a")]).await;
@@ -360,13 +370,8 @@ impl Drop for Thaw {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_the_client_does_not_read_keeps_its_scan_slot() {
     let _node = NODE.lock().await;
-    let mut server = TestServer::start_full(
-        EngineConfig::default(),
-        BudgetConfig::default(),
-        BreakerConfig::default(),
-        Bulkhead::new(1, 1),
-    )
-    .await;
+    let mut server =
+        TestServer::start_config(|c| (c.max_scans, c.max_scans_per_namespace) = (1, 1)).await;
     create_namespace(&mut server.client, "unread", 10_000_000, 2).await;
     // 100,000 rows of ~100 bytes in 1,000-row messages: far more than
     // HTTP/2 windows and send buffers hold for one stream.

@@ -4,16 +4,14 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use hourglass::api::pb;
 use hourglass::api::pb::hourglass_client::HourglassClient;
-use hourglass::bulkhead::Bulkhead;
 use hourglass::engine::budget::BudgetConfig;
-use hourglass::engine::{EngineConfig, ReadEngine};
-use hourglass::server::{serve, HourglassService};
-use hourglass::storage::breaker::{Breaker, BreakerConfig};
+use hourglass::engine::EngineConfig;
+use hourglass::server::{self, ServerConfig};
 use hourglass::storage::cassandra::{CassandraConfig, CassandraStore, DEFAULT_REPLICATION};
 use hourglass::token::KeyRing;
 use scylla::statement::Consistency;
@@ -57,17 +55,22 @@ pub fn keyspace() -> String {
     format!("hg_{name}_{}", std::process::id())
 }
 
-pub async fn store() -> CassandraStore {
-    CassandraStore::connect(&CassandraConfig {
+/// The test node and this process's keyspace.
+pub fn cassandra_config() -> CassandraConfig {
+    CassandraConfig {
         contact_points: vec![cassandra().to_string()],
         keyspace: keyspace(),
         replication: DEFAULT_REPLICATION.to_string(),
         consistency: Consistency::One,
         connect_timeout: Duration::from_secs(30),
         ..CassandraConfig::default()
-    })
-    .await
-    .expect("connect to the test Cassandra")
+    }
+}
+
+pub async fn store() -> CassandraStore {
+    CassandraStore::connect(&cassandra_config())
+        .await
+        .expect("connect to the test Cassandra")
 }
 
 /// A running server; stops when dropped or on [`TestServer::stop`].
@@ -80,39 +83,30 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> Self {
-        Self::start_with(EngineConfig::default(), BudgetConfig::default()).await
+        Self::start_config(|_| {}).await
     }
 
     pub async fn start_with(engine: EngineConfig, budget: BudgetConfig) -> Self {
-        Self::start_full(
-            engine,
-            budget,
-            BreakerConfig::default(),
-            Bulkhead::default(),
-        )
+        Self::start_config(|c| {
+            c.engine = engine;
+            c.budget = budget;
+        })
         .await
     }
 
-    /// A server with the breaker and bulkhead given.
-    pub async fn start_full(
-        engine: EngineConfig,
-        budget: BudgetConfig,
-        breaker: BreakerConfig,
-        bulkhead: Bulkhead,
-    ) -> Self {
-        let store = Breaker::new(Arc::new(store().await), breaker);
-        let engine = Arc::new(ReadEngine::new(Arc::new(store), engine));
+    /// A server on the test node and keyspace, with the test keys, through
+    /// the same [`server::run`] as the binary; `configure` adjusts the rest.
+    pub async fn start_config(configure: impl FnOnce(&mut ServerConfig)) -> Self {
         let keys = KeyRing::parse(TEST_KEYS, Duration::from_secs(3600)).expect("test keys");
-        let service = HourglassService::new(engine, keys, budget).with_bulkhead(bulkhead);
+        let mut config = ServerConfig::new(cassandra_config(), keys);
+        configure(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel();
-        let (_reporter, health) = tonic_health::server::health_reporter();
         let task = tokio::spawn(async move {
-            let _reporter = _reporter;
-            serve(listener, service, health, async {
+            server::run(config, listener, async {
                 let _ = rx.await;
             })
             .await

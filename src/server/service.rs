@@ -1,18 +1,14 @@
 //! The gRPC service: thin handlers that validate, compute the budget, verify
-//! tokens, call the engine and map errors. Also the testable entry point
-//! [`serve`].
+//! tokens, call the engine and map errors.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, RwLock};
 
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -436,85 +432,4 @@ impl RowSink for StreamSink {
             })),
         }));
     }
-}
-
-/// Serves `service` with gRPC health (`health`) and server reflection (v1
-/// and v1alpha) on `listener` until `shutdown` completes, then lets
-/// in-flight calls finish.
-pub async fn serve<S: Storage, H: tonic_health::pb::health_server::Health>(
-    listener: TcpListener,
-    service: HourglassService<S>,
-    health: tonic_health::pb::health_server::HealthServer<H>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ServeError> {
-    serve_tls(listener, None, service, health, shutdown).await
-}
-
-/// [`serve`], over TLS when `tls` is given (rustls).
-pub async fn serve_tls<S: Storage, H: tonic_health::pb::health_server::Health>(
-    listener: TcpListener,
-    tls: Option<tonic::transport::ServerTlsConfig>,
-    service: HourglassService<S>,
-    health: tonic_health::pb::health_server::HealthServer<H>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ServeError> {
-    let svc = pb::hourglass_server::HourglassServer::new(service)
-        .max_decoding_message_size(api::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(api::MAX_MESSAGE_BYTES);
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    // Hostile or broken clients: bound streams per connection and drop
-    // connections whose peer stopped answering pings.
-    let mut builder = tonic::transport::Server::builder()
-        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
-    builder
-        .add_service(health)
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?)
-        .add_service(svc)
-        // Without TCP_NODELAY, Nagle's algorithm and the client's delayed
-        // ACK hold a response's last segment for tens of milliseconds.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(std::time::Duration::from_secs(60))),
-            shutdown,
-        )
-        .await?;
-    Ok(())
-}
-
-/// Why serving failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// The reflection service could not be built from the descriptors.
-    #[error("reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-    /// The transport failed.
-    #[error("transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
-
-/// The gRPC health service name of Hourglass.
-pub const HEALTH_SERVICE_NAME: &str = "hourglass.v1.Hourglass";
-
-/// Sets the health of the whole server ("") and of the Hourglass service.
-pub async fn set_health(reporter: &tonic_health::server::HealthReporter, serving: bool) {
-    let status = if serving {
-        tonic_health::ServingStatus::Serving
-    } else {
-        tonic_health::ServingStatus::NotServing
-    };
-    reporter.set_service_status("", status).await;
-    reporter
-        .set_service_status(HEALTH_SERVICE_NAME, status)
-        .await;
 }

@@ -1,0 +1,681 @@
+//! The `hourglass` command line: clap arguments (every `serve` flag is also
+//! an `HOURGLASS_*` variable and a key of the TOML config file), their
+//! conversion into a [`ServerConfig`], and `config check`.
+//!
+//! Precedence of a `serve` setting: command-line flag, then environment
+//! variable, then config file, then default. The file's values become clap
+//! defaults ([`parse`]), so clap applies that order itself; nothing writes
+//! the process environment. Defaults come from the library's own constants
+//! and `Default` impls, never repeated here as literals.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use serde::{Serialize, Serializer};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+use crate::auth::Authenticator;
+use crate::bulkhead::{DEFAULT_MAX_SCANS, DEFAULT_MAX_SCANS_PER_NAMESPACE};
+use crate::engine::budget::BudgetConfig;
+use crate::engine::EngineConfig;
+use crate::server::{ServerConfig, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEALTH_INTERVAL};
+use crate::storage::breaker::BreakerConfig;
+use crate::storage::cassandra::{parse_consistency, CassandraConfig, Credentials};
+use crate::telemetry::DEFAULT_METRICS_LISTEN;
+use crate::token::{KeyRing, DEFAULT_TOKEN_TTL};
+
+/// Default gRPC listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Default Cassandra contact point of the binary: the project's local
+/// development node (`scripts/cassandra`), not Cassandra's usual 9042.
+pub const DEFAULT_CASSANDRA: &str = "127.0.0.1:19042";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hourglass",
+    version,
+    about = "A time-series read service that always answers on time"
+)]
+pub struct Cli {
+    /// TOML config file; its keys are `serve` flag names. Precedence:
+    /// command-line flags, then HOURGLASS_* variables, then this file, then defaults.
+    #[arg(long, global = true, env = "HOURGLASS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "HOURGLASS_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// Export tracing spans to this OTLP/gRPC collector (built with `--features otel`).
+    #[cfg(feature = "otel")]
+    #[arg(long, global = true, env = "HOURGLASS_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the config file (--config) and print the effective `serve`
+    /// configuration, secrets masked.
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server.
+    Serve(Box<ServeArgs>),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// Where metrics are served, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+impl std::fmt::Display for MetricsListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+impl std::str::FromStr for MetricsListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Self(None));
+        }
+        s.parse()
+            .map(|a| Self(Some(a)))
+            .map_err(|e| format!("{e}: expected host:port or \"off\""))
+    }
+}
+
+/// A duration given in human form (`250ms`, `2s`, `5m`, `1h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl std::fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        humantime::format_duration(self.0).fmt(f)
+    }
+}
+
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s)
+            .map(Self)
+            .map_err(|e| format!("{e} (examples: 250ms, 2s, 1h)"))
+    }
+}
+
+/// A consistency level, by its CQL name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsistencyArg(pub scylla::statement::Consistency);
+
+impl std::fmt::Display for ConsistencyArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use scylla::statement::Consistency as C;
+        f.write_str(match self.0 {
+            C::Any => "any",
+            C::One => "one",
+            C::Two => "two",
+            C::Three => "three",
+            C::Quorum => "quorum",
+            C::All => "all",
+            C::LocalQuorum => "local_quorum",
+            C::EachQuorum => "each_quorum",
+            C::LocalOne => "local_one",
+            C::Serial => "serial",
+            C::LocalSerial => "local_serial",
+        })
+    }
+}
+
+impl std::str::FromStr for ConsistencyArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_consistency(s).map(Self)
+    }
+}
+
+/// Serializes any of the argument types above by their display form, the
+/// form the flag takes.
+fn as_displayed<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// A secret setting: its Debug and serialized forms are redacted, so
+/// printing the parsed configuration can never show it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<hidden>)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("set (hidden)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+/// The arguments of `serve`. Serialized (secrets hidden) by `config check`.
+#[derive(Debug, Args, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HOURGLASS_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Cassandra/ScyllaDB contact points, comma separated host:port.
+    #[arg(long, env = "HOURGLASS_CASSANDRA", default_value = DEFAULT_CASSANDRA, value_delimiter = ',')]
+    #[serde(serialize_with = "comma_separated")]
+    pub cassandra: Vec<String>,
+    /// Keyspace holding Hourglass's tables (created if missing).
+    #[arg(long, env = "HOURGLASS_KEYSPACE", default_value = CassandraConfig::default().keyspace)]
+    pub keyspace: String,
+    /// Consistency level of reads and writes.
+    #[arg(long, env = "HOURGLASS_CONSISTENCY", default_value_t = ConsistencyArg(CassandraConfig::default().consistency))]
+    #[serde(serialize_with = "as_displayed")]
+    pub consistency: ConsistencyArg,
+    /// CQL replication map used if the keyspace is created.
+    #[arg(long, env = "HOURGLASS_REPLICATION", default_value = CassandraConfig::default().replication)]
+    pub replication: String,
+    /// Token signing keys `id:secret[,id:secret]`; the first signs, all
+    /// verify. A secret: only from the environment or the config file.
+    #[arg(
+        long,
+        env = "HOURGLASS_TOKEN_KEYS",
+        hide_env_values = true,
+        hide_default_value = true,
+        hide = true
+    )]
+    pub token_keys: Option<Secret>,
+    /// File holding the token keys (same format), instead of --token-keys.
+    #[arg(long, env = "HOURGLASS_TOKEN_KEYS_FILE", conflicts_with = "token_keys")]
+    pub token_keys_file: Option<PathBuf>,
+    /// How long a continuation token stays valid.
+    #[arg(long, env = "HOURGLASS_TOKEN_TTL", default_value_t = HumanDuration(DEFAULT_TOKEN_TTL))]
+    #[serde(serialize_with = "as_displayed")]
+    pub token_ttl: HumanDuration,
+    /// Read budget when a request has neither an SLO nor a deadline.
+    #[arg(long, env = "HOURGLASS_DEFAULT_BUDGET", default_value_t = HumanDuration(BudgetConfig::default().default))]
+    #[serde(serialize_with = "as_displayed")]
+    pub default_budget: HumanDuration,
+    /// Upper bound on any read budget.
+    #[arg(long, env = "HOURGLASS_MAX_BUDGET", default_value_t = HumanDuration(BudgetConfig::default().max))]
+    #[serde(serialize_with = "as_displayed")]
+    pub max_budget: HumanDuration,
+    /// Subtracted from client deadlines to leave time for the response.
+    #[arg(long, env = "HOURGLASS_DEADLINE_MARGIN", default_value_t = HumanDuration(BudgetConfig::default().deadline_margin))]
+    #[serde(serialize_with = "as_displayed")]
+    pub deadline_margin: HumanDuration,
+    /// Buckets read ahead of the one being merged.
+    #[arg(long, env = "HOURGLASS_READAHEAD_BUCKETS", default_value_t = EngineConfig::default().readahead_buckets)]
+    pub readahead_buckets: usize,
+    /// Storage requests in flight per read.
+    #[arg(long, env = "HOURGLASS_MAX_IN_FLIGHT", default_value_t = EngineConfig::default().max_in_flight)]
+    pub max_in_flight: usize,
+    /// Largest storage page in rows.
+    #[arg(long, env = "HOURGLASS_MAX_STORAGE_PAGE", default_value_t = EngineConfig::default().max_storage_page)]
+    pub max_storage_page: usize,
+    /// Return partial rows when a read's budget ends (false: ignore SLOs and
+    /// deadlines and read whole pages, the baseline for benchmarks).
+    #[arg(long, env = "HOURGLASS_PARTIAL_READS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub partial_reads: bool,
+    /// Address of the Prometheus metrics endpoint (`/metrics`); "off" disables it.
+    #[arg(long, env = "HOURGLASS_METRICS_LISTEN", default_value_t = MetricsListen(Some(DEFAULT_METRICS_LISTEN)))]
+    #[serde(serialize_with = "as_displayed")]
+    pub metrics_listen: MetricsListen,
+    /// How long in-flight calls may take to finish after a shutdown signal.
+    #[arg(long, env = "HOURGLASS_DRAIN_TIMEOUT", default_value_t = HumanDuration(DEFAULT_DRAIN_TIMEOUT))]
+    #[serde(serialize_with = "as_displayed")]
+    pub drain_timeout: HumanDuration,
+    /// How often storage is probed for the health service.
+    #[arg(long, env = "HOURGLASS_HEALTH_INTERVAL", default_value_t = HumanDuration(DEFAULT_HEALTH_INTERVAL))]
+    #[serde(serialize_with = "as_displayed")]
+    pub health_interval: HumanDuration,
+    /// Consecutive transient storage failures that open the circuit breaker.
+    #[arg(long, env = "HOURGLASS_BREAKER_FAILURES", default_value_t = BreakerConfig::default().failure_threshold)]
+    pub breaker_failures: u32,
+    /// How long the open circuit fails requests fast before probing storage.
+    #[arg(long, env = "HOURGLASS_BREAKER_COOL_DOWN", default_value_t = HumanDuration(BreakerConfig::default().cool_down))]
+    #[serde(serialize_with = "as_displayed")]
+    pub breaker_cool_down: HumanDuration,
+    /// Concurrent scans (ReadEvents + StreamEvents) this server runs at most;
+    /// more are refused at once with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "HOURGLASS_MAX_SCANS", default_value_t = DEFAULT_MAX_SCANS)]
+    pub max_scans: usize,
+    /// Concurrent scans of one namespace this server runs at most.
+    #[arg(long, env = "HOURGLASS_MAX_SCANS_PER_NAMESPACE", default_value_t = DEFAULT_MAX_SCANS_PER_NAMESPACE)]
+    pub max_scans_per_namespace: usize,
+    /// PEM certificate chain: serve gRPC over TLS (needs --tls-key).
+    #[arg(long, env = "HOURGLASS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "HOURGLASS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: also require client certificates signed by them
+    /// (mutual TLS).
+    #[arg(long, env = "HOURGLASS_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// TOML file of bearer-token clients and their per-namespace read/write
+    /// permissions (see `auth` in the docs); without it nobody is
+    /// authenticated.
+    #[arg(long, env = "HOURGLASS_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Cassandra username (PasswordAuthenticator).
+    #[arg(long, env = "HOURGLASS_CASSANDRA_USERNAME")]
+    pub cassandra_username: Option<String>,
+    /// Cassandra password; a secret, so only from the environment or the
+    /// config file, never the command line.
+    #[arg(
+        long,
+        env = "HOURGLASS_CASSANDRA_PASSWORD",
+        hide_env_values = true,
+        hide_default_value = true,
+        hide = true
+    )]
+    pub cassandra_password: Option<Secret>,
+    /// File holding the Cassandra password.
+    #[arg(
+        long,
+        env = "HOURGLASS_CASSANDRA_PASSWORD_FILE",
+        conflicts_with = "cassandra_password"
+    )]
+    pub cassandra_password_file: Option<PathBuf>,
+    /// PEM CA of the Cassandra nodes' certificates: connect over TLS.
+    #[arg(long, env = "HOURGLASS_CASSANDRA_TLS_CA")]
+    pub cassandra_tls_ca: Option<PathBuf>,
+    /// How long to wait for Cassandra at start.
+    #[arg(long, env = "HOURGLASS_CONNECT_TIMEOUT", default_value_t = HumanDuration(CassandraConfig::default().connect_timeout))]
+    #[serde(serialize_with = "as_displayed")]
+    pub connect_timeout: HumanDuration,
+}
+
+fn comma_separated<S: Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&v.join(","))
+}
+
+/// Reads a file named by a flag, naming the flag and path on failure.
+fn read_file(flag: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {flag} {}: {e}", path.display()))
+}
+
+impl ServeArgs {
+    /// The signing keys from the variable, the config file or the keys file.
+    pub fn key_ring(&self) -> anyhow::Result<KeyRing> {
+        let spec = match (&self.token_keys, &self.token_keys_file) {
+            (Some(s), _) => s.expose().to_string(),
+            (None, Some(path)) => {
+                String::from_utf8_lossy(&read_file("--token-keys-file", path)?).into_owned()
+            }
+            (None, None) => anyhow::bail!(
+                "no token signing key: set --token-keys / HOURGLASS_TOKEN_KEYS (id:secret, secret \
+                 at least 16 bytes) or --token-keys-file"
+            ),
+        };
+        KeyRing::parse(spec.trim(), self.token_ttl.0)
+            .map_err(|e| anyhow::anyhow!("token keys: {e}"))
+    }
+
+    /// The Cassandra connection settings; reads the password file.
+    pub fn cassandra_config(&self) -> anyhow::Result<CassandraConfig> {
+        let password = match (&self.cassandra_password, &self.cassandra_password_file) {
+            (Some(p), _) => Some(p.expose().to_string()),
+            (None, Some(path)) => Some(
+                String::from_utf8_lossy(&read_file("--cassandra-password-file", path)?)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        let credentials = match (&self.cassandra_username, password) {
+            (Some(username), Some(password)) => Some(Credentials {
+                username: username.clone(),
+                password,
+            }),
+            (None, None) => None,
+            (Some(_), None) => anyhow::bail!(
+                "--cassandra-username needs a password: set HOURGLASS_CASSANDRA_PASSWORD or \
+                 --cassandra-password-file"
+            ),
+            (None, Some(_)) => anyhow::bail!("a Cassandra password needs --cassandra-username"),
+        };
+        Ok(CassandraConfig {
+            contact_points: self.cassandra.clone(),
+            keyspace: self.keyspace.clone(),
+            replication: self.replication.clone(),
+            consistency: self.consistency.0,
+            connect_timeout: self.connect_timeout.0,
+            credentials,
+            tls_ca: self.cassandra_tls_ca.clone(),
+        })
+    }
+
+    /// The gRPC server's TLS settings, if TLS is on; reads the PEM files.
+    pub fn tls_config(&self) -> anyhow::Result<Option<ServerTlsConfig>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+            read_file("--tls-cert", cert)?,
+            read_file("--tls-key", key)?,
+        ));
+        if let Some(ca) = &self.tls_client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read_file("--tls-client-ca", ca)?));
+        }
+        Ok(Some(tls))
+    }
+
+    /// The bearer-token clients, if authentication is on.
+    pub fn authenticator(&self) -> anyhow::Result<Option<Arc<Authenticator>>> {
+        self.auth_file
+            .as_deref()
+            .map(|p| Authenticator::load(p).map(Arc::new))
+            .transpose()
+    }
+
+    /// The server configuration these arguments describe; reads every file
+    /// they name, so a bad file is an error before anything starts.
+    pub fn server_config(&self) -> anyhow::Result<ServerConfig> {
+        let mut config = ServerConfig::new(self.cassandra_config()?, self.key_ring()?);
+        config.budget = BudgetConfig {
+            default: self.default_budget.0,
+            max: self.max_budget.0,
+            deadline_margin: self.deadline_margin.0,
+        };
+        config.engine = EngineConfig {
+            readahead_buckets: self.readahead_buckets,
+            max_in_flight: self.max_in_flight.max(1),
+            max_storage_page: self.max_storage_page.max(1),
+            ..EngineConfig::default()
+        };
+        config.breaker = BreakerConfig {
+            failure_threshold: self.breaker_failures.max(1),
+            cool_down: self.breaker_cool_down.0,
+        };
+        config.max_scans = self.max_scans;
+        config.max_scans_per_namespace = self.max_scans_per_namespace;
+        config.partial_reads = self.partial_reads;
+        config.tls = self.tls_config()?;
+        config.auth = self.authenticator()?;
+        config.metrics_listen = self.metrics_listen.0;
+        config.drain_timeout = self.drain_timeout.0;
+        config.health_interval = self.health_interval.0;
+        Ok(config)
+    }
+}
+
+/// Flags whose values are secrets: refused on the command line (where
+/// `ps` and shell history would show them); set them through the
+/// environment, the config file or their `-file` flags.
+pub const SECRET_FLAGS: [(&str, &str); 2] = [
+    ("--token-keys", "HOURGLASS_TOKEN_KEYS or --token-keys-file"),
+    (
+        "--cassandra-password",
+        "HOURGLASS_CASSANDRA_PASSWORD or --cassandra-password-file",
+    ),
+];
+
+/// Why the command line could not be parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A secret was given as a flag.
+    #[error(
+        "{flag} would put a secret on the command line, visible to other users; use {instead}"
+    )]
+    SecretOnCommandLine {
+        flag: &'static str,
+        instead: &'static str,
+    },
+    /// The config file is unreadable or invalid.
+    #[error("{0:#}")]
+    ConfigFile(anyhow::Error),
+    /// clap refused the arguments (or printed help or the version).
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+}
+
+/// Parses the command line `args` (program name first), with the config
+/// file named by `--config` or HOURGLASS_CONFIG supplying defaults.
+pub fn parse(args: &[String]) -> Result<Cli, CliError> {
+    reject_secret_flags(args)?;
+    let mut command = Cli::command();
+    if let Some(path) = config_path_from(args) {
+        command = apply_config_file(command, &path).map_err(CliError::ConfigFile)?;
+    }
+    let matches = command.try_get_matches_from(args)?;
+    Ok(Cli::from_arg_matches(&matches)?)
+}
+
+/// Refuses secrets given as command-line flags.
+fn reject_secret_flags(args: &[String]) -> Result<(), CliError> {
+    for a in args {
+        for (flag, instead) in SECRET_FLAGS {
+            if a == flag
+                || a.strip_prefix(flag)
+                    .is_some_and(|rest| rest.starts_with('='))
+            {
+                return Err(CliError::SecretOnCommandLine { flag, instead });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The config file named by `--config` / `--config=` in `args`, else by
+/// HOURGLASS_CONFIG; found before clap parses, so the file can feed defaults.
+fn config_path_from(args: &[String]) -> Option<PathBuf> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--config" {
+            return it.next().map(PathBuf::from);
+        }
+        if let Some(v) = a.strip_prefix("--config=") {
+            return Some(PathBuf::from(v));
+        }
+    }
+    std::env::var_os("HOURGLASS_CONFIG").map(PathBuf::from)
+}
+
+/// Makes the values of a TOML config file the defaults of `serve`'s flags:
+/// every key names a flag (`max-budget` or `max_budget`), so flags and
+/// variables still beat the file. Unknown keys and non-scalar values are
+/// errors naming the key.
+fn apply_config_file(command: clap::Command, path: &Path) -> anyhow::Result<clap::Command> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("config file {} is not valid TOML: {e}", path.display()))?;
+    let mut serve = command
+        .find_subcommand("serve")
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no serve subcommand"))?;
+    for (key, value) in &table {
+        let flag = key.replace('_', "-");
+        let id = serve
+            .get_arguments()
+            .find(|a| a.get_long() == Some(flag.as_str()))
+            .map(|a| a.get_id().clone())
+            .ok_or_else(|| {
+                anyhow::anyhow!("config file {}: unknown key {key:?}", path.display())
+            })?;
+        let value = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(","),
+            _ => anyhow::bail!(
+                "config file {}: key {key:?} must be a string, number, boolean or list",
+                path.display()
+            ),
+        };
+        serve = serve.mut_arg(id, |a| a.default_value(value));
+    }
+    Ok(command.mut_subcommand("serve", |_| serve))
+}
+
+/// `config check`: the effective `serve` configuration, one `key = value`
+/// line per flag, secrets masked; fails as `serve` would on a bad setting
+/// or an unreadable file.
+pub fn check_config(config: Option<&Path>) -> anyhow::Result<String> {
+    let mut args = vec!["hourglass".to_string(), "serve".to_string()];
+    if let Some(path) = config {
+        args.extend(["--config".to_string(), path.display().to_string()]);
+    }
+    let cli = parse(&args).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let Command::Serve(args) = cli.command else {
+        anyhow::bail!("parsed the serve subcommand as another")
+    };
+    args.server_config()?;
+    let serde_json::Value::Object(fields) = serde_json::to_value(&*args)? else {
+        anyhow::bail!("serve arguments did not serialize as a map")
+    };
+    Ok(fields
+        .iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::Null => format!("{k} = (none)\n"),
+            serde_json::Value::String(s) => format!("{k} = {s}\n"),
+            other => format!("{k} = {other}\n"),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_string()).collect()
+    }
+
+    fn serve_args(v: &[&str]) -> ServeArgs {
+        match parse(&args(v)).unwrap().command {
+            Command::Serve(a) => *a,
+            Command::Config(_) => panic!("parsed serve"),
+        }
+    }
+
+    #[test]
+    fn flag_defaults_are_the_library_defaults() {
+        let a = serve_args(&["hourglass", "serve"]);
+        assert_eq!(a.default_budget.0, BudgetConfig::default().default);
+        assert_eq!(a.max_budget.0, BudgetConfig::default().max);
+        assert_eq!(a.deadline_margin.0, BudgetConfig::default().deadline_margin);
+        assert_eq!(a.token_ttl.0, DEFAULT_TOKEN_TTL);
+        assert_eq!(a.consistency.0, CassandraConfig::default().consistency);
+        assert_eq!(a.metrics_listen.0, Some(DEFAULT_METRICS_LISTEN));
+        assert_eq!(a.breaker_cool_down.0, BreakerConfig::default().cool_down);
+    }
+
+    #[test]
+    fn parsed_secrets_never_show_in_debug_or_serialized_output() {
+        std::env::set_var("HOURGLASS_CASSANDRA_PASSWORD", "debug-secret-42");
+        let a = serve_args(&["hourglass", "serve"]);
+        std::env::remove_var("HOURGLASS_CASSANDRA_PASSWORD");
+        assert_eq!(
+            a.cassandra_password.as_ref().map(Secret::expose),
+            Some("debug-secret-42")
+        );
+        let debug = format!("{a:?}");
+        assert!(debug.contains("Secret(<hidden>)"), "{debug}");
+        assert!(!debug.contains("debug-secret-42"), "{debug}");
+        let json = serde_json::to_string(&a).unwrap();
+        assert!(json.contains("set (hidden)"), "{json}");
+        assert!(!json.contains("debug-secret-42"), "{json}");
+    }
+
+    #[test]
+    fn bad_flags_name_the_problem() {
+        let err = parse(&args(&["hourglass", "serve", "--consistency", "most"])).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown consistency \"most\""),
+            "{err}"
+        );
+        let err = parse(&args(&["hourglass", "serve", "--max-budget", "soon"])).unwrap_err();
+        assert!(err.to_string().contains("--max-budget"), "{err}");
+        let err = parse(&args(&["hourglass", "serve", "--token-keys=k:x"])).unwrap_err();
+        assert!(
+            matches!(err, CliError::SecretOnCommandLine { flag, .. } if flag == "--token-keys")
+        );
+    }
+
+    #[test]
+    fn display_forms_parse_back() {
+        for s in ["local_quorum", "one", "each_quorum"] {
+            assert_eq!(s.parse::<ConsistencyArg>().unwrap().to_string(), s);
+        }
+        for s in ["off", "127.0.0.1:9464"] {
+            assert_eq!(s.parse::<MetricsListen>().unwrap().to_string(), s);
+        }
+        assert_eq!(
+            "250ms".parse::<HumanDuration>().unwrap().to_string(),
+            "250ms"
+        );
+    }
+
+    #[test]
+    fn the_config_file_sits_between_variables_and_defaults() {
+        let dir = std::env::temp_dir().join(format!("hourglass-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "max_budget = \"5s\"\nreadahead-buckets = 7\n").unwrap();
+        let f = file.to_str().unwrap();
+        let a = serve_args(&["hourglass", "--config", f, "serve"]);
+        assert_eq!(a.max_budget.0, Duration::from_secs(5));
+        assert_eq!(a.readahead_buckets, 7);
+        let a = serve_args(&["hourglass", "serve", "--config", f, "--max-budget", "9s"]);
+        assert_eq!(a.max_budget.0, Duration::from_secs(9), "the flag wins");
+        std::fs::write(&file, "max_budgit = \"5s\"\n").unwrap();
+        let err = parse(&args(&["hourglass", "serve", "--config", f])).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown key \"max_budgit\""),
+            "{err}"
+        );
+    }
+}

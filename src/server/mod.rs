@@ -1,0 +1,263 @@
+//! The server: [`run`] wires storage, engine, service, health, metrics and
+//! graceful drain together once, for the binary and the tests alike; the
+//! gRPC handlers live in [`service`].
+//!
+//! Shutdown: when the `shutdown` future given to [`run`] completes, health
+//! turns NOT_SERVING, running reads end partially at once (reason
+//! `SHUTDOWN`), new calls are refused, and in-flight calls get at most
+//! [`ServerConfig::drain_timeout`] to finish before `run` returns.
+
+mod service;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::ServerTlsConfig;
+
+use crate::api::{self, pb};
+use crate::auth::Authenticator;
+use crate::bulkhead::{Bulkhead, DEFAULT_MAX_SCANS, DEFAULT_MAX_SCANS_PER_NAMESPACE};
+use crate::engine::budget::BudgetConfig;
+use crate::engine::{EngineConfig, ReadEngine};
+use crate::storage::breaker::{Breaker, BreakerConfig};
+use crate::storage::cassandra::{CassandraConfig, CassandraStore};
+use crate::storage::{Storage, StorageError};
+use crate::token::KeyRing;
+
+pub use service::{HourglassService, MAX_STREAMS_PER_CONNECTION, STREAM_BATCH_ROWS};
+
+/// Default bound on how long in-flight calls may run after shutdown began.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default period of the storage probe behind the health service.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// The gRPC health service name of Hourglass.
+pub const HEALTH_SERVICE_NAME: &str = "hourglass.v1.Hourglass";
+/// HTTP/2 keepalive ping period: connections whose peer stopped answering
+/// are dropped.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a keepalive ping may go unanswered.
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalive of accepted connections.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// The health probe of storage waits at least this long for an answer.
+const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Everything [`run`] needs. [`ServerConfig::new`] fills every setting but
+/// the store and the keys with its default.
+#[derive(Debug)]
+pub struct ServerConfig {
+    pub cassandra: CassandraConfig,
+    /// Signing keys of continuation tokens.
+    pub keys: KeyRing,
+    pub budget: BudgetConfig,
+    pub engine: EngineConfig,
+    pub breaker: BreakerConfig,
+    /// Concurrent scans at most, overall and per namespace.
+    pub max_scans: usize,
+    pub max_scans_per_namespace: usize,
+    /// False: budgets ignore SLOs and deadlines (benchmark baseline).
+    pub partial_reads: bool,
+    /// Serve gRPC over TLS.
+    pub tls: Option<ServerTlsConfig>,
+    /// Bearer-token clients; None: no authentication.
+    pub auth: Option<Arc<Authenticator>>,
+    /// Where Prometheus metrics are served; None: nowhere. The metrics
+    /// recorder is process-wide, so at most one server per process can
+    /// have it.
+    pub metrics_listen: Option<SocketAddr>,
+    pub drain_timeout: Duration,
+    pub health_interval: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults for everything but the store and the keys.
+    pub fn new(cassandra: CassandraConfig, keys: KeyRing) -> Self {
+        Self {
+            cassandra,
+            keys,
+            budget: BudgetConfig::default(),
+            engine: EngineConfig::default(),
+            breaker: BreakerConfig::default(),
+            max_scans: DEFAULT_MAX_SCANS,
+            max_scans_per_namespace: DEFAULT_MAX_SCANS_PER_NAMESPACE,
+            partial_reads: true,
+            tls: None,
+            auth: None,
+            metrics_listen: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            health_interval: DEFAULT_HEALTH_INTERVAL,
+        }
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Storage could not be reached or prepared at start.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The metrics endpoint could not be served.
+    #[error("metrics: {0}")]
+    Metrics(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The reflection service could not be built from the descriptors.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Connects to storage and serves on `listener` until `shutdown` completes;
+/// then drains (see the module docs) and returns.
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    if let Some(addr) = config.metrics_listen {
+        crate::telemetry::install_prometheus(addr).map_err(|e| ServeError::Metrics(e.into()))?;
+        tracing::info!(%addr, "serving metrics at /metrics");
+    }
+    let store = Arc::new(CassandraStore::connect(&config.cassandra).await?);
+    tracing::info!(
+        cassandra = ?config.cassandra.contact_points,
+        keyspace = %config.cassandra.keyspace,
+        "connected to storage"
+    );
+    let drain = CancellationToken::new();
+    let breaker = Breaker::new(store.clone(), config.breaker);
+    let engine =
+        Arc::new(ReadEngine::new(Arc::new(breaker), config.engine).with_drain(drain.clone()));
+    let mut service = HourglassService::new(engine, config.keys, config.budget).with_bulkhead(
+        Bulkhead::new(config.max_scans, config.max_scans_per_namespace),
+    );
+    if !config.partial_reads {
+        service = service.without_partial_reads();
+    }
+    if let Some(auth) = config.auth {
+        tracing::info!(clients = auth.len(), "bearer-token authentication on");
+        service = service.with_auth(auth);
+    }
+    let (reporter, health) = tonic_health::server::health_reporter();
+    set_health(&reporter, true).await;
+    let process_metrics = tokio::spawn(crate::telemetry::sample_process_metrics());
+    let probe = tokio::spawn(probe_storage(
+        store,
+        reporter.clone(),
+        config.health_interval,
+        drain.clone(),
+    ));
+    tracing::info!(listen = ?listener.local_addr().ok(), tls = config.tls.is_some(), "serving");
+    let shutdown = {
+        let (drain, reporter) = (drain.clone(), reporter.clone());
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down; finishing in-flight calls");
+            set_health(&reporter, false).await;
+            drain.cancel();
+        }
+    };
+    let drain_timeout = config.drain_timeout;
+    let bounded = async {
+        drain.cancelled().await;
+        tokio::time::sleep(drain_timeout).await;
+    };
+    let served = tokio::select! {
+        served = serve(listener, config.tls, service, health, shutdown) => served,
+        () = bounded => {
+            tracing::warn!(?drain_timeout, "in-flight calls outlived the drain timeout; stopping");
+            Ok(())
+        }
+    };
+    probe.abort();
+    process_metrics.abort();
+    tracing::info!("stopped");
+    served
+}
+
+/// Serves `service` with gRPC health (`health`) and server reflection (v1
+/// and v1alpha) on `listener`, over TLS when `tls` is given, until
+/// `shutdown` completes; then lets in-flight calls finish.
+async fn serve<S: Storage, H: tonic_health::pb::health_server::Health>(
+    listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
+    service: HourglassService<S>,
+    health: tonic_health::pb::health_server::HealthServer<H>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let svc = pb::hourglass_server::HourglassServer::new(service)
+        .max_decoding_message_size(api::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(api::MAX_MESSAGE_BYTES);
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // Hostile or broken clients: bound streams per connection and drop
+    // connections whose peer stopped answering pings.
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT));
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
+        .add_service(health)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(svc)
+        // Without TCP_NODELAY, Nagle's algorithm and the client's delayed
+        // ACK hold a response's last segment for tens of milliseconds.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(TCP_KEEPALIVE)),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Keeps the health service in step with storage: SERVING while Cassandra
+/// answers, NOT_SERVING while it does not or once draining began.
+async fn probe_storage(
+    store: Arc<CassandraStore>,
+    reporter: tonic_health::server::HealthReporter,
+    interval: Duration,
+    drain: CancellationToken,
+) {
+    let mut last = None;
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = drain.cancelled() => return,
+        }
+        let up = store.probe(interval.max(MIN_PROBE_TIMEOUT)).await.is_ok();
+        metrics::gauge!(crate::telemetry::STORAGE_UP).set(if up { 1.0 } else { 0.0 });
+        if last != Some(up) && !drain.is_cancelled() {
+            tracing::info!(up, "storage health changed");
+            set_health(&reporter, up).await;
+            last = Some(up);
+        }
+    }
+}
+
+/// Sets the health of the whole server ("") and of the Hourglass service.
+async fn set_health(reporter: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status(HEALTH_SERVICE_NAME, status)
+        .await;
+}

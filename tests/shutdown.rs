@@ -1,0 +1,119 @@
+//! Drain and shutdown of [`hourglass::server::run`], in process: the test
+//! owns the shutdown future, so no signal or child process is needed.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use hourglass::api::pb;
+use hourglass::engine::EngineConfig;
+
+const ROWS: i64 = 30_000;
+
+/// Small storage pages, one at a time: a read of the whole series takes
+/// seconds, so shutdown surely lands in its middle.
+fn slow_engine() -> EngineConfig {
+    EngineConfig {
+        max_storage_page: 20,
+        min_storage_page: 16,
+        initial_storage_page: 16,
+        max_in_flight: 1,
+        readahead_buckets: 0,
+        ..EngineConfig::default()
+    }
+}
+
+/// A hang guard, not a timing assertion.
+const HANG: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_a_running_read_partially_with_a_token_that_resumes() {
+    let mut server = TestServer::start_config(|c| {
+        c.engine = slow_engine();
+        c.budget.default = Duration::from_secs(30);
+    })
+    .await;
+    create_namespace(&mut server.client, "drain", 1_000_000, 1).await;
+    let written: Vec<_> = (0..ROWS)
+        .map(|i| event("s", i * 10, &format!("{i:06}")))
+        .collect();
+    write_all(&server.client, "drain", written.clone()).await;
+
+    let req = pb::ReadEventsRequest {
+        page_size: Some(100_000),
+        page_bytes_limit: Some(32 << 20),
+        ..read_request("drain", "s", 0, i64::MAX)
+    };
+    let mut client = server.client.clone();
+    let read = tokio::spawn({
+        let req = req.clone();
+        async move { client.read_events(req).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(HANG, server.stop())
+        .await
+        .expect("run returns once its calls are answered");
+    let page = read
+        .await
+        .expect("read task")
+        .expect("answered, not refused")
+        .into_inner();
+    assert!(page.partial, "the read was cut by the drain");
+    assert_eq!(
+        page.partial_reason,
+        pb::PartialReason::ServerShutdown as i32
+    );
+    assert!(
+        !page.events.is_empty(),
+        "rows read before the drain are returned"
+    );
+    assert!(page.events.len() < ROWS as usize);
+
+    // Another server (same keys, same keyspace) resumes exactly after it.
+    let mut next = TestServer::start().await;
+    let (rest, _) = read_to_end(
+        &mut next.client,
+        pb::ReadEventsRequest {
+            continuation_token: page.continuation_token,
+            ..req
+        },
+    )
+    .await;
+    let all: Vec<_> = page.events.iter().chain(&rest).map(key).collect();
+    let want: Vec<_> = written.iter().map(key).collect();
+    assert_eq!(all, want, "every row exactly once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_returns_after_the_drain_timeout_when_a_call_never_finishes() {
+    let mut server = TestServer::start_config(|c| {
+        c.drain_timeout = Duration::from_millis(500);
+    })
+    .await;
+    create_namespace(&mut server.client, "unread", 1_000_000, 1).await;
+    let events = (0..50_000)
+        .map(|i| pb::Event {
+            payload: vec![7u8; 64].into(),
+            ..event("s", i * 10, &format!("{i:06}"))
+        })
+        .collect();
+    write_all(&server.client, "unread", events).await;
+    // A stream whose client takes one message and then stops reading keeps
+    // its call open: only the drain timeout ends it.
+    let mut stream = server
+        .client
+        .stream_events(pb::ReadEventsRequest {
+            page_size: Some(100_000),
+            page_bytes_limit: Some(32 << 20),
+            ..read_request("unread", "s", 0, i64::MAX)
+        })
+        .await
+        .expect("stream")
+        .into_inner();
+    assert!(stream.message().await.expect("first message").is_some());
+    tokio::time::timeout(HANG, server.stop())
+        .await
+        .expect("run returns after the drain timeout although the call is open");
+    drop(stream);
+}
