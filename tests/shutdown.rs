@@ -117,3 +117,20 @@ async fn run_returns_after_the_drain_timeout_when_a_call_never_finishes() {
         .expect("run returns after the drain timeout although the call is open");
     drop(stream);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_connection_does_not_hold_up_shutdown() {
+    // A drain timeout far beyond the hang guard: only calls may hold it.
+    let mut server = TestServer::start_config(|c| c.drain_timeout = 10 * HANG).await;
+    create_namespace(&mut server.client, "idle", 1_000_000, 1).await;
+    // Connections stay open and idle: the client's channel (kept alive),
+    // and a bare TCP connection that never speaks HTTP/2.
+    let client = server.client.clone();
+    let bare = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    tokio::time::timeout(HANG, server.stop())
+        .await
+        .expect("run returns at once: no call is in flight");
+    drop((client, bare));
+}

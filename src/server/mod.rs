@@ -7,6 +7,7 @@
 //! `SHUTDOWN`), new calls are refused, and in-flight calls get at most
 //! [`ServerConfig::drain_timeout`] to finish before `run` returns.
 
+mod calls;
 mod service;
 
 use std::future::Future;
@@ -28,6 +29,7 @@ use crate::storage::breaker::{Breaker, BreakerConfig};
 use crate::storage::cassandra::{CassandraConfig, CassandraStore};
 use crate::storage::{Storage, StorageError};
 use crate::token::KeyRing;
+use calls::{CallTracker, TrackCallsLayer};
 
 pub use service::{HourglassService, MAX_STREAMS_PER_CONNECTION, STREAM_BATCH_ROWS};
 
@@ -44,6 +46,9 @@ const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TCP keepalive of accepted connections.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Once no call is in flight after shutdown began, connections get this
+/// long to flush their last responses and close before `run` returns.
+const FLUSH_GRACE: Duration = Duration::from_millis(100);
 /// The health probe of storage waits at least this long for an answer.
 const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -162,17 +167,28 @@ pub async fn run(
             drain.cancel();
         }
     };
+    // Serving ends when every connection closed; a connection that stays
+    // open without a call (a client that keeps its channel, a bare TCP
+    // connection) must not hold the drain, so the drain ends as soon as no
+    // call is in flight, and at the latest after the drain timeout.
+    let calls = CallTracker::default();
     let drain_timeout = config.drain_timeout;
-    let bounded = async {
+    let drained = async {
         drain.cancelled().await;
-        tokio::time::sleep(drain_timeout).await;
-    };
-    let served = tokio::select! {
-        served = serve(listener, config.tls, service, health, shutdown) => served,
-        () = bounded => {
-            tracing::warn!(?drain_timeout, "in-flight calls outlived the drain timeout; stopping");
-            Ok(())
+        tokio::select! {
+            () = calls.idle() => {
+                tokio::time::sleep(FLUSH_GRACE).await;
+                tracing::debug!("no call in flight; closing remaining connections");
+            }
+            () = tokio::time::sleep(drain_timeout) => {
+                tracing::warn!(?drain_timeout, "in-flight calls outlived the drain timeout; stopping");
+            }
         }
+    };
+    let layer = TrackCallsLayer(calls.clone());
+    let served = tokio::select! {
+        served = serve(listener, config.tls, layer, service, health, shutdown) => served,
+        () = drained => Ok(()),
     };
     probe.abort();
     process_metrics.abort();
@@ -182,10 +198,12 @@ pub async fn run(
 
 /// Serves `service` with gRPC health (`health`) and server reflection (v1
 /// and v1alpha) on `listener`, over TLS when `tls` is given, until
-/// `shutdown` completes; then lets in-flight calls finish.
+/// `shutdown` completes; then lets in-flight calls finish. `calls` counts
+/// them.
 async fn serve<S: Storage, H: tonic_health::pb::health_server::Health>(
     listener: TcpListener,
     tls: Option<ServerTlsConfig>,
+    calls: TrackCallsLayer,
     service: HourglassService<S>,
     health: tonic_health::pb::health_server::HealthServer<H>,
     shutdown: impl Future<Output = ()>,
@@ -203,7 +221,8 @@ async fn serve<S: Storage, H: tonic_health::pb::health_server::Health>(
     let mut builder = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT));
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .layer(calls);
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }

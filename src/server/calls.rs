@@ -1,0 +1,157 @@
+//! Counts Hourglass calls in flight, from the request's arrival until its
+//! response body (a whole stream, for StreamEvents) is finished or dropped,
+//! so a drain waits for calls and not for idle connections.
+//!
+//! Health and reflection calls are not counted: a health `Watch` never
+//! ends by itself and serves no data.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio::sync::watch;
+use tonic::codegen::http;
+
+/// Path prefix of the calls counted.
+const COUNTED_PREFIX: &str = "/hourglass.v1.Hourglass/";
+
+/// The number of calls in flight; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct CallTracker(watch::Sender<usize>);
+
+impl Default for CallTracker {
+    fn default() -> Self {
+        Self(watch::Sender::new(0))
+    }
+}
+
+impl CallTracker {
+    fn enter(&self) -> CallGuard {
+        self.0.send_modify(|n| *n += 1);
+        CallGuard(self.0.clone())
+    }
+
+    /// Completes when no call is in flight.
+    pub async fn idle(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives in `self`, so waiting cannot fail.
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+}
+
+/// One call in flight; dropped when it ends.
+#[derive(Debug)]
+struct CallGuard(watch::Sender<usize>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// The tower layer that counts calls into a [`CallTracker`].
+#[derive(Clone, Debug)]
+pub struct TrackCallsLayer(pub CallTracker);
+
+impl<S> tower_layer::Layer<S> for TrackCallsLayer {
+    type Service = TrackCalls<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TrackCalls {
+            inner,
+            tracker: self.0.clone(),
+        }
+    }
+}
+
+/// See [`TrackCallsLayer`].
+#[derive(Clone, Debug)]
+pub struct TrackCalls<S> {
+    inner: S,
+    tracker: CallTracker,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for TrackCalls<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let guard = request
+            .uri()
+            .path()
+            .starts_with(COUNTED_PREFIX)
+            .then(|| self.tracker.enter());
+        let response = self.inner.call(request);
+        async move {
+            let response = response.await?;
+            Ok(match guard {
+                None => response,
+                Some(guard) => response.map(|body| {
+                    tonic::body::Body::new(GuardedBody {
+                        body,
+                        _guard: guard,
+                    })
+                }),
+            })
+        }
+        .boxed()
+    }
+}
+
+/// A response body that keeps its call counted until it is done.
+struct GuardedBody {
+    body: tonic::body::Body,
+    _guard: CallGuard,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_waits_for_every_guard() {
+        let tracker = CallTracker::default();
+        tracker.idle().await;
+        let a = tracker.enter();
+        let b = tracker.enter();
+        let waiting = tokio::spawn({
+            let t = tracker.clone();
+            async move { t.idle().await }
+        });
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "one call still in flight");
+        drop(b);
+        waiting.await.expect("idle once both ended");
+    }
+}
