@@ -2,14 +2,18 @@
 //!
 //! A token says "this query, resumed strictly after key K". It holds no
 //! Cassandra paging state, so it works on any replica of the service, after
-//! restarts and across storage node changes. Layout (version 1), then
+//! restarts and across storage node changes. Layout (version 2), then
 //! base64url without padding:
 //!
 //! ```text
-//! u8 version | u8 key-id len | key id | u64 expires (unix s) |
+//! u8 version | u8 key-id len | key id | u64 expires (unix ms) |
 //! [16] query fingerprint | i64 frontier time | u16 id len | frontier id |
 //! [16] HMAC-SHA256(key, all previous bytes), truncated
 //! ```
+//!
+//! Version 1 tokens (expiry in whole unix seconds) are still read, so
+//! tokens in flight survive an upgrade; new tokens are version 2, whose
+//! expiry is exact to the millisecond.
 //!
 //! Invariants: a token decodes only if its MAC verifies under the key named
 //! inside it, it has not expired, and its fingerprint equals the fingerprint
@@ -28,7 +32,9 @@ use sha2::{Digest, Sha256};
 use crate::model::{Key, Namespace, Order, MAX_EVENT_ID_LEN};
 
 /// Current token format version.
-pub const TOKEN_VERSION: u8 = 1;
+pub const TOKEN_VERSION: u8 = 2;
+/// The previous format, still read: its expiry is in unix seconds.
+const TOKEN_VERSION_SECONDS: u8 = 1;
 const FINGERPRINT_LEN: usize = 16;
 const MAC_LEN: usize = 16;
 /// Shortest secret accepted for signing.
@@ -147,17 +153,18 @@ impl KeyRing {
 
     /// Signs a token for `query` resuming after `frontier`.
     pub fn issue(&self, query: &QueryFingerprint, frontier: &Key) -> String {
-        self.issue_at(query, frontier, unix_now())
+        self.issue_at(query, frontier, unix_millis())
     }
 
-    /// [`KeyRing::issue`] with an explicit clock, for tests.
+    /// [`KeyRing::issue`] at `now` (unix milliseconds), for tests.
     pub fn issue_at(&self, query: &QueryFingerprint, frontier: &Key, now: u64) -> String {
         let id = self.signing_id.as_bytes();
         let mut buf = Vec::with_capacity(64 + id.len() + frontier.id.len());
         buf.push(TOKEN_VERSION);
         buf.push(id.len() as u8);
         buf.extend_from_slice(id);
-        buf.extend_from_slice(&now.saturating_add(self.ttl.as_secs()).to_be_bytes());
+        let ttl = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        buf.extend_from_slice(&now.saturating_add(ttl).to_be_bytes());
         buf.extend_from_slice(&query.0);
         buf.extend_from_slice(&frontier.time.to_be_bytes());
         buf.extend_from_slice(&(frontier.id.len() as u16).to_be_bytes());
@@ -178,10 +185,11 @@ impl KeyRing {
 
     /// Verifies `token` for `query` and returns the frontier it resumes after.
     pub fn verify(&self, token: &str, query: &QueryFingerprint) -> Result<Key, TokenError> {
-        self.verify_at(token, query, unix_now())
+        self.verify_at(token, query, unix_millis())
     }
 
-    /// [`KeyRing::verify`] with an explicit clock, for tests.
+    /// [`KeyRing::verify`] at `now` (unix milliseconds), for tests: a token
+    /// is valid up to and including its expiry millisecond.
     pub fn verify_at(
         &self,
         token: &str,
@@ -203,7 +211,7 @@ impl KeyRing {
         let (signed, tag) = raw.split_at(signed_len);
         let mut r = Reader(signed);
         let version = r.u8()?;
-        if version != TOKEN_VERSION {
+        if version != TOKEN_VERSION && version != TOKEN_VERSION_SECONDS {
             return Err(TokenError::UnsupportedVersion(version));
         }
         let id_len = usize::from(r.u8()?);
@@ -219,7 +227,13 @@ impl KeyRing {
             .map_err(|_| TokenError::BadSignature)?;
         // From here on the bytes are ours; still parse defensively.
         let mut r = Reader(r.0);
-        let expires = r.u64()?;
+        let expires = match r.u64()? {
+            // Valid through the whole last second, as version 1 was.
+            secs if version == TOKEN_VERSION_SECONDS => {
+                secs.saturating_mul(1000).saturating_add(999)
+            }
+            millis => millis,
+        };
         let fingerprint = r.take(FINGERPRINT_LEN)?;
         let time = r.u64()? as i64;
         let frontier_len = usize::from(r.u16()?);
@@ -250,11 +264,10 @@ fn mac(key: &[u8], data: &[u8]) -> [u8; MAC_LEN] {
     out
 }
 
-fn unix_now() -> u64 {
+fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -404,7 +417,7 @@ mod tests {
     fn rejects_expired_mismatched_and_unknown_key() {
         let r = ring();
         let t = r.issue_at(&fp(), &Key::new(7, "abc"), 0);
-        assert_eq!(r.verify_at(&t, &fp(), 3601), Err(TokenError::Expired));
+        assert_eq!(r.verify_at(&t, &fp(), 3_600_001), Err(TokenError::Expired));
         let other = QueryFingerprint::new(&ns(), "s2", 0, 1000, Order::Ascending);
         assert_eq!(r.verify_at(&t, &other, 0), Err(TokenError::QueryMismatch));
         let rebucketed = Namespace { shards: 8, ..ns() };
@@ -420,6 +433,36 @@ mod tests {
             impostor.verify_at(&t, &fp(), 0),
             Err(TokenError::BadSignature)
         );
+    }
+
+    #[test]
+    fn expiry_is_exact_to_the_millisecond() {
+        let r = KeyRing::parse("k1:0123456789abcdef0123", Duration::from_millis(2000)).unwrap();
+        let issued = 1_700_000_000_123;
+        let t = r.issue_at(&fp(), &Key::new(7, "abc"), issued);
+        assert_eq!(
+            r.verify_at(&t, &fp(), issued + 2000),
+            Ok(Key::new(7, "abc"))
+        );
+        assert_eq!(
+            r.verify_at(&t, &fp(), issued + 2001),
+            Err(TokenError::Expired)
+        );
+    }
+
+    #[test]
+    fn version_1_tokens_expire_at_the_end_of_their_second() {
+        let r = ring();
+        let mut body = vec![TOKEN_VERSION_SECONDS, 2];
+        body.extend_from_slice(b"k1");
+        body.extend_from_slice(&100u64.to_be_bytes());
+        body.extend_from_slice(&fp().0);
+        body.extend_from_slice(&7i64.to_be_bytes());
+        body.extend_from_slice(&3u16.to_be_bytes());
+        body.extend_from_slice(b"abc");
+        let t = r.seal_unchecked(&body);
+        assert_eq!(r.verify_at(&t, &fp(), 100_999), Ok(Key::new(7, "abc")));
+        assert_eq!(r.verify_at(&t, &fp(), 101_000), Err(TokenError::Expired));
     }
 
     #[test]
