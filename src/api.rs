@@ -98,8 +98,11 @@ impl TryFrom<pb::Namespace> for Namespace {
             return Err(ServiceError::invalid(
                 "namespace.retention_seconds",
                 format!(
-                    "must be at most {} (20 years; got {retention_seconds})",
-                    model::MAX_RETENTION_SECONDS
+                    "must be at most {} (Cassandra's maximum TTL of {} s less the bucket \
+                     index's {} s; got {retention_seconds})",
+                    model::MAX_RETENTION_SECONDS,
+                    model::CASSANDRA_MAX_TTL_SECONDS,
+                    model::INDEX_TTL_SLACK_SECONDS
                 ),
             ));
         }
@@ -154,6 +157,16 @@ pub fn validate_events(events: Vec<pb::Event>) -> Result<Vec<NewEvent>> {
         let f = |name: &str| format!("events[{i}].{name}");
         check_len(&f("series_id"), &series_id, model::MAX_SERIES_ID_LEN)?;
         check_len(&f("event_id"), &event_id, model::MAX_EVENT_ID_LEN)?;
+        if event_time_micros > model::MAX_EVENT_TIME_MICROS {
+            return Err(ServiceError::invalid(
+                f("event_time_micros"),
+                format!(
+                    "must be at most {} (i64::MAX - 1): read ranges end before an \
+                     exclusive end of at most i64::MAX (got {event_time_micros})",
+                    model::MAX_EVENT_TIME_MICROS
+                ),
+            ));
+        }
         if payload.len() > model::MAX_PAYLOAD_LEN {
             return Err(ServiceError::invalid(
                 f("payload"),

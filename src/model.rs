@@ -13,7 +13,17 @@ pub const MIN_BUCKET_WIDTH_MICROS: i64 = 1_000;
 /// Most shards a namespace may have.
 pub const MAX_SHARDS: u32 = 256;
 /// Cassandra's maximum TTL (20 years).
-pub const MAX_RETENTION_SECONDS: u32 = 630_720_000;
+pub const CASSANDRA_MAX_TTL_SECONDS: u32 = 630_720_000;
+/// The bucket index of a series outlives its rows by this much (so a reader
+/// never misses a stored row while the index entry expires).
+pub const INDEX_TTL_SLACK_SECONDS: u32 = 120;
+/// Longest retention: every TTL written, the index's included, stays within
+/// Cassandra's maximum.
+pub const MAX_RETENTION_SECONDS: u32 = CASSANDRA_MAX_TTL_SECONDS - INDEX_TTL_SLACK_SECONDS;
+/// Latest event time that can be written: read ranges end before
+/// `end_time_micros`, which is at most `i64::MAX`, so an event at
+/// `i64::MAX` could never be read.
+pub const MAX_EVENT_TIME_MICROS: i64 = i64::MAX - 1;
 /// Longest namespace name.
 pub const MAX_NAMESPACE_LEN: usize = 64;
 /// Longest series id, in bytes.

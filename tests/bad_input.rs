@@ -490,6 +490,14 @@ async fn every_bad_request_gets_its_code_reason_field_and_message() {
             "duplicates an earlier event",
         ),
         case(
+            "an event at i64::MAX, which no range can reach",
+            write(batch_ending_with("w9", event("w9", i64::MAX, "x"))),
+            InvalidArgument,
+            "INVALID_FIELD",
+            inv("events[5].event_time_micros"),
+            "at most 9223372036854775806",
+        ),
+        case(
             "write to an unknown namespace",
             Call::Write(pb::WriteEventsRequest {
                 namespace: "nowhere".into(),
@@ -539,7 +547,15 @@ async fn every_bad_request_gets_its_code_reason_field_and_message() {
             InvalidArgument,
             "INVALID_FIELD",
             inv("namespace.retention_seconds"),
-            "20 years",
+            "maximum TTL",
+        ),
+        case(
+            "retention whose bucket index TTL would pass Cassandra's maximum",
+            namespace(|n| n.retention_seconds = 630_720_000),
+            InvalidArgument,
+            "INVALID_FIELD",
+            inv("namespace.retention_seconds"),
+            "at most 630719880",
         ),
         case(
             "conflicting re-create",
@@ -602,7 +618,7 @@ async fn every_bad_request_gets_its_code_reason_field_and_message() {
 
     // Nothing of a rejected batch was written: the five good events of
     // every rejected batch are absent.
-    for series in ["w0", "w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8"] {
+    for series in ["w0", "w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9"] {
         let (events, _) =
             read_to_end(&mut server.client, read_request(NS, series, -10, 1_000_000)).await;
         assert!(

@@ -339,3 +339,28 @@ async fn namespaces_are_created_idempotently_and_conflicts_are_refused() {
         .expect_err("absent");
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
+
+#[tokio::test]
+async fn the_longest_accepted_retention_can_be_written_and_read() {
+    let mut server = TestServer::start().await;
+    server
+        .client
+        .create_namespace(pb::CreateNamespaceRequest {
+            namespace: Some(pb::Namespace {
+                name: "long-lived".into(),
+                bucket_width_micros: WIDTH,
+                shards: 1,
+                retention_seconds: hourglass::model::MAX_RETENTION_SECONDS,
+            }),
+        })
+        .await
+        .expect("the maximum retention is accepted");
+    let written = vec![event("s", 1, "a"), event("s", 2, "b")];
+    write_all(&server.client, "long-lived", written.clone()).await;
+    let (got, _) = read_to_end(
+        &mut server.client,
+        read_request("long-lived", "s", 0, i64::MAX),
+    )
+    .await;
+    assert_eq!(got, written);
+}
