@@ -25,6 +25,31 @@ pub const STORAGE_RETRY_DELAY: Duration = Duration::from_millis(200);
 /// Suggested wait before retrying a scan the bulkhead refused.
 pub const OVERLOAD_RETRY_DELAY: Duration = Duration::from_millis(50);
 
+/// Every ErrorInfo reason [`ServiceError::reason`] gives, so metrics by
+/// reason exist (at zero) from the start.
+pub const REASONS: &[&str] = &[
+    "INVALID_FIELD",
+    "TOKEN_MALFORMED",
+    "TOKEN_VERSION",
+    "TOKEN_UNKNOWN_KEY",
+    "TOKEN_BAD_SIGNATURE",
+    "TOKEN_EXPIRED",
+    "TOKEN_QUERY_MISMATCH",
+    "NAMESPACE_NOT_FOUND",
+    "NAMESPACE_CONFLICT",
+    REASON_BUDGET_TOO_SMALL,
+    "STORAGE_CIRCUIT_OPEN",
+    "STORAGE_UNAVAILABLE",
+    "NAMESPACE_INVALID",
+    "STORAGE_FAILURE",
+    "SERVER_DRAINING",
+    "MISSING_CREDENTIALS",
+    "UNKNOWN_CREDENTIALS",
+    "PERMISSION_DENIED",
+    "TOO_MANY_SCANS",
+    "TOO_MANY_NAMESPACE_SCANS",
+];
+
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -47,10 +72,10 @@ pub enum ServiceError {
         set_by: BudgetSource,
     },
     /// Storage is unreachable or overloaded for now.
-    #[error("storage unavailable: {0}")]
+    #[error(transparent)]
     Unavailable(StorageError),
     /// Storage failed in a way retrying will not fix.
-    #[error("storage failure: {0}")]
+    #[error(transparent)]
     Storage(StorageError),
     /// The server is draining for shutdown; another replica can serve.
     #[error("server is shutting down; retry on another replica")]
@@ -103,6 +128,7 @@ impl ServiceError {
             Self::NoProgress { .. } => REASON_BUDGET_TOO_SMALL,
             Self::Unavailable(StorageError::CircuitOpen { .. }) => "STORAGE_CIRCUIT_OPEN",
             Self::Unavailable(_) => "STORAGE_UNAVAILABLE",
+            Self::Storage(StorageError::InvalidNamespace { .. }) => "NAMESPACE_INVALID",
             Self::Storage(_) => "STORAGE_FAILURE",
             Self::Draining => "SERVER_DRAINING",
             Self::Auth(AuthError::MissingToken) => "MISSING_CREDENTIALS",
@@ -116,11 +142,10 @@ impl ServiceError {
 
 impl From<StorageError> for ServiceError {
     fn from(e: StorageError) -> Self {
-        match e {
-            StorageError::Transient(_)
-            | StorageError::Connect { .. }
-            | StorageError::CircuitOpen { .. } => Self::Unavailable(e),
-            StorageError::Fatal(_) => Self::Storage(e),
+        if e.is_unavailable() {
+            Self::Unavailable(e)
+        } else {
+            Self::Storage(e)
         }
     }
 }
@@ -170,6 +195,11 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::Unavailable(_) => {
                 details.set_retry_info(Some(STORAGE_RETRY_DELAY));
                 Code::Unavailable
+            }
+            ServiceError::Storage(StorageError::InvalidNamespace { name, problem }) => {
+                info.insert("namespace".into(), name.clone());
+                info.insert("field".into(), problem.field.into());
+                Code::Internal
             }
             ServiceError::Storage(_) => Code::Internal,
             ServiceError::Draining => {
@@ -263,6 +293,11 @@ mod tests {
                 err.is_caller_error(),
                 !matches!(code, Code::Unavailable | Code::Internal),
                 "{err}"
+            );
+            assert!(
+                REASONS.contains(&err.reason()),
+                "{} not in REASONS",
+                err.reason()
             );
             let status = tonic::Status::from(err);
             assert_eq!(status.code(), code);

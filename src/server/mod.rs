@@ -104,16 +104,19 @@ impl ServerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// Storage could not be reached or prepared at start.
-    #[error("storage: {0}")]
+    #[error("storage")]
     Storage(#[from] StorageError),
+    /// An engine setting is out of range.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::InvalidEngineConfig),
     /// The metrics endpoint could not be served.
-    #[error("metrics: {0}")]
+    #[error("metrics")]
     Metrics(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The reflection service could not be built from the descriptors.
-    #[error("reflection: {0}")]
+    #[error("reflection")]
     Reflection(#[from] tonic_reflection::server::Error),
     /// The transport failed.
-    #[error("transport: {0}")]
+    #[error("transport")]
     Transport(#[from] tonic::transport::Error),
 }
 
@@ -124,8 +127,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    config.engine.validate()?;
     if let Some(addr) = config.metrics_listen {
         crate::telemetry::install_prometheus(addr).map_err(|e| ServeError::Metrics(e.into()))?;
+        crate::telemetry::register_zero(
+            &crate::engine::PartialReason::ALL.map(|r| r.as_str()),
+            crate::error::REASONS,
+        );
         tracing::info!(%addr, "serving metrics at /metrics");
     }
     let store = Arc::new(CassandraStore::connect(&config.cassandra).await?);

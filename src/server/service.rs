@@ -219,9 +219,9 @@ fn finish<T>(
         Err(e) => {
             metrics::counter!(telemetry::REJECTED, "reason" => e.reason()).increment(1);
             if e.is_caller_error() {
-                tracing::debug!(cause = %e, reason = e.reason(), "request refused");
+                tracing::debug!(cause = %crate::storage::chain(e), reason = e.reason(), "request refused");
             } else {
-                tracing::warn!(cause = %e, reason = e.reason(), "request failed");
+                tracing::warn!(cause = %crate::storage::chain(e), reason = e.reason(), "request failed");
             }
             "error"
         }

@@ -100,7 +100,7 @@ impl<S: Storage> Breaker<S> {
 
     fn record<T>(&self, probe: bool, result: &Result<T, StorageError>) {
         let mut state = self.state.lock().expect("breaker lock");
-        let failed = matches!(result, Err(e) if e.is_transient() || matches!(e, StorageError::Connect { .. }));
+        let failed = matches!(result, Err(e) if e.is_transient());
         let next = match (*state, failed) {
             (_, false) if probe || matches!(*state, CircuitState::Closed { .. }) => {
                 CircuitState::Closed { failures: 0 }

@@ -46,28 +46,110 @@ pub struct BucketQuery {
     pub timeout: Duration,
 }
 
-/// What went wrong in storage, classified for retries.
+/// The underlying error of a [`StorageError`]: the driver's error, or a
+/// message where there is none. Shared, so storage errors stay `Clone`.
+#[derive(Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync>);
+
+impl Cause {
+    /// Wraps an error, keeping it as the source.
+    pub fn new(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Arc::new(err))
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(msg: &str) -> Self {
+        Self(Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
+            msg,
+        )))
+    }
+}
+
+impl From<String> for Cause {
+    fn from(msg: String) -> Self {
+        Self(Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
+            msg,
+        )))
+    }
+}
+
+impl std::fmt::Debug for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// What went wrong in storage. Whether a retry may help is decided once, by
+/// [`StorageError::is_transient`]; the driver's error is kept as the source
+/// (for logs), never shown to clients.
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum StorageError {
     /// Timed out, overloaded, unavailable or connection lost: may succeed if retried.
-    #[error("storage temporarily unavailable: {0}")]
-    Transient(String),
+    #[error("storage temporarily unavailable")]
+    Transient(#[source] Cause),
     /// The store refused the request in a way retrying will not fix.
-    #[error("storage error: {0}")]
-    Fatal(String),
+    #[error("storage request failed")]
+    Fatal(#[source] Cause),
     /// Could not connect to the store at all.
-    #[error("cannot reach storage at {address}: {cause}")]
-    Connect { address: String, cause: String },
+    #[error("cannot reach storage at {address}")]
+    Connect {
+        address: String,
+        #[source]
+        cause: Cause,
+    },
     /// The circuit breaker is open after repeated failures: failed fast.
     #[error("storage circuit open after repeated failures; retry in {retry_after:?}")]
     CircuitOpen { retry_after: Duration },
+    /// A namespace stored under `name` breaks the rules the API enforces on
+    /// creation (written by another tool or edited by hand): refused rather
+    /// than trusted.
+    #[error("namespace {name:?} in storage is invalid: {problem}")]
+    InvalidNamespace {
+        name: String,
+        problem: crate::model::NamespaceProblem,
+    },
 }
 
 impl StorageError {
-    /// Whether retrying the same request may succeed.
+    /// Whether retrying the same request may succeed: the one place that
+    /// decides it (the engine's retries and the circuit breaker ask here).
     pub fn is_transient(&self) -> bool {
-        matches!(self, StorageError::Transient(_))
+        match self {
+            Self::Transient(_) | Self::Connect { .. } => true,
+            Self::Fatal(_) | Self::CircuitOpen { .. } | Self::InvalidNamespace { .. } => false,
+        }
     }
+
+    /// Whether the store is unavailable for now (a client should retry
+    /// later), as opposed to failing in a way waiting will not fix.
+    pub fn is_unavailable(&self) -> bool {
+        self.is_transient() || matches!(self, Self::CircuitOpen { .. })
+    }
+}
+
+/// Formats an error with its chain of sources, for logs.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
 }
 
 /// Result of creating a namespace.
