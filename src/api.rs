@@ -73,45 +73,16 @@ impl TryFrom<pb::Namespace> for Namespace {
         check_namespace_name("namespace.name", &name)?;
         let bucket_width_micros = match bucket_width_micros {
             0 => model::DEFAULT_BUCKET_WIDTH_MICROS,
-            w if w < model::MIN_BUCKET_WIDTH_MICROS => {
-                return Err(ServiceError::invalid(
-                    "namespace.bucket_width_micros",
-                    format!(
-                        "must be at least {} (got {w})",
-                        model::MIN_BUCKET_WIDTH_MICROS
-                    ),
-                ))
-            }
             w => w,
         };
-        let shards = match shards {
-            0 => 1,
-            s if s > model::MAX_SHARDS => {
-                return Err(ServiceError::invalid(
-                    "namespace.shards",
-                    format!("must be at most {} (got {s})", model::MAX_SHARDS),
-                ))
-            }
-            s => s,
-        };
-        if retention_seconds > model::MAX_RETENTION_SECONDS {
-            return Err(ServiceError::invalid(
-                "namespace.retention_seconds",
-                format!(
-                    "must be at most {} (Cassandra's maximum TTL of {} s less the bucket \
-                     index's {} s; got {retention_seconds})",
-                    model::MAX_RETENTION_SECONDS,
-                    model::CASSANDRA_MAX_TTL_SECONDS,
-                    model::INDEX_TTL_SLACK_SECONDS
-                ),
-            ));
-        }
-        Ok(Self {
+        let shards = if shards == 0 { 1 } else { shards };
+        Namespace::checked(
             name,
             bucket_width_micros,
-            shards,
-            retention_seconds,
-        })
+            shards.into(),
+            retention_seconds.into(),
+        )
+        .map_err(|p| ServiceError::invalid(format!("namespace.{}", p.field), p.description))
     }
 }
 

@@ -51,7 +51,64 @@ pub struct Namespace {
     pub retention_seconds: u32,
 }
 
+/// A namespace setting outside the range the API accepts; `field` is the
+/// setting's name in `Namespace` (`shards`, ...).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field} {description}")]
+pub struct NamespaceProblem {
+    pub field: &'static str,
+    pub description: String,
+}
+
 impl Namespace {
+    /// A namespace from explicit settings (no defaults applied), checked
+    /// against the rules every namespace obeys: bucket width at least
+    /// [`MIN_BUCKET_WIDTH_MICROS`], 1 to [`MAX_SHARDS`] shards, retention 0 to
+    /// [`MAX_RETENTION_SECONDS`]. Signed inputs, so values read back from
+    /// storage columns are checked before any cast.
+    pub fn checked(
+        name: String,
+        bucket_width_micros: i64,
+        shards: i64,
+        retention_seconds: i64,
+    ) -> Result<Self, NamespaceProblem> {
+        let problem = |field, description: String| NamespaceProblem { field, description };
+        if bucket_width_micros < MIN_BUCKET_WIDTH_MICROS {
+            return Err(problem(
+                "bucket_width_micros",
+                format!("must be at least {MIN_BUCKET_WIDTH_MICROS} (got {bucket_width_micros})"),
+            ));
+        }
+        let shards = u32::try_from(shards)
+            .ok()
+            .filter(|s| (1..=MAX_SHARDS).contains(s))
+            .ok_or_else(|| {
+                problem(
+                    "shards",
+                    format!("must be at least 1 and at most {MAX_SHARDS} (got {shards})"),
+                )
+            })?;
+        let retention_seconds = u32::try_from(retention_seconds)
+            .ok()
+            .filter(|r| *r <= MAX_RETENTION_SECONDS)
+            .ok_or_else(|| {
+                problem(
+                    "retention_seconds",
+                    format!(
+                        "must be at most {MAX_RETENTION_SECONDS} (Cassandra's maximum TTL of \
+                         {CASSANDRA_MAX_TTL_SECONDS} s less the bucket index's \
+                         {INDEX_TTL_SLACK_SECONDS} s; got {retention_seconds})"
+                    ),
+                )
+            })?;
+        Ok(Self {
+            name,
+            bucket_width_micros,
+            shards,
+            retention_seconds,
+        })
+    }
+
     /// The bucket that holds `time`: floor(time / width), correct for negative
     /// times and for the whole i64 range.
     pub fn bucket_of(&self, time: i64) -> i64 {

@@ -364,3 +364,79 @@ async fn the_longest_accepted_retention_can_be_written_and_read() {
     .await;
     assert_eq!(got, written);
 }
+
+#[tokio::test]
+async fn rewriting_an_event_without_tags_clears_its_tags() {
+    let mut server = TestServer::start().await;
+    create_namespace(&mut server.client, "r1", 1_000, 1).await;
+    let old = pb::Event {
+        payload: bytes::Bytes::from_static(b"old"),
+        tags: [("a".to_string(), "1".to_string())].into(),
+        ..event("s", 1, "e")
+    };
+    let new = pb::Event {
+        payload: bytes::Bytes::from_static(b"new"),
+        tags: Default::default(),
+        ..event("s", 1, "e")
+    };
+    write_all(&server.client, "r1", vec![old]).await;
+    write_all(&server.client, "r1", vec![new.clone()]).await;
+    let (got, _) = read_to_end(&mut server.client, read_request("r1", "s", 0, 10)).await;
+    assert_eq!(
+        got,
+        vec![new],
+        "a rewrite replaces the whole row, tags included"
+    );
+}
+
+#[tokio::test]
+async fn namespaces_stored_against_the_rules_are_refused_by_name_and_field() {
+    let mut server = TestServer::start().await;
+    let session = store().await;
+    let ks = keyspace();
+    for (name, width, shards, retention, field) in [
+        ("neg-shards", 1_000i64, -3i32, 0i32, "shards"),
+        ("zero-shards", 1_000, 0, 0, "shards"),
+        ("zero-width", 0, 1, 0, "bucket_width_micros"),
+        ("neg-retention", 1_000, 1, -1, "retention_seconds"),
+    ] {
+        session
+            .session()
+            .query_unpaged(
+                format!(
+                    "INSERT INTO {ks}.namespaces (name, bucket_width_micros, shards, \
+                     retention_seconds) VALUES (?, ?, ?, ?)"
+                ),
+                (name, width, shards, retention),
+            )
+            .await
+            .expect("write a namespace row by hand");
+        let get = server
+            .client
+            .get_namespace(pb::GetNamespaceRequest { name: name.into() })
+            .await
+            .expect_err("an invalid stored namespace");
+        let read = server
+            .client
+            .read_events(read_request(name, "s", 0, i64::MAX))
+            .await
+            .expect_err("no read of an invalid namespace");
+        let write = server
+            .client
+            .write_events(pb::WriteEventsRequest {
+                namespace: name.into(),
+                events: vec![event("s", 1, "e")],
+            })
+            .await
+            .expect_err("no write to an invalid namespace");
+        for status in [get, read, write] {
+            assert_eq!(status.code(), tonic::Code::Internal, "{name}: {status:?}");
+            assert_eq!(reason_of(&status), "NAMESPACE_INVALID", "{name}");
+            assert!(
+                status.message().contains(name) && status.message().contains(field),
+                "{name}: {}",
+                status.message()
+            );
+        }
+    }
+}

@@ -20,10 +20,9 @@ use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
-use scylla::value::MaybeUnset;
 
-use super::{BucketQuery, Created, ShardQuery, Storage, StorageError};
-use crate::model::{Key, Namespace, NewEvent, Order, Row};
+use super::{BucketQuery, Cause, Created, ShardQuery, Storage, StorageError};
+use crate::model::{self, Key, Namespace, NewEvent, Order, Row};
 
 /// Default replication for a keyspace created by Hourglass.
 pub const DEFAULT_REPLICATION: &str = "{'class': 'SimpleStrategy', 'replication_factor': 1}";
@@ -37,6 +36,15 @@ const WRITE_CONCURRENCY: usize = 32;
 const INDEX_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Bound on remembered bucket-index entries.
 const INDEX_CACHE_MAX: usize = 100_000;
+/// Latest expiry Cassandra 4.x and 5.0 in its default
+/// `storage_compatibility_mode` accept: 2038-01-19T03:14:06Z.
+const MAX_EXPIRY_UNIX_SECONDS: i64 = i32::MAX as i64 - 1;
+/// Expiry dates stay this far inside [`MAX_EXPIRY_UNIX_SECONDS`], against
+/// clock skew between this server and the nodes.
+const EXPIRY_SKEW_MARGIN_SECONDS: i64 = 24 * 3600;
+// The index outlives its rows by the slack: rows written while its entry is
+// cached (so not rewritten) still expire before it.
+const _: () = assert!(model::INDEX_TTL_SLACK_SECONDS as u64 >= 2 * INDEX_CACHE_TTL.as_secs());
 /// Timeout of write and metadata requests.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -139,7 +147,7 @@ impl CassandraStore {
     /// Connects, creates the keyspace and tables if needed and prepares statements.
     pub async fn connect(cfg: &CassandraConfig) -> Result<Self, StorageError> {
         let address = cfg.contact_points.join(",");
-        let connect_err = |cause: String| StorageError::Connect {
+        let connect_err = |cause: Cause| StorageError::Connect {
             address: address.clone(),
             cause,
         };
@@ -150,17 +158,18 @@ impl CassandraStore {
             builder = builder.user(&c.username, &c.password);
         }
         if let Some(ca) = &cfg.tls_ca {
-            builder = builder.tls_context(Some(tls_context(ca).map_err(&connect_err)?));
+            builder =
+                builder.tls_context(Some(tls_context(ca).map_err(|e| connect_err(e.into()))?));
         }
         let session = tokio::time::timeout(cfg.connect_timeout, builder.build())
             .await
-            .map_err(|_| connect_err(format!("no answer within {:?}", cfg.connect_timeout)))?
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(|_| connect_err(format!("no answer within {:?}", cfg.connect_timeout).into()))?
+            .map_err(|e| connect_err(Cause::new(e)))?;
         let ks = &cfg.keyspace;
         if ks.is_empty() || !ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(StorageError::Fatal(format!(
-                "keyspace {ks:?} must be non-empty [A-Za-z0-9_]"
-            )));
+            return Err(StorageError::Fatal(
+                format!("keyspace {ks:?} must be non-empty [A-Za-z0-9_]").into(),
+            ));
         }
         for ddl in [
             format!(
@@ -188,10 +197,7 @@ impl CassandraStore {
         let prepare = |cql: String| {
             let session = &session;
             async move {
-                let mut p = session
-                    .prepare(cql)
-                    .await
-                    .map_err(|e| StorageError::Fatal(e.to_string()))?;
+                let mut p = session.prepare(cql).await.map_err(fatal)?;
                 p.set_consistency(cfg.consistency);
                 p.set_is_idempotent(true);
                 Ok::<_, StorageError>(p)
@@ -261,15 +267,10 @@ impl CassandraStore {
         }
         batch.set_request_timeout(Some(WRITE_TIMEOUT));
         batch.set_is_idempotent(true);
-        let ttl = ns.retention_seconds as i32;
+        let (ttl, _) = write_ttls(ns.retention_seconds, unix_now());
         let mut values = Vec::with_capacity(rows.len());
         for e in rows {
             batch.append_statement(self.stmts.insert_event.clone());
-            let tags = if e.row.tags.is_empty() {
-                MaybeUnset::Unset
-            } else {
-                MaybeUnset::Set(&e.row.tags)
-            };
             values.push((
                 ns.name.as_str(),
                 series,
@@ -278,7 +279,9 @@ impl CassandraStore {
                 e.row.key.time,
                 e.row.key.id.as_str(),
                 e.row.payload.as_ref(),
-                tags,
+                // Always bound, empty included: a rewrite replaces the row's
+                // tags (unset would keep the old ones).
+                &e.row.tags,
                 ttl,
             ));
         }
@@ -355,10 +358,40 @@ fn classify(err: ExecutionError) -> StorageError {
         _ => false,
     };
     if transient {
-        StorageError::Transient(err.to_string())
+        StorageError::Transient(Cause::new(err))
     } else {
-        StorageError::Fatal(err.to_string())
+        StorageError::Fatal(Cause::new(err))
     }
+}
+
+/// A driver error that no retry will fix (a row that does not decode, a
+/// statement that does not prepare).
+fn fatal(err: impl std::error::Error + Send + Sync + 'static) -> StorageError {
+    StorageError::Fatal(Cause::new(err))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The TTLs (rows, bucket index) of a write at `now` (unix seconds) in a
+/// namespace of `retention` seconds (0: none). The index gets
+/// [`model::INDEX_TTL_SLACK_SECONDS`] more than its rows. Both are capped so
+/// that nothing expires after [`MAX_EXPIRY_UNIX_SECONDS`] less a margin,
+/// which older stores refuse: near that date retention is shortened rather
+/// than every write failing.
+fn write_ttls(retention: u32, now: i64) -> (i32, i32) {
+    if retention == 0 {
+        return (0, 0);
+    }
+    let slack = i64::from(model::INDEX_TTL_SLACK_SECONDS);
+    let room = MAX_EXPIRY_UNIX_SECONDS - EXPIRY_SKEW_MARGIN_SECONDS - now;
+    let index = (i64::from(retention) + slack).min(room).max(slack + 1);
+    let rows = (index - slack).min(i64::from(retention));
+    let to_ttl = |t: i64| i32::try_from(t).unwrap_or(i32::MAX);
+    (to_ttl(rows), to_ttl(index))
 }
 
 fn with_timeout(stmt: &PreparedStatement, timeout: Duration) -> PreparedStatement {
@@ -383,9 +416,7 @@ impl Storage for CassandraStore {
             )
             .await
             .map_err(classify)?;
-        let rows = res
-            .into_rows_result()
-            .map_err(|e| StorageError::Fatal(e.to_string()))?;
+        let rows = res.into_rows_result().map_err(fatal)?;
         let (applied,) = rows
             .first_row::<(bool,)>()
             .or_else(|_| {
@@ -393,16 +424,15 @@ impl Storage for CassandraStore {
                 rows.first_row::<(bool, Option<String>, Option<i64>, Option<i32>, Option<i32>)>()
                     .map(|r| (r.0,))
             })
-            .map_err(|e| StorageError::Fatal(e.to_string()))?;
+            .map_err(fatal)?;
         if applied {
             return Ok(Created::New);
         }
         match self.get_namespace(&ns.name).await? {
             Some(existing) => Ok(Created::Existing(existing)),
-            None => Err(StorageError::Fatal(format!(
-                "namespace {} neither created nor found",
-                ns.name
-            ))),
+            None => Err(StorageError::Fatal(
+                format!("namespace {} neither created nor found", ns.name).into(),
+            )),
         }
     }
 
@@ -413,18 +443,17 @@ impl Storage for CassandraStore {
             .execute_unpaged(&stmt, (name,))
             .await
             .map_err(classify)?;
-        let rows = res
-            .into_rows_result()
-            .map_err(|e| StorageError::Fatal(e.to_string()))?;
+        let rows = res.into_rows_result().map_err(fatal)?;
         let row = rows
             .maybe_first_row::<(String, i64, i32, i32)>()
-            .map_err(|e| StorageError::Fatal(e.to_string()))?;
-        Ok(row.map(|(name, width, shards, retention)| Namespace {
-            name,
-            bucket_width_micros: width,
-            shards: shards as u32,
-            retention_seconds: retention as u32,
-        }))
+            .map_err(fatal)?;
+        // Checked like a created namespace: another writer or a manual edit
+        // must not turn into billions of cursors or a division by zero.
+        row.map(|(name, width, shards, retention)| {
+            Namespace::checked(name.clone(), width, shards.into(), retention.into())
+                .map_err(|problem| StorageError::InvalidNamespace { name, problem })
+        })
+        .transpose()
     }
 
     async fn write_events(&self, ns: &Namespace, events: &[NewEvent]) -> Result<(), StorageError> {
@@ -437,12 +466,7 @@ impl Storage for CassandraStore {
                 .or_default()
                 .push(e);
         }
-        // The index outlives its rows: rows written while the entry is cached
-        // expire at most INDEX_CACHE_TTL after it.
-        let ttl = match ns.retention_seconds {
-            0 => 0,
-            r => r.saturating_add(2 * INDEX_CACHE_TTL.as_secs() as u32) as i32,
-        };
+        let (_, ttl) = write_ttls(ns.retention_seconds, unix_now());
         let mut index: Vec<(String, String, i64)> = partitions
             .keys()
             .map(|(s, b, _)| (ns.name.clone(), s.to_string(), *b))
@@ -496,15 +520,10 @@ impl Storage for CassandraStore {
             )
             .await
             .map_err(classify)?;
-        let rows = res
-            .into_rows_result()
-            .map_err(|e| StorageError::Fatal(e.to_string()))?;
+        let rows = res.into_rows_result().map_err(fatal)?;
         rows.rows::<(i64,)>()
-            .map_err(|e| StorageError::Fatal(e.to_string()))?
-            .map(|r| {
-                r.map(|(b,)| b)
-                    .map_err(|e| StorageError::Fatal(e.to_string()))
-            })
+            .map_err(fatal)?
+            .map(|r| r.map(|(b,)| b).map_err(fatal))
             .collect()
     }
 
@@ -537,18 +556,16 @@ impl Storage for CassandraStore {
             )
             .await
             .map_err(classify)?;
-        let rows = res
-            .into_rows_result()
-            .map_err(|e| StorageError::Fatal(e.to_string()))?;
+        let rows = res.into_rows_result().map_err(fatal)?;
         rows.rows::<EventRow>()
-            .map_err(|e| StorageError::Fatal(e.to_string()))?
+            .map_err(fatal)?
             .map(|r| {
                 r.map(|(time, id, payload, tags)| Row {
                     key: Key { time, id },
                     payload: payload.map(bytes::Bytes::from).unwrap_or_default(),
                     tags: tags.unwrap_or_default(),
                 })
-                .map_err(|e| StorageError::Fatal(e.to_string()))
+                .map_err(fatal)
             })
             .collect()
     }
@@ -579,4 +596,29 @@ pub fn parse_consistency(s: &str) -> Result<Consistency, String> {
             ))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-12-02T00:00:00Z.
+    const NOW: i64 = 1_796_169_600;
+
+    #[test]
+    fn write_ttls_keep_the_index_slack_and_stop_before_2038() {
+        let slack = model::INDEX_TTL_SLACK_SECONDS as i32;
+        assert_eq!(write_ttls(0, NOW), (0, 0), "no retention, no TTL");
+        assert_eq!(write_ttls(3600, NOW), (3600, 3600 + slack));
+        let (rows, index) = write_ttls(model::MAX_RETENTION_SECONDS, NOW);
+        assert_eq!(index - rows, slack, "the index outlives its rows");
+        assert_eq!(
+            NOW + i64::from(index),
+            MAX_EXPIRY_UNIX_SECONDS - EXPIRY_SKEW_MARGIN_SECONDS,
+            "capped at the latest expiry less the margin"
+        );
+        // Past the cap: still a positive TTL, the index still outlives rows.
+        let (rows, index) = write_ttls(1000, MAX_EXPIRY_UNIX_SECONDS);
+        assert_eq!((rows, index), (1, slack + 1));
+    }
 }
