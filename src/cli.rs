@@ -414,6 +414,20 @@ impl ServeArgs {
             .transpose()
     }
 
+    /// The engine settings, checked: a bad value names its flag.
+    pub fn engine_config(&self) -> anyhow::Result<EngineConfig> {
+        let engine = EngineConfig {
+            readahead_buckets: self.readahead_buckets,
+            max_in_flight: self.max_in_flight,
+            max_storage_page: self.max_storage_page,
+            ..EngineConfig::default()
+        };
+        engine
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--{}: {e}", e.setting.replace('_', "-")))?;
+        Ok(engine)
+    }
+
     /// The server configuration these arguments describe; reads every file
     /// they name, so a bad file is an error before anything starts.
     pub fn server_config(&self) -> anyhow::Result<ServerConfig> {
@@ -423,12 +437,7 @@ impl ServeArgs {
             max: self.max_budget.0,
             deadline_margin: self.deadline_margin.0,
         };
-        config.engine = EngineConfig {
-            readahead_buckets: self.readahead_buckets,
-            max_in_flight: self.max_in_flight.max(1),
-            max_storage_page: self.max_storage_page.max(1),
-            ..EngineConfig::default()
-        };
+        config.engine = self.engine_config()?;
         config.breaker = BreakerConfig {
             failure_threshold: self.breaker_failures.max(1),
             cool_down: self.breaker_cool_down.0,
@@ -643,6 +652,22 @@ mod tests {
         assert!(
             matches!(err, CliError::SecretOnCommandLine { flag, .. } if flag == "--token-keys")
         );
+    }
+
+    #[test]
+    fn engine_settings_out_of_range_name_their_flag() {
+        let a = serve_args(&["hourglass", "serve", "--max-storage-page", "15"]);
+        let err = a.engine_config().unwrap_err().to_string();
+        assert!(err.starts_with("--max-storage-page: "), "{err}");
+        assert!(
+            err.contains("at least min_storage_page (16), got 15"),
+            "{err}"
+        );
+        let a = serve_args(&["hourglass", "serve", "--max-in-flight", "0"]);
+        let err = a.engine_config().unwrap_err().to_string();
+        assert!(err.starts_with("--max-in-flight: "), "{err}");
+        let a = serve_args(&["hourglass", "serve", "--max-storage-page", "16"]);
+        assert_eq!(a.engine_config().unwrap().max_storage_page, 16);
     }
 
     #[test]

@@ -53,6 +53,24 @@ pub fn install_prometheus(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Registers every documented series at zero, so dashboards and alerts see
+/// them on a fresh replica before the first event: labelled counters once
+/// per label value given.
+pub fn register_zero(partial_reasons: &[&'static str], rejected_reasons: &[&'static str]) {
+    for name in [ROWS_SCANNED, ROWS_DELIVERED, STORAGE_RETRIES] {
+        metrics::counter!(name).increment(0);
+    }
+    for &reason in partial_reasons {
+        metrics::counter!(PARTIAL_RESPONSES, "reason" => reason).increment(0);
+    }
+    for &reason in rejected_reasons {
+        metrics::counter!(REJECTED, "reason" => reason).increment(0);
+    }
+    for name in [SCANS_IN_FLIGHT, CIRCUIT_STATE, STORAGE_UP] {
+        metrics::gauge!(name).increment(0.0);
+    }
+}
+
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_histogram!(

@@ -47,6 +47,23 @@ async fn health_metrics_and_graceful_shutdown() {
         assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
     }
 
+    // Every documented series exists at zero before its first event.
+    let fresh = server.scrape().await;
+    for series in [
+        "hourglass_storage_retries_total 0",
+        "hourglass_rejected_requests_total{reason=\"TOO_MANY_SCANS\"} 0",
+        "hourglass_rejected_requests_total{reason=\"STORAGE_UNAVAILABLE\"} 0",
+        "hourglass_partial_responses_total{reason=\"storage_error\"} 0",
+        "hourglass_rows_scanned_total 0",
+        "hourglass_scans_in_flight 0",
+        "hourglass_storage_circuit_state 0",
+    ] {
+        assert!(
+            fresh.contains(series),
+            "fresh metrics lack {series}:\n{fresh}"
+        );
+    }
+
     seeded(&server, "ops", 500).await;
     let before = metric(
         &server.scrape().await,

@@ -88,6 +88,53 @@ impl Default for EngineConfig {
     }
 }
 
+/// An engine setting out of its range; `setting` is the field's name
+/// (the `serve` flag is the same with dashes).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("engine setting {setting} {rule}")]
+pub struct InvalidEngineConfig {
+    pub setting: &'static str,
+    pub rule: String,
+}
+
+impl EngineConfig {
+    /// Checks the settings' ranges: storage pages of at least one row with
+    /// `max_storage_page >= min_storage_page`, at least one request in
+    /// flight and one bucket per index page, `retry_base <= retry_cap`.
+    /// `initial_storage_page` may lie outside [min, max]; it is clamped.
+    pub fn validate(&self) -> Result<(), InvalidEngineConfig> {
+        let fail = |setting, rule: String| Err(InvalidEngineConfig { setting, rule });
+        if self.min_storage_page == 0 {
+            return fail("min_storage_page", "must be at least 1".into());
+        }
+        if self.max_storage_page < self.min_storage_page {
+            return fail(
+                "max_storage_page",
+                format!(
+                    "must be at least min_storage_page ({}), got {}",
+                    self.min_storage_page, self.max_storage_page
+                ),
+            );
+        }
+        if self.max_in_flight == 0 {
+            return fail("max_in_flight", "must be at least 1".into());
+        }
+        if self.index_page == 0 {
+            return fail("index_page", "must be at least 1".into());
+        }
+        if self.retry_base > self.retry_cap {
+            return fail(
+                "retry_base",
+                format!(
+                    "must be at most retry_cap ({:?}), got {:?}",
+                    self.retry_cap, self.retry_base
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// One read call.
 #[derive(Clone, Debug)]
 pub struct ReadRequest {
@@ -120,6 +167,17 @@ pub enum PartialReason {
 }
 
 impl PartialReason {
+    /// Every reason, for registering metrics before first use.
+    pub const ALL: [Self; 7] = [
+        Self::Slo,
+        Self::ClientDeadline,
+        Self::ServerBudget,
+        Self::ByteLimit,
+        Self::RowLimit,
+        Self::StorageError,
+        Self::Shutdown,
+    ];
+
     /// Label used in metrics and logs.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -219,7 +277,14 @@ pub struct ReadEngine<S> {
 }
 
 impl<S: Storage> ReadEngine<S> {
+    ///
+    /// # Panics
+    /// If `config` fails [`EngineConfig::validate`] (the server validates
+    /// it before it gets here).
     pub fn new(storage: Arc<S>, config: EngineConfig) -> Self {
+        if let Err(e) = config.validate() {
+            panic!("ReadEngine::new: {e}");
+        }
         Self {
             storage,
             config,
