@@ -363,49 +363,200 @@ fn run_paused<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+/// One generated event: a time drawn from a few regions (around zero, near
+/// either end of i64), an id from a small alphabet that makes prefixes,
+/// multi-byte UTF-8 and the same time under several ids common, and a
+/// payload from empty to larger than most byte limits.
+fn arb_event() -> impl Strategy<Value = (i64, String, usize)> {
+    let time = prop_oneof![
+        3 => -40_000i64..40_000,
+        3 => (-20i64..20).prop_map(|t| t * 1_000),
+        1 => i64::MIN..i64::MIN + 20_000,
+        1 => i64::MAX - 20_000..i64::MAX,
+    ];
+    let id = proptest::collection::vec(
+        prop::sample::select(vec!["a", "b", "é", "日", "z", "ab"]),
+        1..4,
+    )
+    .prop_map(|parts| parts.concat());
+    let payload = prop_oneof![8 => 0usize..64, 1 => 64usize..3_000];
+    (time, id, payload)
+}
 
-    /// For random series, ranges, page sizes, budgets and latencies, following
-    /// frontiers yields exactly the full read, in order.
+/// Engine settings across their range, small pages and index pages included.
+fn arb_engine_config() -> impl Strategy<Value = EngineConfig> {
+    (
+        (1usize..=16, 0usize..600, 1usize..300),
+        (0usize..4, 1usize..20, 1usize..8),
+        (0u64..3_000, 0u64..8),
+    )
+        .prop_map(
+            |((min, extra, initial), (readahead, in_flight, index_page), (reserve, per_row))| {
+                EngineConfig {
+                    min_storage_page: min,
+                    max_storage_page: min + extra,
+                    initial_storage_page: initial,
+                    readahead_buckets: readahead,
+                    max_in_flight: in_flight,
+                    index_page,
+                    response_reserve: Duration::from_micros(reserve),
+                    response_reserve_per_row: Duration::from_micros(per_row),
+                    ..EngineConfig::default()
+                }
+            },
+        )
+}
+
+/// Writes `events` (time, id, payload size) of series "s"; returns the rows.
+async fn write_rows(
+    store: &MemoryStore,
+    ns: &Namespace,
+    events: &[(i64, String, usize)],
+) -> Vec<Row> {
+    let rows: Vec<Row> = events
+        .iter()
+        .map(|(t, id, size)| Row {
+            key: Key::new(*t, id.clone()),
+            payload: Bytes::from(vec![b'x'; *size]),
+            tags: Default::default(),
+        })
+        .collect();
+    let batch: Vec<NewEvent> = rows
+        .iter()
+        .map(|r| NewEvent {
+            series_id: "s".into(),
+            row: r.clone(),
+        })
+        .collect();
+    store.write_events(ns, &batch).await.unwrap();
+    rows
+}
+
+/// Whether `key` lies after `frontier` in read order (`None`: the start).
+fn ahead_of(key: &Key, frontier: Option<&Key>, order: Order) -> bool {
+    match (frontier, order) {
+        (None, _) => true,
+        (Some(f), Order::Ascending) => key > f,
+        (Some(f), Order::Descending) => key < f,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// For random series (ids, payloads, times near the ends of i64, many
+    /// buckets and shards), ranges, orders, page sizes, byte limits, budgets
+    /// (some too small for progress), engine settings, latencies, storage
+    /// failures and writes between calls, following frontiers yields every
+    /// row of the range exactly once, in order; every response stays within
+    /// its budget and limits, and its watermark is true.
     #[test]
     fn following_frontiers_always_yields_the_full_read(
-        times in proptest::collection::vec(-5_000i64..5_000, 0..400),
-        width in 1_000i64..4_000,
-        shards in 1u32..5,
-        start in -6_000i64..6_000,
-        len in 1i64..12_000,
+        events in proptest::collection::vec(arb_event(), 0..300),
+        later in proptest::collection::vec(arb_event(), 0..40),
+        width in prop_oneof![1_000i64..3_000, 3_000i64..200_000, Just(i64::MAX / 4)],
+        shards in 1u32..10,
+        range in prop_oneof![
+            4 => (-50_000i64..50_000, 1i64..100_000).prop_map(|(s, l)| (s, s + l)),
+            1 => Just((i64::MIN, i64::MAX)),
+            1 => (0i64..30_000).prop_map(|l| (i64::MIN, i64::MIN + l + 1)),
+            1 => (0i64..30_000).prop_map(|l| (i64::MAX - l - 1, i64::MAX)),
+        ],
         descending in any::<bool>(),
         page in 1usize..300,
-        slo_ms in 45u64..120,
+        byte_limit in prop_oneof![1usize..200, 200usize..5_000, Just(usize::MAX)],
+        slo_ms in 1u64..80,
+        config in arb_engine_config(),
+        failures in proptest::collection::vec(0usize..3, 1..8),
         seed in any::<u64>(),
     ) {
-        let end = start.saturating_add(len);
+        let (start, end) = range;
         run_paused(async move {
             let ns = namespace(width, shards);
-            let (store, all) = seeded(&ns, times).await;
+            let store = MemoryStore::new();
+            store.create_namespace(&ns).await.unwrap();
+            let mut written = write_rows(&store, &ns, &events).await;
             store.set_latency(move |q| {
-                let h = (q.bucket as u64).wrapping_mul(31) ^ (q.shard as u64) ^ seed ^ (q.span.after.time as u64);
-                Duration::from_micros(h % 40_000)
+                let h = (q.bucket as u64).wrapping_mul(31) ^ u64::from(q.shard) ^ seed
+                    ^ (q.span.after.time as u64) ^ (q.limit as u64);
+                Duration::from_micros(h % 30_000 + 10 * q.limit as u64)
             });
-            let engine = engine(&store);
+            let engine = ReadEngine::new(Arc::new(store.clone()), config);
             let order = if descending { Order::Descending } else { Order::Ascending };
-            let mut want: Vec<Row> = all.into_iter().filter(|r| r.key.time >= start && r.key.time < end).collect();
-            if descending { want.reverse(); }
-            let mut got = Vec::new();
-            let mut resume = None;
-            for _ in 0..10_000 {
-                let mut req = request(&ns, order, MS * slo_ms as u32, page);
+            let mut got: Vec<Row> = Vec::new();
+            let mut resume: Option<Key> = None;
+            let mut slo = MS * slo_ms as u32;
+            let mut later = later.into_iter();
+            for call in 0..20_000 {
+                // Between calls: transient failures ahead, and new events
+                // (behind the frontier they must never appear, ahead of it
+                // they must).
+                if let Some(n) = failures.get(call % failures.len()) {
+                    if call % 3 == 0 {
+                        store.fail_next((0..*n).map(|_| StorageError::Transient("flaky".into())));
+                    }
+                }
+                if call % 2 == 1 {
+                    if let Some(e) = later.next() {
+                        written.extend(write_rows(&store, &ns, &[e]).await);
+                    }
+                }
+                let mut req = request(&ns, order, slo, page);
                 req.start = start;
                 req.end = end;
+                req.byte_limit = byte_limit;
                 req.resume_after = resume.clone();
+                let began = Instant::now();
                 let (rows, out) = read(&engine, &req).await;
-                let out = out.expect("progress");
+                prop_assert!(began.elapsed() <= req.budget.total, "ran past its budget");
+                prop_assert_eq!(store.in_flight(), 0);
+                let out = match out {
+                    Ok(out) => out,
+                    Err(ReadError::NoProgress { .. } | ReadError::Storage(_)) => {
+                        prop_assert!(rows.is_empty(), "an error after rows were pushed");
+                        // Too small a budget: the client asks again, with more.
+                        slo = (slo * 2).min(MS * 2_000);
+                        continue;
+                    }
+                    Err(e) => return Err(TestCaseError::fail(format!("{e}"))),
+                };
+                prop_assert!(out.stats.elapsed <= req.budget.total);
                 prop_assert!(rows.len() <= page);
+                let bytes: usize = rows.iter().map(Row::weight).sum();
+                prop_assert!(rows.len() <= 1 || bytes <= byte_limit, "byte limit passed");
+                // What the range holds now, in read order; this call must
+                // return exactly its next rows after the frontier.
+                // (A later write of a key replaces the earlier one.)
+                let stored: std::collections::BTreeMap<&Key, &Row> =
+                    written.iter().map(|r| (&r.key, r)).collect();
+                let mut want: Vec<Row> = stored
+                    .into_values()
+                    .filter(|r| r.key.time >= start && r.key.time < end)
+                    .filter(|r| ahead_of(&r.key, resume.as_ref(), order))
+                    .cloned()
+                    .collect();
+                if descending { want.reverse(); }
+                prop_assert!(want.len() >= rows.len());
+                prop_assert_eq!(&want[..rows.len()], &rows[..], "rows after the frontier, in order");
+                let rest = &want[rows.len()..];
                 got.extend(rows);
+                // The watermark: every row on the covered side of it has been
+                // returned, so none of the rest lies there.
+                match order {
+                    Order::Ascending => prop_assert!(
+                        rest.iter().all(|r| r.key.time >= out.watermark),
+                        "a row below the watermark {} was not returned", out.watermark
+                    ),
+                    Order::Descending => prop_assert!(
+                        rest.iter().all(|r| r.key.time < out.watermark),
+                        "a row at or above the watermark {} was not returned", out.watermark
+                    ),
+                }
                 match out.ending {
                     Ending::Complete => {
-                        prop_assert_eq!(&got, &want);
+                        prop_assert!(rest.is_empty(), "complete with {} rows left", rest.len());
+                        let want_end = if descending { start } else { end };
+                        prop_assert_eq!(out.watermark, want_end);
                         return Ok(());
                     }
                     Ending::Partial { .. } => resume = Some(frontier(&out)),
