@@ -15,7 +15,6 @@
 //! * [`model`]: namespaces, events, clustering keys, bucket arithmetic.
 //! * [`telemetry`]: Prometheus metrics and their names.
 //! * [`client`]: follows tokens to the end of a read as a `Stream`.
-//! * [`load`]: the load tool and macro benchmark.
 //! * [`cli`]: the binary's flags and config file, turned into a
 //!   [`server::ServerConfig`] that [`server::run`] serves.
 //!
@@ -27,11 +26,10 @@ pub mod auth;
 pub mod bulkhead;
 pub mod cli;
 pub mod client;
-pub mod demo;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "fuzz")]
 pub mod fuzzing;
-pub mod load;
 pub mod model;
 #[cfg(feature = "otel")]
 pub mod otel;
@@ -39,12 +37,3 @@ pub mod server;
 pub mod storage;
 pub mod telemetry;
 pub mod token;
-
-/// Temporary: the load tool's duration parser until it moves to its crate.
-#[doc(hidden)]
-pub mod config {
-    /// Parses a human duration (`250ms`, `2s`).
-    pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-        humantime::parse_duration(s).map_err(|e| e.to_string())
-    }
-}

@@ -9,6 +9,7 @@
 
 pub mod breaker;
 pub mod cassandra;
+#[cfg(any(test, feature = "test-util"))]
 pub mod memory;
 
 use std::future::Future;

@@ -29,7 +29,7 @@ pub fn cassandra() -> &'static str {
         if let Ok(addr) = std::env::var("HOURGLASS_TEST_CASSANDRA") {
             return addr;
         }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cassandra");
+        let script = repo_root().join("scripts/cassandra");
         let status = Command::new(script)
             .arg("start")
             .status()
@@ -37,6 +37,36 @@ pub fn cassandra() -> &'static str {
         assert!(status.success(), "scripts/cassandra start failed: {status}");
         "127.0.0.1:19042".to_string()
     })
+}
+
+/// The `hourglass` binary: cargo's for the root package's tests; for a
+/// member's tests, the one `cargo test --workspace` builds into the same
+/// target directory.
+fn server_binary() -> std::path::PathBuf {
+    if let Some(exe) = option_env!("CARGO_BIN_EXE_hourglass") {
+        return exe.into();
+    }
+    let test = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>/hourglass
+    let exe = test
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|dir| dir.join("hourglass"))
+        .expect("target directory");
+    assert!(
+        exe.exists(),
+        "{} is missing: run the tests with cargo test --workspace",
+        exe.display()
+    );
+    exe
+}
+
+/// The repository root (this module also serves the workspace's members).
+pub fn repo_root() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|p| p.join("scripts/cassandra").exists())
+        .expect("scripts/cassandra above the package")
 }
 
 /// A keyspace private to this test process.
@@ -275,7 +305,7 @@ pub fn bad_field(status: &tonic::Status) -> Option<String> {
 
 /// Runs `scripts/cassandra <action>` (start, stop, kill, freeze, thaw).
 pub fn cassandra_script(action: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cassandra");
+    let script = repo_root().join("scripts/cassandra");
     let status = Command::new(script)
         .arg(action)
         .status()
@@ -333,7 +363,7 @@ impl ServerProcess {
     ) -> Self {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hourglass"));
+        let mut cmd = std::process::Command::new(server_binary());
         cmd.args(["serve", "--listen", &grpc.to_string()])
             .args(["--metrics-listen", &metrics.to_string()])
             .args(["--cassandra", cassandra(), "--keyspace", &keyspace()])

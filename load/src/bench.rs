@@ -13,8 +13,8 @@ use clap::Args;
 use futures::StreamExt;
 use scylla::statement::Consistency;
 
-use super::{seed, Pattern, RunArgs, SeedArgs, Target};
-use crate::storage::cassandra::{CassandraConfig, CassandraStore, DEFAULT_REPLICATION};
+use crate::{seed, Pattern, RunArgs, SeedArgs, Target};
+use hourglass::storage::cassandra::{CassandraConfig, CassandraStore, DEFAULT_REPLICATION};
 
 const KEYSPACE: &str = "hourglass_bench";
 const SHARDS: u32 = 4;
@@ -62,8 +62,7 @@ struct ServerProcess {
 
 impl ServerProcess {
     fn start(cassandra: &str, port: u16, partial_reads: bool) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe()?;
-        let child = Command::new(exe)
+        let child = Command::new(server_binary()?)
             .args([
                 "serve",
                 "--listen",
@@ -117,9 +116,27 @@ fn proc_cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The `hourglass` server binary built beside this one (`cargo build
+/// --workspace` puts both in the same target directory).
+fn server_binary() -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let server = exe.with_file_name("hourglass");
+    anyhow::ensure!(
+        server.exists(),
+        "no hourglass server binary beside {}: build the workspace (cargo build --release --workspace)",
+        exe.display()
+    );
+    Ok(server)
+}
+
+/// The local node's pid, recorded by `scripts/cassandra` (run from the
+/// repository root, as `scripts/bench` does).
 fn cassandra_pid() -> Option<u32> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/.cassandra/cassandra.pid");
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    std::fs::read_to_string(".cassandra/cassandra.pid")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn namespace_of(size: u64) -> String {
@@ -148,9 +165,9 @@ async fn direct_scan(
     stmt.set_consistency(Consistency::One);
     let ns = namespace_of(size);
     let width = BUCKET_SECS as i64 * 1_000_000;
-    let first = super::LOAD_EPOCH_MICROS.div_euclid(width);
+    let first = crate::LOAD_EPOCH_MICROS.div_euclid(width);
     let last =
-        (super::LOAD_EPOCH_MICROS + span_secs(size) as i64 * 1_000_000 - 1).div_euclid(width);
+        (crate::LOAD_EPOCH_MICROS + span_secs(size) as i64 * 1_000_000 - 1).div_euclid(width);
     let partitions: Vec<(i64, i32)> = (first..=last)
         .flat_map(|b| (0..SHARDS as i32).map(move |s| (b, s)))
         .collect();
@@ -288,7 +305,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for rep in 0..args.repeats {
         let jvm0 = cassandra_pid().map_or(f64::NAN, proc_cpu_secs);
         let cpu0 = a.cpu_secs();
-        let r = super::run(&RunArgs {
+        let r = crate::run(&RunArgs {
             page_size: SCAN_PAGE_SIZE,
             ..run_args(&a.url, biggest, format!("scan-service-{rep}"))
         })
@@ -307,7 +324,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         direct1.push(n as f64 / t.as_secs_f64());
         let (n, t) = direct_scan(&store, biggest, 4).await?;
         direct4.push(n as f64 / t.as_secs_f64());
-        let chained = super::run(&RunArgs {
+        let chained = crate::run(&RunArgs {
             slo_ms: Some(50),
             ..run_args(&a.url, biggest, format!("scan-slo50-{rep}"))
         })
@@ -338,7 +355,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                         "adhere-{size}-{clients}-{slo}-{}",
                         if partial { "on" } else { "off" }
                     );
-                    let r = super::run(&RunArgs {
+                    let r = crate::run(&RunArgs {
                         clients,
                         requests: None,
                         duration_secs: Some(args.seconds_per_cell),

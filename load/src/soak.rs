@@ -14,9 +14,9 @@ use rand::Rng;
 use tokio::time::Instant;
 use tonic::{Code, Request};
 
-use super::{Target, LOAD_EPOCH_MICROS};
-use crate::api::pb;
 use crate::demo::connect;
+use crate::{Target, LOAD_EPOCH_MICROS};
+use hourglass::api::pb;
 
 #[derive(Debug, Clone, Args)]
 pub struct SoakArgs {
@@ -29,10 +29,10 @@ pub struct SoakArgs {
     #[arg(long, default_value_t = 32)]
     pub clients: usize,
     /// How long the clients run.
-    #[arg(long, default_value = "5m", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = crate::parse_duration)]
     pub duration: Duration,
     /// How often the metrics are sampled.
-    #[arg(long, default_value = "5s", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
     pub sample_every: Duration,
     /// Largest RSS growth allowed, as a fraction: the mean of the last third
     /// of the samples against the mean of the first third (after the first
@@ -242,7 +242,7 @@ fn rss_growth(samples: &[Sample], duration: Duration) -> f64 {
 
 /// One call of a randomly chosen kind.
 async fn one_call(
-    mut client: crate::api::pb::hourglass_client::HourglassClient<tonic::transport::Channel>,
+    mut client: hourglass::api::pb::hourglass_client::HourglassClient<tonic::transport::Channel>,
     target: &Target,
     n: usize,
     tally: &Mutex<Tally>,
@@ -422,10 +422,13 @@ impl MetricsUrl {
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         };
         Ok(Scraped {
-            rss: value(crate::telemetry::PROCESS_RSS).ok_or_else(|| {
-                anyhow::anyhow!("{} missing from the scrape", crate::telemetry::PROCESS_RSS)
+            rss: value(hourglass::telemetry::PROCESS_RSS).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} missing from the scrape",
+                    hourglass::telemetry::PROCESS_RSS
+                )
             })?,
-            in_flight: value(crate::telemetry::SCANS_IN_FLIGHT).unwrap_or(0.0),
+            in_flight: value(hourglass::telemetry::SCANS_IN_FLIGHT).unwrap_or(0.0),
         })
     }
 }

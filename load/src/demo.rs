@@ -7,19 +7,35 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use tonic::transport::Channel;
 
-use crate::api::pb;
-use crate::api::pb::hourglass_client::HourglassClient;
-use crate::client;
-use crate::load::stats::Latencies;
+use crate::stats::Latencies;
+use hourglass::api::pb;
+use hourglass::api::pb::hourglass_client::HourglassClient;
+use hourglass::client;
 
-/// What the demo does.
-#[derive(Clone, Debug)]
+/// What the demo does (`hourglass-load demo`).
+#[derive(Clone, Debug, clap::Args)]
 pub struct DemoOptions {
+    /// Server to talk to.
+    #[arg(
+        long,
+        env = "HOURGLASS_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub server: String,
+    /// Events in the demo series.
+    #[arg(long, default_value_t = 200_000)]
     pub rows: usize,
+    /// Events per WriteEvents call.
+    #[arg(long, default_value_t = 1000)]
     pub batch: usize,
+    /// Concurrent WriteEvents calls.
+    #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
+    /// Rows per page when reading back.
+    #[arg(long, default_value_t = 20_000)]
     pub page_size: u32,
+    /// SLO of the deadline-bounded read, in milliseconds.
+    #[arg(long = "slo-ms", default_value_t = 20)]
     pub slo_millis: u32,
 }
 
@@ -38,8 +54,8 @@ pub async fn connect(server: &str, wait: Duration) -> anyhow::Result<HourglassCl
         match HourglassClient::connect(server.to_string()).await {
             Ok(c) => {
                 return Ok(c
-                    .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(crate::api::MAX_MESSAGE_BYTES))
+                    .max_decoding_message_size(hourglass::api::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(hourglass::api::MAX_MESSAGE_BYTES))
             }
             Err(e) if began.elapsed() > wait => {
                 anyhow::bail!("cannot reach the Hourglass server at {server}: {e}")
@@ -62,6 +78,8 @@ pub fn demo_event(series: &str, i: usize) -> pb::Event {
 
 /// Runs the walkthrough.
 pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
+    anyhow::ensure!(opts.batch >= 1, "--batch must be at least 1");
+    anyhow::ensure!(opts.concurrency >= 1, "--concurrency must be at least 1");
     let mut client = connect(&opts.server, Duration::from_secs(30)).await?;
     let ns = client
         .create_namespace(pb::CreateNamespaceRequest {

@@ -7,8 +7,8 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::stats::Summary;
-use super::RunArgs;
+use crate::stats::Summary;
+use crate::RunArgs;
 
 /// The JSON report of one `load run`.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -1,11 +1,12 @@
 //! A short end-to-end run of the load tool against the real Cassandra: seed,
 //! run, report, compare and chart.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::*;
-use hourglass::load::report::{self, Report};
-use hourglass::load::{run, seed, Pattern, RunArgs, SeedArgs, Target};
+use hourglass_load::report::{self, Report};
+use hourglass_load::{run, seed, Pattern, RunArgs, SeedArgs, Target};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_run_report_and_chart() {
@@ -115,7 +116,7 @@ async fn seed_run_report_and_chart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_soak_ends_every_scan_and_fails_nothing_unexpectedly() {
-    use hourglass::load::soak::{self, SoakArgs};
+    use hourglass_load::soak::{self, SoakArgs};
     use std::time::Duration;
     let server = ServerProcess::start(&["--max-scans", "6"]).await;
     let target = Target {

@@ -1,9 +1,18 @@
-//! The load tool (`hourglass load ...`): seeds wide series through the gRPC
-//! write API, drives reads open- or closed-loop with SLOs and deadlines,
-//! reports HdrHistogram latencies, compares reports and draws charts; and
-//! the macro benchmark ([`bench`]).
+//! The load tool (`hourglass-load ...`), a client of the service's public
+//! API: seeds wide series through the gRPC write API, drives reads open- or
+//! closed-loop with SLOs and deadlines, reports HdrHistogram latencies,
+//! compares reports and draws charts; the macro benchmark ([`bench`]), the
+//! soak ([`soak`]) and the quick-start demo ([`demo`]).
+//!
+//! * [`stats`]: latency recording from intended start times, HDR percentiles.
+//! * [`report`]: JSON reports, side-by-side comparison, SVG charts.
+//! * [`bench`]: starts servers and runs the macro benchmark, writes
+//!   `docs/benchmarks.md`.
+//! * [`soak`]: many mixed clients for minutes, RSS and scans sampled.
+//! * [`demo`]: writes a demo series and reads it back under an SLO.
 
 pub mod bench;
+pub mod demo;
 pub mod report;
 pub mod soak;
 pub mod stats;
@@ -25,9 +34,9 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::Request;
 
-use crate::api::pb;
-use crate::api::pb::hourglass_client::HourglassClient;
 use crate::demo::connect;
+use hourglass::api::pb;
+use hourglass::api::pb::hourglass_client::HourglassClient;
 use report::Report;
 use stats::{latency_since_intended, rates, Latencies, RunStats, Schedule};
 
@@ -206,6 +215,11 @@ impl RunArgs {
         anyhow::ensure!(self.slo_ms != Some(0), "--slo-ms must be at least 1");
         Ok(())
     }
+}
+
+/// Parses a human duration (`250ms`, `2s`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Runs a load subcommand.
