@@ -571,7 +571,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
     let mut hlog_file = std::fs::File::create(&hlog_path)?;
     let mut serializer = V2Serializer::new();
     let mut hlog = IntervalLogWriterBuilder::new()
-        .add_comment(&format!("hourglass load run {}", args.label))
+        .add_comment(&format!("hourglass-load run {}", args.label))
         .with_start_time(std::time::SystemTime::now())
         .with_max_value_divisor(1000.0)
         .begin_log_with(&mut hlog_file, &mut serializer)

@@ -1,4 +1,4 @@
-//! `hourglass load soak`: many clients for minutes against a running
+//! `hourglass-load soak`: many clients for minutes against a running
 //! server, mixing every kind of call and every way a call can end (token
 //! following, SLO and deadline cuts, streams the client drops, writes, bad
 //! requests), while the server's `/metrics` is sampled. Passes when the

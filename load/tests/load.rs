@@ -74,7 +74,7 @@ async fn seed_run_report_and_chart() {
     assert_eq!(reloaded.rows, a.rows);
     assert_eq!(reloaded.config.page_size, 700);
     let hlog = std::fs::read_to_string(base.report.with_extension("hlog")).expect("HDR log");
-    assert!(hlog.starts_with("#hourglass load run follow"));
+    assert!(hlog.starts_with("#hourglass-load run follow"));
 
     let b = run(&RunArgs {
         rate: Some(40.0),

@@ -1,0 +1,444 @@
+//! The scan of one read: the state machine that merges the head bucket's
+//! shards into the sink, schedules fetches ([`super::fetch`]) with pages
+//! sized by [`super::pages`], and stops on a limit, the budget or a drain.
+//! Positions (frontier, watermark, bucket exits) mean what
+//! [`super::position`] says.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use tokio::time::Instant;
+
+use super::fetch::{Fetched, Resend};
+use super::merge::{pick, Pick};
+use super::predict::LatencyModel;
+use super::{pages, position};
+use super::{
+    Ending, PartialReason, ReadEngine, ReadError, ReadOutcome, ReadRequest, ReadStats, RowSink,
+};
+use crate::model::{Key, Order, Row, Span};
+use crate::storage::{Storage, StorageError};
+use crate::telemetry;
+
+pub(super) struct ShardCursor {
+    pub(super) shard: u32,
+    /// What this shard has not yet fetched.
+    pub(super) span: Span,
+    pub(super) buf: VecDeque<Row>,
+    pub(super) done: bool,
+    /// Rows asked of the fetch in flight; 0 when none.
+    pub(super) requested: usize,
+    /// Pages fetched so far (for slow start).
+    pub(super) pages: u32,
+    /// When the fetch in flight was sent.
+    pub(super) sent: Option<Instant>,
+}
+
+pub(super) struct BucketCursor {
+    pub(super) bucket: i64,
+    pub(super) shards: Vec<ShardCursor>,
+    pub(super) touched: bool,
+}
+
+pub(super) struct Scan<'a, S> {
+    pub(super) engine: &'a ReadEngine<S>,
+    pub(super) req: &'a ReadRequest,
+    pub(super) span: Span,
+    pub(super) start_frontier: Key,
+    pub(super) frontier: Key,
+    pub(super) buckets: VecDeque<BucketCursor>,
+    /// Bucket range still to list from the index; None when listed.
+    pub(super) index_todo: Option<(i64, i64)>,
+    pub(super) index_pending: bool,
+    pub(super) in_flight: FuturesUnordered<BoxFuture<'a, Fetched>>,
+    pub(super) model: LatencyModel,
+    pub(super) rows_out: usize,
+    pub(super) bytes_out: usize,
+    pub(super) stats: ReadStats,
+    /// The latest storage error, if a request failed (and was retried).
+    pub(super) last_error: Option<StorageError>,
+}
+
+impl<'a, S: Storage> Scan<'a, S> {
+    pub(super) fn new(engine: &'a ReadEngine<S>, req: &'a ReadRequest) -> Self {
+        let range = Span::of_range(req.start, req.end);
+        let span = match &req.resume_after {
+            Some(k) => range.resume_from(k, req.order),
+            None => range,
+        };
+        let start_frontier = match req.order {
+            Order::Ascending => span.after.clone(),
+            Order::Descending => span.before.clone(),
+        };
+        let mut scan = Self {
+            engine,
+            index_todo: span.buckets(req.namespace.bucket_width_micros),
+            span,
+            frontier: start_frontier.clone(),
+            start_frontier,
+            req,
+            buckets: VecDeque::new(),
+            index_pending: false,
+            in_flight: FuturesUnordered::new(),
+            model: engine.models.get(&req.namespace.name),
+            rows_out: 0,
+            bytes_out: 0,
+            stats: ReadStats {
+                budget: req.budget.total,
+                ..ReadStats::default()
+            },
+            last_error: None,
+        };
+        // Resuming after a row: its bucket surely holds rows, so its shards
+        // are fetched at once, beside (not after) the bucket-index query.
+        if let (Some(k), Some((first, last))) = (&req.resume_after, scan.index_todo) {
+            if !k.id.is_empty() {
+                let b = req.namespace.bucket_of(k.time);
+                let rest = match req.order {
+                    Order::Ascending if b == first => {
+                        Some((first < last).then(|| (first + 1, last)))
+                    }
+                    Order::Descending if b == last => {
+                        Some((first < last).then(|| (first, last - 1)))
+                    }
+                    _ => None,
+                };
+                if let Some(rest) = rest {
+                    scan.index_todo = rest;
+                    let cursor = scan.bucket_cursor(b);
+                    scan.buckets.push_back(cursor);
+                }
+            }
+        }
+        scan
+    }
+
+    pub(super) fn bucket_cursor(&self, bucket: i64) -> BucketCursor {
+        BucketCursor {
+            bucket,
+            touched: false,
+            shards: (0..self.req.namespace.shards)
+                .map(|shard| ShardCursor {
+                    shard,
+                    span: self.span.clone(),
+                    buf: VecDeque::new(),
+                    done: false,
+                    requested: 0,
+                    pages: 0,
+                    sent: None,
+                })
+                .collect(),
+        }
+    }
+
+    pub(super) fn outcome(mut self, ending: Ending) -> ReadOutcome {
+        self.stats.rows_delivered = self.rows_out as u64;
+        self.stats.elapsed = self.req.budget.elapsed();
+        let watermark = position::watermark(&ending, self.req.order, self.req.start, self.req.end);
+        ReadOutcome {
+            ending,
+            watermark,
+            stats: self.stats,
+        }
+    }
+
+    /// When the scan must stop for the response to land within the budget.
+    pub(super) fn stop_at(&self) -> Instant {
+        let cfg = &self.engine.config;
+        let per_row = cfg
+            .response_reserve_per_row
+            .saturating_mul(u32::try_from(self.rows_out).unwrap_or(u32::MAX));
+        let reserve = (cfg.response_reserve + per_row).min(self.req.budget.total / 2);
+        self.req.budget.deadline - reserve
+    }
+
+    /// Scan time left.
+    pub(super) fn remaining(&self) -> Duration {
+        self.stop_at().saturating_duration_since(Instant::now())
+    }
+
+    pub(super) fn progressed(&self) -> bool {
+        self.frontier != self.start_frontier
+    }
+
+    /// Ends the read short of the range: partial with the frontier, or an
+    /// error when nothing at all was achieved.
+    pub(super) fn stop(
+        &self,
+        reason: PartialReason,
+        cause: Option<StorageError>,
+    ) -> Result<Ending, ReadError> {
+        if self.progressed() {
+            return Ok(Ending::Partial {
+                reason,
+                frontier: self.frontier.clone(),
+            });
+        }
+        Err(match cause {
+            Some(e) => ReadError::Storage(e),
+            None => ReadError::NoProgress {
+                budget: self.req.budget.total,
+                set_by: self.req.budget.source,
+            },
+        })
+    }
+
+    /// Pages still in flight at the deadline took at least this long: teach
+    /// the model, or it would keep sizing pages that never land (it only
+    /// ever sees the pages that do).
+    fn learn_from_abandoned_pages(&self) {
+        let now = Instant::now();
+        for s in self.buckets.iter().flat_map(|b| &b.shards) {
+            if let (true, Some(sent)) = (s.requested > 0, s.sent) {
+                if now > sent {
+                    self.engine
+                        .models
+                        .observe(&self.req.namespace.name, s.requested, now - sent);
+                }
+            }
+        }
+    }
+
+    /// Ends the read because the server drains.
+    fn stop_for_shutdown(&self) -> Result<Ending, ReadError> {
+        self.stop(PartialReason::Shutdown, None)
+            .map_err(|e| match e {
+                ReadError::NoProgress { .. } => ReadError::ShuttingDown,
+                other => other,
+            })
+    }
+
+    /// Ends the read at its deadline. Without progress, a storage error seen
+    /// on the way is the better answer than "deadline exceeded": it says why.
+    pub(super) fn stop_for_budget(&self) -> Result<Ending, ReadError> {
+        self.learn_from_abandoned_pages();
+        self.stop(self.req.budget.source.into(), self.last_error.clone())
+    }
+
+    pub(super) async fn run(&mut self, sink: &mut impl RowSink) -> Result<Ending, ReadError> {
+        loop {
+            if let Some(limit) = self.emit(sink) {
+                return self.stop(limit, None);
+            }
+            if self.buckets.is_empty() && self.index_todo.is_none() && !self.index_pending {
+                return Ok(Ending::Complete);
+            }
+            if self.remaining().is_zero() {
+                return self.stop_for_budget();
+            }
+            if !self.schedule() {
+                // The next page cannot land in time: answer now with what we have.
+                return self.stop_for_budget();
+            }
+            debug_assert!(!self.in_flight.is_empty(), "waiting on nothing");
+            sink.flush();
+            let fetched = tokio::select! {
+                biased;
+                _ = tokio::time::sleep_until(self.stop_at()) => return self.stop_for_budget(),
+                _ = self.engine.drain.cancelled() => return self.stop_for_shutdown(),
+                f = self.in_flight.next() => match f {
+                    Some(f) => f,
+                    None => return Ok(Ending::Complete),
+                },
+            };
+            if let Some(end) = self.absorb(fetched) {
+                return end;
+            }
+        }
+    }
+
+    /// Emits rows while the head bucket can be merged. Returns the limit
+    /// that stopped it, if one did (the next row is then known to exist).
+    fn emit(&mut self, sink: &mut impl RowSink) -> Option<PartialReason> {
+        let order = self.req.order;
+        let width = self.req.namespace.bucket_width_micros;
+        while let Some(head) = self.buckets.front_mut() {
+            match pick(&head.shards, |s| (&s.buf, s.done), order) {
+                Pick::NeedData => return None,
+                Pick::Exhausted => {
+                    let b = head.bucket;
+                    self.buckets.pop_front();
+                    let boundary = position::bucket_exit(b, width, &self.span, order);
+                    let forward = position::is_beyond(&boundary, &self.frontier, order);
+                    if forward {
+                        self.frontier = boundary;
+                    }
+                }
+                Pick::Row(i) => {
+                    let weight = head.shards[i].buf.front().map_or(0, Row::weight);
+                    if self.rows_out >= self.req.row_limit {
+                        return Some(PartialReason::RowLimit);
+                    }
+                    if self.rows_out > 0 && self.bytes_out + weight > self.req.byte_limit {
+                        return Some(PartialReason::ByteLimit);
+                    }
+                    let row = head.shards[i]
+                        .buf
+                        .pop_front()
+                        .expect("picked a non-empty shard");
+                    self.frontier = row.key.clone();
+                    self.rows_out += 1;
+                    self.bytes_out += weight;
+                    sink.push(row);
+                }
+            }
+        }
+        None
+    }
+
+    /// Starts the fetches the merge needs next, plus bounded read-ahead.
+    /// Returns false when the head bucket needs a page that cannot land
+    /// before the deadline and the read already has progress to return.
+    fn schedule(&mut self) -> bool {
+        let cfg = &self.engine.config;
+        let remaining = self.remaining();
+        // Rows still wanted (no more than the time left can deliver), plus
+        // one to learn whether more remain. Read-ahead beyond it would be
+        // fetched only to be discarded.
+        let affordable = self.model.affordable_rows(remaining);
+        let need = pages::rows_needed(self.req.row_limit, self.rows_out, affordable);
+        if self.index_todo.is_some()
+            && !self.index_pending
+            && self.buckets.len() <= cfg.readahead_buckets
+        {
+            self.launch_index(0, Duration::ZERO);
+        }
+        let pace = self.model.affordable_rows(remaining / 2);
+        let mut covered = 0usize;
+        let mut probe_only = false;
+        for i in 0..self.buckets.len().min(cfg.readahead_buckets + 1) {
+            let want = if i == 0 {
+                need
+            } else {
+                need.saturating_sub(covered)
+            };
+            if want == 0 {
+                break;
+            }
+            let bucket = &self.buckets[i];
+            let shards = bucket.shards.len();
+            // Pages land with time to spare for merging what the other
+            // shards return (rows that arrive too late are discarded); a
+            // bucket after one that may hold all the rows is only probed.
+            let page = pages::shard_page(want, shards, pace, i > 0 && probe_only, cfg);
+            let blocking = i == 0
+                && bucket
+                    .shards
+                    .iter()
+                    .any(|s| s.buf.is_empty() && !s.done && s.requested == 0);
+            if blocking
+                && affordable < cfg.min_storage_page
+                && self.progressed()
+                && !self.head_in_flight()
+            {
+                return false;
+            }
+            for j in 0..shards {
+                let s = &self.buckets[i].shards[j];
+                let idle = s.buf.is_empty() && !s.done && s.requested == 0;
+                if idle && (i == 0 || self.in_flight.len() < cfg.max_in_flight) {
+                    self.launch_shard(i, j, page, 0, Duration::ZERO);
+                }
+            }
+            for s in &self.buckets[i].shards {
+                // A shard that returned a full page has more rows than we
+                // know of: read-ahead past it would be premature.
+                let known_more = !s.done && (s.pages >= 2 || (s.pages == 1 && s.requested == 0));
+                covered = if known_more {
+                    usize::MAX
+                } else {
+                    covered.saturating_add(s.buf.len() + s.requested)
+                };
+                probe_only |= !s.done;
+            }
+        }
+        true
+    }
+
+    fn head_in_flight(&self) -> bool {
+        self.buckets
+            .front()
+            .is_some_and(|b| b.shards.iter().any(|s| s.requested > 0))
+    }
+
+    /// Takes in a finished fetch; Some when the read must end.
+    pub(super) fn absorb(&mut self, fetched: Fetched) -> Option<Result<Ending, ReadError>> {
+        let took = fetched.started().elapsed();
+        match fetched {
+            Fetched::Index {
+                result: Ok(found), ..
+            } => {
+                self.index_pending = false;
+                let (first, last) = self.index_todo.expect("index range while pending");
+                let limit = self.engine.config.index_page;
+                self.index_todo = match (found.last(), self.req.order) {
+                    _ if found.len() < limit => None,
+                    (None, _) => None,
+                    (Some(&b), Order::Ascending) => (b < last).then(|| (b + 1, last)),
+                    (Some(&b), Order::Descending) => (b > first).then(|| (first, b - 1)),
+                };
+                for bucket in found {
+                    let cursor = self.bucket_cursor(bucket);
+                    self.buckets.push_back(cursor);
+                }
+                None
+            }
+            Fetched::Shard {
+                bucket,
+                shard,
+                requested,
+                result: Ok(rows),
+                ..
+            } => {
+                self.engine
+                    .models
+                    .observe(&self.req.namespace.name, rows.len(), took);
+                metrics::histogram!(telemetry::STORAGE_PAGE_SECONDS).record(took.as_secs_f64());
+                self.model.observe(rows.len(), took);
+                self.stats.rows_scanned += rows.len() as u64;
+                let order = self.req.order;
+                let cursor = self.shard_mut(bucket, shard);
+                cursor.requested = 0;
+                cursor.done = rows.len() < requested;
+                if let Some(last) = rows.last() {
+                    cursor.span = cursor.span.resume_from(&last.key, order);
+                }
+                cursor.buf.extend(rows);
+                None
+            }
+            Fetched::Index {
+                attempt,
+                result: Err(err),
+                ..
+            } => self.retry_or_stop(Resend::Index, attempt, err),
+            Fetched::Shard {
+                bucket,
+                shard,
+                requested,
+                attempt,
+                result: Err(err),
+                ..
+            } => self.retry_or_stop(
+                Resend::Shard {
+                    bucket,
+                    shard,
+                    requested,
+                },
+                attempt,
+                err,
+            ),
+        }
+    }
+
+    fn shard_mut(&mut self, bucket: i64, shard: u32) -> &mut ShardCursor {
+        let b = self
+            .buckets
+            .iter_mut()
+            .find(|b| b.bucket == bucket)
+            .expect("a fetched bucket stays queued until merged");
+        &mut b.shards[shard as usize]
+    }
+}
