@@ -51,15 +51,37 @@ impl<T> Transport for T where
 {
 }
 
+/// How [`follow`] makes its calls.
+#[derive(Clone, Copy, Debug)]
+pub struct FollowOptions {
+    /// The gRPC deadline of each call, if any.
+    pub per_call: Option<Duration>,
+    /// Repeats of a call that made no progress at all (DEADLINE_EXCEEDED,
+    /// BUDGET_TOO_SMALL) before its error ends the stream; 0 passes the
+    /// first such error on.
+    pub no_progress_retries: u32,
+    /// Pause before the first repeat; it grows linearly with each one.
+    pub no_progress_backoff: Duration,
+}
+
+impl Default for FollowOptions {
+    fn default() -> Self {
+        Self {
+            per_call: None,
+            no_progress_retries: NO_PROGRESS_RETRIES,
+            no_progress_backoff: NO_PROGRESS_BACKOFF,
+        }
+    }
+}
+
 /// Every response of a logical read, in order: the first call with `request`
 /// as given, then one call per continuation token until a response is not
-/// partial. Each call carries `per_call` as its gRPC deadline (if any); a
-/// call that made no progress at all is repeated up to
-/// [`NO_PROGRESS_RETRIES`] times.
-pub fn read_pages<T: Transport>(
+/// partial. The stream ends after the first error it yields. This is the
+/// one token-following loop: the load tool, the soak and the tests use it.
+pub fn follow<T: Transport>(
     client: HourglassClient<T>,
     request: pb::ReadEventsRequest,
-    per_call: Option<Duration>,
+    options: FollowOptions,
 ) -> BoxStream<'static, Result<pb::ReadEventsResponse, Status>> {
     futures::stream::try_unfold(
         (client, Some(request)),
@@ -70,14 +92,14 @@ pub fn read_pages<T: Transport>(
             let mut attempt = 0;
             let resp = loop {
                 let mut call = Request::new(req.clone());
-                if let Some(d) = per_call {
+                if let Some(d) = options.per_call {
                     call.set_timeout(d);
                 }
                 match client.read_events(call).await {
                     Ok(r) => break r.into_inner(),
-                    Err(s) if is_no_progress(&s) && attempt < NO_PROGRESS_RETRIES => {
+                    Err(s) if is_no_progress(&s) && attempt < options.no_progress_retries => {
                         attempt += 1;
-                        tokio::time::sleep(NO_PROGRESS_BACKOFF * attempt).await;
+                        tokio::time::sleep(options.no_progress_backoff * attempt).await;
                     }
                     Err(s) => return Err(s),
                 }
@@ -90,6 +112,23 @@ pub fn read_pages<T: Transport>(
         },
     )
     .boxed()
+}
+
+/// [`follow`] with each call's gRPC deadline `per_call` and the default
+/// no-progress repeats ([`NO_PROGRESS_RETRIES`]).
+pub fn read_pages<T: Transport>(
+    client: HourglassClient<T>,
+    request: pb::ReadEventsRequest,
+    per_call: Option<Duration>,
+) -> BoxStream<'static, Result<pb::ReadEventsResponse, Status>> {
+    follow(
+        client,
+        request,
+        FollowOptions {
+            per_call,
+            ..FollowOptions::default()
+        },
+    )
 }
 
 /// Every event of a logical read, in order, following tokens to the end.

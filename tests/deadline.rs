@@ -11,10 +11,10 @@ use common::*;
 use futures::StreamExt;
 use hourglass::api::pb;
 use hourglass::api::pb::hourglass_client::HourglassClient;
+use hourglass::client::{self, FollowOptions};
 use hourglass::engine::budget::BudgetConfig;
 use hourglass::engine::EngineConfig;
 use tonic::transport::Channel;
-use tonic::Request;
 use tonic_types::StatusExt;
 
 const ROWS: usize = 1_000_000;
@@ -47,8 +47,11 @@ fn check_sequence(got: &[(i64, String)], descending: bool) {
 /// row before the test fails: a freshly written node can stall for a moment
 /// (memtable flush, GC) and the server rightly answers on time with nothing.
 const MAX_STALL: Duration = Duration::from_secs(20);
-/// Pause before repeating a call that made no progress.
+/// Pause before the first repeat of a call that made no progress; it grows
+/// linearly, so [`STALL_RETRIES`] repeats span about [`MAX_STALL`].
 const STALL_BACKOFF: Duration = Duration::from_millis(50);
+/// Repeats of a no-progress call: 50 ms x (1 + 2 + ... + 28) = 20.3 s.
+const STALL_RETRIES: u32 = 28;
 
 use hourglass::client::is_no_progress as no_progress;
 
@@ -63,7 +66,6 @@ fn client_timeout(status: &tonic::Status) -> bool {
 
 struct Summary {
     overruns: usize,
-    no_progress: usize,
     responses: usize,
     partial_by: std::collections::HashMap<i32, usize>,
     latencies: Vec<Duration>,
@@ -82,7 +84,7 @@ const MARGIN: Duration = Duration::from_millis(200);
 /// scheduler decides that; the benchmarks measure it.)
 async fn follow(
     client: &mut HourglassClient<Channel>,
-    mut req: pb::ReadEventsRequest,
+    req: pb::ReadEventsRequest,
     deadline: Option<Duration>,
     max_budget: Duration,
 ) -> (Vec<(i64, String)>, Summary) {
@@ -95,31 +97,24 @@ async fn follow(
     };
     let mut s = Summary {
         overruns: 0,
-        no_progress: 0,
         responses: 0,
         partial_by: Default::default(),
         latencies: Vec::new(),
         scanned: 0,
     };
-    let mut stalled_since: Option<Instant> = None;
-    loop {
-        let mut call = Request::new(req.clone());
-        if let Some(d) = deadline {
-            call.set_timeout(d);
-        }
-        let began = Instant::now();
-        let page = match client.read_events(call).await {
-            Ok(page) => page.into_inner(),
-            // The documented answer when not one row fits in the budget
-            // (a cold node can be that slow): retry the same call.
-            Err(status)
-                if no_progress(&status)
-                    && stalled_since.get_or_insert(began).elapsed() < MAX_STALL =>
-            {
-                s.no_progress += 1;
-                tokio::time::sleep(STALL_BACKOFF).await;
-                continue;
-            }
+    // A freshly written node can stall for a moment (memtable flush, GC)
+    // and the server rightly answers on time with nothing: repeat such a
+    // call for up to about MAX_STALL.
+    let options = FollowOptions {
+        per_call: deadline,
+        no_progress_retries: STALL_RETRIES,
+        no_progress_backoff: STALL_BACKOFF,
+    };
+    let mut pages = client::follow(client.clone(), req, options);
+    let mut began = Instant::now();
+    while let Some(page) = pages.next().await {
+        let page = match page {
+            Ok(page) => page,
             Err(status) if client_timeout(&status) => panic!(
                 "the client's deadline fired after {:?}: the server overran its budget \
                  by more than {MARGIN:?} ({status:?})",
@@ -127,7 +122,6 @@ async fn follow(
             ),
             Err(status) => panic!("read failed: {status:?}"),
         };
-        stalled_since = None;
         s.latencies.push(began.elapsed());
         s.responses += 1;
         let stats = page.stats.expect("every response has stats");
@@ -158,18 +152,18 @@ async fn follow(
             return (keys, s);
         }
         *s.partial_by.entry(page.partial_reason).or_default() += 1;
-        req.continuation_token = page.continuation_token;
+        began = Instant::now();
     }
+    panic!("the token chain ended without a complete response");
 }
 
 fn report(label: &str, s: &mut Summary) {
     s.latencies.sort();
     let p = |q: f64| s.latencies[((s.latencies.len() - 1) as f64 * q) as usize];
     eprintln!(
-        "{label}: {} responses ({} no-progress retries, {} past their budget server-side), partial by reason {:?}, latency p50 {:?} p99 {:?} max {:?}, \
+        "{label}: {} responses ({} past their budget server-side), partial by reason {:?}, latency p50 {:?} p99 {:?} max {:?}, \
          rows scanned {} for {ROWS} delivered",
         s.responses,
-        s.no_progress,
         s.overruns,
         s.partial_by,
         p(0.5),

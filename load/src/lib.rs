@@ -32,11 +32,11 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::transport::Channel;
-use tonic::Request;
 
 use crate::demo::connect;
 use hourglass::api::pb;
 use hourglass::api::pb::hourglass_client::HourglassClient;
+use hourglass::client::{follow, FollowOptions};
 use report::Report;
 use stats::{latency_since_intended, rates, Latencies, RunStats, Schedule};
 
@@ -442,20 +442,22 @@ impl Window {
 /// response's latency counts from `intended`. A read still following tokens
 /// when the run ends is abandoned and not counted as a whole read.
 async fn logical_read(
-    mut client: HourglassClient<Channel>,
+    client: HourglassClient<Channel>,
     args: &RunArgs,
     intended: Instant,
     shared: &Mutex<Shared>,
     window: Window,
 ) {
-    let mut req = request_for(args);
+    // Every response counts as it comes: a call that made no progress is
+    // an error of the run, not repeated.
+    let options = FollowOptions {
+        per_call: args.deadline_ms.map(Duration::from_millis),
+        no_progress_retries: 0,
+        ..FollowOptions::default()
+    };
+    let mut pages = follow(client, request_for(args), options);
     let mut sent = intended;
-    loop {
-        let mut call = Request::new(req.clone());
-        if let Some(ms) = args.deadline_ms {
-            call.set_timeout(Duration::from_millis(ms));
-        }
-        let result = client.read_events(call).await;
+    while let Some(result) = pages.next().await {
         let now = Instant::now();
         let counted = window.counts(now);
         let mut s = shared.lock().expect("stats lock");
@@ -472,7 +474,7 @@ async fn logical_read(
                 }
                 return;
             }
-            Ok(resp) => resp.into_inner(),
+            Ok(page) => page,
         };
         if counted {
             let latency = latency_since_intended(sent, now);
@@ -509,7 +511,6 @@ async fn logical_read(
         if window.over(now) {
             return;
         }
-        req.continuation_token = page.continuation_token;
         sent = Instant::now();
     }
 }

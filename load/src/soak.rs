@@ -16,7 +16,9 @@ use tonic::{Code, Request};
 
 use crate::demo::connect;
 use crate::{Target, LOAD_EPOCH_MICROS};
+use futures::StreamExt;
 use hourglass::api::pb;
+use hourglass::client::{follow, FollowOptions};
 
 #[derive(Debug, Clone, Args)]
 pub struct SoakArgs {
@@ -286,23 +288,13 @@ async fn one_call(
     match kind {
         // Follow tokens to the end under an SLO.
         0..60 => {
-            let mut req = req;
-            loop {
-                match client.read_events(req.clone()).await {
-                    Ok(r) => {
-                        let r = r.into_inner();
-                        let more = r.partial;
-                        record("read", Ok(()), &SHED);
-                        if !more {
-                            break;
-                        }
-                        req.continuation_token = r.continuation_token;
-                    }
-                    Err(s) => {
-                        record("read", Err(s), &SHED);
-                        break;
-                    }
-                }
+            let options = FollowOptions {
+                no_progress_retries: 0,
+                ..FollowOptions::default()
+            };
+            let mut pages = follow(client.clone(), req, options);
+            while let Some(page) = pages.next().await {
+                record("read", page.map(drop), &SHED);
             }
         }
         // Stream; a third are dropped by the client after the first message.

@@ -255,16 +255,19 @@ pub fn read_request(namespace: &str, series: &str, start: i64, end: i64) -> pb::
 /// Returns every event and the responses.
 pub async fn read_to_end(
     client: &mut HourglassClient<Channel>,
-    mut req: pb::ReadEventsRequest,
+    req: pb::ReadEventsRequest,
 ) -> (Vec<pb::Event>, Vec<pb::ReadEventsResponse>) {
+    use futures::StreamExt;
+    let page_size = effective_page_size(&req);
     let mut events = Vec::new();
     let mut pages = Vec::new();
-    loop {
-        let page = client
-            .read_events(req.clone())
-            .await
-            .expect("read")
-            .into_inner();
+    let options = hourglass::client::FollowOptions {
+        no_progress_retries: 0,
+        ..Default::default()
+    };
+    let mut stream = hourglass::client::follow(client.clone(), req, options);
+    while let Some(page) = stream.next().await {
+        let page = page.expect("read");
         assert_eq!(
             page.partial,
             !page.continuation_token.is_empty(),
@@ -275,19 +278,16 @@ pub async fn read_to_end(
             page.partial_reason != pb::PartialReason::None as i32,
             "partial <=> reason"
         );
-        assert!(
-            page.events.len() <= effective_page_size(&req),
-            "page size respected"
-        );
+        assert!(page.events.len() <= page_size, "page size respected");
         events.extend(page.events.iter().cloned());
-        let more = page.partial;
-        req.continuation_token = page.continuation_token.clone();
         pages.push(page);
-        if !more {
-            return (events, pages);
-        }
         assert!(pages.len() < 1_000_000, "read does not finish");
     }
+    assert!(
+        pages.last().is_some_and(|p| !p.partial),
+        "the last page is complete"
+    );
+    (events, pages)
 }
 
 fn effective_page_size(req: &pb::ReadEventsRequest) -> usize {
