@@ -22,7 +22,7 @@ fn tokens(c: &mut Criterion) {
     let token = ring.issue(&fp, &key);
     c.bench_function("token_issue", |b| b.iter(|| ring.issue(&fp, &key)));
     c.bench_function("token_verify", |b| {
-        b.iter(|| ring.verify(&token, &fp).unwrap())
+        b.iter(|| ring.verify(&token, &fp).unwrap());
     });
 }
 
@@ -34,7 +34,7 @@ fn merge(c: &mut Criterion) {
             .map(|s| {
                 let rows = (0..rows_per_shard)
                     .map(|i| Row {
-                        key: Key::new((i * shards + s) as i64, "id"),
+                        key: Key::new(i64::from(i * shards + s), "id"),
                         payload: Default::default(),
                         tags: Default::default(),
                     })
@@ -55,7 +55,7 @@ fn merge(c: &mut Criterion) {
                 n
             },
             criterion::BatchSize::SmallInput,
-        )
+        );
     });
 }
 
@@ -82,7 +82,7 @@ fn conversion(c: &mut Criterion) {
                 response.encode_to_vec().len()
             },
             criterion::BatchSize::SmallInput,
-        )
+        );
     });
 }
 

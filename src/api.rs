@@ -9,6 +9,7 @@ use crate::error::ServiceError;
 use crate::model::{self, Key, Namespace, NewEvent, Order, Row};
 
 /// Generated protobuf and gRPC code.
+#[allow(clippy::pedantic)]
 pub mod pb {
     tonic::include_proto!("hourglass.v1");
 
@@ -31,6 +32,11 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 pub const MAX_SLO_MILLIS: i64 = 3_600_000;
 
 type Result<T> = std::result::Result<T, ServiceError>;
+
+/// Whole microseconds of `d`, saturating.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
 
 fn check_len(field: &str, value: &str, max: usize) -> Result<()> {
     if value.is_empty() {
@@ -256,7 +262,7 @@ impl TryFrom<pb::ReadEventsRequest> for ReadParams {
                 ),
                 ))
             }
-            Some(n) => n as usize,
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
         };
         let slo = match slo_millis {
             0 => None,
@@ -266,7 +272,7 @@ impl TryFrom<pb::ReadEventsRequest> for ReadParams {
                     format!("must be between 1 and {MAX_SLO_MILLIS}, or 0 for none (got {n})"),
                 ))
             }
-            n => Some(Duration::from_millis(n as u64)),
+            n => Some(Duration::from_millis(n.unsigned_abs())),
         };
         Ok(Self {
             namespace,
@@ -326,8 +332,8 @@ impl From<ReadStats> for pb::ReadStats {
             index_pages,
             buckets_visited,
             retries,
-            elapsed_micros: elapsed.as_micros() as u64,
-            budget_micros: budget.as_micros() as u64,
+            elapsed_micros: micros(elapsed),
+            budget_micros: micros(budget),
         }
     }
 }

@@ -104,6 +104,7 @@ impl Drop for Telemetry {
 
 /// Logs to stderr as text or JSON, filtered by RUST_LOG (default info), and
 /// with `--features otel` exports spans to `--otlp-endpoint`.
+#[cfg_attr(not(feature = "otel"), allow(clippy::unnecessary_wraps))]
 fn init_tracing(cli: &Cli) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     // Colour only for a terminal: log files and collectors get plain text.

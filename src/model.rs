@@ -118,7 +118,8 @@ impl Namespace {
     /// The shard of an event id: a stable hash, identical on every replica and
     /// release (changing it would orphan stored rows).
     pub fn shard_of(&self, event_id: &str) -> u32 {
-        (fnv1a64(event_id.as_bytes()) % u64::from(self.shards)) as u32
+        let shard = fnv1a64(event_id.as_bytes()) % u64::from(self.shards);
+        u32::try_from(shard).expect("a remainder of a u32 fits a u32")
     }
 }
 
@@ -129,8 +130,8 @@ pub fn bucket_of(time: i64, width: i64) -> i64 {
 
 /// First microsecond of `bucket`, saturating at the i64 range.
 pub fn bucket_start(bucket: i64, width: i64) -> i64 {
-    (i128::from(bucket) * i128::from(width)).clamp(i128::from(i64::MIN), i128::from(i64::MAX))
-        as i64
+    let start = i128::from(bucket) * i128::from(width);
+    i64::try_from(start).unwrap_or(if start < 0 { i64::MIN } else { i64::MAX })
 }
 
 /// FNV-1a, 64 bit. Chosen for being tiny and fixed forever.

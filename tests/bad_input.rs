@@ -101,7 +101,7 @@ async fn status_of(server: &mut TestServer, call: Call) -> tonic::Status {
                 let mut s = resp.into_inner();
                 loop {
                     match s.message().await {
-                        Ok(Some(_)) => continue,
+                        Ok(Some(_)) => {}
                         Ok(None) => break Ok(()),
                         Err(e) => break Err(e),
                     }
@@ -116,6 +116,7 @@ async fn status_of(server: &mut TestServer, call: Call) -> tonic::Status {
 
 #[tokio::test]
 async fn every_bad_request_gets_its_code_reason_field_and_message() {
+    use Code::*;
     let mut server = TestServer::start().await;
     create_namespace(&mut server.client, NS, 1_000_000, 2).await;
     create_namespace(&mut server.client, "other", 1_000_000, 2).await;
@@ -175,7 +176,6 @@ async fn every_bad_request_gets_its_code_reason_field_and_message() {
     let long = |n: usize| "x".repeat(n);
     let bad_tags: std::collections::HashMap<String, String> =
         (0..33).map(|i| (format!("t{i}"), "v".into())).collect();
-    use Code::*;
     let inv = Some;
     let cases = vec![
         // Reads.
@@ -223,7 +223,7 @@ async fn every_bad_request_gets_its_code_reason_field_and_message() {
             "reversed range",
             Call::Read(read(|r| {
                 r.start_time_micros = 10;
-                r.end_time_micros = 5
+                r.end_time_micros = 5;
             })),
             InvalidArgument,
             "INVALID_FIELD",
@@ -234,7 +234,7 @@ async fn every_bad_request_gets_its_code_reason_field_and_message() {
             "empty range",
             Call::Read(read(|r| {
                 r.start_time_micros = 7;
-                r.end_time_micros = 7
+                r.end_time_micros = 7;
             })),
             InvalidArgument,
             "INVALID_FIELD",
@@ -350,7 +350,7 @@ async fn every_bad_request_gets_its_code_reason_field_and_message() {
             "token of another series",
             Call::Read(read(|r| {
                 r.series_id = "t".into();
-                r.continuation_token = token.clone()
+                r.continuation_token = token.clone();
             })),
             InvalidArgument,
             "TOKEN_QUERY_MISMATCH",
@@ -361,7 +361,7 @@ async fn every_bad_request_gets_its_code_reason_field_and_message() {
             "token of another range",
             Call::Read(read(|r| {
                 r.end_time_micros = 2_000_000;
-                r.continuation_token = token.clone()
+                r.continuation_token = token.clone();
             })),
             InvalidArgument,
             "TOKEN_QUERY_MISMATCH",
@@ -372,7 +372,7 @@ async fn every_bad_request_gets_its_code_reason_field_and_message() {
             "token of the other order",
             Call::Read(read(|r| {
                 r.order = pb::Order::Descending as i32;
-                r.continuation_token = token.clone()
+                r.continuation_token = token.clone();
             })),
             InvalidArgument,
             "TOKEN_QUERY_MISMATCH",
@@ -383,7 +383,7 @@ async fn every_bad_request_gets_its_code_reason_field_and_message() {
             "token of another namespace",
             Call::Read(read(|r| {
                 r.namespace = "other".into();
-                r.continuation_token = token.clone()
+                r.continuation_token = token.clone();
             })),
             InvalidArgument,
             "TOKEN_QUERY_MISMATCH",
@@ -561,7 +561,7 @@ async fn every_bad_request_gets_its_code_reason_field_and_message() {
             "conflicting re-create",
             namespace(|n| {
                 n.name = NS.into();
-                n.shards = 3
+                n.shards = 3;
             }),
             AlreadyExists,
             "NAMESPACE_CONFLICT",

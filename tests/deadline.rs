@@ -3,6 +3,13 @@
 //! yield exactly the written rows in order; tokens cannot be tampered with
 //! or reused for another query; StreamEvents delivers the same rows.
 
+// Test data: small counts and times converted between integer types.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -220,7 +227,13 @@ async fn a_million_rows_read_under_deadlines_exactly_once_in_order() {
     // A gRPC deadline and no SLO field: the same, with the client-deadline
     // reason; the budget is the deadline less the margin.
     let deadline = Duration::from_millis(300);
-    let (keys, mut s) = follow(&mut client, base.clone(), Some(deadline), deadline - MARGIN).await;
+    let (keys, mut s) = follow(
+        &mut client,
+        base.clone(),
+        Some(deadline),
+        deadline.checked_sub(MARGIN).unwrap(),
+    )
+    .await;
     check_sequence(&keys, false);
     assert!(s.partial_by[&(pb::PartialReason::ClientDeadline as i32)] >= 10);
     report("deadline 100 ms", &mut s);

@@ -1,6 +1,13 @@
 //! Deterministic engine tests on the in-process fake store with injected
 //! latency, under tokio's paused clock: exact times, exact rows.
 
+// Test data: small counts and times converted between integer types.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,7 +147,7 @@ async fn budget_ending_mid_page_returns_the_rows_so_far_exactly_at_the_deadline(
 async fn budget_ending_mid_bucket_and_during_read_ahead_resumes_without_gap_or_duplicate() {
     // 6 buckets of 4 shards; pages take 3 to 9 ms depending on the shard.
     let ns = namespace(1_000, 4);
-    let (store, all) = seeded(&ns, (0..6_000).map(|i| i as i64)).await;
+    let (store, all) = seeded(&ns, (0..6_000).map(i64::from)).await;
     store.set_latency(|q| MS * (3 + 2 * q.shard));
     let engine = engine(&store);
     for order in [Order::Ascending, Order::Descending] {
@@ -314,7 +321,7 @@ async fn dropping_a_read_stops_every_storage_request_at_once() {
     let mut fut = Box::pin(engine.read(&req, &mut rows));
     tokio::select! {
         _ = &mut fut => panic!("the read cannot finish in 10 ms"),
-        _ = tokio::time::sleep(10 * MS) => {}
+        () = tokio::time::sleep(10 * MS) => {}
     }
     // The head bucket's 4 shards plus read-ahead probes of 2 more buckets.
     assert_eq!(store.in_flight(), 12);
@@ -612,7 +619,7 @@ async fn pages_abandoned_at_the_deadline_teach_the_model_to_ask_for_less() {
         assert!(attempts <= 10, "never learned to fit a page in the budget");
         let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 20 * MS, 100_000)).await;
         match out {
-            Err(ReadError::NoProgress { .. }) => continue,
+            Err(ReadError::NoProgress { .. }) => {}
             Ok(_) => break rows,
             Err(e) => panic!("{e}"),
         }

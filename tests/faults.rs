@@ -4,6 +4,13 @@
 //! (and this binary runs alone: cargo runs test binaries one after another);
 //! each leaves the node running.
 
+// Test data: small counts and times converted between integer types.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 mod common;
 
 use std::collections::HashSet;

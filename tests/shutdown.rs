@@ -1,6 +1,13 @@
 //! Drain and shutdown of [`hourglass::server::run`], in process: the test
 //! owns the shutdown future, so no signal or child process is needed.
 
+// Test data: small counts and times converted between integer types.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 mod common;
 
 use std::time::Duration;

@@ -246,7 +246,7 @@ fn machine() -> String {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -259,10 +259,12 @@ fn machine() -> String {
             })
         })
         .unwrap_or(0);
-    format!("{cores} cores ({cpu}), {:.0} GiB RAM, Linux; Cassandra 5.0 single node on loopback, same machine", mem as f64 / 1048576.0)
+    format!("{cores} cores ({cpu}), {:.0} GiB RAM, Linux; Cassandra 5.0 single node on loopback, same machine", mem as f64 / 1_048_576.0)
 }
 
 /// Runs the benchmark and writes the markdown report.
+// Servers a (partial reads) and b (baseline), named as in the report.
+#[allow(clippy::many_single_char_names)]
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         !args.sizes.is_empty() && !args.clients.is_empty() && !args.slos.is_empty(),

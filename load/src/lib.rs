@@ -1,15 +1,23 @@
 //! The load tool (`hourglass-load ...`), a client of the service's public
 //! API: seeds wide series through the gRPC write API, drives reads open- or
 //! closed-loop with SLOs and deadlines, reports HdrHistogram latencies,
-//! compares reports and draws charts; the macro benchmark ([`bench`]), the
+//! compares reports and draws charts; the macro benchmark ([`bench`](mod@bench)), the
 //! soak ([`soak`]) and the quick-start demo ([`demo`]).
 //!
 //! * [`stats`]: latency recording from intended start times, HDR percentiles.
 //! * [`report`]: JSON reports, side-by-side comparison, SVG charts.
-//! * [`bench`]: starts servers and runs the macro benchmark, writes
+//! * [`bench`](mod@bench): starts servers and runs the macro benchmark, writes
 //!   `docs/benchmarks.md`.
 //! * [`soak`]: many mixed clients for minutes, RSS and scans sampled.
 //! * [`demo`]: writes a demo series and reads it back under an SLO.
+
+// The load tool converts its own synthetic counts, sizes and times between
+// integer types; they are far inside every range.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 
 pub mod bench;
 pub mod demo;

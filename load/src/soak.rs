@@ -80,7 +80,7 @@ impl SoakReport {
         let rss: Vec<f64> = self
             .samples
             .iter()
-            .map(|s| s.rss_bytes / 1048576.0)
+            .map(|s| s.rss_bytes / 1_048_576.0)
             .collect();
         let (lo, hi) = rss
             .iter()
@@ -109,6 +109,10 @@ struct Tally {
     unexpected: Vec<String>,
     calls: u64,
 }
+
+/// Refusals by the bulkhead are load shedding, not failures; so is a budget
+/// too small for one row.
+const SHED: [Code; 2] = [Code::ResourceExhausted, Code::DeadlineExceeded];
 
 /// What a well-behaved client waits after a refusal: the server's RetryInfo
 /// delay for RESOURCE_EXHAUSTED, else nothing.
@@ -194,7 +198,7 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<SoakReport> {
                 "{:>7.1}s  {:>9} calls  RSS {:>7.1} MiB  scans in flight {:>3}",
                 s.at.as_secs_f64(),
                 s.calls,
-                s.rss_bytes / 1048576.0,
+                s.rss_bytes / 1_048_576.0,
                 s.scans_in_flight
             );
         }
@@ -282,9 +286,6 @@ async fn one_call(
         slo_millis: slo,
         ..Default::default()
     };
-    // Refusals by the bulkhead are load shedding, not failures; so is a
-    // budget too small for one row.
-    const SHED: [Code; 2] = [Code::ResourceExhausted, Code::DeadlineExceeded];
     match kind {
         // Follow tokens to the end under an SLO.
         0..60 => {
@@ -332,7 +333,7 @@ async fn one_call(
         }
         // Small writes to a series of this client's own.
         85..95 => {
-            let base = LOAD_EPOCH_MICROS + (kind as i64) * 1_000_000;
+            let base = LOAD_EPOCH_MICROS + i64::from(kind) * 1_000_000;
             let events = (0..100)
                 .map(|i| pb::Event {
                     series_id: format!("soak-writes-{n}"),

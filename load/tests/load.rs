@@ -152,7 +152,11 @@ async fn a_short_soak_ends_every_scan_and_fails_nothing_unexpectedly() {
     .expect("soak");
     eprintln!("{}", report.summary());
     assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
-    assert_eq!(report.in_flight_after, 0.0, "scans left in flight");
+    assert!(
+        report.in_flight_after.abs() < 0.5,
+        "scans left in flight: {}",
+        report.in_flight_after
+    );
     for kind in [
         "read:ok",
         "stream:ok",

@@ -37,6 +37,7 @@ pub(super) enum Fetched {
 }
 
 /// What a failed fetch asked for, to send it again.
+#[derive(Clone, Copy)]
 pub(super) enum Resend {
     Index,
     Shard {

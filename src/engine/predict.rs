@@ -74,7 +74,12 @@ impl LatencyModel {
         if spare <= 0.0 {
             0
         } else {
-            (spare / self.per_row.max(f64::EPSILON)).min(usize::MAX as f64 / 2.0) as usize
+            // Non-negative and clamped below usize::MAX: the cast is exact
+            // up to rounding.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let rows =
+                (spare / self.per_row.max(f64::EPSILON)).min(usize::MAX as f64 / 2.0) as usize;
+            rows
         }
     }
 }

@@ -237,8 +237,8 @@ impl<'a, S: Storage> Scan<'a, S> {
             sink.flush();
             let fetched = tokio::select! {
                 biased;
-                _ = tokio::time::sleep_until(self.stop_at()) => return self.stop_for_budget(),
-                _ = self.engine.drain.cancelled() => return self.stop_for_shutdown(),
+                () = tokio::time::sleep_until(self.stop_at()) => return self.stop_for_budget(),
+                () = self.engine.drain.cancelled() => return self.stop_for_shutdown(),
                 f = self.in_flight.next() => match f {
                     Some(f) => f,
                     None => return Ok(Ending::Complete),

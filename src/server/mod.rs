@@ -1,6 +1,6 @@
 //! The server: [`run`] wires storage, engine, service, health, metrics and
 //! graceful drain together once, for the binary and the tests alike; the
-//! gRPC handlers live in [`service`].
+//! gRPC handlers live in `service`.
 //!
 //! Shutdown: when the `shutdown` future given to [`run`] completes, health
 //! turns NOT_SERVING, running reads end partially at once (reason

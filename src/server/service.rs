@@ -123,7 +123,7 @@ impl<S: Storage> HourglassService<S> {
             .and_then(parse_grpc_timeout);
         let principal = self.authenticate(request.metadata())?;
         let p = ReadParams::try_from(request.into_inner())?;
-        permit(&principal, Access::Read, &p.namespace)?;
+        permit(principal.as_ref(), Access::Read, &p.namespace)?;
         let budget = if self.partial_reads {
             Budget::new(&self.budget, p.slo, grpc_timeout)
         } else {
@@ -132,7 +132,10 @@ impl<S: Storage> HourglassService<S> {
         let span = tracing::Span::current();
         span.record("namespace", p.namespace.as_str());
         span.record("series", p.series_id.as_str());
-        span.record("budget_ms", budget.total.as_millis() as u64);
+        span.record(
+            "budget_ms",
+            u64::try_from(budget.total.as_millis()).unwrap_or(u64::MAX),
+        );
         let namespace = self.namespace(&p.namespace).await?;
         let fp = QueryFingerprint::new(&namespace, &p.series_id, p.start, p.end, p.order);
         let resume_after = match &p.token {
@@ -168,7 +171,7 @@ impl<S: Storage> HourglassService<S> {
 /// Checks `access` to `namespace` for the caller (always allowed without
 /// authentication).
 fn permit(
-    principal: &Option<Arc<Principal>>,
+    principal: Option<&Arc<Principal>>,
     access: Access,
     namespace: &str,
 ) -> Result<(), ServiceError> {
@@ -202,8 +205,7 @@ fn request_id(metadata: &tonic::metadata::MetadataMap) -> String {
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string)
 }
 
 /// Ends an RPC: records its outcome in the span and metrics, and maps the
@@ -248,7 +250,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             let pb::CreateNamespaceRequest { namespace } = request.into_inner();
             let ns = namespace.ok_or_else(|| ServiceError::invalid("namespace", "is required"))?;
             let ns = Namespace::try_from(ns)?;
-            permit(&principal, Access::Write, &ns.name)?;
+            permit(principal.as_ref(), Access::Write, &ns.name)?;
             tracing::Span::current().record("namespace", ns.name.as_str());
             match self.engine.storage().create_namespace(&ns).await? {
                 Created::New => Ok(ns),
@@ -270,7 +272,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             let principal = self.authenticate(request.metadata())?;
             let pb::GetNamespaceRequest { name } = request.into_inner();
             api::check_namespace_name("name", &name)?;
-            permit(&principal, Access::Read, &name)?;
+            permit(principal.as_ref(), Access::Read, &name)?;
             tracing::Span::current().record("namespace", name.as_str());
             self.namespace(&name).await
         }
@@ -288,7 +290,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             let principal = self.authenticate(request.metadata())?;
             let pb::WriteEventsRequest { namespace, events } = request.into_inner();
             api::check_namespace_name("namespace", &namespace)?;
-            permit(&principal, Access::Write, &namespace)?;
+            permit(principal.as_ref(), Access::Write, &namespace)?;
             tracing::Span::current().record("namespace", namespace.as_str());
             let events = api::validate_events(events)?;
             tracing::Span::current().record("events", events.len());
@@ -381,8 +383,8 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         tokio::spawn(
             async move {
                 tokio::select! {
-                    _ = cancel.cancelled() => tracing::debug!("client went away; read abandoned"),
-                    _ = run => {}
+                    () = cancel.cancelled() => tracing::debug!("client went away; read abandoned"),
+                    () = run => {}
                 }
             }
             .in_current_span(),

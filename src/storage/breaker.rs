@@ -72,7 +72,7 @@ impl<S: Storage> Breaker<S> {
         *self.state.lock().expect("breaker lock")
     }
 
-    fn set(&self, state: &mut CircuitState, next: CircuitState) {
+    fn set(state: &mut CircuitState, next: CircuitState) {
         if std::mem::discriminant(state) != std::mem::discriminant(&next) {
             tracing::warn!(from = ?state, to = ?next, "storage circuit changed");
         }
@@ -86,7 +86,7 @@ impl<S: Storage> Breaker<S> {
         match *state {
             CircuitState::Closed { .. } => Ok(false),
             CircuitState::Open { until } if Instant::now() >= until => {
-                self.set(&mut state, CircuitState::HalfOpen);
+                Self::set(&mut state, CircuitState::HalfOpen);
                 Ok(true)
             }
             CircuitState::Open { until } => Err(StorageError::CircuitOpen {
@@ -120,7 +120,7 @@ impl<S: Storage> Breaker<S> {
             },
             (other, _) => other,
         };
-        self.set(&mut state, next);
+        Self::set(&mut state, next);
     }
 
     async fn call<T>(
@@ -151,7 +151,7 @@ impl<S: Storage> Drop for ProbeGuard<'_, S> {
         if self.armed {
             let mut state = self.breaker.state.lock().expect("breaker lock");
             if *state == CircuitState::HalfOpen {
-                self.breaker.set(
+                Breaker::<S>::set(
                     &mut state,
                     CircuitState::Open {
                         until: Instant::now(),

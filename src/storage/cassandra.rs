@@ -275,7 +275,7 @@ impl CassandraStore {
                 ns.name.as_str(),
                 series,
                 bucket,
-                shard as i32,
+                int(shard),
                 e.row.key.time,
                 e.row.key.id.as_str(),
                 e.row.payload.as_ref(),
@@ -370,6 +370,11 @@ fn fatal(err: impl std::error::Error + Send + Sync + 'static) -> StorageError {
     StorageError::Fatal(Cause::new(err))
 }
 
+/// A validated count (shards, retention) as CQL's `int`.
+fn int(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -410,8 +415,8 @@ impl Storage for CassandraStore {
                 (
                     &ns.name,
                     ns.bucket_width_micros,
-                    ns.shards as i32,
-                    ns.retention_seconds as i32,
+                    int(ns.shards),
+                    int(ns.retention_seconds),
                 ),
             )
             .await
@@ -546,7 +551,7 @@ impl Storage for CassandraStore {
                     &q.namespace.name,
                     &*q.series_id,
                     q.bucket,
-                    q.shard as i32,
+                    int(q.shard),
                     q.span.after.time,
                     &q.span.after.id,
                     q.span.before.time,
@@ -607,7 +612,7 @@ mod tests {
 
     #[test]
     fn write_ttls_keep_the_index_slack_and_stop_before_2038() {
-        let slack = model::INDEX_TTL_SLACK_SECONDS as i32;
+        let slack = int(model::INDEX_TTL_SLACK_SECONDS);
         assert_eq!(write_ttls(0, NOW), (0, 0), "no retention, no TTL");
         assert_eq!(write_ttls(3600, NOW), (3600, 3600 + slack));
         let (rows, index) = write_ttls(model::MAX_RETENTION_SECONDS, NOW);

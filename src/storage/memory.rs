@@ -89,12 +89,11 @@ impl MemoryStore {
 impl Storage for MemoryStore {
     async fn create_namespace(&self, ns: &Namespace) -> Result<Created, StorageError> {
         let mut map = self.inner.namespaces.lock().expect("lock");
-        match map.get(&ns.name) {
-            Some(existing) => Ok(Created::Existing(existing.clone())),
-            None => {
-                map.insert(ns.name.clone(), ns.clone());
-                Ok(Created::New)
-            }
+        if let Some(existing) = map.get(&ns.name) {
+            Ok(Created::Existing(existing.clone()))
+        } else {
+            map.insert(ns.name.clone(), ns.clone());
+            Ok(Created::New)
         }
     }
 

@@ -1,6 +1,6 @@
 //! The storage layer: a small trait over what the engine needs, with the
 //! Cassandra/ScyllaDB implementation ([`cassandra`]) and an in-process fake
-//! ([`memory`]) for deterministic engine tests.
+//! (`memory`, behind the `test-util` feature) for deterministic engine tests.
 //!
 //! Storage is addressed in clustering-key terms only: a shard query reads the
 //! rows of one (series, bucket, shard) partition strictly inside a [`Span`],

@@ -80,7 +80,7 @@ pub fn keyspace() -> String {
         .next()
         .unwrap_or("t")
         .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
+        .filter(char::is_ascii_alphanumeric)
         .collect();
     format!("hg_{name}_{}", std::process::id())
 }
