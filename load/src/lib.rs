@@ -22,10 +22,12 @@
 pub mod bench;
 pub mod demo;
 pub mod report;
+pub mod seed;
 pub mod soak;
 pub mod stats;
 
-use std::collections::BTreeMap;
+pub use seed::{seed, seed_event, SeedArgs};
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,7 +36,6 @@ use clap::{Args, Subcommand, ValueEnum};
 use futures::StreamExt;
 use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
 use hdrhistogram::serialization::V2Serializer;
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
@@ -101,36 +102,6 @@ impl Target {
         anyhow::ensure!(self.span_secs >= 1, "--span-secs must be at least 1");
         Ok(())
     }
-}
-
-#[derive(Debug, Clone, Args, Serialize, Deserialize)]
-pub struct SeedArgs {
-    #[command(flatten)]
-    #[serde(flatten)]
-    pub target: Target,
-    /// Rows per series (up to 10,000,000).
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
-    pub rows_per_series: u64,
-    /// Payload size in bytes; with --payload-max-bytes, the minimum of a uniform spread.
-    #[arg(long, default_value_t = 64)]
-    pub payload_bytes: usize,
-    #[arg(long)]
-    pub payload_max_bytes: Option<usize>,
-    #[arg(long, default_value_t = 300)]
-    pub bucket_secs: u64,
-    #[arg(long, default_value_t = 4)]
-    pub shards: u32,
-    /// Events per WriteEvents call.
-    #[arg(long, default_value_t = 2000)]
-    pub batch: usize,
-    /// WriteEvents calls in flight.
-    #[arg(long, default_value_t = 8)]
-    pub concurrency: usize,
-    /// Start over instead of resuming from the checkpoint file.
-    #[arg(long)]
-    pub restart: bool,
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, Serialize, Deserialize, PartialEq, Eq)]
@@ -264,141 +235,6 @@ pub async fn main(cmd: LoadCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// Event `i` of series `series` as seeded.
-pub fn seed_event(args: &SeedArgs, series: u32, i: u64) -> pb::Event {
-    let step = (args.target.span_secs as i64 * 1_000_000) / args.rows_per_series as i64;
-    let len = match args.payload_max_bytes {
-        Some(max) if max > args.payload_bytes => {
-            // Deterministic spread, so re-seeding writes identical rows.
-            let h = (i ^ (u64::from(series) << 40)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            args.payload_bytes + (h % (max - args.payload_bytes + 1) as u64) as usize
-        }
-        _ => args.payload_bytes,
-    };
-    pb::Event {
-        series_id: format!("series-{series}"),
-        event_time_micros: LOAD_EPOCH_MICROS + i as i64 * step.max(1),
-        event_id: format!("{i:010}"),
-        payload: bytes::Bytes::from(vec![b'x'; len]),
-        tags: Default::default(),
-    }
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Checkpoint {
-    /// Rows written without gap from the start, by series.
-    done: BTreeMap<u32, u64>,
-}
-
-fn checkpoint_path(args: &SeedArgs) -> PathBuf {
-    PathBuf::from(format!("reports/seed-{}.json", args.target.namespace))
-}
-
-/// Seeds series; resumable through a checkpoint file of contiguous progress.
-pub async fn seed(args: &SeedArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
-    anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
-    args.target.validate()?;
-    if let Some(max) = args.payload_max_bytes {
-        anyhow::ensure!(
-            max >= args.payload_bytes,
-            "--payload-max-bytes must be >= --payload-bytes"
-        );
-    }
-    let mut client = connect(&args.target.server, Duration::from_secs(30)).await?;
-    client
-        .create_namespace(pb::CreateNamespaceRequest {
-            namespace: Some(pb::Namespace {
-                name: args.target.namespace.clone(),
-                bucket_width_micros: args.bucket_secs as i64 * 1_000_000,
-                shards: args.shards,
-                retention_seconds: 0,
-            }),
-        })
-        .await?;
-    let path = checkpoint_path(args);
-    let mut checkpoint: Checkpoint = if args.restart {
-        Checkpoint::default()
-    } else {
-        std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default()
-    };
-    let total = u64::from(args.target.series) * args.rows_per_series;
-    let already: u64 = checkpoint
-        .done
-        .values()
-        .map(|&d| d.min(args.rows_per_series))
-        .sum();
-    let bar = if args.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(total)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec}  ETA {eta}")
-            .expect("valid template"),
-    );
-    bar.set_position(already);
-    let began = Instant::now();
-    for s in 0..args.target.series {
-        let from = checkpoint.done.get(&s).copied().unwrap_or(0);
-        let batches: Vec<(u64, u64)> = (from..args.rows_per_series)
-            .step_by(args.batch)
-            .map(|b| (b, (b + args.batch as u64).min(args.rows_per_series)))
-            .collect();
-        let mut writes = futures::stream::iter(batches.into_iter().map(|(lo, hi)| {
-            let mut c = client.clone();
-            let events = (lo..hi).map(|i| seed_event(args, s, i)).collect();
-            let namespace = args.target.namespace.clone();
-            async move {
-                c.write_events(pb::WriteEventsRequest { namespace, events })
-                    .await
-                    .map(|_| (lo, hi))
-            }
-        }))
-        .buffered(args.concurrency);
-        let mut last_save = Instant::now();
-        while let Some(r) = writes.next().await {
-            let (_, hi) = r.map_err(|e| anyhow::anyhow!("WriteEvents failed: {}", e.message()))?;
-            // `buffered` yields in order, so `hi` is a contiguous prefix.
-            checkpoint.done.insert(s, hi);
-            bar.set_position(
-                checkpoint
-                    .done
-                    .values()
-                    .map(|&d| d.min(args.rows_per_series))
-                    .sum::<u64>(),
-            );
-            if last_save.elapsed() > Duration::from_secs(1) {
-                save_checkpoint(&path, &checkpoint)?;
-                last_save = Instant::now();
-            }
-        }
-        save_checkpoint(&path, &checkpoint)?;
-    }
-    bar.finish_and_clear();
-    let written = total - already;
-    let secs = began.elapsed().as_secs_f64();
-    println!(
-        "seeded {} series x {} rows into {:?}: wrote {written} rows in {secs:.1} s ({:.0} rows/s)",
-        args.target.series,
-        args.rows_per_series,
-        args.target.namespace,
-        written as f64 / secs.max(1e-9)
-    );
-    Ok(())
-}
-
-fn save_checkpoint(path: &PathBuf, c: &Checkpoint) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(path, serde_json::to_string(c)?)?;
-    Ok(())
 }
 
 fn request_for(args: &RunArgs) -> pb::ReadEventsRequest {
