@@ -31,7 +31,9 @@ use crate::storage::{Storage, StorageError};
 use crate::token::KeyRing;
 use calls::{CallTracker, TrackCallsLayer};
 
-pub use service::{HourglassService, MAX_STREAMS_PER_CONNECTION, STREAM_BATCH_ROWS};
+pub use service::{
+    HourglassService, MAX_STREAMS_PER_CONNECTION, NAMESPACE_MISS_TTL, STREAM_BATCH_ROWS,
+};
 
 /// Default bound on how long in-flight calls may run after shutdown began.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);

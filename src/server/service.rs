@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -29,6 +30,39 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// Rows per StreamEvents batch at most.
 pub const STREAM_BATCH_ROWS: usize = 1000;
 
+/// How long a replica answers NOT_FOUND for a namespace name from memory
+/// after storage said it does not exist. A namespace created through this
+/// replica is known at once; one created through another replica may be
+/// NOT_FOUND here for up to this long.
+pub const NAMESPACE_MISS_TTL: Duration = Duration::from_secs(1);
+/// Most names the miss cache holds; past it, it starts over.
+const NAMESPACE_MISS_MAX: usize = 10_000;
+
+/// Namespace names storage recently reported absent, with when.
+#[derive(Default)]
+struct MissCache(std::sync::Mutex<HashMap<String, Instant>>);
+
+impl MissCache {
+    fn recent(&self, name: &str) -> bool {
+        let misses = self.0.lock().expect("miss cache");
+        misses
+            .get(name)
+            .is_some_and(|at| at.elapsed() < NAMESPACE_MISS_TTL)
+    }
+
+    fn remember(&self, name: &str) {
+        let mut misses = self.0.lock().expect("miss cache");
+        if misses.len() >= NAMESPACE_MISS_MAX {
+            misses.clear();
+        }
+        misses.insert(name.to_string(), Instant::now());
+    }
+
+    fn forget(&self, name: &str) {
+        self.0.lock().expect("miss cache").remove(name);
+    }
+}
+
 /// The Hourglass gRPC service over a store.
 pub struct HourglassService<S> {
     engine: Arc<ReadEngine<S>>,
@@ -36,6 +70,8 @@ pub struct HourglassService<S> {
     budget: BudgetConfig,
     /// Namespaces are immutable once created, so a hit never goes stale.
     namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
+    /// Names recently found not to exist.
+    misses: MissCache,
     /// False: budgets ignore SLOs and deadlines (benchmark baseline).
     partial_reads: bool,
     /// Bounds concurrent scans; a read holds a permit while it scans.
@@ -51,6 +87,7 @@ impl<S: Storage> HourglassService<S> {
             keys,
             budget,
             namespaces: RwLock::new(HashMap::new()),
+            misses: MissCache::default(),
             partial_reads: true,
             bulkhead: Bulkhead::default(),
             auth: None,
@@ -92,16 +129,37 @@ impl<S: Storage> HourglassService<S> {
         self
     }
 
-    async fn namespace(&self, name: &str) -> Result<Arc<Namespace>, ServiceError> {
+    /// The namespace `name`, from the cache or storage. With `budget`, a
+    /// read's, the storage lookup waits no longer than the budget's time
+    /// left: past it the read ends as one that fit no row (a cold cache
+    /// never costs a read more than its budget). An unknown name is
+    /// remembered for [`NAMESPACE_MISS_TTL`], so repeated reads of it do not
+    /// each ask storage.
+    async fn namespace(
+        &self,
+        name: &str,
+        budget: Option<&Budget>,
+    ) -> Result<Arc<Namespace>, ServiceError> {
         if let Some(ns) = self.namespaces.read().expect("namespace cache").get(name) {
             return Ok(ns.clone());
         }
-        let ns = self
-            .engine
-            .storage()
-            .get_namespace(name)
-            .await?
-            .ok_or_else(|| ServiceError::NamespaceNotFound(name.to_string()))?;
+        if self.misses.recent(name) {
+            return Err(ServiceError::NamespaceNotFound(name.to_string()));
+        }
+        let lookup = self.engine.storage().get_namespace(name);
+        let found = match budget {
+            None => lookup.await?,
+            Some(b) => tokio::time::timeout(b.remaining(), lookup)
+                .await
+                .map_err(|_| ServiceError::NoProgress {
+                    budget: b.total,
+                    set_by: b.source,
+                })??,
+        };
+        let Some(ns) = found else {
+            self.misses.remember(name);
+            return Err(ServiceError::NamespaceNotFound(name.to_string()));
+        };
         let ns = Arc::new(ns);
         self.namespaces
             .write()
@@ -136,7 +194,7 @@ impl<S: Storage> HourglassService<S> {
             "budget_ms",
             u64::try_from(budget.total.as_millis()).unwrap_or(u64::MAX),
         );
-        let namespace = self.namespace(&p.namespace).await?;
+        let namespace = self.namespace(&p.namespace, Some(&budget)).await?;
         let fp = QueryFingerprint::new(&namespace, &p.series_id, p.start, p.end, p.order);
         let resume_after = match &p.token {
             None => None,
@@ -252,6 +310,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             let ns = Namespace::try_from(ns)?;
             permit(principal.as_ref(), Access::Write, &ns.name)?;
             tracing::Span::current().record("namespace", ns.name.as_str());
+            self.misses.forget(&ns.name);
             match self.engine.storage().create_namespace(&ns).await? {
                 Created::New => Ok(ns),
                 Created::Existing(existing) if existing == ns => Ok(ns),
@@ -274,7 +333,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             api::check_namespace_name("name", &name)?;
             permit(principal.as_ref(), Access::Read, &name)?;
             tracing::Span::current().record("namespace", name.as_str());
-            self.namespace(&name).await
+            self.namespace(&name, None).await
         }
         .await;
         finish("GetNamespace", started, result, ok).map(|ns| Response::new((*ns).clone().into()))
@@ -294,7 +353,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             tracing::Span::current().record("namespace", namespace.as_str());
             let events = api::validate_events(events)?;
             tracing::Span::current().record("events", events.len());
-            let ns = self.namespace(&namespace).await?;
+            let ns = self.namespace(&namespace, None).await?;
             self.engine.storage().write_events(&ns, &events).await?;
             Ok(events.len() as u64)
         }

@@ -27,6 +27,8 @@ struct Inner {
     partitions: Mutex<BTreeMap<PartitionKey, BTreeMap<Key, Row>>>,
     buckets: Mutex<HashMap<(String, String), BTreeSet<i64>>>,
     latency: Mutex<Option<LatencyFn>>,
+    namespace_latency: Mutex<Duration>,
+    namespace_lookups: AtomicU64,
     failures: Mutex<VecDeque<StorageError>>,
     shard_queries: AtomicU64,
     index_queries: AtomicU64,
@@ -58,6 +60,16 @@ impl MemoryStore {
     /// Every later shard query sleeps for `f(query)` (tokio time: pausable).
     pub fn set_latency(&self, f: impl Fn(&ShardQuery) -> Duration + Send + Sync + 'static) {
         *self.inner.latency.lock().expect("lock") = Some(Arc::new(f));
+    }
+
+    /// Every later namespace lookup sleeps this long (tokio time).
+    pub fn set_namespace_latency(&self, latency: Duration) {
+        *self.inner.namespace_latency.lock().expect("lock") = latency;
+    }
+
+    /// Namespace lookups started so far.
+    pub fn namespace_lookups(&self) -> u64 {
+        self.inner.namespace_lookups.load(Ordering::SeqCst)
     }
 
     /// The next shard queries fail with these errors, one each, after their latency.
@@ -98,6 +110,11 @@ impl Storage for MemoryStore {
     }
 
     async fn get_namespace(&self, name: &str) -> Result<Option<Namespace>, StorageError> {
+        self.inner.namespace_lookups.fetch_add(1, Ordering::SeqCst);
+        let latency = *self.inner.namespace_latency.lock().expect("lock");
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
         Ok(self
             .inner
             .namespaces

@@ -1,0 +1,124 @@
+//! The gRPC service over the in-process fake store, under tokio's paused
+//! clock: the namespace lookup of a read stays inside the read's budget,
+//! and unknown namespaces are remembered briefly instead of asked for on
+//! every read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hourglass::api::pb;
+use hourglass::api::pb::hourglass_server::Hourglass;
+use hourglass::engine::budget::BudgetConfig;
+use hourglass::engine::{EngineConfig, ReadEngine};
+use hourglass::model::Namespace;
+use hourglass::server::{HourglassService, NAMESPACE_MISS_TTL};
+use hourglass::storage::memory::MemoryStore;
+use hourglass::storage::Storage;
+use hourglass::token::KeyRing;
+use tokio::time::Instant;
+use tonic::{Code, Request};
+use tonic_types::StatusExt;
+
+const SLO_MS: i64 = 20;
+
+fn service(store: &MemoryStore) -> HourglassService<MemoryStore> {
+    let engine = Arc::new(ReadEngine::new(
+        Arc::new(store.clone()),
+        EngineConfig::default(),
+    ));
+    let keys = KeyRing::parse("t:0123456789abcdef0123", Duration::from_secs(60)).expect("keys");
+    HourglassService::new(engine, keys, BudgetConfig::default())
+}
+
+fn read(namespace: &str) -> Request<pb::ReadEventsRequest> {
+    Request::new(pb::ReadEventsRequest {
+        namespace: namespace.into(),
+        series_id: "s".into(),
+        start_time_micros: 0,
+        end_time_micros: 1_000,
+        slo_millis: SLO_MS,
+        ..Default::default()
+    })
+}
+
+async fn create(store: &MemoryStore, name: &str) {
+    let ns = Namespace::checked(name.into(), 1_000, 1, 0).expect("valid");
+    store.create_namespace(&ns).await.expect("create");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_namespace_lookup_ends_the_read_within_its_budget() {
+    let store = MemoryStore::new();
+    create(&store, "slow").await;
+    store.set_namespace_latency(Duration::from_secs(10));
+    let svc = service(&store);
+    let began = Instant::now();
+    let status = svc
+        .read_events(read("slow"))
+        .await
+        .expect_err("no time left");
+    assert!(
+        began.elapsed() <= Duration::from_millis(SLO_MS as u64),
+        "waited {:?} on the lookup",
+        began.elapsed()
+    );
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    let info = status.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "BUDGET_TOO_SMALL");
+
+    // Once storage answers in time the namespace is cached: no lookup waits.
+    store.set_namespace_latency(Duration::from_millis(1));
+    svc.read_events(read("slow")).await.expect("read");
+    store.set_namespace_latency(Duration::from_secs(10));
+    let began = Instant::now();
+    let page = svc
+        .read_events(read("slow"))
+        .await
+        .expect("cached")
+        .into_inner();
+    assert!(!page.partial);
+    assert!(began.elapsed() < Duration::from_millis(SLO_MS as u64));
+    assert_eq!(store.namespace_lookups(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_namespaces_are_remembered_briefly() {
+    let store = MemoryStore::new();
+    let svc = service(&store);
+    for _ in 0..3 {
+        let status = svc.read_events(read("nope")).await.expect_err("unknown");
+        assert_eq!(status.code(), Code::NotFound);
+    }
+    assert_eq!(store.namespace_lookups(), 1, "the miss is remembered");
+
+    tokio::time::advance(NAMESPACE_MISS_TTL).await;
+    let status = svc.read_events(read("nope")).await.expect_err("unknown");
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(store.namespace_lookups(), 2, "asked again after the TTL");
+
+    // Created through this replica: known at once, the miss forgotten.
+    svc.create_namespace(Request::new(pb::CreateNamespaceRequest {
+        namespace: Some(pb::Namespace {
+            name: "nope".into(),
+            bucket_width_micros: 1_000,
+            shards: 1,
+            retention_seconds: 0,
+        }),
+    }))
+    .await
+    .expect("create");
+    let page = svc.read_events(read("nope")).await.expect("now it exists");
+    assert!(!page.into_inner().partial);
+
+    // Created elsewhere (straight in storage): NOT_FOUND at most for the TTL.
+    let status = svc
+        .read_events(read("elsewhere"))
+        .await
+        .expect_err("unknown");
+    assert_eq!(status.code(), Code::NotFound);
+    create(&store, "elsewhere").await;
+    tokio::time::advance(NAMESPACE_MISS_TTL).await;
+    svc.read_events(read("elsewhere"))
+        .await
+        .expect("found after the TTL");
+}
