@@ -22,8 +22,15 @@ pub mod pb {
 pub const DEFAULT_PAGE_SIZE: usize = 1000;
 /// Most rows per response.
 pub const MAX_PAGE_SIZE: usize = 100_000;
-/// Bytes per response when the request says 0.
-pub const DEFAULT_PAGE_BYTES: usize = 4 << 20;
+/// The receive limit gRPC clients default to (tonic, grpc-java, grpcio,
+/// grpc-go): 4 MiB per message.
+pub const DEFAULT_CLIENT_MESSAGE_BYTES: usize = 4 << 20;
+/// Room kept for the rest of a response (token, stats, watermark: well under
+/// 1 KiB) next to its events.
+pub const RESPONSE_OVERHEAD_BYTES: usize = 64 << 10;
+/// Encoded event bytes per response when the request leaves
+/// `page_bytes_limit` unset: a default page fits a default client.
+pub const DEFAULT_PAGE_BYTES: usize = DEFAULT_CLIENT_MESSAGE_BYTES - RESPONSE_OVERHEAD_BYTES;
 /// Most bytes per response (below the gRPC message limit).
 pub const MAX_PAGE_BYTES: usize = 32 << 20;
 /// Largest gRPC message the server accepts or sends.
@@ -350,5 +357,51 @@ pub fn stream_end(outcome: ReadOutcome, token: impl FnOnce(&Key) -> String) -> p
         continuation_token: token,
         watermark_micros: outcome.watermark,
         stats: Some(outcome.stats.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    /// A row's weight is exactly what it adds to an encoded response.
+    #[test]
+    fn row_weights_are_encoded_sizes() {
+        let rows = [
+            Row {
+                key: Key::new(0, "a"),
+                payload: bytes::Bytes::new(),
+                tags: Default::default(),
+            },
+            Row {
+                key: Key::new(-1, "日本"),
+                payload: bytes::Bytes::from(vec![7; 300]),
+                tags: [("k".to_string(), "v".repeat(200))].into(),
+            },
+            Row {
+                key: Key::new(i64::MAX - 1, "e".repeat(256)),
+                payload: bytes::Bytes::from(vec![1; 1 << 20]),
+                tags: (0..32)
+                    .map(|i| (format!("t{i}"), "x".repeat(i)))
+                    .filter(|(_, v)| !v.is_empty())
+                    .collect(),
+            },
+        ];
+        for series in ["s", &"series".repeat(40)] {
+            let mut all = pb::ReadEventsResponse::default();
+            let mut total = 0;
+            for row in &rows {
+                let weight = row.weight(series.len());
+                let one = pb::ReadEventsResponse {
+                    events: vec![event_of(series, row.clone())],
+                    ..Default::default()
+                };
+                assert_eq!(weight, one.encoded_len(), "{series:?} {:?}", row.key);
+                all.events.push(event_of(series, row.clone()));
+                total += weight;
+            }
+            assert_eq!(total, all.encoded_len());
+        }
     }
 }

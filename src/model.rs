@@ -152,17 +152,55 @@ pub struct Row {
 }
 
 impl Row {
-    /// Bytes this row counts against a page's byte limit.
-    pub fn weight(&self) -> usize {
-        self.key.id.len()
-            + self.payload.len()
-            + self
-                .tags
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()
-            + std::mem::size_of::<i64>()
+    /// Bytes this row adds to a read response whose events belong to a
+    /// series id of `series_len` bytes: the encoded `Event` (series id,
+    /// time, id, payload, tags) with its field tag and length prefix, as the
+    /// wire carries it (exactly; tags with an empty key or value are counted
+    /// as if encoded, so at most one byte each over). What
+    /// `page_bytes_limit` bounds.
+    pub fn weight(&self, series_len: usize) -> usize {
+        let tags: usize = self
+            .tags
+            .iter()
+            .map(|(k, v)| embedded(field(k.len()) + field(v.len())))
+            .sum();
+        let time = if self.key.time == 0 {
+            0
+        } else {
+            1 + varint_len(u64::from_ne_bytes(self.key.time.to_ne_bytes()))
+        };
+        embedded(
+            nonempty_field(series_len)
+                + time
+                + nonempty_field(self.key.id.len())
+                + nonempty_field(self.payload.len())
+                + tags,
+        )
     }
+}
+
+/// Bytes of a protobuf varint of `v`.
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// A length-delimited field of `len` bytes with its one-byte tag.
+fn field(len: usize) -> usize {
+    1 + varint_len(len as u64) + len
+}
+
+/// [`field`], omitted (proto3) when empty.
+fn nonempty_field(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        field(len)
+    }
+}
+
+/// A message of `len` bytes embedded as a field (repeated or map entry).
+fn embedded(len: usize) -> usize {
+    field(len)
 }
 
 /// An event to write, already validated.

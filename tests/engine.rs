@@ -529,7 +529,7 @@ proptest! {
                 };
                 prop_assert!(out.stats.elapsed <= req.budget.total);
                 prop_assert!(rows.len() <= page);
-                let bytes: usize = rows.iter().map(Row::weight).sum();
+                let bytes: usize = rows.iter().map(|r| r.weight(1)).sum();
                 prop_assert!(rows.len() <= 1 || bytes <= byte_limit, "byte limit passed");
                 // What the range holds now, in read order; this call must
                 // return exactly its next rows after the frontier.

@@ -187,7 +187,8 @@ async fn the_byte_limit_cuts_pages_and_tokens_continue_them() {
         })
         .collect();
     write_all(&server.client, "bytes", written.clone()).await;
-    // Each row weighs 100 payload + 4 id + 8 time = 112 bytes: 3 fit in 400.
+    // Each event encodes to about 117 bytes in a response (series id, time,
+    // id, 100-byte payload, framing): 3 fit in 400.
     let req = pb::ReadEventsRequest {
         page_bytes_limit: Some(400),
         ..read_request("bytes", "b", 0, i64::MAX)
@@ -197,6 +198,14 @@ async fn the_byte_limit_cuts_pages_and_tokens_continue_them() {
     assert_eq!(pages.len(), 17);
     for p in &pages[..16] {
         assert_eq!(p.events.len(), 3);
+        let events = pb::ReadEventsResponse {
+            events: p.events.clone(),
+            ..Default::default()
+        };
+        assert!(
+            prost::Message::encoded_len(&events) <= 400,
+            "the limit bounds encoded bytes"
+        );
         assert_eq!(p.partial_reason(), pb::PartialReason::ByteLimit);
     }
     assert_eq!(pages[16].events.len(), 2);
@@ -437,6 +446,39 @@ async fn namespaces_stored_against_the_rules_are_refused_by_name_and_field() {
                 "{name}: {}",
                 status.message()
             );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_default_client_reads_wide_pages_of_1_kib_rows_to_the_end() {
+    let mut server = TestServer::start().await;
+    create_namespace(&mut server.client, "kib", 60_000_000, 2).await;
+    let written: Vec<_> = (0..12_000)
+        .map(|i| pb::Event {
+            payload: bytes::Bytes::from(vec![b'k'; 1024]),
+            ..event("s", i * 1_000, &format!("{i:06}"))
+        })
+        .collect();
+    write_all(&server.client, "kib", written.clone()).await;
+    // No raised limits: the 4 MiB receive limit every gRPC client defaults to.
+    let mut client = hourglass::api::pb::hourglass_client::HourglassClient::connect(format!(
+        "http://{}",
+        server.addr
+    ))
+    .await
+    .expect("connect a default client");
+    for page_size in [None, Some(100_000)] {
+        let req = pb::ReadEventsRequest {
+            page_size,
+            ..read_request("kib", "s", 0, i64::MAX)
+        };
+        let (got, pages) = read_to_end(&mut client, req).await;
+        assert_eq!(got, written, "page size {page_size:?}");
+        if page_size.is_some() {
+            // 12 MB of rows: cut by the default byte limit, not the row count.
+            assert!(pages.len() >= 3, "{} pages", pages.len());
+            assert_eq!(pages[0].partial_reason(), pb::PartialReason::ByteLimit);
         }
     }
 }

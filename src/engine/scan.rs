@@ -268,7 +268,11 @@ impl<'a, S: Storage> Scan<'a, S> {
                     }
                 }
                 Pick::Row(i) => {
-                    let weight = head.shards[i].buf.front().map_or(0, Row::weight);
+                    let series_len = self.req.series_id.len();
+                    let weight = head.shards[i]
+                        .buf
+                        .front()
+                        .map_or(0, |r| r.weight(series_len));
                     if self.rows_out >= self.req.row_limit {
                         return Some(PartialReason::RowLimit);
                     }

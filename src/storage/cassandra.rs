@@ -496,7 +496,7 @@ impl Storage for CassandraStore {
                 let mut bytes = 0;
                 let mut end = start;
                 while end < rows.len() && end - start < BATCH_MAX_ROWS {
-                    let weight = rows[end].row.weight();
+                    let weight = rows[end].row.weight(series.len());
                     if end > start && bytes + weight > BATCH_MAX_BYTES {
                         break;
                     }
