@@ -628,3 +628,47 @@ async fn pages_abandoned_at_the_deadline_teach_the_model_to_ask_for_less() {
     assert!(!rows.is_empty());
     assert_rows(&rows, &all[..rows.len()]);
 }
+
+/// The false BUDGET_TOO_SMALL: pages up to a few hundred rows cost about a
+/// fixed half millisecond (the per-row cost hides in it), larger ones 5 µs
+/// a row.
+/// A model fitted on small pages alone must not be trusted to send whole
+/// 5,000-row pages for every shard of the head bucket: none would land in a
+/// 20 ms budget and the merge, needing every shard, would emit nothing.
+#[test]
+fn a_model_fitted_on_small_pages_never_starves_a_read() {
+    run_paused(async {
+        let ns = namespace(1_000_000_000, 4);
+        let (store, all) = seeded(&ns, (0..40_000).map(|i| i * 10)).await;
+        store.set_latency(|q| {
+            let rows = q.limit as u64;
+            if rows <= 300 {
+                Duration::from_micros(500 + rows / 20)
+            } else {
+                Duration::from_micros(1_000 + 5 * rows)
+            }
+        });
+        let engine = engine(&store);
+        // Warm the model with small pages only.
+        for i in 0..40 {
+            let limit = [20, 200, 600, 1100][i % 4];
+            let (_, out) = read(&engine, &request(&ns, Order::Ascending, 50 * MS, limit)).await;
+            out.expect("small pages");
+        }
+        let mut got = Vec::new();
+        let mut resume = None;
+        for call in 0.. {
+            assert!(call < 10_000, "the chain never ends");
+            let mut req = request(&ns, Order::Ascending, 20 * MS, 100_000);
+            req.resume_after = resume.clone();
+            let (rows, out) = read(&engine, &req).await;
+            let out = out.unwrap_or_else(|e| panic!("call {call}: {e}"));
+            got.extend(rows);
+            match out.ending {
+                Ending::Complete => break,
+                Ending::Partial { .. } => resume = Some(frontier(&out)),
+            }
+        }
+        assert_rows(&got, &all);
+    });
+}

@@ -110,12 +110,23 @@ impl<S: Storage> Scan<'_, S> {
         let cursor = &mut bucket.shards[shard_idx];
         // Slow start only where the budget is tight: when even the full page
         // is expected to take a small share of the time left, ask for it.
+        let full = page;
         let page = pages::slow_start(
             page,
             self.model.predict(page),
             timeout,
             cursor.pages,
+            self.model.trusted_rows(),
             &self.engine.config,
+        );
+        tracing::debug!(
+            bucket = b,
+            shard = cursor.shard,
+            full,
+            page,
+            ?timeout,
+            ?delay,
+            "page sent"
         );
         cursor.pages += 1;
         cursor.requested = page;

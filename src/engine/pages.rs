@@ -38,18 +38,20 @@ pub fn shard_page(
 }
 
 /// Slow start: the page actually sent for a shard's page number
-/// `pages_sent` (0 for its first). Where the full `page` is expected to take
-/// at most 1/[`SLOW_START_HEADROOM`] of `timeout` it is sent whole;
-/// otherwise the shard starts at `initial_storage_page` rows and doubles per
-/// page, so first rows arrive fast under tight budgets.
+/// `pages_sent` (0 for its first). Where the full `page` is within the
+/// latency model's evidence (at most `trusted` rows) and expected to take at
+/// most 1/[`SLOW_START_HEADROOM`] of `timeout`, it is sent whole; otherwise
+/// the shard starts at `initial_storage_page` rows and doubles per page, so
+/// first rows arrive fast under tight budgets.
 pub fn slow_start(
     page: usize,
     predicted: Duration,
     timeout: Duration,
     pages_sent: u32,
+    trusted: usize,
     cfg: &EngineConfig,
 ) -> usize {
-    if predicted.saturating_mul(SLOW_START_HEADROOM) <= timeout {
+    if page <= trusted && predicted.saturating_mul(SLOW_START_HEADROOM) <= timeout {
         return page;
     }
     let ramp = cfg
@@ -122,23 +124,18 @@ mod tests {
     #[test]
     fn slow_start_ramps_only_under_tight_budgets() {
         let cfg = EngineConfig::default(); // initial 128
-        assert_eq!(
-            slow_start(4000, MS, 10 * MS, 0, &cfg),
-            4000,
-            "roomy: whole page"
-        );
-        assert_eq!(slow_start(4000, 5 * MS, 10 * MS, 0, &cfg), 128);
-        assert_eq!(slow_start(4000, 5 * MS, 10 * MS, 2, &cfg), 512);
-        assert_eq!(
-            slow_start(300, 5 * MS, 10 * MS, 3, &cfg),
-            300,
-            "never above the page"
-        );
-        assert_eq!(
-            slow_start(4000, 5 * MS, 10 * MS, 40, &cfg),
-            4000,
-            "no overflow"
-        );
+        let t = usize::MAX;
+        let roomy = slow_start(4000, MS, 10 * MS, 0, t, &cfg);
+        assert_eq!(roomy, 4000, "roomy: whole page");
+        assert_eq!(slow_start(4000, 5 * MS, 10 * MS, 0, t, &cfg), 128);
+        assert_eq!(slow_start(4000, 5 * MS, 10 * MS, 2, t, &cfg), 512);
+        let small = slow_start(300, 5 * MS, 10 * MS, 3, t, &cfg);
+        assert_eq!(small, 300, "never above the page");
+        let late = slow_start(4000, 5 * MS, 10 * MS, 40, t, &cfg);
+        assert_eq!(late, 4000, "no overflow");
+        // Beyond the model's evidence a roomy prediction is not trusted.
+        assert_eq!(slow_start(4000, MS, 10 * MS, 0, 512, &cfg), 128);
+        assert_eq!(slow_start(500, MS, 10 * MS, 0, 512, &cfg), 500);
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct LatencyModel {
     mean_xy: f64,
     base: f64,
     per_row: f64,
+    /// The largest page seen to land: the model is trusted up to twice it.
+    max_rows: usize,
 }
 
 impl Default for LatencyModel {
@@ -41,6 +43,7 @@ impl Default for LatencyModel {
             mean_xy: 0.0,
             base: PRIOR_BASE_SECS,
             per_row: PRIOR_PER_ROW_SECS,
+            max_rows: 0,
         }
     }
 }
@@ -48,6 +51,26 @@ impl Default for LatencyModel {
 impl LatencyModel {
     /// Folds in one page that returned `rows` rows in `took`.
     pub fn observe(&mut self, rows: usize, took: Duration) {
+        self.max_rows = self.max_rows.max(rows);
+        self.fit(rows, took);
+    }
+
+    /// Folds in a page of `rows` abandoned after `took` (a lower bound of its
+    /// latency): it informs the fit but, never having landed, not the range
+    /// of page sizes the model is trusted for.
+    pub fn observe_abandoned(&mut self, rows: usize, took: Duration) {
+        self.fit(rows, took);
+    }
+
+    /// Pages up to this many rows are within the model's evidence: at most
+    /// twice the largest page seen to land. A line fitted on small pages,
+    /// where a fixed cost hides the per-row cost, says little about pages
+    /// twenty times larger.
+    pub fn trusted_rows(&self) -> usize {
+        self.max_rows.saturating_mul(2)
+    }
+
+    fn fit(&mut self, rows: usize, took: Duration) {
         let (x, y) = (rows as f64, took.as_secs_f64());
         self.mean_x += ALPHA * (x - self.mean_x);
         self.mean_y += ALPHA * (y - self.mean_y);
@@ -103,12 +126,21 @@ impl LatencyModels {
 
     /// Records one page of a namespace.
     pub fn observe(&self, namespace: &str, rows: usize, took: Duration) {
+        self.update(namespace, |m| m.observe(rows, took));
+    }
+
+    /// Records a page of a namespace abandoned after `took`.
+    pub fn observe_abandoned(&self, namespace: &str, rows: usize, took: Duration) {
+        self.update(namespace, |m| m.observe_abandoned(rows, took));
+    }
+
+    fn update(&self, namespace: &str, f: impl FnOnce(&mut LatencyModel)) {
         let mut map = self.by_namespace.lock().expect("latency model lock");
         if let Some(m) = map.get_mut(namespace) {
-            m.observe(rows, took);
+            f(m);
         } else {
             let mut m = LatencyModel::default();
-            m.observe(rows, took);
+            f(&mut m);
             map.insert(namespace.to_string(), m);
         }
     }

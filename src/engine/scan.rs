@@ -194,9 +194,11 @@ impl<'a, S: Storage> Scan<'a, S> {
         for s in self.buckets.iter().flat_map(|b| &b.shards) {
             if let (true, Some(sent)) = (s.requested > 0, s.sent) {
                 if now > sent {
-                    self.engine
-                        .models
-                        .observe(&self.req.namespace.name, s.requested, now - sent);
+                    self.engine.models.observe_abandoned(
+                        &self.req.namespace.name,
+                        s.requested,
+                        now - sent,
+                    );
                 }
             }
         }
@@ -214,6 +216,14 @@ impl<'a, S: Storage> Scan<'a, S> {
     /// Ends the read at its deadline. Without progress, a storage error seen
     /// on the way is the better answer than "deadline exceeded": it says why.
     pub(super) fn stop_for_budget(&self) -> Result<Ending, ReadError> {
+        tracing::debug!(
+            in_flight = self.in_flight.len(),
+            buckets = self.buckets.len(),
+            index_pending = self.index_pending,
+            rows_out = self.rows_out,
+            elapsed = ?self.req.budget.elapsed(),
+            "budget ends the scan"
+        );
         self.learn_from_abandoned_pages();
         self.stop(self.req.budget.source.into(), self.last_error.clone())
     }
@@ -397,6 +407,14 @@ impl<'a, S: Storage> Scan<'a, S> {
                 result: Ok(rows),
                 ..
             } => {
+                tracing::debug!(
+                    bucket,
+                    shard,
+                    requested,
+                    rows = rows.len(),
+                    ?took,
+                    "page landed"
+                );
                 self.engine
                     .models
                     .observe(&self.req.namespace.name, rows.len(), took);
