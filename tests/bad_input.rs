@@ -2,6 +2,8 @@
 //! the right gRPC code, a stable ErrorInfo reason, a BadRequest naming the
 //! field, and a message that names the problem. Rejected write batches
 //! write nothing.
+//!
+//! Long because the table is: one row per bad request.
 
 mod common;
 

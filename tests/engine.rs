@@ -1,5 +1,8 @@
 //! Deterministic engine tests on the in-process fake store with injected
 //! latency, under tokio's paused clock: exact times, exact rows.
+//!
+//! One file over 600 lines on purpose: the scenario tests and the property
+//! test share the fake-store helpers above them.
 
 // Test data: small counts and times converted between integer types.
 #![allow(
