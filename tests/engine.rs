@@ -36,32 +36,17 @@ fn namespace(width: i64, shards: u32) -> Arc<Namespace> {
     })
 }
 
-fn row(time: i64, id: String) -> Row {
-    Row {
-        key: Key::new(time, id),
-        payload: Bytes::from_static(b"p"),
-        tags: Default::default(),
-    }
-}
-
 /// A store holding `times` (one event per entry, ids made unique) and the
 /// rows in ascending order.
 async fn seeded(ns: &Namespace, times: impl IntoIterator<Item = i64>) -> (MemoryStore, Vec<Row>) {
     let store = MemoryStore::new();
     store.create_namespace(ns).await.unwrap();
-    let mut rows: Vec<Row> = times
+    let events: Vec<(i64, String, usize)> = times
         .into_iter()
         .enumerate()
-        .map(|(i, t)| row(t, format!("e{i:06}")))
+        .map(|(i, t)| (t, format!("e{i:06}"), 1))
         .collect();
-    let events: Vec<NewEvent> = rows
-        .iter()
-        .map(|r| NewEvent {
-            series_id: "s".into(),
-            row: r.clone(),
-        })
-        .collect();
-    store.write_events(ns, &events).await.unwrap();
+    let mut rows = write_rows(&store, ns, &events).await;
     rows.sort_by(|a, b| a.key.cmp(&b.key));
     (store, rows)
 }
