@@ -482,3 +482,54 @@ async fn a_default_client_reads_wide_pages_of_1_kib_rows_to_the_end() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_default_client_streams_large_rows_in_batches_it_can_take() {
+    use futures::StreamExt;
+    let mut server = TestServer::start().await;
+    create_namespace(&mut server.client, "big", 60_000_000, 2).await;
+    // 8 KiB rows: 1000 of them would make an 8 MiB message.
+    let written: Vec<_> = (0..3_000)
+        .map(|i| pb::Event {
+            payload: bytes::Bytes::from(vec![b'b'; 8 << 10]),
+            ..event("s", i * 1_000, &format!("{i:06}"))
+        })
+        .collect();
+    write_all(&server.client, "big", written.clone()).await;
+    let mut client = hourglass::api::pb::hourglass_client::HourglassClient::connect(format!(
+        "http://{}",
+        server.addr
+    ))
+    .await
+    .expect("connect a default client");
+    let mut req = pb::ReadEventsRequest {
+        page_size: Some(100_000),
+        page_bytes_limit: Some(32 << 20),
+        ..read_request("big", "s", 0, i64::MAX)
+    };
+    let mut got = Vec::new();
+    loop {
+        let mut stream = client
+            .stream_events(req.clone())
+            .await
+            .expect("stream")
+            .into_inner();
+        let mut end = None;
+        while let Some(msg) = stream.next().await {
+            match msg.expect("every batch fits the default limit").message {
+                Some(pb::stream_events_response::Message::Batch(b)) => {
+                    assert!(b.events.len() <= hourglass::server::STREAM_BATCH_ROWS);
+                    got.extend(b.events);
+                }
+                Some(pb::stream_events_response::Message::End(e)) => end = Some(e),
+                None => panic!("empty message"),
+            }
+        }
+        let end = end.expect("an end message");
+        if !end.partial {
+            break;
+        }
+        req.continuation_token = end.continuation_token;
+    }
+    assert_eq!(got, written);
+}

@@ -32,7 +32,8 @@ use crate::token::KeyRing;
 use calls::{CallTracker, TrackCallsLayer};
 
 pub use service::{
-    HourglassService, MAX_STREAMS_PER_CONNECTION, NAMESPACE_MISS_TTL, STREAM_BATCH_ROWS,
+    HourglassService, MAX_STREAMS_PER_CONNECTION, NAMESPACE_MISS_TTL, STREAM_BATCH_BYTES,
+    STREAM_BATCH_ROWS,
 };
 
 /// Default bound on how long in-flight calls may run after shutdown began.

@@ -29,6 +29,10 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// Rows per StreamEvents batch at most.
 pub const STREAM_BATCH_ROWS: usize = 1000;
+/// Encoded event bytes per StreamEvents batch at most (a single larger row
+/// goes alone): every message fits the 4 MiB receive limit gRPC clients
+/// default to, whatever the payload sizes.
+pub const STREAM_BATCH_BYTES: usize = 1 << 20;
 
 /// How long a replica answers NOT_FOUND for a namespace name from memory
 /// after storage said it does not exist. A namespace created through this
@@ -424,6 +428,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             let mut sink = StreamSink {
                 series_id: req.series_id.clone(),
                 buf: Vec::new(),
+                bytes: 0,
                 tx: tx.clone(),
             };
             let result = engine
@@ -471,11 +476,18 @@ fn partial_or_complete(end: &pb::StreamEnd) -> &'static str {
 struct StreamSink {
     series_id: Arc<str>,
     buf: Vec<pb::Event>,
+    /// Encoded bytes of `buf`'s events.
+    bytes: usize,
     tx: mpsc::UnboundedSender<Result<pb::StreamEventsResponse, Status>>,
 }
 
 impl RowSink for StreamSink {
     fn push(&mut self, row: Row) {
+        let weight = row.weight(self.series_id.len());
+        if self.bytes + weight > STREAM_BATCH_BYTES {
+            self.flush();
+        }
+        self.bytes += weight;
         self.buf.push(api::event_of(&self.series_id, row));
         if self.buf.len() >= STREAM_BATCH_ROWS {
             self.flush();
@@ -487,6 +499,7 @@ impl RowSink for StreamSink {
             return;
         }
         let events = std::mem::take(&mut self.buf);
+        self.bytes = 0;
         let _ = self.tx.send(Ok(pb::StreamEventsResponse {
             message: Some(pb::stream_events_response::Message::Batch(pb::EventBatch {
                 events,
