@@ -331,6 +331,7 @@ impl From<ReadStats> for pb::ReadStats {
             retries,
             elapsed,
             budget,
+            continued,
         } = s;
         Self {
             rows_scanned,
@@ -341,6 +342,7 @@ impl From<ReadStats> for pb::ReadStats {
             retries,
             elapsed_micros: micros(elapsed),
             budget_micros: micros(budget),
+            continued,
         }
     }
 }

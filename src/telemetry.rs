@@ -34,6 +34,16 @@ pub const REJECTED: &str = "hourglass_rejected_requests_total";
 pub const CIRCUIT_STATE: &str = "hourglass_storage_circuit_state";
 /// 1 while storage answers health probes, else 0 (gauge).
 pub const STORAGE_UP: &str = "hourglass_storage_up";
+/// Reads presenting a token, by whether they continued a scan held on this
+/// replica: `result` = `hit` or `miss` (counter).
+pub const CONTINUATIONS: &str = "hourglass_continuations_total";
+/// Held scans dropped unused, by `cause` = `age`, `capacity` or `client`
+/// (counter).
+pub const CONTINUATION_EVICTIONS: &str = "hourglass_continuation_evictions_total";
+/// Estimated bytes of rows held for hot continuations (gauge).
+pub const CONTINUATION_BYTES: &str = "hourglass_continuation_bytes";
+/// Scans held for hot continuations (gauge).
+pub const CONTINUATION_ENTRIES: &str = "hourglass_continuation_entries";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -66,7 +76,19 @@ pub fn register_zero(partial_reasons: &[&'static str], rejected_reasons: &[&'sta
     for &reason in rejected_reasons {
         metrics::counter!(REJECTED, "reason" => reason).increment(0);
     }
-    for name in [SCANS_IN_FLIGHT, CIRCUIT_STATE, STORAGE_UP] {
+    for result in ["hit", "miss"] {
+        metrics::counter!(CONTINUATIONS, "result" => result).increment(0);
+    }
+    for cause in ["age", "capacity", "client"] {
+        metrics::counter!(CONTINUATION_EVICTIONS, "cause" => cause).increment(0);
+    }
+    for name in [
+        SCANS_IN_FLIGHT,
+        CIRCUIT_STATE,
+        STORAGE_UP,
+        CONTINUATION_BYTES,
+        CONTINUATION_ENTRIES,
+    ] {
         metrics::gauge!(name).increment(0.0);
     }
 }
@@ -90,6 +112,20 @@ fn describe() {
     );
     describe_counter!(REJECTED, "Requests refused, by reason");
     describe_gauge!(STORAGE_UP, "1 while storage answers health probes");
+    describe_counter!(
+        CONTINUATIONS,
+        "Token reads that continued a held scan (hit) or resumed from the token alone (miss)"
+    );
+    describe_counter!(
+        CONTINUATION_EVICTIONS,
+        "Held scans dropped unused, by cause"
+    );
+    describe_gauge!(
+        CONTINUATION_BYTES,
+        Unit::Bytes,
+        "Estimated bytes held for hot continuations"
+    );
+    describe_gauge!(CONTINUATION_ENTRIES, "Scans held for hot continuations");
     describe_gauge!(
         CIRCUIT_STATE,
         "Storage circuit: 0 closed, 1 half-open, 2 open"

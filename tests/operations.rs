@@ -57,6 +57,9 @@ async fn health_metrics_and_graceful_shutdown() {
         "hourglass_rows_scanned_total 0",
         "hourglass_scans_in_flight 0",
         "hourglass_storage_circuit_state 0",
+        "hourglass_continuations_total{result=\"hit\"} 0",
+        "hourglass_continuation_evictions_total{cause=\"capacity\"} 0",
+        "hourglass_continuation_bytes 0",
     ] {
         assert!(
             fresh.contains(series),
@@ -77,6 +80,13 @@ async fn health_metrics_and_graceful_shutdown() {
     let (events, pages) = read_to_end(&mut client, req).await;
     assert_eq!(events.len(), 500);
     assert_eq!(pages.len(), 5, "the fifth page knows it is the last");
+    // One replica: each call after the first continues the scan the
+    // previous call left held.
+    let continued: Vec<bool> = pages
+        .iter()
+        .map(|p| p.stats.as_ref().expect("stats").continued)
+        .collect();
+    assert_eq!(continued, [false, true, true, true, true]);
     let scrape = server.scrape().await;
     let after = metric(
         &scrape,
@@ -86,6 +96,10 @@ async fn health_metrics_and_graceful_shutdown() {
     #[allow(clippy::float_cmp)]
     let four = after - before == 4.0;
     assert!(four, "four partial responses counted ({before} -> {after})");
+    let hits = metric(&scrape, "hourglass_continuations_total{result=\"hit\"}");
+    #[allow(clippy::float_cmp)]
+    let four_hits = hits == 4.0;
+    assert!(four_hits, "four hot continuations counted ({hits})");
     for name in [
         "hourglass_request_duration_seconds_bucket{method=\"ReadEvents\"",
         "hourglass_rows_delivered_total",

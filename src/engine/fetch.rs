@@ -54,9 +54,57 @@ impl Fetched {
             Self::Index { started, .. } | Self::Shard { started, .. } => *started,
         }
     }
+
+    /// What this fetch asked for.
+    fn resend(&self) -> Resend {
+        match *self {
+            Self::Index { .. } => Resend::Index,
+            Self::Shard {
+                bucket,
+                shard,
+                requested,
+                ..
+            } => Resend::Shard {
+                bucket,
+                shard,
+                requested,
+            },
+        }
+    }
+
+    fn failed(&self) -> bool {
+        match self {
+            Self::Index { result, .. } => result.is_err(),
+            Self::Shard { result, .. } => result.is_err(),
+        }
+    }
 }
 
-impl<S: Storage> Scan<'_, S> {
+impl<S: Storage> Scan<S> {
+    /// Takes in a fetch that landed while the scan was held between calls:
+    /// rows and buckets are kept; a failure only marks the request as no
+    /// longer in flight (the next call sends it again).
+    pub(super) fn land(&mut self, fetched: Fetched) {
+        if fetched.failed() {
+            self.forget(fetched.resend());
+        } else {
+            let end = self.absorb(fetched);
+            debug_assert!(end.is_none(), "a landed page never ends a read");
+        }
+    }
+
+    /// Marks a request as no longer in flight.
+    fn forget(&mut self, failed: Resend) {
+        match failed {
+            Resend::Index => self.index_pending = false,
+            Resend::Shard { bucket, shard, .. } => {
+                let cursor = self.shard_mut(bucket, shard);
+                cursor.requested = 0;
+                cursor.sent = None;
+            }
+        }
+    }
+
     /// Sends the next bucket-index query after `delay` (a retry's backoff).
     pub(super) fn launch_index(&mut self, attempt: u32, delay: Duration) {
         let Some((first, last)) = self.index_todo else {
@@ -71,9 +119,9 @@ impl<S: Storage> Scan<'_, S> {
             last,
             order: self.req.order,
             limit: self.engine.config.index_page,
-            timeout: self.remaining().saturating_sub(delay),
+            timeout: self.remaining().saturating_sub(delay) + self.hold_slack(),
         };
-        let storage = &*self.engine.storage;
+        let storage = self.engine.storage.clone();
         self.in_flight.push(
             async move {
                 tokio::time::sleep(delay).await;
@@ -101,6 +149,7 @@ impl<S: Storage> Scan<'_, S> {
         delay: Duration,
     ) {
         let timeout = self.remaining().saturating_sub(delay);
+        let slack = self.hold_slack();
         let bucket = &mut self.buckets[bucket_idx];
         if !bucket.touched {
             bucket.touched = true;
@@ -140,9 +189,9 @@ impl<S: Storage> Scan<'_, S> {
             span: cursor.span.clone(),
             order: self.req.order,
             limit: page,
-            timeout,
+            timeout: timeout + slack,
         };
-        let storage = &*self.engine.storage;
+        let storage = self.engine.storage.clone();
         let shard = cursor.shard;
         self.in_flight.push(
             async move {
@@ -169,6 +218,20 @@ impl<S: Storage> Scan<'_, S> {
         );
     }
 
+    /// How much longer than the call a storage request may run: when the
+    /// scan may be held for a hot continuation, its pages in flight at the
+    /// deadline may land for the next call (up to a second, and no longer
+    /// than a scan is held). The call itself never waits on them: the scan
+    /// stops at its own deadline whatever its requests' timeouts.
+    fn hold_slack(&self) -> Duration {
+        let held = &self.engine.config.continuations;
+        if held.enabled() {
+            held.max_age.min(Duration::from_secs(1))
+        } else {
+            Duration::ZERO
+        }
+    }
+
     /// Full-jitter exponential backoff for retry number `attempt` (0: none).
     fn backoff(&self, attempt: u32) -> Duration {
         let cap = pages::backoff_cap(attempt, &self.engine.config);
@@ -183,6 +246,9 @@ impl<S: Storage> Scan<'_, S> {
         attempt: u32,
         err: StorageError,
     ) -> Option<Result<Ending, ReadError>> {
+        // Not in flight any more, whether sent again below or not: a scan
+        // held after this stop must send it again.
+        self.forget(failed);
         if self.remaining().is_zero() {
             // Storage requests time out when the budget does: this is the
             // budget ending, not storage failing.

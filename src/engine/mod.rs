@@ -16,6 +16,7 @@
 //!   are discarded, never skipped: the frontier only moves over emitted rows.
 
 pub mod budget;
+mod continuations;
 mod fetch;
 pub mod merge;
 pub mod pages;
@@ -32,6 +33,8 @@ use crate::model::{Key, Namespace, Order, Row};
 use crate::storage::{Storage, StorageError};
 use crate::telemetry;
 use budget::{Budget, BudgetSource};
+pub use continuations::ContinuationConfig;
+use continuations::Continuations;
 use predict::LatencyModels;
 use scan::Scan;
 
@@ -61,6 +64,10 @@ pub struct EngineConfig {
     pub response_reserve: Duration,
     /// Additional reserve per row gathered.
     pub response_reserve_per_row: Duration,
+    /// The hot-continuation cache: scans that stopped partial are held for
+    /// the call presenting their token ([`ContinuationConfig::off`] turns
+    /// it off).
+    pub continuations: ContinuationConfig,
 }
 
 impl Default for EngineConfig {
@@ -76,6 +83,7 @@ impl Default for EngineConfig {
             retry_cap: Duration::from_millis(500),
             response_reserve: Duration::from_millis(2),
             response_reserve_per_row: Duration::from_micros(4),
+            continuations: ContinuationConfig::default(),
         }
     }
 }
@@ -143,6 +151,9 @@ pub struct ReadRequest {
     /// Most row bytes to emit; one larger row is still emitted alone.
     pub byte_limit: usize,
     pub budget: Budget,
+    /// Who is reading (the authenticated principal, or the peer address):
+    /// bounds the continuation state held per client.
+    pub client: Arc<str>,
 }
 
 /// Why a read stopped short of the end of its range.
@@ -169,6 +180,13 @@ impl PartialReason {
         Self::StorageError,
         Self::Shutdown,
     ];
+
+    /// Whether a read that stopped for this reason is held for a hot
+    /// continuation: not after a storage error (its state may be torn) or
+    /// when the server drains.
+    fn holds_scan(self) -> bool {
+        !matches!(self, Self::StorageError | Self::Shutdown)
+    }
 
     /// Label used in metrics and logs.
     pub fn as_str(&self) -> &'static str {
@@ -217,6 +235,8 @@ pub struct ReadStats {
     pub retries: u64,
     pub elapsed: Duration,
     pub budget: Duration,
+    /// This call continued a scan held on this replica (a hot continuation).
+    pub continued: bool,
 }
 
 /// A finished read.
@@ -261,11 +281,18 @@ impl RowSink for Vec<Row> {
 
 /// The read engine over a store.
 pub struct ReadEngine<S> {
-    storage: Arc<S>,
-    config: EngineConfig,
-    models: LatencyModels,
+    core: Arc<Core<S>>,
+    continuations: Continuations<S>,
+}
+
+/// What every scan of an engine shares; scans own an `Arc` of it, so a
+/// scan can outlive its call (held for a hot continuation).
+pub(crate) struct Core<S> {
+    pub(crate) storage: Arc<S>,
+    pub(crate) config: EngineConfig,
+    pub(crate) models: LatencyModels,
     /// Cancelled when the server drains: running reads end partial at once.
-    drain: CancellationToken,
+    pub(crate) drain: CancellationToken,
 }
 
 impl<S: Storage> ReadEngine<S> {
@@ -278,32 +305,57 @@ impl<S: Storage> ReadEngine<S> {
             panic!("ReadEngine::new: {e}");
         }
         Self {
-            storage,
-            config,
-            models: LatencyModels::default(),
-            drain: CancellationToken::new(),
+            continuations: Continuations::new(config.continuations.clone()),
+            core: Arc::new(Core {
+                storage,
+                config,
+                models: LatencyModels::default(),
+                drain: CancellationToken::new(),
+            }),
         }
     }
 
     /// Ends running and future reads early (partial, reason shutdown) once
-    /// `drain` is cancelled.
+    /// `drain` is cancelled, and drops held continuations.
     pub fn with_drain(mut self, drain: CancellationToken) -> Self {
-        self.drain = drain;
+        Arc::get_mut(&mut self.core)
+            .expect("with_drain before any read")
+            .drain = drain;
         self
     }
 
     pub fn storage(&self) -> &Arc<S> {
-        &self.storage
+        &self.core.storage
     }
 
-    /// Runs one read, pushing rows into `sink`.
+    /// Scans held for hot continuations now, and their estimated bytes.
+    pub fn held(&self) -> (usize, usize) {
+        self.continuations.held()
+    }
+
+    /// Runs one read, pushing rows into `sink`. A read presenting a
+    /// position continues the scan held for it on this replica, if any
+    /// (see [`ContinuationConfig`]); otherwise it resumes from the
+    /// position alone. A read that stops partial is held in turn.
     pub async fn read(
         &self,
         req: &ReadRequest,
         sink: &mut impl RowSink,
     ) -> Result<ReadOutcome, ReadError> {
         let _in_flight = telemetry::ScanInFlight::enter();
-        let mut scan = Scan::new(self, req);
+        let held = if self.core.drain.is_cancelled() {
+            None
+        } else {
+            let until = req.budget.deadline;
+            self.continuations.take(req, until).await
+        };
+        let mut scan = match held {
+            Some(mut scan) => {
+                scan.continue_with(req);
+                scan
+            }
+            None => Scan::new(&self.core, req),
+        };
         let result = scan.run(sink).await;
         sink.flush();
         let outcome = result.map(|ending| scan.outcome(ending));
@@ -314,9 +366,12 @@ impl<S: Storage> ReadEngine<S> {
                 metrics::histogram!(telemetry::BUDGET_USED)
                     .record(o.stats.elapsed.as_secs_f64() / o.stats.budget.as_secs_f64());
             }
-            if let Ending::Partial { reason, .. } = &o.ending {
+            if let Ending::Partial { reason, frontier } = &o.ending {
                 metrics::counter!(telemetry::PARTIAL_RESPONSES, "reason" => reason.as_str())
                     .increment(1);
+                if reason.holds_scan() {
+                    self.continuations.hold(scan, frontier, &self.core.drain);
+                }
             }
         }
         outcome

@@ -60,6 +60,12 @@ pub fn slow_start(
     page.min(ramp.max(1))
 }
 
+/// Whether `remaining` is ample: even the smallest page is expected to take
+/// at most 1/[`SLOW_START_HEADROOM`] of it (the slow-start criterion).
+pub fn ample(model: &super::predict::LatencyModel, remaining: Duration) -> bool {
+    model.predict(1).saturating_mul(SLOW_START_HEADROOM) <= remaining
+}
+
 /// The largest backoff of retry number `attempt` (1 for the first retry; 0
 /// means no retry and no wait): `retry_base` doubling per attempt up to
 /// `retry_cap`. The wait is drawn uniformly below it (full jitter).
@@ -77,6 +83,25 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn time_is_ample_when_the_smallest_page_takes_an_eighth_of_it() {
+        let mut model = super::super::predict::LatencyModel::default();
+        for _ in 0..50 {
+            model.observe(16, 2 * MS);
+            model.observe(1000, 4 * MS);
+        }
+        let one = model.predict(1);
+        assert!(!ample(
+            &model,
+            (one * SLOW_START_HEADROOM)
+                .checked_sub(Duration::from_micros(1))
+                .unwrap()
+        ));
+        assert!(ample(&model, one * SLOW_START_HEADROOM));
+        assert!(!ample(&model, 10 * MS), "a 2 ms page fills a 10 ms budget");
+        assert!(ample(&model, 50 * MS));
+    }
 
     #[test]
     fn rows_needed_is_bounded_by_the_limit_and_the_time() {

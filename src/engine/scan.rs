@@ -5,6 +5,7 @@
 //! [`super::position`] says.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -16,9 +17,7 @@ use super::fetch::{Fetched, Resend};
 use super::merge::{pick, Pick};
 use super::predict::LatencyModel;
 use super::{pages, position};
-use super::{
-    Ending, PartialReason, ReadEngine, ReadError, ReadOutcome, ReadRequest, ReadStats, RowSink,
-};
+use super::{Core, Ending, PartialReason, ReadError, ReadOutcome, ReadRequest, ReadStats, RowSink};
 use crate::model::{Key, Order, Row, Span};
 use crate::storage::{Storage, StorageError};
 use crate::telemetry;
@@ -43,9 +42,13 @@ pub(super) struct BucketCursor {
     pub(super) touched: bool,
 }
 
-pub(super) struct Scan<'a, S> {
-    pub(super) engine: &'a ReadEngine<S>,
-    pub(super) req: &'a ReadRequest,
+/// The state of one read. It owns what it uses (the request, an `Arc` of
+/// the engine's core, its fetches in flight), so it can outlive its call:
+/// a scan that stops partial may be held for the next call
+/// ([`super::continuations`]).
+pub(super) struct Scan<S> {
+    pub(super) engine: Arc<Core<S>>,
+    pub(super) req: ReadRequest,
     pub(super) span: Span,
     pub(super) start_frontier: Key,
     pub(super) frontier: Key,
@@ -53,17 +56,20 @@ pub(super) struct Scan<'a, S> {
     /// Bucket range still to list from the index; None when listed.
     pub(super) index_todo: Option<(i64, i64)>,
     pub(super) index_pending: bool,
-    pub(super) in_flight: FuturesUnordered<BoxFuture<'a, Fetched>>,
+    pub(super) in_flight: FuturesUnordered<BoxFuture<'static, Fetched>>,
     pub(super) model: LatencyModel,
     pub(super) rows_out: usize,
     pub(super) bytes_out: usize,
     pub(super) stats: ReadStats,
     /// The latest storage error, if a request failed (and was retried).
     pub(super) last_error: Option<StorageError>,
+    /// Rows the last finished call delivered: what a held scan fetches
+    /// ahead for the next.
+    pub(super) last_delivered: usize,
 }
 
-impl<'a, S: Storage> Scan<'a, S> {
-    pub(super) fn new(engine: &'a ReadEngine<S>, req: &'a ReadRequest) -> Self {
+impl<S: Storage> Scan<S> {
+    pub(super) fn new(engine: &Arc<Core<S>>, req: &ReadRequest) -> Self {
         let range = Span::of_range(req.start, req.end);
         let span = match &req.resume_after {
             Some(k) => range.resume_from(k, req.order),
@@ -74,12 +80,12 @@ impl<'a, S: Storage> Scan<'a, S> {
             Order::Descending => span.before.clone(),
         };
         let mut scan = Self {
-            engine,
+            engine: engine.clone(),
             index_todo: span.buckets(req.namespace.bucket_width_micros),
             span,
             frontier: start_frontier.clone(),
             start_frontier,
-            req,
+            req: req.clone(),
             buckets: VecDeque::new(),
             index_pending: false,
             in_flight: FuturesUnordered::new(),
@@ -91,6 +97,7 @@ impl<'a, S: Storage> Scan<'a, S> {
                 ..ReadStats::default()
             },
             last_error: None,
+            last_delivered: 0,
         };
         // Resuming after a row: its bucket surely holds rows, so its shards
         // are fetched at once, beside (not after) the bucket-index query.
@@ -134,15 +141,53 @@ impl<'a, S: Storage> Scan<'a, S> {
         }
     }
 
-    pub(super) fn outcome(mut self, ending: Ending) -> ReadOutcome {
+    pub(super) fn request(&self) -> &ReadRequest {
+        &self.req
+    }
+
+    /// Takes up a held scan for the call `req`, which presents the token
+    /// of this scan's frontier: same query, new budget and limits.
+    pub(super) fn continue_with(&mut self, req: &ReadRequest) {
+        debug_assert_eq!(req.resume_after.as_ref(), Some(&self.frontier));
+        self.req = req.clone();
+        self.start_frontier = self.frontier.clone();
+        self.rows_out = 0;
+        self.bytes_out = 0;
+        self.last_error = None;
+        self.stats = ReadStats {
+            budget: req.budget.total,
+            continued: true,
+            ..ReadStats::default()
+        };
+    }
+
+    /// What this scan's call achieved (its stats are reset for a next call).
+    pub(super) fn outcome(&mut self, ending: Ending) -> ReadOutcome {
+        self.last_delivered = self.rows_out;
         self.stats.rows_delivered = self.rows_out as u64;
         self.stats.elapsed = self.req.budget.elapsed();
         let watermark = position::watermark(&ending, self.req.order, self.req.start, self.req.end);
         ReadOutcome {
             ending,
             watermark,
-            stats: self.stats,
+            stats: std::mem::take(&mut self.stats),
         }
+    }
+
+    /// Estimated memory of the rows this scan holds: buffered rows, plus
+    /// pages in flight at the buffered rows' mean size.
+    pub(super) fn held_bytes(&self) -> usize {
+        let series_len = self.req.series_id.len();
+        let (mut rows, mut bytes, mut requested) = (0usize, 0usize, 0usize);
+        for s in self.buckets.iter().flat_map(|b| &b.shards) {
+            rows += s.buf.len();
+            bytes += s.buf.iter().map(|r| r.weight(series_len)).sum::<usize>();
+            requested += s.requested;
+        }
+        let mean = bytes
+            .checked_div(rows)
+            .unwrap_or(self.bytes_out / self.rows_out.max(1));
+        bytes + requested * mean.max(1)
     }
 
     /// When the scan must stop for the response to land within the budget.
@@ -307,7 +352,9 @@ impl<'a, S: Storage> Scan<'a, S> {
     /// Returns false when the head bucket needs a page that cannot land
     /// before the deadline and the read already has progress to return.
     fn schedule(&mut self) -> bool {
-        let cfg = &self.engine.config;
+        // An Arc of the core, so settings stay readable while fetches launch.
+        let engine = self.engine.clone();
+        let cfg = &engine.config;
         let remaining = self.remaining();
         // Rows still wanted (no more than the time left can deliver), plus
         // one to learn whether more remain. Read-ahead beyond it would be
@@ -323,7 +370,15 @@ impl<'a, S: Storage> Scan<'a, S> {
         let pace = self.model.affordable_rows(remaining / 2);
         let mut covered = 0usize;
         let mut probe_only = false;
-        for i in 0..self.buckets.len().min(cfg.readahead_buckets + 1) {
+        // Before the first row, under a budget too tight for slow start to
+        // relax, the head bucket's pages go alone: read-ahead requests would
+        // compete with them for storage and may leave the call empty-handed.
+        let lookahead = if self.progressed() || pages::ample(&self.model, remaining) {
+            cfg.readahead_buckets
+        } else {
+            0
+        };
+        for i in 0..self.buckets.len().min(lookahead + 1) {
             let want = if i == 0 {
                 need
             } else {
@@ -370,6 +425,49 @@ impl<'a, S: Storage> Scan<'a, S> {
             }
         }
         true
+    }
+
+    /// While the scan is held between calls: fetches ahead so the next
+    /// call finds rows ready, until the head buckets hold or have asked for
+    /// as many rows as the last call delivered, and never past `max_bytes`
+    /// held; pages are sized to land within a quarter of the last call's
+    /// budget. Only idle shards (nothing buffered, nothing in flight) are
+    /// asked, so the merge order is kept; rows are read as of their fetch.
+    pub(super) fn fetch_ahead(&mut self, max_bytes: usize) {
+        if self.held_bytes() >= max_bytes {
+            return;
+        }
+        let engine = self.engine.clone();
+        let cfg = &engine.config;
+        if self.index_todo.is_some()
+            && !self.index_pending
+            && self.buckets.len() <= cfg.readahead_buckets
+        {
+            self.launch_index(0, Duration::ZERO);
+        }
+        let wanted = self.last_delivered.max(cfg.min_storage_page);
+        // Pages small enough to land within a quarter of the last call's
+        // budget: the next call may find one still in flight and wait on it.
+        let pace = self.model.affordable_rows(self.req.budget.total / 4);
+        let mut covered = 0usize;
+        for i in 0..self.buckets.len().min(cfg.readahead_buckets + 1) {
+            if covered >= wanted {
+                break;
+            }
+            let shards = self.buckets[i].shards.len();
+            let page = pages::shard_page(wanted - covered, shards, pace, false, cfg);
+            for j in 0..shards {
+                let s = &self.buckets[i].shards[j];
+                if s.buf.is_empty() && !s.done && s.requested == 0 {
+                    self.launch_shard(i, j, page, 0, Duration::ZERO);
+                }
+            }
+            covered += self.buckets[i]
+                .shards
+                .iter()
+                .map(|s| s.buf.len() + s.requested)
+                .sum::<usize>();
+        }
     }
 
     fn head_in_flight(&self) -> bool {
@@ -455,7 +553,7 @@ impl<'a, S: Storage> Scan<'a, S> {
         }
     }
 
-    fn shard_mut(&mut self, bucket: i64, shard: u32) -> &mut ShardCursor {
+    pub(super) fn shard_mut(&mut self, bucket: i64, shard: u32) -> &mut ShardCursor {
         let b = self
             .buckets
             .iter_mut()

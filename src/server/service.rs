@@ -184,6 +184,12 @@ impl<S: Storage> HourglassService<S> {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
         let principal = self.authenticate(request.metadata())?;
+        // Who reads, for the per-client bound on held continuations.
+        let client: Arc<str> = match (&principal, request.remote_addr()) {
+            (Some(p), _) => p.name.as_str().into(),
+            (None, Some(addr)) => addr.ip().to_string().into(),
+            (None, None) => "".into(),
+        };
         let p = ReadParams::try_from(request.into_inner())?;
         permit(principal.as_ref(), Access::Read, &p.namespace)?;
         let budget = if self.partial_reads {
@@ -223,6 +229,7 @@ impl<S: Storage> HourglassService<S> {
                 row_limit: p.page_size,
                 byte_limit: p.page_bytes,
                 budget,
+                client,
             },
             fp,
             permit,

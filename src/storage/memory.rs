@@ -28,6 +28,7 @@ struct Inner {
     buckets: Mutex<HashMap<(String, String), BTreeSet<i64>>>,
     latency: Mutex<Option<LatencyFn>>,
     namespace_latency: Mutex<Duration>,
+    index_latency: Mutex<Duration>,
     namespace_lookups: AtomicU64,
     failures: Mutex<VecDeque<StorageError>>,
     shard_queries: AtomicU64,
@@ -65,6 +66,12 @@ impl MemoryStore {
     /// Every later namespace lookup sleeps this long (tokio time).
     pub fn set_namespace_latency(&self, latency: Duration) {
         *self.inner.namespace_latency.lock().expect("lock") = latency;
+    }
+
+    /// Every later bucket-index query takes this long (tokio time), or
+    /// fails transiently at its timeout if that comes first.
+    pub fn set_index_latency(&self, latency: Duration) {
+        *self.inner.index_latency.lock().expect("lock") = latency;
     }
 
     /// Namespace lookups started so far.
@@ -145,6 +152,14 @@ impl Storage for MemoryStore {
     async fn list_buckets(&self, q: BucketQuery) -> Result<Vec<i64>, StorageError> {
         let _guard = InFlight::enter(&self.inner.in_flight);
         self.inner.index_queries.fetch_add(1, Ordering::SeqCst);
+        let latency = *self.inner.index_latency.lock().expect("lock");
+        if latency > q.timeout {
+            tokio::time::sleep(q.timeout).await;
+            return Err(StorageError::Transient("request timeout".into()));
+        }
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
         let buckets = self.inner.buckets.lock().expect("lock");
         let Some(set) = buckets.get(&(q.namespace.name.clone(), q.series_id.to_string())) else {
             return Ok(Vec::new());

@@ -1,0 +1,107 @@
+//! Tests of the command line: precedence, defaults, secrets and checks.
+
+use super::*;
+use std::time::Duration;
+
+fn args(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| (*s).to_string()).collect()
+}
+
+fn serve_args(v: &[&str]) -> ServeArgs {
+    match parse(&args(v)).unwrap().command {
+        Command::Serve(a) => *a,
+        Command::Config(_) => panic!("parsed serve"),
+    }
+}
+
+#[test]
+fn flag_defaults_are_the_library_defaults() {
+    let a = serve_args(&["hourglass", "serve"]);
+    assert_eq!(a.default_budget.0, BudgetConfig::default().default);
+    assert_eq!(a.max_budget.0, BudgetConfig::default().max);
+    assert_eq!(a.deadline_margin.0, BudgetConfig::default().deadline_margin);
+    assert_eq!(a.token_ttl.0, DEFAULT_TOKEN_TTL);
+    assert_eq!(a.consistency.0, CassandraConfig::default().consistency);
+    assert_eq!(a.metrics_listen.0, Some(DEFAULT_METRICS_LISTEN));
+    assert_eq!(a.breaker_cool_down.0, BreakerConfig::default().cool_down);
+}
+
+#[test]
+fn parsed_secrets_never_show_in_debug_or_serialized_output() {
+    std::env::set_var("HOURGLASS_CASSANDRA_PASSWORD", "debug-secret-42");
+    let a = serve_args(&["hourglass", "serve"]);
+    std::env::remove_var("HOURGLASS_CASSANDRA_PASSWORD");
+    assert_eq!(
+        a.cassandra_password.as_ref().map(Secret::expose),
+        Some("debug-secret-42")
+    );
+    let debug = format!("{a:?}");
+    assert!(debug.contains("Secret(<hidden>)"), "{debug}");
+    assert!(!debug.contains("debug-secret-42"), "{debug}");
+    let json = serde_json::to_string(&a).unwrap();
+    assert!(json.contains("set (hidden)"), "{json}");
+    assert!(!json.contains("debug-secret-42"), "{json}");
+}
+
+#[test]
+fn bad_flags_name_the_problem() {
+    let err = parse(&args(&["hourglass", "serve", "--consistency", "most"])).unwrap_err();
+    assert!(
+        err.to_string().contains("unknown consistency \"most\""),
+        "{err}"
+    );
+    let err = parse(&args(&["hourglass", "serve", "--max-budget", "soon"])).unwrap_err();
+    assert!(err.to_string().contains("--max-budget"), "{err}");
+    let err = parse(&args(&["hourglass", "serve", "--token-keys=k:x"])).unwrap_err();
+    assert!(matches!(err, CliError::SecretOnCommandLine { flag, .. } if flag == "--token-keys"));
+}
+
+#[test]
+fn engine_settings_out_of_range_name_their_flag() {
+    let a = serve_args(&["hourglass", "serve", "--max-storage-page", "15"]);
+    let err = a.engine_config().unwrap_err().to_string();
+    assert!(err.starts_with("--max-storage-page: "), "{err}");
+    assert!(
+        err.contains("at least min_storage_page (16), got 15"),
+        "{err}"
+    );
+    let a = serve_args(&["hourglass", "serve", "--max-in-flight", "0"]);
+    let err = a.engine_config().unwrap_err().to_string();
+    assert!(err.starts_with("--max-in-flight: "), "{err}");
+    let a = serve_args(&["hourglass", "serve", "--max-storage-page", "16"]);
+    assert_eq!(a.engine_config().unwrap().max_storage_page, 16);
+}
+
+#[test]
+fn display_forms_parse_back() {
+    for s in ["local_quorum", "one", "each_quorum"] {
+        assert_eq!(s.parse::<ConsistencyArg>().unwrap().to_string(), s);
+    }
+    for s in ["off", "127.0.0.1:9464"] {
+        assert_eq!(s.parse::<MetricsListen>().unwrap().to_string(), s);
+    }
+    assert_eq!(
+        "250ms".parse::<HumanDuration>().unwrap().to_string(),
+        "250ms"
+    );
+}
+
+#[test]
+fn the_config_file_sits_between_variables_and_defaults() {
+    let dir = std::env::temp_dir().join(format!("hourglass-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("c.toml");
+    std::fs::write(&file, "max_budget = \"5s\"\nreadahead-buckets = 7\n").unwrap();
+    let f = file.to_str().unwrap();
+    let a = serve_args(&["hourglass", "--config", f, "serve"]);
+    assert_eq!(a.max_budget.0, Duration::from_secs(5));
+    assert_eq!(a.readahead_buckets, 7);
+    let a = serve_args(&["hourglass", "serve", "--config", f, "--max-budget", "9s"]);
+    assert_eq!(a.max_budget.0, Duration::from_secs(9), "the flag wins");
+    std::fs::write(&file, "max_budgit = \"5s\"\n").unwrap();
+    let err = parse(&args(&["hourglass", "serve", "--config", f])).unwrap_err();
+    assert!(
+        err.to_string().contains("unknown key \"max_budgit\""),
+        "{err}"
+    );
+}

@@ -1,0 +1,410 @@
+//! Hot continuations: the scan state of a read that stopped partial, held on
+//! this replica for a short, bounded time so the call presenting its token
+//! continues it instead of starting over.
+//!
+//! What is held: the rows fetched past the frontier, each shard's position,
+//! the listed buckets and the rest of the bucket index's range, the latency
+//! model and slow-start progress, and the pages still in flight, which a
+//! task lets land while the client is away (they are not dropped); the
+//! task also fetches ahead, so the next call finds its rows ready.
+//!
+//! Invariants:
+//! * The token stays the only source of truth. A held scan is found by
+//!   everything the token binds (namespace and its layout, series, range,
+//!   order) plus the token's position, and its frontier is that position, so
+//!   continuing it yields exactly the rows a resume from the token would,
+//!   except for writes made after their page was fetched (the freshness
+//!   rule: rows are read as of when their page, or their bucket-index page,
+//!   was fetched; the same holds for read-ahead within one call).
+//! * A miss (another replica, evicted, expired, restarted, already taken)
+//!   is never an error: the read resumes from the token's position.
+//! * A held scan is taken by at most one call; it is dropped after
+//!   [`ContinuationConfig::max_age`], when evicted, or when the server
+//!   drains.
+//! * Held memory is bounded: at most `max_entries` scans, `per_client` of
+//!   them per client, and an estimated `max_bytes` of rows (buffered rows
+//!   plus pages in flight at the rows' mean size, when the scan is held),
+//!   oldest evicted first. While held, a scan fetches ahead about as many
+//!   rows as its last call delivered, to at most an eighth of `max_bytes`
+//!   (and 4 MiB) of its own.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::scan::Scan;
+use super::ReadRequest;
+use crate::model::{Key, Order};
+use crate::storage::Storage;
+use crate::telemetry;
+
+/// Bounds of the hot-continuation cache. Any bound at zero turns it off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContinuationConfig {
+    /// Estimated bytes of rows held, all scans together.
+    pub max_bytes: usize,
+    /// Scans held.
+    pub max_entries: usize,
+    /// Scans held per client (see [`ReadRequest::client`]).
+    pub per_client: usize,
+    /// How long a scan is held for the next call.
+    pub max_age: Duration,
+}
+
+impl Default for ContinuationConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 << 20,
+            max_entries: 1024,
+            per_client: 64,
+            max_age: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ContinuationConfig {
+    /// No scan is ever held.
+    pub fn off() -> Self {
+        Self {
+            max_bytes: 0,
+            ..Self::default()
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.max_bytes > 0 && self.max_entries > 0 && self.per_client > 0 && !self.max_age.is_zero()
+    }
+}
+
+/// What finds a held scan: everything its token is bound to, and its
+/// position.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct HeldKey {
+    namespace: String,
+    bucket_width: i64,
+    shards: u32,
+    series_id: Arc<str>,
+    start: i64,
+    end: i64,
+    order: Order,
+    frontier: Key,
+}
+
+impl HeldKey {
+    pub(super) fn new(req: &ReadRequest, frontier: &Key) -> Self {
+        Self {
+            namespace: req.namespace.name.clone(),
+            bucket_width: req.namespace.bucket_width_micros,
+            shards: req.namespace.shards,
+            series_id: req.series_id.clone(),
+            start: req.start,
+            end: req.end,
+            order: req.order,
+            frontier: frontier.clone(),
+        }
+    }
+}
+
+/// A held scan: its task keeps it (landing its pages in flight) until a call
+/// claims it, it expires, or it is evicted (its entry, with `handoff`, is
+/// dropped).
+struct Held<S> {
+    seq: u64,
+    bytes: usize,
+    client: Arc<str>,
+    claim: Arc<Notify>,
+    handoff: oneshot::Receiver<Scan<S>>,
+}
+
+struct Table<S> {
+    entries: HashMap<HeldKey, Held<S>>,
+    /// Insertion order, oldest first; entries since taken are skipped.
+    queue: VecDeque<(u64, HeldKey)>,
+    bytes: usize,
+    per_client: HashMap<Arc<str>, usize>,
+    next_seq: u64,
+}
+
+impl<S> Table<S> {
+    fn remove(&mut self, key: &HeldKey) -> Option<Held<S>> {
+        let held = self.entries.remove(key)?;
+        self.bytes -= held.bytes;
+        if let Some(n) = self.per_client.get_mut(&held.client) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_client.remove(&held.client);
+            }
+        }
+        Some(held)
+    }
+
+    /// Drops the oldest held scan (of `client`, if given); false when none.
+    fn evict_oldest(&mut self, client: Option<&Arc<str>>, cause: &'static str) -> bool {
+        let found = self.queue.iter().position(|(seq, key)| {
+            self.entries
+                .get(key)
+                .is_some_and(|h| h.seq == *seq && client.is_none_or(|c| *c == h.client))
+        });
+        let Some(i) = found else {
+            return false;
+        };
+        let (_, key) = self.queue.remove(i).expect("position found");
+        self.remove(&key);
+        metrics::counter!(telemetry::CONTINUATION_EVICTIONS, "cause" => cause).increment(1);
+        true
+    }
+
+    /// Forgets queue slots of entries no longer held.
+    fn compact(&mut self) {
+        if self.queue.len() > 2 * self.entries.len() + 16 {
+            let entries = &self.entries;
+            self.queue
+                .retain(|(seq, key)| entries.get(key).is_some_and(|h| h.seq == *seq));
+        }
+    }
+
+    fn publish(&self) {
+        metrics::gauge!(telemetry::CONTINUATION_BYTES).set(self.bytes as f64);
+        metrics::gauge!(telemetry::CONTINUATION_ENTRIES).set(self.entries.len() as f64);
+    }
+}
+
+/// The hot-continuation cache of one engine.
+pub(super) struct Continuations<S> {
+    config: ContinuationConfig,
+    table: Arc<Mutex<Table<S>>>,
+}
+
+impl<S: Storage> Continuations<S> {
+    pub(super) fn new(config: ContinuationConfig) -> Self {
+        Self {
+            config,
+            table: Arc::new(Mutex::new(Table {
+                entries: HashMap::new(),
+                queue: VecDeque::new(),
+                bytes: 0,
+                per_client: HashMap::new(),
+                next_seq: 0,
+            })),
+        }
+    }
+
+    /// Holds `scan`, which stopped partial at `frontier`, for the call that
+    /// presents its token. Needs a tokio runtime (a task lands its pages).
+    pub(super) fn hold(&self, scan: Scan<S>, frontier: &Key, drain: &CancellationToken) {
+        if !self.config.enabled() || drain.is_cancelled() {
+            return;
+        }
+        let bytes = scan.held_bytes();
+        if bytes > self.config.max_bytes {
+            metrics::counter!(telemetry::CONTINUATION_EVICTIONS, "cause" => "capacity")
+                .increment(1);
+            return;
+        }
+        let key = HeldKey::new(scan.request(), frontier);
+        let client = scan.request().client.clone();
+        let claim = Arc::new(Notify::new());
+        let (tx, handoff) = oneshot::channel();
+        let seq = {
+            let mut t = self.table.lock().expect("continuation table");
+            // A scan at the same position (two clients reading alike) is
+            // replaced: either is right, the newer is fresher.
+            t.remove(&key);
+            while t.per_client.get(&client).copied().unwrap_or(0) >= self.config.per_client {
+                if !t.evict_oldest(Some(&client), "client") {
+                    break;
+                }
+            }
+            while t.entries.len() >= self.config.max_entries
+                || t.bytes + bytes > self.config.max_bytes
+            {
+                if !t.evict_oldest(None, "capacity") {
+                    break;
+                }
+            }
+            let seq = t.next_seq;
+            t.next_seq += 1;
+            t.bytes += bytes;
+            *t.per_client.entry(client.clone()).or_default() += 1;
+            t.entries.insert(
+                key.clone(),
+                Held {
+                    seq,
+                    bytes,
+                    client,
+                    claim: claim.clone(),
+                    handoff,
+                },
+            );
+            t.queue.push_back((seq, key.clone()));
+            t.compact();
+            t.publish();
+            seq
+        };
+        let expiry = Instant::now() + self.config.max_age;
+        let table = self.table.clone();
+        let drain = drain.clone();
+        // What one held scan may fetch ahead up to while its client is away.
+        let ahead_bytes = (self.config.max_bytes / 8).min(MAX_FETCH_AHEAD_BYTES);
+        tokio::spawn(keep(
+            scan,
+            claim,
+            tx,
+            expiry,
+            drain,
+            ahead_bytes,
+            move || {
+                let mut t = table.lock().expect("continuation table");
+                if t.entries.get(&key).is_some_and(|h| h.seq == seq) {
+                    t.remove(&key);
+                    metrics::counter!(telemetry::CONTINUATION_EVICTIONS, "cause" => "age")
+                        .increment(1);
+                    t.publish();
+                }
+            },
+        ));
+    }
+
+    /// Scans held and their estimated bytes.
+    pub(super) fn held(&self) -> (usize, usize) {
+        let t = self.table.lock().expect("continuation table");
+        (t.entries.len(), t.bytes)
+    }
+
+    /// Takes the scan held for `req`'s token, waiting no later than `until`
+    /// for its task to hand it over. None on a miss.
+    pub(super) async fn take(&self, req: &ReadRequest, until: Instant) -> Option<Scan<S>> {
+        let frontier = req.resume_after.as_ref()?;
+        if !self.config.enabled() {
+            return None;
+        }
+        let held = {
+            let mut t = self.table.lock().expect("continuation table");
+            let held = t.remove(&HeldKey::new(req, frontier));
+            t.publish();
+            held
+        };
+        let scan = match held {
+            Some(h) => {
+                h.claim.notify_one();
+                tokio::time::timeout_at(until, h.handoff)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            None => None,
+        };
+        let result = if scan.is_some() { "hit" } else { "miss" };
+        metrics::counter!(telemetry::CONTINUATIONS, "result" => result).increment(1);
+        scan
+    }
+}
+
+/// Most bytes one held scan holds through fetching ahead.
+const MAX_FETCH_AHEAD_BYTES: usize = 4 << 20;
+
+/// The task of a held scan: lands its pages in flight and fetches ahead
+/// (up to `ahead_bytes` held, about as many rows as its last call
+/// delivered) until a call claims it (then hands it over), it expires
+/// (`expire` removes its entry), its entry is evicted (the handoff closes),
+/// or the server drains.
+async fn keep<S: Storage>(
+    mut scan: Scan<S>,
+    claim: Arc<Notify>,
+    mut tx: oneshot::Sender<Scan<S>>,
+    expiry: Instant,
+    drain: CancellationToken,
+    ahead_bytes: usize,
+    expire: impl FnOnce(),
+) {
+    loop {
+        scan.fetch_ahead(ahead_bytes);
+        let landing = !scan.in_flight.is_empty();
+        tokio::select! {
+            biased;
+            () = claim.notified() => {
+                let _ = tx.send(scan);
+                return;
+            }
+            () = tx.closed() => return,
+            () = drain.cancelled() => return,
+            () = tokio::time::sleep_until(expiry) => {
+                expire();
+                return;
+            }
+            Some(fetched) = scan.in_flight.next(), if landing => scan.land(fetched),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_zero_bound_turns_it_off() {
+        assert!(ContinuationConfig::default().enabled());
+        assert!(!ContinuationConfig::off().enabled());
+        for c in [
+            ContinuationConfig {
+                max_entries: 0,
+                ..ContinuationConfig::default()
+            },
+            ContinuationConfig {
+                per_client: 0,
+                ..ContinuationConfig::default()
+            },
+            ContinuationConfig {
+                max_age: Duration::ZERO,
+                ..ContinuationConfig::default()
+            },
+        ] {
+            assert!(!c.enabled(), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn keys_differ_by_every_bound_field() {
+        use crate::engine::budget::{Budget, BudgetConfig};
+        use crate::model::Namespace;
+        let ns = Arc::new(Namespace {
+            name: "n".into(),
+            bucket_width_micros: 10,
+            shards: 2,
+            retention_seconds: 0,
+        });
+        let req = ReadRequest {
+            namespace: ns,
+            series_id: "s".into(),
+            start: 0,
+            end: 100,
+            resume_after: None,
+            order: Order::Ascending,
+            row_limit: 10,
+            byte_limit: 1000,
+            budget: Budget::new(&BudgetConfig::default(), None, None),
+            client: "c".into(),
+        };
+        let k = Key::new(5, "a");
+        let base = HeldKey::new(&req, &k);
+        assert_eq!(base, HeldKey::new(&req, &k));
+        assert_ne!(base, HeldKey::new(&req, &Key::new(5, "b")));
+        let mut other = req.clone();
+        other.end = 99;
+        assert_ne!(base, HeldKey::new(&other, &k));
+        let mut other = req.clone();
+        other.order = Order::Descending;
+        assert_ne!(base, HeldKey::new(&other, &k));
+        let mut other = req.clone();
+        other.series_id = "t".into();
+        assert_ne!(base, HeldKey::new(&other, &k));
+        let mut other = req;
+        other.client = "d".into();
+        assert_eq!(base, HeldKey::new(&other, &k), "any client may continue");
+    }
+}

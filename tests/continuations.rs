@@ -1,0 +1,308 @@
+//! Hot continuations on the fake store under tokio's paused clock: a held
+//! scan continued by the next call gives exactly the rows a cold resume
+//! gives, reads each row once, obeys its bounds, follows the freshness
+//! rule, and never makes a call wait past its budget.
+
+mod fake;
+
+use std::time::Duration;
+
+use fake::{
+    assert_rows, engine, follow, frontier, hot_engine, namespace, read, request, seeded,
+    write_rows, MS,
+};
+use hourglass::engine::{ContinuationConfig, Ending, ReadError};
+use hourglass::model::{Order, Row};
+use tokio::time::Instant;
+
+#[tokio::test(start_paused = true)]
+async fn continuing_a_held_scan_gives_the_rows_of_a_cold_resume_reading_each_row_once() {
+    // 6 buckets of 4 shards; pages take 3 to 9 ms depending on the shard.
+    let ns = namespace(1_000, 4);
+    for order in [Order::Ascending, Order::Descending] {
+        let (store, mut all) = seeded(&ns, (0..6_000).map(i64::from)).await;
+        if order == Order::Descending {
+            all.reverse();
+        }
+        store.set_latency(|q| MS * (3 + 2 * q.shard));
+
+        let cold = engine(&store);
+        let (rows, calls) = follow(&[&cold], &ns, order, 20 * MS, 100_000).await;
+        assert_rows(&rows, &all);
+        assert!(calls.iter().all(|o| !o.stats.continued));
+        let (cold_served, cold_index) = (store.rows_served(), store.index_queries());
+        assert!(
+            cold_served > all.len() as u64,
+            "a cold resume reads again what the previous call fetched past its frontier"
+        );
+
+        let hot = hot_engine(&store, ContinuationConfig::default());
+        let (rows, calls) = follow(&[&hot], &ns, order, 20 * MS, 100_000).await;
+        assert_rows(&rows, &all);
+        assert!(calls.len() > 6, "the budget ended most calls");
+        assert!(!calls[0].stats.continued);
+        assert!(
+            calls[1..].iter().all(|o| o.stats.continued),
+            "every later call continued the held scan"
+        );
+        assert_eq!(
+            store.rows_served() - cold_served,
+            all.len() as u64,
+            "each row read from storage exactly once"
+        );
+        assert_eq!(
+            store.index_queries() - cold_index,
+            1,
+            "one bucket-index query for the whole chain"
+        );
+        assert_eq!(hot.held(), (0, 0), "a complete read holds nothing");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_miss_on_another_replica_or_after_expiry_resumes_from_the_token_alone() {
+    let ns = namespace(1_000, 4);
+    let (store, all) = seeded(&ns, (0..3_000).map(i64::from)).await;
+    store.set_latency(|q| MS * (3 + 2 * q.shard));
+
+    // Two replicas behind a balancer that alternates: every call misses.
+    let a = hot_engine(&store, ContinuationConfig::default());
+    let b = hot_engine(&store, ContinuationConfig::default());
+    let (rows, calls) = follow(&[&a, &b], &ns, Order::Ascending, 20 * MS, 100_000).await;
+    assert_rows(&rows, &all);
+    assert!(calls.len() > 2);
+    assert!(calls.iter().all(|o| !o.stats.continued));
+
+    // A scan held past its age is gone.
+    let held = ContinuationConfig {
+        max_age: 100 * MS,
+        ..ContinuationConfig::default()
+    };
+    let a = hot_engine(&store, held);
+    let (first, out) = read(&a, &request(&ns, Order::Ascending, 20 * MS, 100_000)).await;
+    let out = out.expect("partial");
+    assert_eq!(a.held().0, 1);
+    tokio::time::sleep(150 * MS).await;
+    assert_eq!(a.held(), (0, 0), "expired");
+    let mut req = request(&ns, Order::Ascending, 20 * MS, 100_000);
+    req.resume_after = Some(frontier(&out));
+    let (second, out) = read(&a, &req).await;
+    assert!(!out.expect("progress").stats.continued);
+    let got: Vec<Row> = first.into_iter().chain(second).collect();
+    assert_rows(&got, &all[..got.len()]);
+}
+
+/// Reads the first `n` rows of `[start, end)` with a row limit, so the read
+/// stops partial and is held.
+async fn first_rows(
+    engine: &hourglass::engine::ReadEngine<hourglass::storage::memory::MemoryStore>,
+    ns: &std::sync::Arc<hourglass::model::Namespace>,
+    range: (i64, i64),
+    client: &str,
+) -> hourglass::engine::ReadRequest {
+    let mut req = request(ns, Order::Ascending, 200 * MS, 100);
+    (req.start, req.end) = range;
+    req.client = client.into();
+    let (_, out) = read(engine, &req).await;
+    let out = out.expect("partial");
+    assert!(matches!(out.ending, Ending::Partial { .. }));
+    req.resume_after = Some(frontier(&out));
+    req.budget = request(ns, Order::Ascending, 200 * MS, 100).budget;
+    req
+}
+
+/// Whether continuing `req` found its scan held.
+async fn continued(
+    engine: &hourglass::engine::ReadEngine<hourglass::storage::memory::MemoryStore>,
+    req: &hourglass::engine::ReadRequest,
+) -> bool {
+    let (rows, out) = read(engine, req).await;
+    let out = out.expect("progress");
+    assert_eq!(rows.len(), 100, "the next page either way");
+    out.stats.continued
+}
+
+#[tokio::test(start_paused = true)]
+async fn held_scans_are_evicted_oldest_first_within_their_bounds() {
+    let ns = namespace(1_000_000, 1);
+    let (store, _) = seeded(&ns, 0..3_000).await;
+    store.set_latency(|_| MS);
+    let ranges = [(0, 1_000), (1_000, 2_000), (2_000, 3_000)];
+
+    // Entries: one held at a time; the newer read evicts the older.
+    let one = hot_engine(
+        &store,
+        ContinuationConfig {
+            max_entries: 1,
+            ..ContinuationConfig::default()
+        },
+    );
+    let x = first_rows(&one, &ns, ranges[0], "c1").await;
+    let y = first_rows(&one, &ns, ranges[1], "c2").await;
+    assert_eq!(one.held().0, 1);
+    assert!(continued(&one, &y).await);
+    assert!(!continued(&one, &x).await, "evicted");
+
+    // Bytes: room for one scan and a half.
+    let probe = hot_engine(&store, ContinuationConfig::default());
+    first_rows(&probe, &ns, ranges[0], "c1").await;
+    let (_, one_scan) = probe.held();
+    assert!(one_scan > 0);
+    let tight = hot_engine(
+        &store,
+        ContinuationConfig {
+            max_bytes: one_scan * 3 / 2,
+            ..ContinuationConfig::default()
+        },
+    );
+    let x = first_rows(&tight, &ns, ranges[0], "c1").await;
+    let y = first_rows(&tight, &ns, ranges[1], "c2").await;
+    let (entries, bytes) = tight.held();
+    assert_eq!(entries, 1);
+    assert!(bytes <= one_scan * 3 / 2);
+    assert!(continued(&tight, &y).await);
+    assert!(!continued(&tight, &x).await, "evicted for bytes");
+
+    // Per client: one each; another client's scan stays.
+    let fair = hot_engine(
+        &store,
+        ContinuationConfig {
+            per_client: 1,
+            ..ContinuationConfig::default()
+        },
+    );
+    let x = first_rows(&fair, &ns, ranges[0], "c1").await;
+    let y = first_rows(&fair, &ns, ranges[1], "c1").await;
+    let z = first_rows(&fair, &ns, ranges[2], "c2").await;
+    assert_eq!(fair.held().0, 2);
+    assert!(continued(&fair, &y).await);
+    assert!(continued(&fair, &z).await);
+    assert!(!continued(&fair, &x).await, "c1's older scan was evicted");
+
+    // Off: nothing is ever held.
+    let off = hot_engine(&store, ContinuationConfig::off());
+    let x = first_rows(&off, &ns, ranges[0], "c1").await;
+    assert_eq!(off.held(), (0, 0));
+    assert!(!continued(&off, &x).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn writes_between_calls_follow_the_freshness_rule() {
+    // One shard, one bucket, rows every 10 µs: what storage has served is
+    // exactly a prefix of the series.
+    let ns = namespace(1_000_000, 1);
+    for hot in [false, true] {
+        let (store, all) = seeded(&ns, (0..200).map(|i| i * 10)).await;
+        store.set_latency(|_| MS);
+        let engine = if hot {
+            hot_engine(&store, ContinuationConfig::default())
+        } else {
+            engine(&store)
+        };
+        let (first, out) = read(&engine, &request(&ns, Order::Ascending, 200 * MS, 5)).await;
+        let out = out.expect("partial");
+        assert_eq!(first.len(), 5);
+        tokio::time::sleep(10 * MS).await; // pages in flight land
+        let served = usize::try_from(store.rows_served()).unwrap();
+        assert!(served >= 8, "the first call fetched past its frontier");
+        // Ahead of the frontier but inside what was fetched; past what was
+        // fetched; behind the frontier.
+        let inside = all[served - 2].key.time + 5;
+        let past = all[served - 1].key.time + 5;
+        let behind = all[2].key.time + 5;
+        let new = write_rows(
+            &store,
+            &ns,
+            &[
+                (inside, "new".into(), 1),
+                (past, "new".into(), 1),
+                (behind, "new".into(), 1),
+            ],
+        )
+        .await;
+        let mut req = request(&ns, Order::Ascending, 200 * MS, 100_000);
+        req.resume_after = Some(frontier(&out));
+        let (rest, out) = read(&engine, &req).await;
+        let out = out.expect("the rest");
+        assert_eq!(out.ending, Ending::Complete);
+        assert_eq!(out.stats.continued, hot);
+        // Cold: every row ahead of the token. Hot: rows as of when their
+        // page was fetched, so the write inside the fetched range is not
+        // seen. Never the row behind the token.
+        let mut want: Vec<Row> = all[5..].to_vec();
+        want.push(new[1].clone());
+        if !hot {
+            want.push(new[0].clone());
+        }
+        want.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_rows(&rest, &want);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_call_waits_past_its_budget_on_index_pages_or_held_scans() {
+    let ns = namespace(1_000, 2);
+    let (store, all) = seeded(&ns, (0..4_000).map(i64::from)).await;
+    store.set_latency(|q| MS * (2 + q.shard));
+    let engine = hot_engine(&store, ContinuationConfig::default());
+    let mut got = Vec::new();
+    let mut resume = None;
+    for call in 0.. {
+        assert!(call < 1_000, "the read did not finish");
+        // Every other call finds the bucket index slow (storage having a
+        // bad moment); pages stay quick.
+        let slow_index = call % 2 == 1;
+        store.set_index_latency(if slow_index { 500 * MS } else { MS });
+        let mut req = request(&ns, Order::Ascending, 15 * MS, 100_000);
+        req.resume_after = resume.clone();
+        let began = Instant::now();
+        let (rows, out) = read(&engine, &req).await;
+        assert!(
+            began.elapsed() <= 15 * MS,
+            "call {call} waited past its budget"
+        );
+        match out {
+            Ok(out) => {
+                got.extend(rows);
+                match out.ending {
+                    Ending::Complete => break,
+                    Ending::Partial { frontier, .. } => resume = Some(frontier),
+                }
+            }
+            Err(ReadError::NoProgress { .. } | ReadError::Storage(_)) => assert!(rows.is_empty()),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_rows(&got, &all);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pages_in_flight_when_a_call_ends_land_for_the_next_call() {
+    // Pages take 30 ms, the budget 50 ms: the second page is in flight at
+    // the deadline. Held, it lands while the client is away.
+    let ns = namespace(1_000_000, 1);
+    let (store, all) = seeded(&ns, 0..10_000).await;
+    store.set_latency(|_| 30 * MS);
+    let engine = hot_engine(&store, ContinuationConfig::default());
+    let (first, out) = read(&engine, &request(&ns, Order::Ascending, 50 * MS, 100_000)).await;
+    let out = out.expect("partial");
+    assert_eq!(
+        store.in_flight(),
+        1,
+        "the page in flight is kept, not dropped"
+    );
+    tokio::time::sleep(20 * MS).await;
+    assert_eq!(store.in_flight(), 0, "and it landed");
+    let served = store.rows_served();
+    let mut req = request(&ns, Order::Ascending, Duration::from_millis(1), 100_000);
+    req.resume_after = Some(frontier(&out));
+    let began = Instant::now();
+    let (second, out) = read(&engine, &req).await;
+    let out = out.expect("rows already fetched need no storage time");
+    assert!(out.stats.continued);
+    assert!(began.elapsed() <= Duration::from_millis(1));
+    assert!(!second.is_empty());
+    assert_eq!(store.rows_served(), served, "no storage read for them");
+    let got: Vec<Row> = first.into_iter().chain(second).collect();
+    assert_rows(&got, &all[..got.len()]);
+}
