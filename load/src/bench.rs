@@ -49,9 +49,13 @@ pub struct BenchArgs {
     /// Measured seconds per deadline-adherence cell.
     #[arg(long, default_value_t = 3.0)]
     pub seconds_per_cell: f64,
-    /// A/B alternations of the scan comparison.
+    /// A/B alternations of the scan comparison and the token chains.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
+    /// SLOs, milliseconds, of the token chains through the largest series
+    /// (hot continuations on and off).
+    #[arg(long, value_delimiter = ',', default_value = "5,10,20,50")]
+    pub follow_slos: Vec<u32>,
 }
 
 /// A server subprocess, killed on drop.
@@ -61,7 +65,12 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(cassandra: &str, port: u16, partial_reads: bool) -> anyhow::Result<Self> {
+    fn start(
+        cassandra: &str,
+        port: u16,
+        partial_reads: bool,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let child = Command::new(server_binary()?)
             .args([
                 "serve",
@@ -75,8 +84,9 @@ impl ServerProcess {
                 "--partial-reads",
                 if partial_reads { "true" } else { "false" },
             ])
-            // Two servers run side by side: neither takes the metrics port.
+            // Servers run side by side: none takes the metrics port.
             .args(["--metrics-listen", "off"])
+            .args(extra)
             .env("HOURGLASS_TOKEN_KEYS", BENCH_KEYS)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -232,6 +242,56 @@ fn run_args(url: &str, size: u64, label: String) -> RunArgs {
     }
 }
 
+/// One cell of the token-chain table: repeated chains of one SLO on one
+/// server.
+#[derive(Default)]
+struct ChainCell {
+    secs: Vec<f64>,
+    calls: u64,
+    rows: u64,
+    scanned: u64,
+    continued: u64,
+    deadline_exceeded: u64,
+    runs: u64,
+}
+
+impl ChainCell {
+    fn add(&mut self, r: &crate::report::Report, expected_rows: u64) {
+        self.runs += 1;
+        self.secs.push(r.reads.max_ms / 1000.0);
+        self.calls += r.requests;
+        self.rows += r.rows;
+        self.scanned += r.rows_scanned;
+        self.continued += r.continued;
+        self.deadline_exceeded += r
+            .errors_by_code
+            .get("DeadlineExceeded")
+            .copied()
+            .unwrap_or(0);
+        if r.rows != expected_rows {
+            // A chain cut by an error: counted, and its time is not a chain's.
+            self.secs.pop();
+        }
+    }
+
+    fn row(&self, slo: u32, hot: &str, unbounded_s: f64) -> String {
+        let secs = if self.secs.is_empty() {
+            f64::NAN
+        } else {
+            median(self.secs.clone())
+        };
+        format!(
+            "| {slo} | {hot} | {secs:.2} | {:.2} | {:.3} | {} | {} | {:.1}% |",
+            secs / unbounded_s,
+            self.scanned as f64 / self.rows.max(1) as f64,
+            self.calls,
+            self.deadline_exceeded,
+            // Each chain's first call has nothing to continue.
+            self.continued as f64 / self.calls.saturating_sub(self.runs).max(1) as f64 * 100.0,
+        )
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -271,8 +331,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "empty --sizes, --clients or --slos"
     );
     anyhow::ensure!(args.repeats >= 1, "--repeats must be at least 1");
-    let a = ServerProcess::start(&args.cassandra, 50161, true)?;
-    let b = ServerProcess::start(&args.cassandra, 50162, false)?;
+    let a = ServerProcess::start(&args.cassandra, 50161, true, &[])?;
+    let b = ServerProcess::start(&args.cassandra, 50162, false, &[])?;
+    // Server a without hot continuations: every token resumes cold.
+    let c = ServerProcess::start(&args.cassandra, 50163, true, &["--continuation-bytes", "0"])?;
     let store = CassandraStore::connect(&CassandraConfig {
         contact_points: vec![args.cassandra.clone()],
         keyspace: KEYSPACE.into(),
@@ -344,6 +406,28 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let (svc_m, d1, d4) = (median(svc), median(direct1), median(direct4));
     let completion_tax = median(slo_chain) / (biggest as f64 / d1);
+
+    eprintln!("== token chains through {biggest} rows, hot continuations on / off");
+    let unbounded_s = biggest as f64 / svc_m;
+    let mut chains = String::new();
+    for &slo in &args.follow_slos {
+        for (server, hot) in [(&a, "on"), (&c, "off")] {
+            let mut cell = ChainCell::default();
+            for rep in 0..args.repeats {
+                let r = crate::run(&RunArgs {
+                    slo_ms: Some(slo),
+                    page_size: SCAN_PAGE_SIZE,
+                    ..run_args(&server.url, biggest, format!("chain-{slo}-{hot}-{rep}"))
+                })
+                .await?;
+                cell.add(&r, biggest);
+            }
+            let line = cell.row(slo, hot, unbounded_s);
+            eprintln!("   {line}");
+            chains.push_str(&line);
+            chains.push('\n');
+        }
+    }
 
     eprintln!("== deadline adherence");
     let mut table = String::new();
@@ -429,6 +513,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         median(jvm_cpu)
     )?;
     writeln!(md, "Rows/s on {biggest} rows: service {svc_m:.0}, direct single stream {d1:.0}, direct 4 streams {d4:.0}.\n")?;
+    writeln!(md, "## Following tokens\n")?;
+    writeln!(md, "One client follows continuation tokens through the {biggest}-row series (page size {SCAN_PAGE_SIZE}) under each SLO, {} times per cell (medians; errors and calls summed), against the same server with hot continuations on (default) and off (`--continuation-bytes 0`). Completion tax: the chain's time ÷ one unbounded read of the series through the service ({unbounded_s:.2} s at the single-stream rate above). Amplification: rows Cassandra served ÷ rows delivered. Hit rate: calls after the first that continued a held scan (`ReadStats.continued`). Targets: tax <= 1.2 at 50 ms and <= 1.5 at 10 ms, amplification <= 1.02 with the cache on, zero DEADLINE_EXCEEDED.\n", args.repeats)?;
+    writeln!(md, "| SLO ms | hot continuations | chain s | completion tax | amplification | calls | DEADLINE_EXCEEDED | hit rate |\n|---|---|---|---|---|---|---|---|")?;
+    md.push_str(&chains);
+    writeln!(md)?;
     writeln!(md, "## Deadline adherence\n")?;
     writeln!(md, "Closed loop, whole-series reads following tokens, {} s per cell. `on`: Hourglass with partial return; `off`: the same server with partial return switched off (`--partial-reads false`), i.e. a page-size-bound read as users have today. Targets: p99 <= SLO (ratio <= 1.00), p99.9 <= 1.05 x SLO. Ratios are over successful responses; `errors` are calls that failed (DEADLINE_EXCEEDED when not one row fit in the budget).\n", args.seconds_per_cell)?;
     writeln!(md, "| rows | clients | SLO ms | on p99/SLO | on p99.9/SLO | on partial | on errors | off p99/SLO | off p99.9/SLO | off errors |\n|---|---|---|---|---|---|---|---|---|---|")?;

@@ -333,6 +333,7 @@ async fn logical_read(
                 .map(|e| (e.payload.len() + e.event_id.len() + 8) as u64)
                 .sum::<u64>();
             s.total.rows_scanned += page.stats.map_or(0, |st| st.rows_scanned);
+            s.total.continued += u64::from(page.stats.is_some_and(|st| st.continued));
             if page.partial {
                 let reason = page
                     .partial_reason()
@@ -530,6 +531,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         reads: s.total.reads.summary(),
         rows: s.total.rows,
         rows_scanned: s.total.rows_scanned,
+        continued: s.total.continued,
         rows_per_s,
         mb_per_s,
         partial_rate: s.total.partial_rate(),

@@ -24,6 +24,9 @@ pub struct Report {
     pub reads: Summary,
     pub rows: u64,
     pub rows_scanned: u64,
+    /// Responses that continued a scan held on the server.
+    #[serde(default)]
+    pub continued: u64,
     pub rows_per_s: f64,
     pub mb_per_s: f64,
     pub partial_rate: f64,
@@ -101,6 +104,11 @@ impl Report {
             ),
         );
         line(&mut out, "rows scanned", self.rows_scanned.to_string());
+        line(
+            &mut out,
+            "hot continuations",
+            format!("{} of {} responses", self.continued, self.requests),
+        );
         line(
             &mut out,
             "partial rate",

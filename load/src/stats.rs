@@ -126,6 +126,8 @@ pub struct RunStats {
     pub rows: u64,
     pub bytes: u64,
     pub rows_scanned: u64,
+    /// Responses that continued a scan held on the server (hot continuations).
+    pub continued: u64,
 }
 
 impl RunStats {
