@@ -196,7 +196,10 @@ pub async fn run(
             }
         }
     };
-    let layer = TrackCallsLayer(calls.clone());
+    let layer = TrackCallsLayer {
+        tracker: calls.clone(),
+        cost: service.response_cost(),
+    };
     let served = tokio::select! {
         served = serve(listener, config.tls, layer, service, health, shutdown) => served,
         () = drained => Ok(()),
