@@ -385,6 +385,8 @@ proptest! {
             let mut got: Vec<Row> = Vec::new();
             let mut resume: Option<Key> = None;
             let mut slo = MS * slo_ms as u32;
+            // Calls in a row that made no progress.
+            let mut stalls = 0u32;
             let mut later = later.into_iter();
             for call in 0..20_000 {
                 // Between calls: transient failures ahead, and new events
@@ -415,12 +417,22 @@ proptest! {
                     Ok(out) => out,
                     Err(ReadError::NoProgress { .. } | ReadError::Storage(_)) => {
                         prop_assert!(rows.is_empty(), "an error after rows were pushed");
-                        // Too small a budget: the client asks again, with more.
+                        // Too small a budget: the client asks again, with
+                        // more; from 1 ms, 12 doublings reach the 2 s cap,
+                        // which always suffices here.
+                        stalls += 1;
+                        prop_assert!(
+                            stalls <= 16,
+                            "no progress in {} calls in a row, the last with a {:?} budget",
+                            stalls,
+                            slo
+                        );
                         slo = (slo * 2).min(MS * 2_000);
                         continue;
                     }
                     Err(e) => return Err(TestCaseError::fail(format!("{e}"))),
                 };
+                stalls = 0;
                 prop_assert!(out.stats.elapsed <= req.budget.total);
                 prop_assert!(rows.len() <= page);
                 let bytes: usize = rows.iter().map(|r| r.weight(1)).sum();
