@@ -194,6 +194,11 @@ impl<S: Storage> Continuations<S> {
         }
     }
 
+    /// Whether scans are held at all.
+    pub(super) fn holds(&self) -> bool {
+        self.config.enabled()
+    }
+
     /// Holds `scan`, which stopped partial at `frontier`, for the call that
     /// presents its token. Needs a tokio runtime (a task lands its pages).
     pub(super) fn hold(&self, scan: Scan<S>, frontier: &Key, drain: &CancellationToken) {

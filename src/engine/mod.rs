@@ -379,11 +379,13 @@ impl<S: Storage> ReadEngine<S> {
             if let Ending::Partial { reason, frontier } = &o.ending {
                 metrics::counter!(telemetry::PARTIAL_RESPONSES, "reason" => reason.as_str())
                     .increment(1);
-                if reason.holds_scan() {
+                if reason.holds_scan() && self.continuations.holds() {
                     self.continuations.hold(scan, frontier, &self.core.drain);
+                    return outcome;
                 }
             }
         }
+        scan.learn_from_abandoned_pages();
         outcome
     }
 }

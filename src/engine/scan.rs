@@ -240,10 +240,11 @@ impl<S: Storage> Scan<S> {
         })
     }
 
-    /// Pages still in flight at the deadline took at least this long: teach
-    /// the model, or it would keep sizing pages that never land (it only
-    /// ever sees the pages that do).
-    fn learn_from_abandoned_pages(&self) {
+    /// Pages still in flight when a scan is dropped took at least this long:
+    /// teach the model, or it would keep sizing pages that never land (it
+    /// only ever sees the pages that do). A scan held for a hot continuation
+    /// lets its pages land and teaches the model their real latency instead.
+    pub(super) fn learn_from_abandoned_pages(&self) {
         let now = Instant::now();
         for s in self.buckets.iter().flat_map(|b| &b.shards) {
             if let (true, Some(sent)) = (s.requested > 0, s.sent) {
@@ -278,7 +279,6 @@ impl<S: Storage> Scan<S> {
             elapsed = ?self.req.budget.elapsed(),
             "budget ends the scan"
         );
-        self.learn_from_abandoned_pages();
         self.stop(self.req.budget.source.into(), self.last_error.clone())
     }
 
