@@ -22,7 +22,6 @@ pub mod merge;
 pub mod pages;
 pub mod position;
 pub mod predict;
-pub mod response_cost;
 mod scan;
 
 use std::sync::Arc;
@@ -60,11 +59,10 @@ pub struct EngineConfig {
     /// Largest retry backoff.
     pub retry_cap: Duration,
     /// Time kept back from the budget for the response itself (building,
-    /// encoding and sending it) until the server has measured what that
-    /// costs ([`response_cost`]): the scan stops this much before the
+    /// encoding and sending it): the scan stops this much before the
     /// deadline, plus [`EngineConfig::response_reserve_per_row`] per row.
     pub response_reserve: Duration,
-    /// Additional reserve per row gathered, until measured.
+    /// Additional reserve per row gathered.
     pub response_reserve_per_row: Duration,
     /// The hot-continuation cache: scans that stopped partial are held for
     /// the call presenting their token ([`ContinuationConfig::off`] turns
@@ -293,7 +291,6 @@ pub(crate) struct Core<S> {
     pub(crate) storage: Arc<S>,
     pub(crate) config: EngineConfig,
     pub(crate) models: LatencyModels,
-    pub(crate) response_cost: Arc<response_cost::ResponseCost>,
     /// Cancelled when the server drains: running reads end partial at once.
     pub(crate) drain: CancellationToken,
 }
@@ -313,7 +310,6 @@ impl<S: Storage> ReadEngine<S> {
                 storage,
                 config,
                 models: LatencyModels::default(),
-                response_cost: Arc::default(),
                 drain: CancellationToken::new(),
             }),
         }
@@ -330,12 +326,6 @@ impl<S: Storage> ReadEngine<S> {
 
     pub fn storage(&self) -> &Arc<S> {
         &self.core.storage
-    }
-
-    /// The measured cost of finishing a response, which the server feeds
-    /// and the scans read to know when to stop.
-    pub fn response_cost(&self) -> &Arc<response_cost::ResponseCost> {
-        &self.core.response_cost
     }
 
     /// Scans held for hot continuations now, and their estimated bytes.

@@ -86,12 +86,6 @@ impl LatencyModel {
         self.base = (self.mean_y - self.per_row * self.mean_x).max(0.0);
     }
 
-    /// Expected latency of a page of `rows`: the fitted line, no safety
-    /// factor.
-    pub fn expected(&self, rows: usize) -> Duration {
-        Duration::from_secs_f64(self.base + self.per_row * rows as f64)
-    }
-
     /// Expected latency of a page of `rows`, with a safety factor.
     pub fn predict(&self, rows: usize) -> Duration {
         Duration::from_secs_f64((self.base + self.per_row * rows as f64) * SAFETY)

@@ -16,7 +16,6 @@ use tokio::time::Instant;
 use super::fetch::{Fetched, Resend};
 use super::merge::{pick, Pick};
 use super::predict::LatencyModel;
-use super::response_cost::ResponseReserve;
 use super::{pages, position};
 use super::{Core, Ending, PartialReason, ReadError, ReadOutcome, ReadRequest, ReadStats, RowSink};
 use crate::model::{Key, Order, Row, Span};
@@ -67,8 +66,6 @@ pub(super) struct Scan<S> {
     /// Rows the last finished call delivered: what a held scan fetches
     /// ahead for the next.
     pub(super) last_delivered: usize,
-    /// What finishing the response costs, as measured when this call began.
-    reserve: ResponseReserve,
 }
 
 impl<S: Storage> Scan<S> {
@@ -101,7 +98,6 @@ impl<S: Storage> Scan<S> {
             },
             last_error: None,
             last_delivered: 0,
-            reserve: engine.response_cost.reserve(),
         };
         // Resuming after a row: its bucket surely holds rows, so its shards
         // are fetched at once, beside (not after) the bucket-index query.
@@ -158,7 +154,6 @@ impl<S: Storage> Scan<S> {
         self.rows_out = 0;
         self.bytes_out = 0;
         self.last_error = None;
-        self.reserve = self.engine.response_cost.reserve();
         self.stats = ReadStats {
             budget: req.budget.total,
             continued: true,
@@ -195,18 +190,14 @@ impl<S: Storage> Scan<S> {
         bytes + requested * mean.max(1)
     }
 
-    /// When the scan must stop for the response to land within the budget:
-    /// the deadline less what finishing a response of this size costs
-    /// (measured; see [`super::response_cost`]), at most half the budget.
+    /// When the scan must stop for the response to land within the budget.
     pub(super) fn stop_at(&self) -> Instant {
         let cfg = &self.engine.config;
-        let reserve = self.reserve.for_response(
-            self.bytes_out,
-            self.rows_out,
-            cfg.response_reserve,
-            cfg.response_reserve_per_row,
-        );
-        self.req.budget.deadline - reserve.min(self.req.budget.total / 2)
+        let per_row = cfg
+            .response_reserve_per_row
+            .saturating_mul(u32::try_from(self.rows_out).unwrap_or(u32::MAX));
+        let reserve = (cfg.response_reserve + per_row).min(self.req.budget.total / 2);
+        self.req.budget.deadline - reserve
     }
 
     /// Scan time left.

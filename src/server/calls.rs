@@ -4,35 +4,17 @@
 //!
 //! Health and reflection calls are not counted: a health `Watch` never
 //! ends by itself and serves no data.
-//!
-//! It also measures what finishing a ReadEvents response costs (the
-//! handler's conversion time, which the handler reports as a
-//! [`ResponseTail`] extension, plus the time from the handler's return to
-//! the end of the response body: encoding and sending) and feeds it to the
-//! engine's [`ResponseCost`], by encoded size.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tonic::codegen::http;
-
-use crate::engine::response_cost::ResponseCost;
 
 /// Path prefix of the calls counted.
 const COUNTED_PREFIX: &str = "/hourglass.v1.Hourglass/";
-/// The call whose response cost is measured.
-const MEASURED_PATH: &str = "/hourglass.v1.Hourglass/ReadEvents";
-
-/// Time a handler spent building its response after its scan stopped; a
-/// response extension the layer reads.
-#[derive(Clone, Copy, Debug)]
-pub struct ResponseTail(pub Duration);
 
 /// The number of calls in flight; cheap to clone.
 #[derive(Clone, Debug)]
@@ -68,13 +50,9 @@ impl Drop for CallGuard {
     }
 }
 
-/// The tower layer that counts calls into a [`CallTracker`] and measures
-/// response costs into a [`ResponseCost`].
+/// The tower layer that counts calls into a [`CallTracker`].
 #[derive(Clone, Debug)]
-pub struct TrackCallsLayer {
-    pub tracker: CallTracker,
-    pub cost: Arc<ResponseCost>,
-}
+pub struct TrackCallsLayer(pub CallTracker);
 
 impl<S> tower_layer::Layer<S> for TrackCallsLayer {
     type Service = TrackCalls<S>;
@@ -82,8 +60,7 @@ impl<S> tower_layer::Layer<S> for TrackCallsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         TrackCalls {
             inner,
-            tracker: self.tracker.clone(),
-            cost: self.cost.clone(),
+            tracker: self.0.clone(),
         }
     }
 }
@@ -93,7 +70,6 @@ impl<S> tower_layer::Layer<S> for TrackCallsLayer {
 pub struct TrackCalls<S> {
     inner: S,
     tracker: CallTracker,
-    cost: Arc<ResponseCost>,
 }
 
 impl<S, B> tower_service::Service<http::Request<B>> for TrackCalls<S>
@@ -110,32 +86,22 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path();
-        let guard = path
+        let guard = request
+            .uri()
+            .path()
             .starts_with(COUNTED_PREFIX)
             .then(|| self.tracker.enter());
-        let cost = (path == MEASURED_PATH).then(|| self.cost.clone());
         let response = self.inner.call(request);
         async move {
             let response = response.await?;
-            let ready = Instant::now();
             Ok(match guard {
                 None => response,
-                Some(guard) => {
-                    let measure = cost.zip(response.extensions().get::<ResponseTail>().copied());
-                    response.map(|body| {
-                        tonic::body::Body::new(GuardedBody {
-                            body,
-                            _guard: guard,
-                            measure: measure.map(|(cost, tail)| Measure {
-                                cost,
-                                tail: tail.0,
-                                ready,
-                                bytes: 0,
-                            }),
-                        })
+                Some(guard) => response.map(|body| {
+                    tonic::body::Body::new(GuardedBody {
+                        body,
+                        _guard: guard,
                     })
-                }
+                }),
             })
         }
         .boxed()
@@ -146,15 +112,6 @@ where
 struct GuardedBody {
     body: tonic::body::Body,
     _guard: CallGuard,
-    measure: Option<Measure>,
-}
-
-/// A measured response in progress.
-struct Measure {
-    cost: Arc<ResponseCost>,
-    tail: Duration,
-    ready: Instant,
-    bytes: usize,
 }
 
 impl http_body::Body for GuardedBody {
@@ -165,21 +122,7 @@ impl http_body::Body for GuardedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if let Some(m) = &mut self.measure {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) if frame.is_data() => {
-                    m.bytes += frame.data_ref().map_or(0, bytes::Bytes::len);
-                }
-                // Trailers or the end: the response is out.
-                Poll::Ready(_) => {
-                    m.cost.observe(m.bytes, m.tail + m.ready.elapsed());
-                    self.measure = None;
-                }
-                Poll::Pending => {}
-            }
-        }
-        polled
+        Pin::new(&mut self.body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -194,44 +137,6 @@ impl http_body::Body for GuardedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn read_responses_feed_their_cost_by_size() {
-        use tower_layer::Layer;
-        use tower_service::Service;
-        let cost = Arc::new(ResponseCost::default());
-        let layer = TrackCallsLayer {
-            tracker: CallTracker::default(),
-            cost: cost.clone(),
-        };
-        let payload = bytes::Bytes::from(vec![7u8; 64 << 10]);
-        let mut svc = layer.layer(tower::service_fn(move |_req: http::Request<()>| {
-            let payload = payload.clone();
-            async move {
-                let mut response =
-                    http::Response::new(tonic::body::Body::new(http_body_util::Full::new(payload)));
-                response
-                    .extensions_mut()
-                    .insert(ResponseTail(Duration::from_millis(3)));
-                Ok::<_, std::convert::Infallible>(response)
-            }
-        }));
-        let prior = |c: &ResponseCost| {
-            c.reserve()
-                .for_response(64 << 10, 0, Duration::from_secs(9), Duration::ZERO)
-        };
-        assert_eq!(prior(&cost), Duration::from_secs(9), "nothing measured yet");
-        for path in ["/hourglass.v1.Hourglass/GetNamespace", MEASURED_PATH] {
-            let request = http::Request::builder().uri(path).body(()).unwrap();
-            let body = svc.call(request).await.unwrap().into_body();
-            http_body_util::BodyExt::collect(body).await.unwrap();
-        }
-        // One ReadEvents response of 64 KiB that took 3 ms to build: the
-        // reserve now comes from it, not from the 9 s prior.
-        let measured = prior(&cost);
-        assert!(measured < Duration::from_millis(10), "{measured:?}");
-        assert!(measured > Duration::ZERO);
-    }
 
     #[tokio::test]
     async fn idle_waits_for_every_guard() {

@@ -196,10 +196,7 @@ pub async fn run(
             }
         }
     };
-    let layer = TrackCallsLayer {
-        tracker: calls.clone(),
-        cost: service.response_cost(),
-    };
+    let layer = TrackCallsLayer(calls.clone());
     let served = tokio::select! {
         served = serve(listener, config.tls, layer, service, health, shutdown) => served,
         () = drained => Ok(()),

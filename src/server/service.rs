@@ -85,11 +85,6 @@ pub struct HourglassService<S> {
 }
 
 impl<S: Storage> HourglassService<S> {
-    /// The engine's measured response cost, which the serving layer feeds.
-    pub fn response_cost(&self) -> Arc<crate::engine::response_cost::ResponseCost> {
-        self.engine.response_cost().clone()
-    }
-
     pub fn new(engine: Arc<ReadEngine<S>>, keys: KeyRing, budget: BudgetConfig) -> Self {
         Self {
             engine,
@@ -388,16 +383,15 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             let (req, fp, _permit) = self.prepare_read(request).await?;
             let mut rows = Vec::new();
             let outcome = self.engine.read(&req, &mut rows).await?;
-            let scanned = Instant::now();
             let end = api::stream_end(outcome, |k| self.keys.issue(&fp, k));
             let events = rows
                 .into_iter()
                 .map(|r| api::event_of(&req.series_id, r))
                 .collect();
-            Ok((events, end, scanned))
+            Ok((events, end))
         }
         .await;
-        let (events, end, scanned) = finish("ReadEvents", started, result, |(_, end, _)| {
+        let (events, end) = finish("ReadEvents", started, result, |(_, end)| {
             partial_or_complete(end)
         })?;
         let pb::StreamEnd {
@@ -407,20 +401,14 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             watermark_micros,
             stats,
         } = end;
-        let mut response = Response::new(pb::ReadEventsResponse {
+        Ok(Response::new(pb::ReadEventsResponse {
             events,
             partial,
             partial_reason,
             continuation_token,
             watermark_micros,
             stats,
-        });
-        // What building the response cost; the serving layer adds encoding
-        // and sending, and feeds the engine's response cost.
-        response
-            .extensions_mut()
-            .insert(super::calls::ResponseTail(scanned.elapsed()));
-        Ok(response)
+        }))
     }
 
     type StreamEventsStream = std::pin::Pin<
