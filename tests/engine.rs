@@ -1,8 +1,7 @@
 //! Deterministic engine tests on the in-process fake store with injected
 //! latency, under tokio's paused clock: exact times, exact rows.
 //!
-//! One file over 600 lines on purpose: the scenario tests and the property
-//! test share the fake-store helpers above them.
+//! The helpers they share with tests/continuations.rs are in `fake/`.
 
 // Test data: small counts and times converted between integer types.
 #![allow(
@@ -132,6 +131,22 @@ async fn the_scan_stops_early_enough_to_leave_the_response_its_reserve() {
             ..
         }
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_a_tight_budget_the_first_bucket_is_fetched_beside_the_index() {
+    let ns = namespace(1_000_000, 2);
+    let (store, all) = seeded(&ns, 0..100).await;
+    store.set_latency(|_| MS);
+    store.set_index_latency(3 * MS);
+    let engine = engine(&store);
+    // Index, then pages, would take 4 ms; side by side they take 3.
+    let mut req = request(&ns, Order::Ascending, 3 * MS + MS / 2, 1000);
+    req.start = 0;
+    let (rows, out) = read(&engine, &req).await;
+    out.expect("rows, not BUDGET_TOO_SMALL");
+    assert!(!rows.is_empty());
+    assert_rows(&rows, &all[..rows.len()]);
 }
 
 #[tokio::test(start_paused = true)]

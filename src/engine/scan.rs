@@ -99,25 +99,28 @@ impl<S: Storage> Scan<S> {
             last_error: None,
             last_delivered: 0,
         };
-        // Resuming after a row: its bucket surely holds rows, so its shards
-        // are fetched at once, beside (not after) the bucket-index query.
-        if let (Some(k), Some((first, last))) = (&req.resume_after, scan.index_todo) {
-            if !k.id.is_empty() {
-                let b = req.namespace.bucket_of(k.time);
-                let rest = match req.order {
-                    Order::Ascending if b == first => {
-                        Some((first < last).then(|| (first + 1, last)))
-                    }
-                    Order::Descending if b == last => {
-                        Some((first < last).then(|| (first, last - 1)))
-                    }
-                    _ => None,
+        // The first bucket's shards are fetched at once, beside (not after)
+        // the bucket-index query, when it surely holds rows (resuming after
+        // a row of it) or when the budget is too tight for two round trips
+        // in a row (a gamble: if the bucket is empty, its shards answer
+        // nothing and the index lists the rest).
+        if let Some((first, last)) = scan.index_todo {
+            let head = match req.order {
+                Order::Ascending => first,
+                Order::Descending => last,
+            };
+            let certain = req
+                .resume_after
+                .as_ref()
+                .is_some_and(|k| !k.id.is_empty() && req.namespace.bucket_of(k.time) == head);
+            let tight = !pages::ample(&scan.model, req.budget.total);
+            if certain || tight {
+                scan.index_todo = match req.order {
+                    Order::Ascending => (first < last).then(|| (first + 1, last)),
+                    Order::Descending => (first < last).then(|| (first, last - 1)),
                 };
-                if let Some(rest) = rest {
-                    scan.index_todo = rest;
-                    let cursor = scan.bucket_cursor(b);
-                    scan.buckets.push_back(cursor);
-                }
+                let cursor = scan.bucket_cursor(head);
+                scan.buckets.push_back(cursor);
             }
         }
         scan
