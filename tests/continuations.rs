@@ -5,14 +5,16 @@
 
 mod fake;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fake::{
     assert_rows, engine, follow, frontier, hot_engine, namespace, read, request, seeded,
     write_rows, MS,
 };
-use hourglass::engine::{ContinuationConfig, Ending, ReadError};
-use hourglass::model::{Order, Row};
+use hourglass::engine::{ContinuationConfig, Ending, ReadEngine, ReadError, ReadRequest};
+use hourglass::model::{Namespace, Order, Row};
+use hourglass::storage::memory::MemoryStore;
 use tokio::time::Instant;
 
 #[tokio::test(start_paused = true)]
@@ -95,11 +97,11 @@ async fn a_miss_on_another_replica_or_after_expiry_resumes_from_the_token_alone(
 /// Reads the first `n` rows of `[start, end)` with a row limit, so the read
 /// stops partial and is held.
 async fn first_rows(
-    engine: &hourglass::engine::ReadEngine<hourglass::storage::memory::MemoryStore>,
-    ns: &std::sync::Arc<hourglass::model::Namespace>,
+    engine: &ReadEngine<MemoryStore>,
+    ns: &Arc<Namespace>,
     range: (i64, i64),
     client: &str,
-) -> hourglass::engine::ReadRequest {
+) -> ReadRequest {
     let mut req = request(ns, Order::Ascending, 200 * MS, 100);
     (req.start, req.end) = range;
     req.client = client.into();
@@ -112,10 +114,7 @@ async fn first_rows(
 }
 
 /// Whether continuing `req` found its scan held.
-async fn continued(
-    engine: &hourglass::engine::ReadEngine<hourglass::storage::memory::MemoryStore>,
-    req: &hourglass::engine::ReadRequest,
-) -> bool {
+async fn continued(engine: &ReadEngine<MemoryStore>, req: &ReadRequest) -> bool {
     let (rows, out) = read(engine, req).await;
     let out = out.expect("progress");
     assert_eq!(rows.len(), 100, "the next page either way");

@@ -36,6 +36,13 @@ pub(super) struct ShardCursor {
     pub(super) sent: Option<Instant>,
 }
 
+impl ShardCursor {
+    /// Nothing buffered, nothing in flight, rows may remain: a page is due.
+    fn idle(&self) -> bool {
+        self.buf.is_empty() && !self.done && self.requested == 0
+    }
+}
+
 pub(super) struct BucketCursor {
     pub(super) bucket: i64,
     pub(super) shards: Vec<ShardCursor>,
@@ -364,12 +371,7 @@ impl<S: Storage> Scan<S> {
         // fetched only to be discarded.
         let affordable = self.model.affordable_rows(remaining);
         let need = pages::rows_needed(self.req.row_limit, self.rows_out, affordable);
-        if self.index_todo.is_some()
-            && !self.index_pending
-            && self.buckets.len() <= cfg.readahead_buckets
-        {
-            self.launch_index(0, Duration::ZERO);
-        }
+        self.list_more_buckets();
         let pace = self.model.affordable_rows(remaining / 2);
         let mut covered = 0usize;
         let mut probe_only = false;
@@ -396,11 +398,7 @@ impl<S: Storage> Scan<S> {
             // shards return (rows that arrive too late are discarded); a
             // bucket after one that may hold all the rows is only probed.
             let page = pages::shard_page(want, shards, pace, i > 0 && probe_only, cfg);
-            let blocking = i == 0
-                && bucket
-                    .shards
-                    .iter()
-                    .any(|s| s.buf.is_empty() && !s.done && s.requested == 0);
+            let blocking = i == 0 && bucket.shards.iter().any(ShardCursor::idle);
             if blocking
                 && affordable < cfg.min_storage_page
                 && self.progressed()
@@ -410,8 +408,7 @@ impl<S: Storage> Scan<S> {
             }
             for j in 0..shards {
                 let s = &self.buckets[i].shards[j];
-                let idle = s.buf.is_empty() && !s.done && s.requested == 0;
-                if idle && (i == 0 || self.in_flight.len() < cfg.max_in_flight) {
+                if s.idle() && (i == 0 || self.in_flight.len() < cfg.max_in_flight) {
                     self.launch_shard(i, j, page, 0, Duration::ZERO);
                 }
             }
@@ -442,12 +439,7 @@ impl<S: Storage> Scan<S> {
         }
         let engine = self.engine.clone();
         let cfg = &engine.config;
-        if self.index_todo.is_some()
-            && !self.index_pending
-            && self.buckets.len() <= cfg.readahead_buckets
-        {
-            self.launch_index(0, Duration::ZERO);
-        }
+        self.list_more_buckets();
         let wanted = self.last_delivered.max(cfg.min_storage_page);
         // Pages small enough to land within a quarter of the last call's
         // budget: the next call may find one still in flight and wait on it.
@@ -461,7 +453,7 @@ impl<S: Storage> Scan<S> {
             let page = pages::shard_page(wanted - covered, shards, pace, false, cfg);
             for j in 0..shards {
                 let s = &self.buckets[i].shards[j];
-                if s.buf.is_empty() && !s.done && s.requested == 0 {
+                if s.idle() {
                     self.launch_shard(i, j, page, 0, Duration::ZERO);
                 }
             }
@@ -470,6 +462,17 @@ impl<S: Storage> Scan<S> {
                 .iter()
                 .map(|s| s.buf.len() + s.requested)
                 .sum::<usize>();
+        }
+    }
+
+    /// Sends the next bucket-index query when the listed buckets run short
+    /// of the read-ahead and none is pending.
+    fn list_more_buckets(&mut self) {
+        if self.index_todo.is_some()
+            && !self.index_pending
+            && self.buckets.len() <= self.engine.config.readahead_buckets
+        {
+            self.launch_index(0, Duration::ZERO);
         }
     }
 
