@@ -540,6 +540,8 @@ async fn pages_abandoned_at_the_deadline_teach_the_model_to_ask_for_less() {
         let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 20 * MS, 100_000)).await;
         match out {
             Err(ReadError::NoProgress { .. }) => {}
+            // Progress of the watermark alone (the index skipped ahead): another try.
+            Ok(_) if rows.is_empty() => {}
             Ok(_) => break rows,
             Err(e) => panic!("{e}"),
         }

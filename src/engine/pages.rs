@@ -42,7 +42,9 @@ pub fn shard_page(
 /// latency model's evidence (at most `trusted` rows) and expected to take at
 /// most 1/[`SLOW_START_HEADROOM`] of `timeout`, it is sent whole; otherwise
 /// the shard starts at `initial_storage_page` rows and doubles per page, so
-/// first rows arrive fast under tight budgets.
+/// first rows arrive fast under tight budgets, but never past the evidence
+/// (`trusted`, or the initial page before any): a shard that sent many small
+/// pages must not jump to one many times larger than any seen to land.
 pub fn slow_start(
     page: usize,
     predicted: Duration,
@@ -58,6 +60,7 @@ pub fn slow_start(
         .initial_storage_page
         .saturating_mul(1 << pages_sent.min(20));
     page.min(ramp.max(1))
+        .min(trusted.max(cfg.initial_storage_page))
 }
 
 /// Whether `remaining` is ample: even the smallest page is expected to take
@@ -161,6 +164,9 @@ mod tests {
         // Beyond the model's evidence a roomy prediction is not trusted.
         assert_eq!(slow_start(4000, MS, 10 * MS, 0, 512, &cfg), 128);
         assert_eq!(slow_start(500, MS, 10 * MS, 0, 512, &cfg), 500);
+        // Many pages sent do not ramp past twice the largest seen to land.
+        assert_eq!(slow_start(5000, 5 * MS, 8 * MS, 12, 700, &cfg), 700);
+        assert_eq!(slow_start(5000, 5 * MS, 8 * MS, 12, 0, &cfg), 128);
     }
 
     #[test]

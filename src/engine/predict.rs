@@ -4,6 +4,14 @@
 //! The model is `latency = base + rows * per_row`, fitted by exponentially
 //! weighted least squares over observed pages, one model per
 //! namespace (layouts differ by namespace) shared by all reads of it.
+//!
+//! The slope is a ridge estimate pulled toward the prior per-row cost: pages
+//! of nearly one size cannot tell a fixed cost from a per-row cost, and an
+//! unregularised fit over them let scheduling noise set the slope (tens of
+//! µs per row, ten times the truth), after which pages shrank to a few dozen
+//! rows, never varied enough to correct it, and tight budgets ended empty
+//! (the false BUDGET_TOO_SMALL). Only pages of clearly different sizes move
+//! the slope away from the prior.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -17,8 +25,13 @@ const SAFETY: f64 = 1.25;
 const PRIOR_BASE_SECS: f64 = 0.001;
 /// Prior before any observation: 2 µs per row.
 const PRIOR_PER_ROW_SECS: f64 = 0.000_002;
-/// Page sizes must vary at least this much (variance, rows²) to fit a slope.
-const MIN_ROWS_VARIANCE: f64 = 100.0;
+/// Strength of the prior slope, as a variance of page sizes (rows²): the
+/// slope follows the data as far as the observed pages' size variance
+/// outweighs this (pages of 128 to 5,000 rows do; pages of 16 to 40 do not).
+const PRIOR_ROWS_VARIANCE: f64 = 10_000.0;
+/// The slope never falls below this share of the prior, so a page's rows
+/// always cost something and affordable rows stay finite.
+const MIN_PER_ROW_SHARE: f64 = 1.0 / 16.0;
 
 /// Page latency model: an exponentially weighted least-squares line through
 /// (rows, seconds) observations.
@@ -76,13 +89,10 @@ impl LatencyModel {
         self.mean_y += ALPHA * (y - self.mean_y);
         self.mean_xx += ALPHA * (x * x - self.mean_xx);
         self.mean_xy += ALPHA * (x * y - self.mean_xy);
-        let var = self.mean_xx - self.mean_x * self.mean_x;
-        if var > MIN_ROWS_VARIANCE {
-            let slope = (self.mean_xy - self.mean_x * self.mean_y) / var;
-            if slope > 0.0 {
-                self.per_row = slope;
-            }
-        }
+        let var = (self.mean_xx - self.mean_x * self.mean_x).max(0.0);
+        let cov = self.mean_xy - self.mean_x * self.mean_y;
+        let slope = (cov + PRIOR_ROWS_VARIANCE * PRIOR_PER_ROW_SECS) / (var + PRIOR_ROWS_VARIANCE);
+        self.per_row = slope.max(PRIOR_PER_ROW_SECS * MIN_PER_ROW_SHARE);
         self.base = (self.mean_y - self.per_row * self.mean_x).max(0.0);
     }
 
@@ -163,5 +173,23 @@ mod tests {
         let rows = m.affordable_rows(Duration::from_millis(10));
         assert!((300..=600).contains(&rows), "affordable {rows}");
         assert_eq!(m.affordable_rows(Duration::from_millis(1)), 0);
+    }
+
+    /// Pages of nearly one size whose latency is noise (0.5 to 2.6 ms for 16
+    /// to 40 rows, the larger pages by chance the slower) must not teach a
+    /// per-row cost of tens of µs: it shrank pages to a few dozen rows and
+    /// left tight budgets empty.
+    #[test]
+    fn noise_on_pages_of_one_size_keeps_the_prior_slope() {
+        let mut m = LatencyModel::default();
+        for i in 0..400 {
+            let (rows, us) = [(16, 500), (40, 2600), (20, 900), (36, 1700)][i % 4];
+            m.observe(rows, Duration::from_micros(us));
+        }
+        let per_row = m.predict(1000).saturating_sub(m.predict(0)).as_secs_f64() / SAFETY / 1000.0;
+        assert!(per_row < 4.0 * PRIOR_PER_ROW_SECS, "per row {per_row}");
+        let mean = m.predict(28).as_secs_f64() / SAFETY;
+        assert!((mean - 0.001_425).abs() < 0.000_3, "mean page {mean}");
+        assert!(m.affordable_rows(Duration::from_millis(7)) > 1000);
     }
 }
