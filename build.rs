@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .bytes(".hourglass.v1.Event.payload")
+        // prost's codec, with encoding timed for the response reserve.
+        .codec_path("crate::codec::TimedCodec")
         .file_descriptor_set_path(out.join("hourglass_descriptor.bin"))
         .compile_protos(&["proto/hourglass/v1/hourglass.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");

@@ -11,7 +11,7 @@
 //! * [`engine`] rooms: `scan` (the state machine), `fetch` (storage
 //!   requests and retries), [`engine::pages`] (page sizing, pure),
 //!   [`engine::position`] (what a position, frontier, token and watermark
-//!   mean), [`engine::budget`], [`engine::merge`], [`engine::predict`].
+//!   mean), [`engine::reserve`] (the measured response cost), [`engine::budget`], [`engine::merge`], [`engine::predict`].
 //! * [`storage`]: the [`storage::Storage`] trait, Cassandra/ScyllaDB behind
 //!   it ([`storage::cassandra`]), the circuit breaker ([`storage::breaker`])
 //!   and, with the `test-util` feature, an in-process fake for engine tests.
@@ -19,6 +19,8 @@
 //! * [`auth`]: bearer-token authentication, per-namespace permissions.
 //! * [`model`]: namespaces, events, clustering keys, bucket arithmetic.
 //! * [`telemetry`]: Prometheus metrics and their names.
+//! * [`codec`]: prost's gRPC codec, timing each encode for the response
+//!   reserve ([`engine::reserve`]).
 //! * [`client`]: follows tokens to the end of a read as a `Stream`.
 //! * [`cli`]: the binary's flags and config file, turned into a
 //!   [`server::ServerConfig`] that [`server::run`] serves.
@@ -40,6 +42,7 @@ pub mod auth;
 pub mod bulkhead;
 pub mod cli;
 pub mod client;
+pub mod codec;
 pub mod engine;
 pub mod error;
 #[cfg(feature = "fuzz")]

@@ -305,3 +305,51 @@ async fn pages_in_flight_when_a_call_ends_land_for_the_next_call() {
     let got: Vec<Row> = first.into_iter().chain(second).collect();
     assert_rows(&got, &all[..got.len()]);
 }
+
+/// A page slower than a whole budget (a storage GC pause) must not leave a
+/// continued call empty-handed: a call stopped by its budget leaves its
+/// last rows to the next, which emits them while that page is still on its
+/// way. Without them, the call after each slow page answered
+/// BUDGET_TOO_SMALL although the scan was healthy.
+#[tokio::test(start_paused = true)]
+async fn a_continued_call_has_rows_even_while_a_page_outlasts_its_budget() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let ns = namespace(1_000, 4);
+    let (store, all) = seeded(&ns, (0..8_000).map(i64::from)).await;
+    let pages = Arc::new(AtomicUsize::new(0));
+    store.set_latency(move |_| {
+        // Every seventh page stalls for one and a half budgets.
+        if pages.fetch_add(1, Ordering::Relaxed) % 7 == 6 {
+            15 * MS
+        } else {
+            MS
+        }
+    });
+    let hot = hot_engine(&store, ContinuationConfig::default());
+    let mut rows = Vec::new();
+    let mut calls = Vec::new();
+    let mut resume = None;
+    loop {
+        let mut req = request(&ns, Order::Ascending, 10 * MS, 100_000);
+        req.resume_after = resume.clone();
+        let (got, out) = read(&hot, &req).await;
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => panic!("call {} of the chain failed: {e}", calls.len()),
+        };
+        rows.extend(got);
+        calls.push(out.clone());
+        match out.ending {
+            Ending::Complete => break,
+            Ending::Partial { frontier, .. } => resume = Some(frontier),
+        }
+    }
+    assert_rows(&rows, &all);
+    assert!(calls.len() > 10, "the budget ended most calls");
+    for (i, call) in calls.iter().enumerate().skip(1) {
+        assert!(call.stats.continued, "call {i} continued the held scan");
+        assert!(call.stats.rows_delivered > 0, "call {i} came back empty");
+    }
+    let served = store.rows_served();
+    assert_eq!(served, all.len() as u64, "each row read from storage once");
+}

@@ -19,6 +19,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use crate::auth::Authenticator;
 use crate::bulkhead::{DEFAULT_MAX_SCANS, DEFAULT_MAX_SCANS_PER_NAMESPACE};
 use crate::engine::budget::BudgetConfig;
+use crate::engine::reserve::RESPONSE_COST;
 use crate::engine::{ContinuationConfig, EngineConfig};
 use crate::server::{ServerConfig, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEALTH_INTERVAL};
 use crate::storage::breaker::BreakerConfig;
@@ -327,6 +328,7 @@ impl ServeArgs {
                 per_client: self.continuation_per_client,
                 max_age: self.continuation_max_age.0,
             },
+            response_cost: Some(&RESPONSE_COST),
             ..EngineConfig::default()
         };
         engine

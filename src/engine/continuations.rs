@@ -2,7 +2,9 @@
 //! this replica for a short, bounded time so the call presenting its token
 //! continues it instead of starting over.
 //!
-//! What is held: the rows fetched past the frontier, each shard's position,
+//! What is held: the rows fetched past the frontier (and the last merged
+//! rows a budget-ended call left for the next, see `Scan::leave_for_next`),
+//! each shard's position,
 //! the listed buckets and the rest of the bucket index's range, the latency
 //! model and slow-start progress, and the pages still in flight, which a
 //! task lets land while the client is away (they are not dropped); the

@@ -22,6 +22,7 @@ pub mod merge;
 pub mod pages;
 pub mod position;
 pub mod predict;
+pub mod reserve;
 mod scan;
 
 use std::sync::Arc;
@@ -58,12 +59,18 @@ pub struct EngineConfig {
     pub retry_base: Duration,
     /// Largest retry backoff.
     pub retry_cap: Duration,
-    /// Time kept back from the budget for the response itself (building,
-    /// encoding and sending it): the scan stops this much before the
-    /// deadline, plus [`EngineConfig::response_reserve_per_row`] per row.
+    /// Time kept back from the budget for handing the response to the
+    /// transport: the scan stops this much before the deadline, plus the
+    /// time building and encoding the rows gathered is expected to take
+    /// (see [`reserve`]).
     pub response_reserve: Duration,
-    /// Additional reserve per row gathered.
+    /// Expected building and encoding time per row gathered, until
+    /// `response_cost` has measured it (or always, without one).
     pub response_reserve_per_row: Duration,
+    /// The measured cost of building and encoding responses per byte
+    /// ([`reserve::RESPONSE_COST`] in a server); None keeps the per-row
+    /// figure (engine tests, embedded engines).
+    pub response_cost: Option<&'static reserve::ResponseCost>,
     /// The hot-continuation cache: scans that stopped partial are held for
     /// the call presenting their token ([`ContinuationConfig::off`] turns
     /// it off).
@@ -81,8 +88,9 @@ impl Default for EngineConfig {
             index_page: 256,
             retry_base: Duration::from_millis(10),
             retry_cap: Duration::from_millis(500),
-            response_reserve: Duration::from_millis(2),
+            response_reserve: Duration::from_millis(1),
             response_reserve_per_row: Duration::from_micros(4),
+            response_cost: None,
             continuations: ContinuationConfig::default(),
         }
     }
@@ -188,6 +196,11 @@ impl PartialReason {
         !matches!(self, Self::StorageError | Self::Shutdown)
     }
 
+    /// Whether the budget (not a limit) ended the call.
+    fn is_budget(self) -> bool {
+        matches!(self, Self::Slo | Self::ClientDeadline | Self::ServerBudget)
+    }
+
     /// Label used in metrics and logs.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -271,13 +284,32 @@ pub trait RowSink: Send {
     /// Called when the engine is about to wait on storage: a streaming sink
     /// sends what it holds.
     fn flush(&mut self) {}
+    /// Gives back the last `n` rows pushed, if they were not sent yet and
+    /// at least one more row stays, with the key of the last row that
+    /// stays. A sink that sends as it goes gives nothing back.
+    fn take_back(&mut self, n: usize) -> Option<(Key, Vec<Row>)> {
+        let _ = n;
+        None
+    }
 }
 
 impl RowSink for Vec<Row> {
     fn push(&mut self, row: Row) {
         Vec::push(self, row);
     }
+
+    fn take_back(&mut self, n: usize) -> Option<(Key, Vec<Row>)> {
+        if n == 0 || self.len() <= n {
+            return None;
+        }
+        let back = self.split_off(self.len() - n);
+        self.last().map(|r| (r.key.clone(), back))
+    }
 }
+
+/// A call stopped by its budget leaves this share of its rows (at least
+/// one) to the next call of a held scan ([`RowSink::take_back`]).
+const LEFT_FOR_NEXT_SHARE: usize = 16;
 
 /// The read engine over a store.
 pub struct ReadEngine<S> {
@@ -356,7 +388,15 @@ impl<S: Storage> ReadEngine<S> {
             }
             None => Scan::new(&self.core, req),
         };
-        let result = scan.run(sink).await;
+        let mut result = scan.run(sink).await;
+        if let Ok(ending) = &mut result {
+            let budget_ended = matches!(ending, Ending::Partial { reason, .. }
+                if reason.holds_scan() && reason.is_budget());
+            if budget_ended && self.continuations.holds() {
+                let rows = (scan.rows_out / LEFT_FOR_NEXT_SHARE).max(1);
+                scan.leave_for_next(rows, sink, ending);
+            }
+        }
         sink.flush();
         let outcome = result.map(|ending| scan.outcome(ending));
         if let Ok(o) = &outcome {

@@ -39,7 +39,14 @@ pub(super) struct ShardCursor {
 impl ShardCursor {
     /// Nothing buffered, nothing in flight, rows may remain: a page is due.
     fn idle(&self) -> bool {
-        self.buf.is_empty() && !self.done && self.requested == 0
+        self.buf.is_empty() && self.low(1)
+    }
+
+    /// Nothing in flight, rows may remain, and fewer than `page` buffered:
+    /// its next page should be on its way before the merge drains it, or the
+    /// merge waits on one shard's round trip after another.
+    fn low(&self, page: usize) -> bool {
+        !self.done && self.requested == 0 && self.buf.len() < page
     }
 }
 
@@ -73,6 +80,10 @@ pub(super) struct Scan<S> {
     /// Rows the last finished call delivered: what a held scan fetches
     /// ahead for the next.
     pub(super) last_delivered: usize,
+    /// Merged rows a call stopped by its budget left for the next call
+    /// (see [`Scan::leave_for_next`]): they come before every buffered
+    /// shard row, so the next call emits them before the merge runs.
+    pub(super) carry: VecDeque<Row>,
 }
 
 impl<S: Storage> Scan<S> {
@@ -105,6 +116,7 @@ impl<S: Storage> Scan<S> {
             },
             last_error: None,
             last_delivered: 0,
+            carry: VecDeque::new(),
         };
         // The first bucket's shards are fetched at once, beside (not after)
         // the bucket-index query, when it surely holds rows (resuming after
@@ -184,11 +196,46 @@ impl<S: Storage> Scan<S> {
         }
     }
 
+    /// A call stopped by its budget, about to be held, takes its last
+    /// `rows` back from the sink (when the sink can, and one row stays)
+    /// and leaves them to the next call, which then starts with rows in
+    /// hand even if the page it would wait on is slow to land (a storage
+    /// GC pause, a stalled machine): a continued call never comes back
+    /// empty. The frontier moves back to the last row kept; `ending` is
+    /// the call's partial ending, moved with it.
+    pub(super) fn leave_for_next(
+        &mut self,
+        rows: usize,
+        sink: &mut impl RowSink,
+        ending: &mut Ending,
+    ) {
+        let Ending::Partial { frontier, .. } = ending else {
+            return;
+        };
+        let Some((last, back)) = sink.take_back(rows) else {
+            return;
+        };
+        let series_len = self.req.series_id.len();
+        self.rows_out -= back.len();
+        self.bytes_out -= back.iter().map(|r| r.weight(series_len)).sum::<usize>();
+        for row in back.into_iter().rev() {
+            self.carry.push_front(row);
+        }
+        self.frontier = last.clone();
+        *frontier = last;
+    }
+
     /// Estimated memory of the rows this scan holds: buffered rows, plus
     /// pages in flight at the buffered rows' mean size.
     pub(super) fn held_bytes(&self) -> usize {
         let series_len = self.req.series_id.len();
         let (mut rows, mut bytes, mut requested) = (0usize, 0usize, 0usize);
+        rows += self.carry.len();
+        bytes += self
+            .carry
+            .iter()
+            .map(|r| r.weight(series_len))
+            .sum::<usize>();
         for s in self.buckets.iter().flat_map(|b| &b.shards) {
             rows += s.buf.len();
             bytes += s.buf.iter().map(|r| r.weight(series_len)).sum::<usize>();
@@ -203,10 +250,14 @@ impl<S: Storage> Scan<S> {
     /// When the scan must stop for the response to land within the budget.
     pub(super) fn stop_at(&self) -> Instant {
         let cfg = &self.engine.config;
-        let per_row = cfg
-            .response_reserve_per_row
-            .saturating_mul(u32::try_from(self.rows_out).unwrap_or(u32::MAX));
-        let reserve = (cfg.response_reserve + per_row).min(self.req.budget.total / 2);
+        let rows = cfg
+            .response_cost
+            .and_then(|cost| cost.reserve(self.bytes_out))
+            .unwrap_or_else(|| {
+                cfg.response_reserve_per_row
+                    .saturating_mul(u32::try_from(self.rows_out).unwrap_or(u32::MAX))
+            });
+        let reserve = (cfg.response_reserve + rows).min(self.req.budget.total / 2);
         self.req.budget.deadline - reserve
     }
 
@@ -288,7 +339,11 @@ impl<S: Storage> Scan<S> {
             if let Some(limit) = self.emit(sink) {
                 return self.stop(limit, None);
             }
-            if self.buckets.is_empty() && self.index_todo.is_none() && !self.index_pending {
+            if self.buckets.is_empty()
+                && self.carry.is_empty()
+                && self.index_todo.is_none()
+                && !self.index_pending
+            {
                 return Ok(Ending::Complete);
             }
             if self.remaining().is_zero() {
@@ -320,6 +375,21 @@ impl<S: Storage> Scan<S> {
     fn emit(&mut self, sink: &mut impl RowSink) -> Option<PartialReason> {
         let order = self.req.order;
         let width = self.req.namespace.bucket_width_micros;
+        let series_len = self.req.series_id.len();
+        while let Some(row) = self.carry.front() {
+            let weight = row.weight(series_len);
+            if self.rows_out >= self.req.row_limit {
+                return Some(PartialReason::RowLimit);
+            }
+            if self.rows_out > 0 && self.bytes_out + weight > self.req.byte_limit {
+                return Some(PartialReason::ByteLimit);
+            }
+            let row = self.carry.pop_front().expect("a front row");
+            self.frontier = row.key.clone();
+            self.rows_out += 1;
+            self.bytes_out += weight;
+            sink.push(row);
+        }
         while let Some(head) = self.buckets.front_mut() {
             match pick(&head.shards, |s| (&s.buf, s.done), order) {
                 Pick::NeedData => return None,
@@ -333,7 +403,6 @@ impl<S: Storage> Scan<S> {
                     }
                 }
                 Pick::Row(i) => {
-                    let series_len = self.req.series_id.len();
                     let weight = head.shards[i]
                         .buf
                         .front()
@@ -406,10 +475,21 @@ impl<S: Storage> Scan<S> {
             {
                 return false;
             }
+            // Shards of the head bucket running low are topped up while it
+            // holds and awaits fewer rows than the call still wants, so
+            // every shard has its next page on the way (rows left over when
+            // the call ends stay with a held scan).
+            let mut head_covered = if i == 0 { self.covered(0) } else { 0 };
             for j in 0..shards {
                 let s = &self.buckets[i].shards[j];
-                if s.idle() && (i == 0 || self.in_flight.len() < cfg.max_in_flight) {
+                let due = if i == 0 {
+                    s.idle() || (s.low(page) && head_covered < need)
+                } else {
+                    s.idle() && self.in_flight.len() < cfg.max_in_flight
+                };
+                if due {
                     self.launch_shard(i, j, page, 0, Duration::ZERO);
+                    head_covered += self.buckets[i].shards[j].requested;
                 }
             }
             for s in &self.buckets[i].shards {
@@ -430,9 +510,9 @@ impl<S: Storage> Scan<S> {
     /// While the scan is held between calls: fetches ahead so the next
     /// call finds rows ready, until the head buckets hold or have asked for
     /// as many rows as the last call delivered, and never past `max_bytes`
-    /// held; pages are sized to land within a quarter of the last call's
-    /// budget. Only idle shards (nothing buffered, nothing in flight) are
-    /// asked, so the merge order is kept; rows are read as of their fetch.
+    /// held; pages are sized to land within half the last call's budget. Shards with nothing in flight and less than a page buffered
+    /// are asked (one page in flight per shard, so each shard's pages stay
+    /// in order); rows are read as of their fetch.
     pub(super) fn fetch_ahead(&mut self, max_bytes: usize) {
         if self.held_bytes() >= max_bytes {
             return;
@@ -441,9 +521,10 @@ impl<S: Storage> Scan<S> {
         let cfg = &engine.config;
         self.list_more_buckets();
         let wanted = self.last_delivered.max(cfg.min_storage_page);
-        // Pages small enough to land within a quarter of the last call's
-        // budget: the next call may find one still in flight and wait on it.
-        let pace = self.model.affordable_rows(self.req.budget.total / 4);
+        // Pages small enough to land within half the last call's budget:
+        // the next call may find one still in flight and wait on it (only
+        // when that shard's buffer ran dry: shards are topped up before).
+        let pace = self.model.affordable_rows(self.req.budget.total / 2);
         let mut covered = 0usize;
         for i in 0..self.buckets.len().min(cfg.readahead_buckets + 1) {
             if covered >= wanted {
@@ -452,16 +533,11 @@ impl<S: Storage> Scan<S> {
             let shards = self.buckets[i].shards.len();
             let page = pages::shard_page(wanted - covered, shards, pace, false, cfg);
             for j in 0..shards {
-                let s = &self.buckets[i].shards[j];
-                if s.idle() {
+                if self.buckets[i].shards[j].low(page) {
                     self.launch_shard(i, j, page, 0, Duration::ZERO);
                 }
             }
-            covered += self.buckets[i]
-                .shards
-                .iter()
-                .map(|s| s.buf.len() + s.requested)
-                .sum::<usize>();
+            covered += self.covered(i);
         }
     }
 
@@ -474,6 +550,15 @@ impl<S: Storage> Scan<S> {
         {
             self.launch_index(0, Duration::ZERO);
         }
+    }
+
+    /// Rows queued bucket `i` holds or has asked for.
+    fn covered(&self, i: usize) -> usize {
+        self.buckets[i]
+            .shards
+            .iter()
+            .map(|s| s.buf.len() + s.requested)
+            .sum()
     }
 
     fn head_in_flight(&self) -> bool {

@@ -89,7 +89,11 @@ impl ServerConfig {
             cassandra,
             keys,
             budget: BudgetConfig::default(),
-            engine: EngineConfig::default(),
+            // A server measures what its responses cost to build and encode.
+            engine: EngineConfig {
+                response_cost: Some(&crate::engine::reserve::RESPONSE_COST),
+                ..EngineConfig::default()
+            },
             breaker: BreakerConfig::default(),
             max_scans: DEFAULT_MAX_SCANS,
             max_scans_per_namespace: DEFAULT_MAX_SCANS_PER_NAMESPACE,

@@ -17,6 +17,7 @@ use crate::api::{self, pb, ReadParams};
 use crate::auth::{Access, Authenticator, Principal};
 use crate::bulkhead::{Bulkhead, ScanPermit};
 use crate::engine::budget::{parse_grpc_timeout, Budget, BudgetConfig};
+use crate::engine::reserve::{Stage, RESPONSE_COST};
 use crate::engine::{ReadEngine, ReadRequest, RowSink};
 use crate::error::ServiceError;
 use crate::model::{Key, Namespace, Order, Row, Span};
@@ -384,10 +385,18 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             let mut rows = Vec::new();
             let outcome = self.engine.read(&req, &mut rows).await?;
             let end = api::stream_end(outcome, |k| self.keys.issue(&fp, k));
+            // Building the events is timed for the response reserve (the
+            // codec times their encoding).
+            let building = std::time::Instant::now();
+            let mut bytes = 0;
             let events = rows
                 .into_iter()
-                .map(|r| api::event_of(&req.series_id, r))
+                .map(|r| {
+                    bytes += r.weight(req.series_id.len());
+                    api::event_of(&req.series_id, r)
+                })
                 .collect();
+            RESPONSE_COST.observe(Stage::Build, bytes, building.elapsed());
             Ok((events, end))
         }
         .await;

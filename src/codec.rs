@@ -1,0 +1,70 @@
+//! The gRPC codec of the generated code: prost's, with each encoded message
+//! timed into [`RESPONSE_COST`], so the response reserve follows what
+//! encoding really costs on this machine ([`crate::engine::reserve`]).
+//!
+//! The generated stubs build their codec with `Default`, so the measurements
+//! go to the process-wide model rather than to a handle passed in.
+
+use std::marker::PhantomData;
+use std::time::Instant;
+
+use bytes::BufMut;
+use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
+use tonic::Status;
+use tonic_prost::{ProstCodec, ProstDecoder};
+
+use crate::engine::reserve::{Stage, RESPONSE_COST};
+
+/// [`ProstCodec`] with timed encoding.
+#[derive(Debug, Clone, Copy)]
+pub struct TimedCodec<T, U>(PhantomData<(T, U)>);
+
+impl<T, U> Default for TimedCodec<T, U> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<T, U> Codec for TimedCodec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = TimedEncoder<T>;
+    type Decoder = ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        TimedEncoder(PhantomData)
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstCodec::<T, U>::default().decoder()
+    }
+}
+
+/// Encodes with prost and records how long each message took per byte.
+#[derive(Debug, Clone, Copy)]
+pub struct TimedEncoder<T>(PhantomData<T>);
+
+impl<T: prost::Message> Encoder for TimedEncoder<T> {
+    type Item = T;
+    type Error = Status;
+
+    fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        let started = Instant::now();
+        // The buffer grows as needed, so its remaining capacity falls by
+        // exactly the bytes written.
+        let room = buf.remaining_mut();
+        item.encode(buf)
+            .map_err(|e| Status::internal(format!("encoding a message: {e}")))?;
+        let written = room - buf.remaining_mut();
+        RESPONSE_COST.observe(Stage::Encode, written, started.elapsed());
+        Ok(())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::default()
+    }
+}

@@ -1,0 +1,170 @@
+//! The response reserve: how long before its deadline a scan stops, so the
+//! response is built and encoded within the budget.
+//!
+//! The cost is measured, not assumed: the server times each response's
+//! building (rows into protobuf events, in the handler) and its encoding
+//! (in the codec, [`crate::codec`]) and feeds [`RESPONSE_COST`] with the
+//! time per encoded byte. A scan keeps back a fixed floor
+//! ([`super::EngineConfig::response_reserve`], for the hand-off to the
+//! transport) plus the bytes gathered so far at the measured cost, with a
+//! safety factor. Until enough responses were measured, the configured
+//! per-row prior applies.
+//!
+//! Invariants: one sample never moves the estimate by more than
+//! [`MAX_SAMPLE_RATIO`] of it (a preempted thread on a loaded machine makes
+//! one encode look ten times slower than it is); responses under
+//! [`MIN_SAMPLE_BYTES`] are not samples (their fixed costs would read as a
+//! per-byte cost).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Responses smaller than this teach nothing about the per-byte cost.
+pub const MIN_SAMPLE_BYTES: usize = 16 << 10;
+/// Samples of each stage before the measured cost replaces the prior.
+pub const MIN_SAMPLES: u32 = 4;
+/// Weight of a new sample.
+const ALPHA: f64 = 0.1;
+/// A sample counts as at most this many times the current estimate.
+pub const MAX_SAMPLE_RATIO: f64 = 4.0;
+/// The measured cost is inflated by this factor for the reserve.
+const SAFETY: f64 = 1.5;
+
+/// Where a response spends its time after the scan stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Rows converted into protobuf events.
+    Build,
+    /// Events encoded into the message body.
+    Encode,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Ewma {
+    secs_per_byte: f64,
+    samples: u32,
+}
+
+impl Ewma {
+    fn observe(&mut self, sample: f64) {
+        if self.samples == 0 {
+            self.secs_per_byte = sample;
+        } else {
+            let clipped = sample.min(self.secs_per_byte * MAX_SAMPLE_RATIO);
+            self.secs_per_byte += ALPHA * (clipped - self.secs_per_byte);
+        }
+        self.samples = self.samples.saturating_add(1);
+    }
+}
+
+/// The measured cost of building and encoding responses, per byte.
+#[derive(Debug, Default)]
+pub struct ResponseCost {
+    stages: Mutex<[Ewma; 2]>,
+}
+
+/// The process's response cost: every server of the process measures into
+/// it (the codec is built by generated code, so it cannot be handed one).
+pub static RESPONSE_COST: ResponseCost = ResponseCost::new();
+
+impl ResponseCost {
+    pub const fn new() -> Self {
+        Self {
+            stages: Mutex::new([
+                Ewma {
+                    secs_per_byte: 0.0,
+                    samples: 0,
+                },
+                Ewma {
+                    secs_per_byte: 0.0,
+                    samples: 0,
+                },
+            ]),
+        }
+    }
+
+    /// Records that `stage` of a response of `bytes` encoded bytes took `took`.
+    pub fn observe(&self, stage: Stage, bytes: usize, took: Duration) {
+        if bytes < MIN_SAMPLE_BYTES {
+            return;
+        }
+        #[allow(clippy::cast_precision_loss)] // byte counts far below 2^52
+        let sample = took.as_secs_f64() / bytes as f64;
+        let mut stages = self.stages.lock().expect("response cost");
+        stages[stage as usize].observe(sample);
+    }
+
+    /// Measured seconds per byte of building and encoding, once both stages
+    /// have [`MIN_SAMPLES`] samples.
+    pub fn secs_per_byte(&self) -> Option<f64> {
+        let stages = self.stages.lock().expect("response cost");
+        stages
+            .iter()
+            .all(|s| s.samples >= MIN_SAMPLES)
+            .then(|| stages.iter().map(|s| s.secs_per_byte).sum())
+    }
+
+    /// The time to keep back for a response of `bytes`, measured (with the
+    /// safety factor), or None before enough samples.
+    pub fn reserve(&self, bytes: usize) -> Option<Duration> {
+        #[allow(clippy::cast_precision_loss)] // byte counts far below 2^52
+        self.secs_per_byte()
+            .map(|per_byte| Duration::from_secs_f64(per_byte * bytes as f64 * SAFETY))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const US: Duration = Duration::from_micros(1);
+
+    #[test]
+    fn prior_until_both_stages_are_measured() {
+        let cost = ResponseCost::new();
+        for _ in 0..MIN_SAMPLES {
+            cost.observe(Stage::Build, 100_000, 200 * US);
+        }
+        assert_eq!(cost.reserve(100_000), None, "encoding not yet measured");
+        for _ in 0..MIN_SAMPLES {
+            cost.observe(Stage::Encode, 100_000, 100 * US);
+        }
+        // 3 ns per byte, times 1.5: 450 µs for 100 kB.
+        let r = cost.reserve(100_000).expect("measured");
+        assert!((r.as_secs_f64() - 450e-6).abs() < 1e-6, "{r:?}");
+    }
+
+    #[test]
+    fn small_responses_are_not_samples() {
+        let cost = ResponseCost::new();
+        for _ in 0..100 {
+            cost.observe(Stage::Build, MIN_SAMPLE_BYTES - 1, 5000 * US);
+            cost.observe(Stage::Encode, MIN_SAMPLE_BYTES - 1, 5000 * US);
+        }
+        assert_eq!(cost.secs_per_byte(), None);
+    }
+
+    #[test]
+    fn a_stalled_sample_moves_the_estimate_a_bounded_step() {
+        let cost = ResponseCost::new();
+        for _ in 0..20 {
+            cost.observe(Stage::Build, 100_000, 100 * US);
+            cost.observe(Stage::Encode, 100_000, 100 * US);
+        }
+        let before = cost.secs_per_byte().expect("measured");
+        // One encode preempted for 50 ms: 500 times its usual cost.
+        cost.observe(Stage::Encode, 100_000, 50_000 * US);
+        let after = cost.secs_per_byte().expect("measured");
+        let step = (after - before) / (before / 2.0);
+        assert!(
+            (step - ALPHA * (MAX_SAMPLE_RATIO - 1.0)).abs() < 1e-9,
+            "step {step}"
+        );
+        // And it follows a real, lasting change.
+        for _ in 0..200 {
+            cost.observe(Stage::Build, 100_000, 300 * US);
+        }
+        let slower = cost.secs_per_byte().expect("measured");
+        assert!(slower > 3.5e-9, "{slower}");
+    }
+}
