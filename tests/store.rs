@@ -518,7 +518,12 @@ async fn a_default_client_streams_large_rows_in_batches_it_can_take() {
         while let Some(msg) = stream.next().await {
             match msg.expect("every batch fits the default limit").message {
                 Some(pb::stream_events_response::Message::Batch(b)) => {
-                    assert!(b.events.len() <= hourglass::server::STREAM_BATCH_ROWS);
+                    let bytes: usize = b.events.iter().map(prost::Message::encoded_len).sum();
+                    assert!(
+                        b.events.len() == 1 || bytes <= hourglass::server::STREAM_BATCH_BYTES,
+                        "a batch of {} events and {bytes} bytes",
+                        b.events.len()
+                    );
                     got.extend(b.events);
                 }
                 Some(pb::stream_events_response::Message::End(e)) => end = Some(e),

@@ -33,7 +33,7 @@ use calls::{CallTracker, TrackCallsLayer};
 
 pub use service::{
     HourglassService, MAX_STREAMS_PER_CONNECTION, NAMESPACE_MISS_TTL, STREAM_BATCH_BYTES,
-    STREAM_BATCH_ROWS,
+    STREAM_BATCH_DELAY,
 };
 
 /// Default bound on how long in-flight calls may run after shutdown began.

@@ -28,12 +28,14 @@ use crate::token::{KeyRing, QueryFingerprint};
 /// Concurrent HTTP/2 streams (calls) one client connection may open.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
-/// Rows per StreamEvents batch at most.
-pub const STREAM_BATCH_ROWS: usize = 1000;
 /// Encoded event bytes per StreamEvents batch at most (a single larger row
 /// goes alone): every message fits the 4 MiB receive limit gRPC clients
 /// default to, whatever the payload sizes.
 pub const STREAM_BATCH_BYTES: usize = 1 << 20;
+/// Longest a merged row waits in a StreamEvents batch before the batch is
+/// sent (a batch also goes when it reaches [`STREAM_BATCH_BYTES`] and
+/// whenever the engine is about to wait on storage).
+pub const STREAM_BATCH_DELAY: Duration = Duration::from_millis(2);
 
 /// How long a replica answers NOT_FOUND for a namespace name from memory
 /// after storage said it does not exist. A namespace created through this
@@ -445,6 +447,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
                 series_id: req.series_id.clone(),
                 buf: Vec::new(),
                 bytes: 0,
+                since: None,
                 tx: tx.clone(),
             };
             let result = engine
@@ -488,12 +491,20 @@ fn partial_or_complete(end: &pb::StreamEnd) -> &'static str {
     }
 }
 
-/// Sends rows in batches as the engine produces them.
+/// A batch being filled checks its age every this many rows.
+const STREAM_CLOCK_EVERY: usize = 64;
+
+/// Sends rows in batches as the engine merges them: a batch goes when the
+/// engine is about to wait on storage, when it holds
+/// [`STREAM_BATCH_BYTES`], or when its first row has waited
+/// [`STREAM_BATCH_DELAY`]; no row count bounds it.
 struct StreamSink {
     series_id: Arc<str>,
     buf: Vec<pb::Event>,
     /// Encoded bytes of `buf`'s events.
     bytes: usize,
+    /// When the first row of `buf` was pushed.
+    since: Option<std::time::Instant>,
     tx: mpsc::UnboundedSender<Result<pb::StreamEventsResponse, Status>>,
 }
 
@@ -505,7 +516,9 @@ impl RowSink for StreamSink {
         }
         self.bytes += weight;
         self.buf.push(api::event_of(&self.series_id, row));
-        if self.buf.len() >= STREAM_BATCH_ROWS {
+        let since = *self.since.get_or_insert_with(std::time::Instant::now);
+        // Reading the clock every row would cost more than the rows.
+        if self.buf.len() % STREAM_CLOCK_EVERY == 0 && since.elapsed() >= STREAM_BATCH_DELAY {
             self.flush();
         }
     }
@@ -516,10 +529,79 @@ impl RowSink for StreamSink {
         }
         let events = std::mem::take(&mut self.buf);
         self.bytes = 0;
+        self.since = None;
         let _ = self.tx.send(Ok(pb::StreamEventsResponse {
             message: Some(pb::stream_events_response::Message::Batch(pb::EventBatch {
                 events,
             })),
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink() -> (
+        StreamSink,
+        mpsc::UnboundedReceiver<Result<pb::StreamEventsResponse, Status>>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sink = StreamSink {
+            series_id: "s".into(),
+            buf: Vec::new(),
+            bytes: 0,
+            since: None,
+            tx,
+        };
+        (sink, rx)
+    }
+
+    fn row(i: usize, payload: usize) -> Row {
+        Row {
+            key: Key::new(i64::try_from(i).expect("small"), format!("{i:08}")),
+            payload: vec![0u8; payload].into(),
+            tags: HashMap::new(),
+        }
+    }
+
+    fn batch_len(
+        rx: &mut mpsc::UnboundedReceiver<Result<pb::StreamEventsResponse, Status>>,
+    ) -> Option<usize> {
+        match rx.try_recv().ok()?.expect("a batch").message? {
+            pb::stream_events_response::Message::Batch(b) => Some(b.events.len()),
+            pb::stream_events_response::Message::End(_) => None,
+        }
+    }
+
+    #[test]
+    fn a_batch_goes_when_its_first_row_has_waited_the_delay() {
+        let (mut sink, mut rx) = sink();
+        for i in 0..STREAM_CLOCK_EVERY - 1 {
+            sink.push(row(i, 10));
+        }
+        assert_eq!(batch_len(&mut rx), None, "young rows wait for more");
+        std::thread::sleep(STREAM_BATCH_DELAY + Duration::from_millis(1));
+        sink.push(row(STREAM_CLOCK_EVERY, 10));
+        assert_eq!(batch_len(&mut rx), Some(STREAM_CLOCK_EVERY));
+        sink.push(row(STREAM_CLOCK_EVERY + 1, 10));
+        sink.flush();
+        assert_eq!(batch_len(&mut rx), Some(1), "the clock starts again");
+    }
+
+    #[test]
+    fn batches_are_bounded_by_bytes_not_rows() {
+        let (mut sink, mut rx) = sink();
+        // The first batch's clock starts in an hour: only bytes can send it.
+        sink.since = Some(std::time::Instant::now() + Duration::from_secs(3600));
+        // 2,000 rows of 600 bytes: over 1 MiB, so one batch goes at the bound.
+        for i in 0..2_000 {
+            sink.push(row(i, 600));
+        }
+        let first = batch_len(&mut rx).expect("a full batch");
+        assert!(first > 1_000, "no 1,000-row bound: {first}");
+        sink.flush();
+        let rest = batch_len(&mut rx).expect("the rest");
+        assert_eq!(first + rest, 2_000);
     }
 }
