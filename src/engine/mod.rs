@@ -60,7 +60,8 @@ pub struct EngineConfig {
     /// Largest retry backoff.
     pub retry_cap: Duration,
     /// Time kept back from the budget for handing the response to the
-    /// transport: the scan stops this much before the deadline, plus the
+    /// transport and scheduling noise (at most an eighth of the budget):
+    /// the scan stops this much before the deadline, plus the
     /// time building and encoding the rows gathered is expected to take
     /// (see [`reserve`]).
     pub response_reserve: Duration,
@@ -88,7 +89,7 @@ impl Default for EngineConfig {
             index_page: 256,
             retry_base: Duration::from_millis(10),
             retry_cap: Duration::from_millis(500),
-            response_reserve: Duration::from_millis(1),
+            response_reserve: Duration::from_millis(2),
             response_reserve_per_row: Duration::from_micros(4),
             response_cost: None,
             continuations: ContinuationConfig::default(),

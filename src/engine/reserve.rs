@@ -6,8 +6,8 @@
 //! (in the codec, [`crate::codec`]) and feeds [`RESPONSE_COST`] with the
 //! time per encoded byte. A scan keeps back a fixed floor
 //! ([`super::EngineConfig::response_reserve`], for the hand-off to the
-//! transport) plus the bytes gathered so far at the measured cost, with a
-//! safety factor. Until enough responses were measured, the configured
+//! transport) plus the bytes gathered so far at the measured cost, counted
+//! again for the client's decoding, with a safety factor. Until enough responses were measured, the configured
 //! per-row prior applies.
 //!
 //! Invariants: one sample never moves the estimate by more than
@@ -29,6 +29,11 @@ const ALPHA: f64 = 0.1;
 pub const MAX_SAMPLE_RATIO: f64 = 4.0;
 /// The measured cost is inflated by this factor for the reserve.
 const SAFETY: f64 = 1.5;
+/// The client decodes what the server built and encoded, at a cost per
+/// byte the server cannot see; it is taken as this share of the server's
+/// own (protobuf work of the same bytes), so the budget holds as the
+/// client sees it, not only up to the hand-off to the transport.
+pub const CLIENT_DECODE_SHARE: f64 = 1.0;
 
 /// Where a response spends its time after the scan stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,12 +109,15 @@ impl ResponseCost {
             .then(|| stages.iter().map(|s| s.secs_per_byte).sum())
     }
 
-    /// The time to keep back for a response of `bytes`, measured (with the
-    /// safety factor), or None before enough samples.
+    /// The time to keep back for a response of `bytes`: building and
+    /// encoding it at the measured cost, plus the client decoding it
+    /// ([`CLIENT_DECODE_SHARE`]), with the safety factor; None before
+    /// enough samples.
     pub fn reserve(&self, bytes: usize) -> Option<Duration> {
         #[allow(clippy::cast_precision_loss)] // byte counts far below 2^52
-        self.secs_per_byte()
-            .map(|per_byte| Duration::from_secs_f64(per_byte * bytes as f64 * SAFETY))
+        self.secs_per_byte().map(|per_byte| {
+            Duration::from_secs_f64(per_byte * bytes as f64 * (1.0 + CLIENT_DECODE_SHARE) * SAFETY)
+        })
     }
 }
 
@@ -129,9 +137,10 @@ mod tests {
         for _ in 0..MIN_SAMPLES {
             cost.observe(Stage::Encode, 100_000, 100 * US);
         }
-        // 3 ns per byte, times 1.5: 450 µs for 100 kB.
+        // 3 ns per byte, as much again for the client, times 1.5: 900 µs
+        // for 100 kB.
         let r = cost.reserve(100_000).expect("measured");
-        assert!((r.as_secs_f64() - 450e-6).abs() < 1e-6, "{r:?}");
+        assert!((r.as_secs_f64() - 900e-6).abs() < 1e-6, "{r:?}");
     }
 
     #[test]

@@ -22,6 +22,11 @@ use crate::model::{Key, Order, Row, Span};
 use crate::storage::{Storage, StorageError};
 use crate::telemetry;
 
+/// The fixed part of the response reserve is at most this share of the
+/// budget: under a 5 ms SLO a 2 ms floor would leave too little for the
+/// first round trip to storage.
+const RESERVE_FLOOR_SHARE: u32 = 8;
+
 pub(super) struct ShardCursor {
     pub(super) shard: u32,
     /// What this shard has not yet fetched.
@@ -257,7 +262,10 @@ impl<S: Storage> Scan<S> {
                 cfg.response_reserve_per_row
                     .saturating_mul(u32::try_from(self.rows_out).unwrap_or(u32::MAX))
             });
-        let reserve = (cfg.response_reserve + rows).min(self.req.budget.total / 2);
+        let floor = cfg
+            .response_reserve
+            .min(self.req.budget.total / RESERVE_FLOOR_SHARE);
+        let reserve = (floor + rows).min(self.req.budget.total / 2);
         self.req.budget.deadline - reserve
     }
 
@@ -328,6 +336,8 @@ impl<S: Storage> Scan<S> {
             buckets = self.buckets.len(),
             index_pending = self.index_pending,
             rows_out = self.rows_out,
+            bytes_out = self.bytes_out,
+            reserve = ?self.req.budget.deadline.saturating_duration_since(self.stop_at()),
             elapsed = ?self.req.budget.elapsed(),
             "budget ends the scan"
         );
