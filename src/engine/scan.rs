@@ -22,6 +22,12 @@ use crate::model::{Key, Order, Row, Span};
 use crate::storage::{Storage, StorageError};
 use crate::telemetry;
 
+/// A new read under at most this budget fetches its first bucket beside
+/// the bucket-index query, whatever the latency model says: a model fitted
+/// on large pages predicts small ones too fast, and a 5 ms read that waited
+/// 2 ms for the index first had no time left for its pages.
+const HEAD_BESIDE_INDEX_BUDGET: Duration = Duration::from_millis(20);
+
 /// The fixed part of the response reserve is at most this share of the
 /// budget: under a 5 ms SLO a 2 ms floor would leave too little for the
 /// first round trip to storage.
@@ -126,7 +132,8 @@ impl<S: Storage> Scan<S> {
         // The first bucket's shards are fetched at once, beside (not after)
         // the bucket-index query, when it surely holds rows (resuming after
         // a row of it) or when the budget is too tight for two round trips
-        // in a row (a gamble: if the bucket is empty, its shards answer
+        // in a row (at most HEAD_BESIDE_INDEX_BUDGET, or too tight for slow
+        // start) (a gamble: if the bucket is empty, its shards answer
         // nothing and the index lists the rest).
         if let Some((first, last)) = scan.index_todo {
             let head = match req.order {
@@ -137,7 +144,8 @@ impl<S: Storage> Scan<S> {
                 .resume_after
                 .as_ref()
                 .is_some_and(|k| !k.id.is_empty() && req.namespace.bucket_of(k.time) == head);
-            let tight = !pages::ample(&scan.model, req.budget.total);
+            let tight = req.budget.total <= HEAD_BESIDE_INDEX_BUDGET
+                || !pages::ample(&scan.model, req.budget.total);
             if certain || tight {
                 scan.index_todo = match req.order {
                     Order::Ascending => (first < last).then(|| (first + 1, last)),
