@@ -33,6 +33,24 @@ const HEAD_BESIDE_INDEX_BUDGET: Duration = Duration::from_millis(20);
 /// first round trip to storage.
 const RESERVE_FLOOR_SHARE: u32 = 8;
 
+/// The limit a call that emitted `rows_out` rows of `bytes_out` bytes
+/// reaches before a next row of `weight` bytes: its row limit, or its byte
+/// limit (a first row goes whatever its size).
+fn limit_before(
+    rows_out: usize,
+    bytes_out: usize,
+    weight: usize,
+    req: &ReadRequest,
+) -> Option<PartialReason> {
+    if rows_out >= req.row_limit {
+        Some(PartialReason::RowLimit)
+    } else if rows_out > 0 && bytes_out + weight > req.byte_limit {
+        Some(PartialReason::ByteLimit)
+    } else {
+        None
+    }
+}
+
 pub(super) struct ShardCursor {
     pub(super) shard: u32,
     /// What this shard has not yet fetched.
@@ -396,17 +414,11 @@ impl<S: Storage> Scan<S> {
         let series_len = self.req.series_id.len();
         while let Some(row) = self.carry.front() {
             let weight = row.weight(series_len);
-            if self.rows_out >= self.req.row_limit {
-                return Some(PartialReason::RowLimit);
-            }
-            if self.rows_out > 0 && self.bytes_out + weight > self.req.byte_limit {
-                return Some(PartialReason::ByteLimit);
+            if let Some(limit) = self.limit_before(weight) {
+                return Some(limit);
             }
             let row = self.carry.pop_front().expect("a front row");
-            self.frontier = row.key.clone();
-            self.rows_out += 1;
-            self.bytes_out += weight;
-            sink.push(row);
+            self.deliver(row, weight, sink);
         }
         while let Some(head) = self.buckets.front_mut() {
             match pick(&head.shards, |s| (&s.buf, s.done), order) {
@@ -425,24 +437,33 @@ impl<S: Storage> Scan<S> {
                         .buf
                         .front()
                         .map_or(0, |r| r.weight(series_len));
-                    if self.rows_out >= self.req.row_limit {
-                        return Some(PartialReason::RowLimit);
-                    }
-                    if self.rows_out > 0 && self.bytes_out + weight > self.req.byte_limit {
-                        return Some(PartialReason::ByteLimit);
+                    if let Some(limit) =
+                        limit_before(self.rows_out, self.bytes_out, weight, &self.req)
+                    {
+                        return Some(limit);
                     }
                     let row = head.shards[i]
                         .buf
                         .pop_front()
                         .expect("picked a non-empty shard");
-                    self.frontier = row.key.clone();
-                    self.rows_out += 1;
-                    self.bytes_out += weight;
-                    sink.push(row);
+                    self.deliver(row, weight, sink);
                 }
             }
         }
         None
+    }
+
+    /// The limit that stops the call before a next row of `weight` bytes.
+    fn limit_before(&self, weight: usize) -> Option<PartialReason> {
+        limit_before(self.rows_out, self.bytes_out, weight, &self.req)
+    }
+
+    /// Hands `row` (of `weight` bytes) to the sink; the frontier follows.
+    fn deliver(&mut self, row: Row, weight: usize, sink: &mut impl RowSink) {
+        self.frontier = row.key.clone();
+        self.rows_out += 1;
+        self.bytes_out += weight;
+        sink.push(row);
     }
 
     /// Starts the fetches the merge needs next, plus bounded read-ahead.
