@@ -26,9 +26,11 @@
 //! * Held memory is bounded: at most `max_entries` scans, `per_client` of
 //!   them per client, and an estimated `max_bytes` of rows (buffered rows
 //!   plus pages in flight at the rows' mean size, when the scan is held),
-//!   oldest evicted first. While held, a scan fetches ahead about as many
-//!   rows as its last call delivered, to at most an eighth of `max_bytes`
-//!   (and 4 MiB) of its own.
+//!   oldest evicted first. A scan that will be held (during its calls) and
+//!   a held scan keep every shard of the bucket being merged with its next
+//!   page on the way until the scan holds [`ContinuationConfig::ahead_bytes`]
+//!   (an eighth of `max_bytes`, at most 4 MiB): storage works while the
+//!   client is away, so a chain of calls reads at the speed of one scan.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -80,6 +82,17 @@ impl ContinuationConfig {
 
     pub fn enabled(&self) -> bool {
         self.max_bytes > 0 && self.max_entries > 0 && self.per_client > 0 && !self.max_age.is_zero()
+    }
+
+    /// What one scan that will be held may hold through fetching ahead
+    /// (during its calls and while its client is away): an eighth of
+    /// `max_bytes`, at most [`MAX_FETCH_AHEAD_BYTES`]; 0 when off.
+    pub fn ahead_bytes(&self) -> usize {
+        if self.enabled() {
+            (self.max_bytes / 8).min(MAX_FETCH_AHEAD_BYTES)
+        } else {
+            0
+        }
     }
 }
 
@@ -256,8 +269,7 @@ impl<S: Storage> Continuations<S> {
         let expiry = Instant::now() + self.config.max_age;
         let table = self.table.clone();
         let drain = drain.clone();
-        // What one held scan may fetch ahead up to while its client is away.
-        let ahead_bytes = (self.config.max_bytes / 8).min(MAX_FETCH_AHEAD_BYTES);
+        let ahead_bytes = self.config.ahead_bytes();
         tokio::spawn(keep(
             scan,
             claim,
@@ -316,8 +328,7 @@ impl<S: Storage> Continuations<S> {
 const MAX_FETCH_AHEAD_BYTES: usize = 4 << 20;
 
 /// The task of a held scan: lands its pages in flight and fetches ahead
-/// (up to `ahead_bytes` held, about as many rows as its last call
-/// delivered) until a call claims it (then hands it over), it expires
+/// (up to `ahead_bytes` held) until a call claims it (then hands it over), it expires
 /// (`expire` removes its entry), its entry is evicted (the handoff closes),
 /// or the server drains.
 async fn keep<S: Storage>(

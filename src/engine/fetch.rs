@@ -166,6 +166,8 @@ impl<S: Storage> Scan<S> {
             timeout,
             cursor.pages,
             self.model.trusted_rows(),
+            self.model
+                .affordable_rows(timeout / pages::FIRST_PAGE_SHARE),
             &self.engine.config,
         );
         tracing::debug!(

@@ -238,7 +238,8 @@ pub enum Ending {
     },
 }
 
-/// Work done by one read.
+/// Work done by one read; a call that continued a held scan also counts
+/// the storage work its scan did while held (see the proto's `ReadStats`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReadStats {
     pub rows_scanned: u64,

@@ -41,16 +41,20 @@ pub fn shard_page(
 /// `pages_sent` (0 for its first). Where the full `page` is within the
 /// latency model's evidence (at most `trusted` rows) and expected to take at
 /// most 1/[`SLOW_START_HEADROOM`] of `timeout`, it is sent whole; otherwise
-/// the shard starts at `initial_storage_page` rows and doubles per page, so
-/// first rows arrive fast under tight budgets, but never past the evidence
-/// (`trusted`, or the initial page before any): a shard that sent many small
-/// pages must not jump to one many times larger than any seen to land.
+/// the shard starts at the larger of `initial_storage_page` rows (doubling
+/// per page) and `fits`, the rows the model expects to land within
+/// 1/[`FIRST_PAGE_SHARE`] of the time left (so a read that starts cold
+/// under a known latency fills its budget in one or two round trips, not
+/// five), but never past the evidence (`trusted`, or the initial page
+/// before any): a shard that sent many small pages must not jump to one
+/// many times larger than any seen to land.
 pub fn slow_start(
     page: usize,
     predicted: Duration,
     timeout: Duration,
     pages_sent: u32,
     trusted: usize,
+    fits: usize,
     cfg: &EngineConfig,
 ) -> usize {
     if page <= trusted && predicted.saturating_mul(SLOW_START_HEADROOM) <= timeout {
@@ -59,9 +63,14 @@ pub fn slow_start(
     let ramp = cfg
         .initial_storage_page
         .saturating_mul(1 << pages_sent.min(20));
-    page.min(ramp.max(1))
+    page.min(ramp.max(fits).max(1))
         .min(trusted.max(cfg.initial_storage_page))
 }
+
+/// A page slow start sends whole, beyond its ramp, when it is expected to
+/// land within this share of the time left: the rest leaves time for the
+/// pages after it.
+pub const FIRST_PAGE_SHARE: u32 = 3;
 
 /// Whether `remaining` is ample: even the smallest page is expected to take
 /// at most 1/[`SLOW_START_HEADROOM`] of it (the slow-start criterion).
@@ -153,20 +162,26 @@ mod tests {
     fn slow_start_ramps_only_under_tight_budgets() {
         let cfg = EngineConfig::default(); // initial 128
         let t = usize::MAX;
-        let roomy = slow_start(4000, MS, 10 * MS, 0, t, &cfg);
+        let roomy = slow_start(4000, MS, 10 * MS, 0, t, 0, &cfg);
         assert_eq!(roomy, 4000, "roomy: whole page");
-        assert_eq!(slow_start(4000, 5 * MS, 10 * MS, 0, t, &cfg), 128);
-        assert_eq!(slow_start(4000, 5 * MS, 10 * MS, 2, t, &cfg), 512);
-        let small = slow_start(300, 5 * MS, 10 * MS, 3, t, &cfg);
+        assert_eq!(slow_start(4000, 5 * MS, 10 * MS, 0, t, 0, &cfg), 128);
+        assert_eq!(slow_start(4000, 5 * MS, 10 * MS, 2, t, 0, &cfg), 512);
+        let small = slow_start(300, 5 * MS, 10 * MS, 3, t, 0, &cfg);
         assert_eq!(small, 300, "never above the page");
-        let late = slow_start(4000, 5 * MS, 10 * MS, 40, t, &cfg);
+        let late = slow_start(4000, 5 * MS, 10 * MS, 40, t, 0, &cfg);
         assert_eq!(late, 4000, "no overflow");
         // Beyond the model's evidence a roomy prediction is not trusted.
-        assert_eq!(slow_start(4000, MS, 10 * MS, 0, 512, &cfg), 128);
-        assert_eq!(slow_start(500, MS, 10 * MS, 0, 512, &cfg), 500);
+        assert_eq!(slow_start(4000, MS, 10 * MS, 0, 512, 0, &cfg), 128);
+        assert_eq!(slow_start(500, MS, 10 * MS, 0, 512, 0, &cfg), 500);
         // Many pages sent do not ramp past twice the largest seen to land.
-        assert_eq!(slow_start(5000, 5 * MS, 8 * MS, 12, 700, &cfg), 700);
-        assert_eq!(slow_start(5000, 5 * MS, 8 * MS, 12, 0, &cfg), 128);
+        assert_eq!(slow_start(5000, 5 * MS, 8 * MS, 12, 700, 0, &cfg), 700);
+        assert_eq!(slow_start(5000, 5 * MS, 8 * MS, 12, 0, 0, &cfg), 128);
+        // A first page starts at what lands in a third of the time left,
+        // within the evidence.
+        assert_eq!(slow_start(4000, 5 * MS, 10 * MS, 0, t, 900, &cfg), 900);
+        assert_eq!(slow_start(4000, 5 * MS, 10 * MS, 0, 600, 900, &cfg), 600);
+        assert_eq!(slow_start(700, 5 * MS, 10 * MS, 0, t, 900, &cfg), 700);
+        assert_eq!(slow_start(4000, 5 * MS, 10 * MS, 3, t, 900, &cfg), 1024);
     }
 
     #[test]

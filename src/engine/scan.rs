@@ -33,6 +33,10 @@ const HEAD_BESIDE_INDEX_BUDGET: Duration = Duration::from_millis(20);
 /// first round trip to storage.
 const RESERVE_FLOOR_SHARE: u32 = 8;
 
+/// Rows emitted between two readings of the clock: emitting rows in hand
+/// stops when the response they make needs the rest of the budget.
+const EMIT_CLOCK_EVERY: usize = 32;
+
 /// The limit a call that emitted `rows_out` rows of `bytes_out` bytes
 /// reaches before a next row of `weight` bytes: its row limit, or its byte
 /// limit (a first row goes whatever its size).
@@ -106,13 +110,12 @@ pub(super) struct Scan<S> {
     pub(super) stats: ReadStats,
     /// The latest storage error, if a request failed (and was retried).
     pub(super) last_error: Option<StorageError>,
-    /// Rows the last finished call delivered: what a held scan fetches
-    /// ahead for the next.
-    pub(super) last_delivered: usize,
     /// Merged rows a call stopped by its budget left for the next call
     /// (see [`Scan::leave_for_next`]): they come before every buffered
     /// shard row, so the next call emits them before the merge runs.
     pub(super) carry: VecDeque<Row>,
+    /// Mean bytes of the rows of the last page that landed (0 before any).
+    pub(super) row_bytes: usize,
 }
 
 impl<S: Storage> Scan<S> {
@@ -144,8 +147,8 @@ impl<S: Storage> Scan<S> {
                 ..ReadStats::default()
             },
             last_error: None,
-            last_delivered: 0,
             carry: VecDeque::new(),
+            row_bytes: 0,
         };
         // The first bucket's shards are fetched at once, beside (not after)
         // the bucket-index query, when it surely holds rows (resuming after
@@ -207,16 +210,21 @@ impl<S: Storage> Scan<S> {
         self.rows_out = 0;
         self.bytes_out = 0;
         self.last_error = None;
+        // Storage work done while the scan was held is this call's: a
+        // chain's stats add up to every row it read.
+        let held = std::mem::take(&mut self.stats);
         self.stats = ReadStats {
             budget: req.budget.total,
             continued: true,
+            rows_scanned: held.rows_scanned,
+            storage_pages: held.storage_pages,
+            index_pages: held.index_pages,
             ..ReadStats::default()
         };
     }
 
     /// What this scan's call achieved (its stats are reset for a next call).
     pub(super) fn outcome(&mut self, ending: Ending) -> ReadOutcome {
-        self.last_delivered = self.rows_out;
         self.stats.rows_delivered = self.rows_out as u64;
         self.stats.elapsed = self.req.budget.elapsed();
         let watermark = position::watermark(&ending, self.req.order, self.req.start, self.req.end);
@@ -256,43 +264,53 @@ impl<S: Storage> Scan<S> {
         *frontier = last;
     }
 
-    /// Estimated memory of the rows this scan holds: buffered rows, plus
-    /// pages in flight at the buffered rows' mean size.
+    /// Estimated memory of the rows this scan holds: rows buffered and
+    /// left for the next call, plus pages in flight, at the mean size of
+    /// the rows seen (counting rows, not weighing each: a held scan asks
+    /// this whenever it tops up its pipeline).
     pub(super) fn held_bytes(&self) -> usize {
-        let series_len = self.req.series_id.len();
-        let (mut rows, mut bytes, mut requested) = (0usize, 0usize, 0usize);
-        rows += self.carry.len();
-        bytes += self
-            .carry
-            .iter()
-            .map(|r| r.weight(series_len))
-            .sum::<usize>();
-        for s in self.buckets.iter().flat_map(|b| &b.shards) {
-            rows += s.buf.len();
-            bytes += s.buf.iter().map(|r| r.weight(series_len)).sum::<usize>();
-            requested += s.requested;
-        }
-        let mean = bytes
-            .checked_div(rows)
-            .unwrap_or(self.bytes_out / self.rows_out.max(1));
-        bytes + requested * mean.max(1)
+        let shards = self.buckets.iter().flat_map(|b| &b.shards);
+        let rows: usize = shards.map(|s| s.buf.len() + s.requested).sum();
+        (rows + self.carry.len()).saturating_mul(self.mean_row_bytes())
     }
 
-    /// When the scan must stop for the response to land within the budget.
-    pub(super) fn stop_at(&self) -> Instant {
+    /// The time a response of `rows` rows and `bytes` bytes needs after
+    /// the scan stops: the fixed floor (at most an eighth of the budget)
+    /// plus building, encoding and decoding it at the measured cost (or the
+    /// per-row prior).
+    fn response_reserve(&self, rows: usize, bytes: usize) -> Duration {
         let cfg = &self.engine.config;
-        let rows = cfg
+        let cost = cfg
             .response_cost
-            .and_then(|cost| cost.reserve(self.bytes_out))
+            .and_then(|cost| cost.reserve(bytes))
             .unwrap_or_else(|| {
                 cfg.response_reserve_per_row
-                    .saturating_mul(u32::try_from(self.rows_out).unwrap_or(u32::MAX))
+                    .saturating_mul(u32::try_from(rows).unwrap_or(u32::MAX))
             });
         let floor = cfg
             .response_reserve
             .min(self.req.budget.total / RESERVE_FLOOR_SHARE);
-        let reserve = (floor + rows).min(self.req.budget.total / 2);
+        floor + cost
+    }
+
+    /// When the scan must stop for the response to land within the budget.
+    /// The reserve is capped at half the budget, so a pessimistic cost
+    /// estimate never leaves a scan no time to fetch.
+    pub(super) fn stop_at(&self) -> Instant {
+        let reserve = self
+            .response_reserve(self.rows_out, self.bytes_out)
+            .min(self.req.budget.total / 2);
         self.req.budget.deadline - reserve
+    }
+
+    /// Whether a next row of `weight` bytes still fits: its response, with
+    /// the rows emitted before it, can be finished by the deadline. Unlike
+    /// [`Scan::stop_at`] this is not capped: rows in hand (fetched ahead)
+    /// can fill a response faster than any scan, and only its cost bounds
+    /// them.
+    fn row_fits(&self, weight: usize) -> bool {
+        let reserve = self.response_reserve(self.rows_out + 1, self.bytes_out + weight);
+        Instant::now() + reserve < self.req.budget.deadline
     }
 
     /// Scan time left.
@@ -389,6 +407,13 @@ impl<S: Storage> Scan<S> {
                 // The next page cannot land in time: answer now with what we have.
                 return self.stop_for_budget();
             }
+            // A scan that will be held keeps its pipeline full during its
+            // calls too (rows fetched past this call's end are the next
+            // call's), once it has rows: before them, under a tight budget,
+            // the head bucket's pages go alone.
+            if self.progressed() || self.stats.continued {
+                self.fetch_ahead(self.engine.config.continuations.ahead_bytes());
+            }
             debug_assert!(!self.in_flight.is_empty(), "waiting on nothing");
             sink.flush();
             let fetched = tokio::select! {
@@ -437,12 +462,10 @@ impl<S: Storage> Scan<S> {
                         .buf
                         .front()
                         .map_or(0, |r| r.weight(series_len));
-                    if let Some(limit) =
-                        limit_before(self.rows_out, self.bytes_out, weight, &self.req)
-                    {
+                    if let Some(limit) = self.limit_before(weight) {
                         return Some(limit);
                     }
-                    let row = head.shards[i]
+                    let row = self.buckets[0].shards[i]
                         .buf
                         .pop_front()
                         .expect("picked a non-empty shard");
@@ -453,9 +476,17 @@ impl<S: Storage> Scan<S> {
         None
     }
 
-    /// The limit that stops the call before a next row of `weight` bytes.
+    /// The limit that stops the call before a next row of `weight` bytes:
+    /// a row or byte limit, or the budget once the rows emitted need the
+    /// rest of it for their response (rows in hand are many when a held
+    /// scan fetched ahead; the clock is read every [`EMIT_CLOCK_EVERY`]
+    /// rows, and a first row always goes).
     fn limit_before(&self, weight: usize) -> Option<PartialReason> {
-        limit_before(self.rows_out, self.bytes_out, weight, &self.req)
+        if let Some(limit) = limit_before(self.rows_out, self.bytes_out, weight, &self.req) {
+            return Some(limit);
+        }
+        let clock_due = self.rows_out > 0 && self.rows_out % EMIT_CLOCK_EVERY == 0;
+        (clock_due && !self.row_fits(weight)).then(|| self.req.budget.source.into())
     }
 
     /// Hands `row` (of `weight` bytes) to the sink; the frontier follows.
@@ -546,37 +577,58 @@ impl<S: Storage> Scan<S> {
         true
     }
 
-    /// While the scan is held between calls: fetches ahead so the next
-    /// call finds rows ready, until the head buckets hold or have asked for
-    /// as many rows as the last call delivered, and never past `max_bytes`
-    /// held; pages are sized to land within half the last call's budget. Shards with nothing in flight and less than a page buffered
-    /// are asked (one page in flight per shard, so each shard's pages stay
-    /// in order); rows are read as of their fetch.
+    /// Keeps the scan's pipeline to storage full, so a chain of calls reads
+    /// at the speed of one scan: while the scan is held between calls, and
+    /// during a call of a scan that will be held, every shard of the bucket
+    /// being merged whose buffer runs below a page has its next page on the
+    /// way, until the rows held and asked for reach `max_bytes`. Pages are
+    /// sized to land within half the last call's budget and asked for twice
+    /// over (one page drains while the next is on its way); slow start
+    /// bounds them by the model's evidence. The next bucket's shards are
+    /// asked only once the shards of the buckets before it have all been
+    /// read to their end (their buffered rows cover its first round trip).
+    /// One page in flight per shard keeps each shard's pages in order; rows
+    /// are read as of their fetch.
     pub(super) fn fetch_ahead(&mut self, max_bytes: usize) {
-        if self.held_bytes() >= max_bytes {
+        if max_bytes == 0 {
+            return;
+        }
+        self.list_more_buckets();
+        let mut held = self.held_bytes();
+        if held >= max_bytes {
             return;
         }
         let engine = self.engine.clone();
         let cfg = &engine.config;
-        self.list_more_buckets();
-        let wanted = self.last_delivered.max(cfg.min_storage_page);
-        // Pages small enough to land within half the last call's budget:
-        // the next call may find one still in flight and wait on it (only
-        // when that shard's buffer ran dry: shards are topped up before).
-        let pace = self.model.affordable_rows(self.req.budget.total / 2);
-        let mut covered = 0usize;
+        let pace = self
+            .model
+            .affordable_rows(self.req.budget.total / 2)
+            .clamp(cfg.min_storage_page, cfg.max_storage_page);
+        let page = pace.saturating_mul(2).min(cfg.max_storage_page);
+        let row_bytes = self.mean_row_bytes();
         for i in 0..self.buckets.len().min(cfg.readahead_buckets + 1) {
-            if covered >= wanted {
-                break;
-            }
-            let shards = self.buckets[i].shards.len();
-            let page = pages::shard_page(wanted - covered, shards, pace, false, cfg);
-            for j in 0..shards {
-                if self.buckets[i].shards[j].low(page) {
+            for j in 0..self.buckets[i].shards.len() {
+                if held >= max_bytes {
+                    return;
+                }
+                if self.buckets[i].shards[j].low(pace) {
                     self.launch_shard(i, j, page, 0, Duration::ZERO);
+                    held += self.buckets[i].shards[j].requested * row_bytes;
                 }
             }
-            covered += self.covered(i);
+            if self.buckets[i].shards.iter().any(|s| !s.done) {
+                break;
+            }
+        }
+    }
+
+    /// Mean bytes of the rows of the last page that landed (else of the
+    /// rows emitted), at least one.
+    fn mean_row_bytes(&self) -> usize {
+        if self.row_bytes > 0 {
+            self.row_bytes
+        } else {
+            (self.bytes_out / self.rows_out.max(1)).max(1)
         }
     }
 
@@ -649,6 +701,11 @@ impl<S: Storage> Scan<S> {
                 metrics::histogram!(telemetry::STORAGE_PAGE_SECONDS).record(took.as_secs_f64());
                 self.model.observe(rows.len(), took);
                 self.stats.rows_scanned += rows.len() as u64;
+                let series_len = self.req.series_id.len();
+                let page_bytes: usize = rows.iter().map(|r| r.weight(series_len)).sum();
+                if let Some(mean) = page_bytes.checked_div(rows.len()) {
+                    self.row_bytes = mean.max(1);
+                }
                 let order = self.req.order;
                 let cursor = self.shard_mut(bucket, shard);
                 cursor.requested = 0;
