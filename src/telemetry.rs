@@ -28,6 +28,8 @@ pub const ROWS_DELIVERED: &str = "hourglass_rows_delivered_total";
 pub const SCANS_IN_FLIGHT: &str = "hourglass_scans_in_flight";
 /// Storage requests retried (counter).
 pub const STORAGE_RETRIES: &str = "hourglass_storage_retries_total";
+/// Probe pages sent beside a straggling shard page (counter).
+pub const STORAGE_PROBES: &str = "hourglass_storage_probes_total";
 /// Requests refused, by ErrorInfo reason (counter).
 pub const REJECTED: &str = "hourglass_rejected_requests_total";
 /// Storage circuit breaker: 0 closed, 1 half-open, 2 open (gauge).
@@ -67,7 +69,12 @@ pub fn install_prometheus(addr: SocketAddr) -> anyhow::Result<()> {
 /// them on a fresh replica before the first event: labelled counters once
 /// per label value given.
 pub fn register_zero(partial_reasons: &[&'static str], rejected_reasons: &[&'static str]) {
-    for name in [ROWS_SCANNED, ROWS_DELIVERED, STORAGE_RETRIES] {
+    for name in [
+        ROWS_SCANNED,
+        ROWS_DELIVERED,
+        STORAGE_RETRIES,
+        STORAGE_PROBES,
+    ] {
         metrics::counter!(name).increment(0);
     }
     for &reason in partial_reasons {
@@ -109,6 +116,10 @@ fn describe() {
     describe_counter!(
         STORAGE_RETRIES,
         "Storage requests retried after transient errors"
+    );
+    describe_counter!(
+        STORAGE_PROBES,
+        "Small pages sent beside a shard page that came late and held up the merge"
     );
     describe_counter!(REJECTED, "Requests refused, by reason");
     describe_gauge!(STORAGE_UP, "1 while storage answers health probes");

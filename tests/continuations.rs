@@ -363,7 +363,15 @@ async fn a_continued_call_has_rows_even_while_a_page_outlasts_its_budget() {
         assert!(call.stats.rows_delivered > 0, "call {i} came back empty");
     }
     let served = store.rows_served();
-    assert_eq!(served, all.len() as u64, "each row read from storage once");
+    let scanned: u64 = calls.iter().map(|c| c.stats.rows_scanned).sum();
+    assert_eq!(scanned, served, "the calls' stats count every row read");
+    // Each row is read once, but for the few a probe read again beside a
+    // stalled page while a call had no row yet (tests/stragglers.rs).
+    assert!(
+        served >= all.len() as u64 && served <= all.len() as u64 * 101 / 100,
+        "{served} rows read for {}",
+        all.len()
+    );
 }
 
 /// While its client is away, a held scan keeps reading: every shard has

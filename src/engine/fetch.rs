@@ -12,7 +12,7 @@ use tracing::Instrument;
 use super::pages;
 use super::scan::Scan;
 use super::{Ending, PartialReason, ReadError};
-use crate::model::Row;
+use crate::model::{Row, Span};
 use crate::storage::{BucketQuery, ShardQuery, Storage, StorageError};
 use crate::telemetry;
 
@@ -30,6 +30,9 @@ pub(super) enum Fetched {
         shard: u32,
         /// Rows asked for: fewer back means the shard is exhausted.
         requested: usize,
+        /// A probe sent beside the shard's late page (see
+        /// `Scan::probe_stragglers`), not the page itself.
+        probe: bool,
         attempt: u32,
         started: Instant,
         result: Result<Vec<Row>, StorageError>,
@@ -44,6 +47,7 @@ pub(super) enum Resend {
         bucket: i64,
         shard: u32,
         requested: usize,
+        probe: bool,
     },
 }
 
@@ -63,11 +67,13 @@ impl Fetched {
                 bucket,
                 shard,
                 requested,
+                probe,
                 ..
             } => Resend::Shard {
                 bucket,
                 shard,
                 requested,
+                probe,
             },
         }
     }
@@ -97,10 +103,21 @@ impl<S: Storage> Scan<S> {
     fn forget(&mut self, failed: Resend) {
         match failed {
             Resend::Index => self.index_pending = false,
+            Resend::Shard {
+                bucket,
+                shard,
+                probe: true,
+                ..
+            } => {
+                if let Some(cursor) = self.shard_mut(bucket, shard) {
+                    cursor.probe_late_at = None;
+                }
+            }
             Resend::Shard { bucket, shard, .. } => {
-                let cursor = self.shard_mut(bucket, shard);
-                cursor.requested = 0;
-                cursor.sent = None;
+                if let Some(cursor) = self.shard_mut(bucket, shard) {
+                    cursor.requested = 0;
+                    cursor.sent = None;
+                }
             }
         }
     }
@@ -182,28 +199,62 @@ impl<S: Storage> Scan<S> {
         cursor.pages += 1;
         cursor.requested = page;
         cursor.sent = Some(Instant::now() + delay);
+        let (shard, span) = (cursor.shard, cursor.span.clone());
+        self.send_page(b, shard, span, page, false, attempt, delay, timeout + slack);
+    }
+
+    /// Sends a probe: `page` rows of shard `shard_idx` of the head bucket
+    /// from where its late page in flight starts, so the merge can go on
+    /// if the probe lands first (the page's rows it already gave are
+    /// dropped when the page lands).
+    pub(super) fn launch_probe(&mut self, shard_idx: usize, page: usize) {
+        let timeout = self.remaining() + self.hold_slack();
+        let bucket = &mut self.buckets[0];
+        let b = bucket.bucket;
+        let cursor = &mut bucket.shards[shard_idx];
+        cursor.probes += 1;
+        cursor.probe_late_at = Some(Instant::now() + self.model.predict(page));
+        let (shard, span) = (cursor.shard, cursor.span.clone());
+        tracing::debug!(bucket = b, shard, page, "probe sent beside a late page");
+        metrics::counter!(telemetry::STORAGE_PROBES).increment(1);
+        self.send_page(b, shard, span, page, true, 0, Duration::ZERO, timeout);
+    }
+
+    /// Sends one shard-page request (after `delay`) as a future of the scan.
+    #[allow(clippy::too_many_arguments)] // one request's fields, named
+    fn send_page(
+        &mut self,
+        bucket: i64,
+        shard: u32,
+        span: Span,
+        page: usize,
+        probe: bool,
+        attempt: u32,
+        delay: Duration,
+        timeout: Duration,
+    ) {
         self.stats.storage_pages += 1;
         let q = ShardQuery {
             namespace: self.req.namespace.clone(),
             series_id: self.req.series_id.clone(),
-            bucket: b,
-            shard: cursor.shard,
-            span: cursor.span.clone(),
+            bucket,
+            shard,
+            span,
             order: self.req.order,
             limit: page,
-            timeout: timeout + slack,
+            timeout,
         };
         let storage = self.engine.storage.clone();
-        let shard = cursor.shard;
         self.in_flight.push(
             async move {
                 tokio::time::sleep(delay).await;
                 let started = Instant::now();
                 let result = storage.read_shard(q).await;
                 Fetched::Shard {
-                    bucket: b,
+                    bucket,
                     shard,
                     requested: page,
+                    probe,
                     attempt,
                     started,
                     result,
@@ -211,9 +262,10 @@ impl<S: Storage> Scan<S> {
             }
             .instrument(tracing::debug_span!(
                 "storage_page",
-                bucket = b,
+                bucket,
                 shard,
                 limit = page,
+                probe,
                 attempt
             ))
             .boxed(),
@@ -251,6 +303,22 @@ impl<S: Storage> Scan<S> {
         // Not in flight any more, whether sent again below or not: a scan
         // held after this stop must send it again.
         self.forget(failed);
+        if let Resend::Shard {
+            bucket,
+            shard,
+            probe,
+            ..
+        } = failed
+        {
+            // A failed probe costs nothing: the page it raced is still on
+            // its way (and retried if it fails). A failed page whose shard
+            // a probe found exhausted (or whose bucket was merged) is not
+            // needed any more.
+            let needed = self.shard_mut(bucket, shard).is_some_and(|c| !c.done);
+            if probe || !needed {
+                return None;
+            }
+        }
         if self.remaining().is_zero() {
             // Storage requests time out when the budget does: this is the
             // budget ending, not storage failing.
@@ -277,6 +345,7 @@ impl<S: Storage> Scan<S> {
                 bucket,
                 shard,
                 requested,
+                ..
             } => {
                 let i = self
                     .buckets

@@ -33,6 +33,11 @@ const HEAD_BESIDE_INDEX_BUDGET: Duration = Duration::from_millis(20);
 /// first round trip to storage.
 const RESERVE_FLOOR_SHARE: u32 = 8;
 
+/// A probe beside a late page asks for this share of the page's rows.
+const PROBE_SHARE: usize = 4;
+/// Probes sent beside one page at most (a probe late in turn gets one).
+const MAX_PROBES: u8 = 3;
+
 /// Rows emitted between two readings of the clock: emitting rows in hand
 /// stops when the response they make needs the rest of the budget.
 const EMIT_CLOCK_EVERY: usize = 32;
@@ -67,6 +72,11 @@ pub(super) struct ShardCursor {
     pub(super) pages: u32,
     /// When the fetch in flight was sent.
     pub(super) sent: Option<Instant>,
+    /// Probes sent beside the page in flight (see [`Scan::probe_stragglers`]).
+    pub(super) probes: u8,
+    /// When the newest probe in flight is late in turn; None when another
+    /// may go at once.
+    pub(super) probe_late_at: Option<Instant>,
 }
 
 impl ShardCursor {
@@ -192,6 +202,8 @@ impl<S: Storage> Scan<S> {
                     requested: 0,
                     pages: 0,
                     sent: None,
+                    probes: 0,
+                    probe_late_at: None,
                 })
                 .collect(),
         }
@@ -414,11 +426,14 @@ impl<S: Storage> Scan<S> {
             if self.progressed() || self.stats.continued {
                 self.fetch_ahead(self.engine.config.continuations.ahead_bytes());
             }
+            let next_probe = self.probe_stragglers();
             debug_assert!(!self.in_flight.is_empty(), "waiting on nothing");
             sink.flush();
+            let stop_at = self.stop_at();
             let fetched = tokio::select! {
                 biased;
-                () = tokio::time::sleep_until(self.stop_at()) => return self.stop_for_budget(),
+                () = tokio::time::sleep_until(stop_at) => return self.stop_for_budget(),
+                () = tokio::time::sleep_until(next_probe.unwrap_or(stop_at)), if next_probe.is_some() => continue,
                 () = self.engine.drain.cancelled() => return self.stop_for_shutdown(),
                 f = self.in_flight.next() => match f {
                     Some(f) => f,
@@ -632,6 +647,56 @@ impl<S: Storage> Scan<S> {
         }
     }
 
+    /// A shard of the head bucket whose buffer is empty holds up the merge
+    /// until its page lands. When that page is late (past the model's
+    /// prediction, safety included), a probe of a quarter of its rows (at
+    /// least the smallest page) goes beside it, if one can still land in
+    /// the time left: a straggling storage request then costs a call a few
+    /// rows, not all of them (a cold call whose three shards answered in
+    /// 3 ms waited on the fourth past its 10 ms budget and answered
+    /// BUDGET_TOO_SMALL). Only a call with no row yet probes: one with rows
+    /// answers with them, and probes read rows twice. Another probe goes
+    /// only when the newest is late in turn, at most [`MAX_PROBES`] per
+    /// page. Whichever lands first
+    /// gives the rows; the others' copies are dropped. Returns when the
+    /// next page or probe that could need one becomes late.
+    fn probe_stragglers(&mut self) -> Option<Instant> {
+        if self.rows_out > 0 {
+            // The call has rows to answer with: a late page costs it more
+            // rows, not the call, and a probe would read rows twice.
+            return None;
+        }
+        let min_page = self.engine.config.min_storage_page;
+        let now = Instant::now();
+        let mut next = None;
+        let head = self.buckets.front()?;
+        let mut due = Vec::new();
+        for (j, s) in head.shards.iter().enumerate() {
+            let Some(sent) = s.sent else {
+                continue;
+            };
+            if s.done || !s.buf.is_empty() || s.requested == 0 || s.probes >= MAX_PROBES {
+                continue;
+            }
+            let page_late_at = sent + self.model.predict(s.requested);
+            let late_at = s
+                .probe_late_at
+                .map_or(page_late_at, |p| p.max(page_late_at));
+            if late_at > now {
+                next = Some(next.map_or(late_at, |n: Instant| n.min(late_at)));
+                continue;
+            }
+            let probe = (s.requested / PROBE_SHARE).max(min_page);
+            if probe < s.requested && self.model.predict(probe) < self.remaining() {
+                due.push((j, probe));
+            }
+        }
+        for (j, probe) in due {
+            self.launch_probe(j, probe);
+        }
+        next
+    }
+
     /// Sends the next bucket-index query when the listed buckets run short
     /// of the read-ahead and none is pending.
     fn list_more_buckets(&mut self) {
@@ -684,6 +749,7 @@ impl<S: Storage> Scan<S> {
                 bucket,
                 shard,
                 requested,
+                probe,
                 result: Ok(rows),
                 ..
             } => {
@@ -691,6 +757,7 @@ impl<S: Storage> Scan<S> {
                     bucket,
                     shard,
                     requested,
+                    probe,
                     rows = rows.len(),
                     ?took,
                     "page landed"
@@ -707,13 +774,47 @@ impl<S: Storage> Scan<S> {
                     self.row_bytes = mean.max(1);
                 }
                 let order = self.req.order;
-                let cursor = self.shard_mut(bucket, shard);
-                cursor.requested = 0;
-                cursor.done = rows.len() < requested;
-                if let Some(last) = rows.last() {
-                    cursor.span = cursor.span.resume_from(&last.key, order);
+                let Some(cursor) = self.shard_mut(bucket, shard) else {
+                    // Its bucket was merged: a probe found the shard's end.
+                    return None;
+                };
+                let last = rows.last().map(|r| r.key.clone());
+                let end = rows.len() < requested;
+                cursor.probe_late_at = None;
+                if probe {
+                    cursor.done |= end;
+                } else {
+                    cursor.requested = 0;
+                    cursor.probes = 0;
+                    if cursor.done {
+                        // A probe found the shard's end first, and the
+                        // merge may have gone past this page's rows.
+                        return None;
+                    }
+                    cursor.done = end;
                 }
-                cursor.buf.extend(rows);
+                // Rows a probe already gave (a prefix of the page it raced)
+                // are dropped: each row goes to the merge once, in order.
+                let span = cursor.span.clone();
+                cursor
+                    .buf
+                    .extend(rows.into_iter().filter(|r| span.contains(&r.key)));
+                if let Some(last) = last.filter(|k| span.contains(k)) {
+                    cursor.span = span.resume_from(&last, order);
+                }
+                None
+            }
+            Fetched::Shard {
+                bucket,
+                shard,
+                probe: true,
+                result: Err(err),
+                ..
+            } => {
+                tracing::debug!(cause = %crate::storage::chain(&err), "probe failed");
+                if let Some(cursor) = self.shard_mut(bucket, shard) {
+                    cursor.probe_late_at = None;
+                }
                 None
             }
             Fetched::Index {
@@ -733,6 +834,7 @@ impl<S: Storage> Scan<S> {
                     bucket,
                     shard,
                     requested,
+                    probe: false,
                 },
                 attempt,
                 err,
@@ -740,12 +842,13 @@ impl<S: Storage> Scan<S> {
         }
     }
 
-    pub(super) fn shard_mut(&mut self, bucket: i64, shard: u32) -> &mut ShardCursor {
-        let b = self
-            .buckets
+    /// The cursor of a queued bucket's shard; None once the bucket was
+    /// merged (a page raced by a probe that found the shard's end may land
+    /// after it).
+    pub(super) fn shard_mut(&mut self, bucket: i64, shard: u32) -> Option<&mut ShardCursor> {
+        self.buckets
             .iter_mut()
             .find(|b| b.bucket == bucket)
-            .expect("a fetched bucket stays queued until merged");
-        &mut b.shards[shard as usize]
+            .map(|b| &mut b.shards[shard as usize])
     }
 }
