@@ -51,6 +51,7 @@ async fn health_metrics_and_graceful_shutdown() {
     let fresh = server.scrape().await;
     for series in [
         "hourglass_storage_retries_total 0",
+        "hourglass_storage_probes_total 0",
         "hourglass_rejected_requests_total{reason=\"TOO_MANY_SCANS\"} 0",
         "hourglass_rejected_requests_total{reason=\"STORAGE_UNAVAILABLE\"} 0",
         "hourglass_partial_responses_total{reason=\"storage_error\"} 0",

@@ -206,14 +206,14 @@ impl<S: Storage> Scan<S> {
     /// Sends a probe: `page` rows of shard `shard_idx` of the head bucket
     /// from where its late page in flight starts, so the merge can go on
     /// if the probe lands first (the page's rows it already gave are
-    /// dropped when the page lands).
-    pub(super) fn launch_probe(&mut self, shard_idx: usize, page: usize) {
+    /// dropped when the page lands); it is late in turn after `late_after`.
+    pub(super) fn launch_probe(&mut self, shard_idx: usize, page: usize, late_after: Duration) {
         let timeout = self.remaining() + self.hold_slack();
         let bucket = &mut self.buckets[0];
         let b = bucket.bucket;
         let cursor = &mut bucket.shards[shard_idx];
         cursor.probes += 1;
-        cursor.probe_late_at = Some(Instant::now() + self.model.predict(page));
+        cursor.probe_late_at = Some(Instant::now() + late_after);
         let (shard, span) = (cursor.shard, cursor.span.clone());
         tracing::debug!(bucket = b, shard, page, "probe sent beside a late page");
         metrics::counter!(telemetry::STORAGE_PROBES).increment(1);

@@ -35,6 +35,9 @@ const RESERVE_FLOOR_SHARE: u32 = 8;
 
 /// A probe beside a late page asks for this share of the page's rows.
 const PROBE_SHARE: usize = 4;
+/// A page (or probe) is late once it took this many times what its
+/// bucket's pages take (see [`Scan::probe_stragglers`]).
+const PROBE_LATE_FACTOR: u32 = 2;
 /// Probes sent beside one page at most (a probe late in turn gets one).
 const MAX_PROBES: u8 = 3;
 
@@ -77,6 +80,8 @@ pub(super) struct ShardCursor {
     /// When the newest probe in flight is late in turn; None when another
     /// may go at once.
     pub(super) probe_late_at: Option<Instant>,
+    /// How long its last page took to land, from when it was sent.
+    pub(super) took: Option<Duration>,
 }
 
 impl ShardCursor {
@@ -204,6 +209,7 @@ impl<S: Storage> Scan<S> {
                     sent: None,
                     probes: 0,
                     probe_late_at: None,
+                    took: None,
                 })
                 .collect(),
         }
@@ -648,8 +654,10 @@ impl<S: Storage> Scan<S> {
     }
 
     /// A shard of the head bucket whose buffer is empty holds up the merge
-    /// until its page lands. When that page is late (past the model's
-    /// prediction, safety included), a probe of a quarter of its rows (at
+    /// until its page lands. When that page is late (twice what the
+    /// bucket's slowest shard took for its last page, or before any landed
+    /// twice the model's prediction for a page within its evidence), a
+    /// probe of a quarter of its rows (at
     /// least the smallest page) goes beside it, if one can still land in
     /// the time left: a straggling storage request then costs a call a few
     /// rows, not all of them (a cold call whose three shards answered in
@@ -670,6 +678,9 @@ impl<S: Storage> Scan<S> {
         let now = Instant::now();
         let mut next = None;
         let head = self.buckets.front()?;
+        // What a page of this bucket takes now: its slowest shard's last
+        // page (the shards share the storage and the moment).
+        let siblings = head.shards.iter().filter_map(|s| s.took).max();
         let mut due = Vec::new();
         for (j, s) in head.shards.iter().enumerate() {
             let Some(sent) = s.sent else {
@@ -678,7 +689,13 @@ impl<S: Storage> Scan<S> {
             if s.done || !s.buf.is_empty() || s.requested == 0 || s.probes >= MAX_PROBES {
                 continue;
             }
-            let page_late_at = sent + self.model.predict(s.requested);
+            let expected = match siblings {
+                Some(took) => took,
+                // Beyond the model's evidence, "late" means nothing.
+                None if s.requested > self.model.trusted_rows() => continue,
+                None => self.model.predict(s.requested),
+            };
+            let page_late_at = sent + expected * PROBE_LATE_FACTOR;
             let late_at = s
                 .probe_late_at
                 .map_or(page_late_at, |p| p.max(page_late_at));
@@ -687,12 +704,12 @@ impl<S: Storage> Scan<S> {
                 continue;
             }
             let probe = (s.requested / PROBE_SHARE).max(min_page);
-            if probe < s.requested && self.model.predict(probe) < self.remaining() {
-                due.push((j, probe));
+            if probe < s.requested {
+                due.push((j, probe, expected));
             }
         }
-        for (j, probe) in due {
-            self.launch_probe(j, probe);
+        for (j, probe, expected) in due {
+            self.launch_probe(j, probe, expected * PROBE_LATE_FACTOR);
         }
         next
     }
@@ -781,6 +798,10 @@ impl<S: Storage> Scan<S> {
                 let last = rows.last().map(|r| r.key.clone());
                 let end = rows.len() < requested;
                 cursor.probe_late_at = None;
+                if !probe {
+                    // From when it was sent, as lateness is judged.
+                    cursor.took = cursor.sent.map(|sent| sent.elapsed());
+                }
                 if probe {
                     cursor.done |= end;
                 } else {
