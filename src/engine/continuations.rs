@@ -86,7 +86,7 @@ impl ContinuationConfig {
 
     /// What one scan that will be held may hold through fetching ahead
     /// (during its calls and while its client is away): an eighth of
-    /// `max_bytes`, at most [`MAX_FETCH_AHEAD_BYTES`]; 0 when off.
+    /// `max_bytes`, at most 4 MiB; 0 when off.
     pub fn ahead_bytes(&self) -> usize {
         if self.enabled() {
             (self.max_bytes / 8).min(MAX_FETCH_AHEAD_BYTES)
