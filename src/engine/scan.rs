@@ -655,19 +655,18 @@ impl<S: Storage> Scan<S> {
 
     /// A shard of the head bucket whose buffer is empty holds up the merge
     /// until its page lands. When that page is late (twice what the
-    /// bucket's slowest shard took for its last page, or before any landed
-    /// twice the model's prediction for a page within its evidence), a
-    /// probe of a quarter of its rows (at
-    /// least the smallest page) goes beside it, if one can still land in
-    /// the time left: a straggling storage request then costs a call a few
-    /// rows, not all of them (a cold call whose three shards answered in
-    /// 3 ms waited on the fourth past its 10 ms budget and answered
+    /// bucket's slowest shard took for its last page, or, before any
+    /// landed, twice the model's prediction for a page within its
+    /// evidence), a probe of a quarter of its rows (at least the smallest
+    /// page) goes beside it: a straggling storage request then costs a call
+    /// a few rows, not all of them (a cold call whose three shards answered
+    /// in 3 ms waited on the fourth past its 10 ms budget and answered
     /// BUDGET_TOO_SMALL). Only a call with no row yet probes: one with rows
     /// answers with them, and probes read rows twice. Another probe goes
     /// only when the newest is late in turn, at most [`MAX_PROBES`] per
-    /// page. Whichever lands first
-    /// gives the rows; the others' copies are dropped. Returns when the
-    /// next page or probe that could need one becomes late.
+    /// page. Whichever lands first gives the rows; the others' copies are
+    /// dropped. Returns when the next page or probe that could need one
+    /// becomes late.
     fn probe_stragglers(&mut self) -> Option<Instant> {
         if self.rows_out > 0 {
             // The call has rows to answer with: a late page costs it more
