@@ -65,3 +65,43 @@ async fn a_late_shard_page_costs_a_call_rows_not_the_call() {
         }
     }
 }
+
+/// A probe that fails is not retried and does not end the read: the page it
+/// raced is still on its way, and the next probe may go at once.
+#[tokio::test(start_paused = true)]
+async fn a_failed_probe_leaves_the_page_and_the_next_probe() {
+    use hourglass::storage::StorageError;
+    let ns = namespace(1_000_000, 1);
+    let (store, all) = seeded(&ns, (0..20_000).map(i64::from)).await;
+    let engine = hot_engine(&store, ContinuationConfig::off());
+    // A first call teaches the model what pages take.
+    store.set_latency(|q| MS + Duration::from_micros(q.limit as u64));
+    let (first, out) = read(&engine, &request(&ns, Order::Ascending, 10 * MS, 100_000)).await;
+    let Ending::Partial { frontier, .. } = out.expect("partial").ending else {
+        panic!("the budget ends the first call");
+    };
+    // Then, in a 20 ms call, the page straggles (30 ms) and the first
+    // probe fails.
+    let requests = Arc::new(AtomicU32::new(0));
+    let (n, s) = (requests.clone(), store.clone());
+    store.set_latency(move |q| match n.fetch_add(1, Ordering::Relaxed) {
+        0 => 30 * MS,
+        1 => {
+            s.fail_next([StorageError::Transient("overloaded".into())]);
+            MS
+        }
+        _ => MS + Duration::from_micros(q.limit as u64),
+    });
+    let mut req = request(&ns, Order::Ascending, 20 * MS, 100_000);
+    req.resume_after = Some(frontier);
+    let (second, out) = read(&engine, &req).await;
+    let out = out.expect("a failed probe does not end the read");
+    assert!(!second.is_empty(), "the next probe gave rows");
+    assert_eq!(out.stats.retries, 0, "a probe is not retried");
+    assert!(
+        requests.load(Ordering::Relaxed) >= 3,
+        "page, failed probe, probe"
+    );
+    let got: Vec<_> = first.into_iter().chain(second).collect();
+    assert_rows(&got, &all[..got.len()]);
+}

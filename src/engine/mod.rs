@@ -286,6 +286,13 @@ pub trait RowSink: Send {
     /// Called when the engine is about to wait on storage: a streaming sink
     /// sends what it holds.
     fn flush(&mut self) {}
+    /// Whether rows go to the client as they come (a stream): then the
+    /// rows already sent need no more time of the budget, and emitting
+    /// rows in hand is bounded by the scan's stop, not by the time their
+    /// response would take to build (see `Scan::emit`).
+    fn sends_as_it_goes(&self) -> bool {
+        false
+    }
     /// Gives back the last `n` rows pushed, if they were not sent yet and
     /// at least one more row stays, with the key of the last row that
     /// stays. A sink that sends as it goes gives nothing back.

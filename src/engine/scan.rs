@@ -458,9 +458,10 @@ impl<S: Storage> Scan<S> {
         let order = self.req.order;
         let width = self.req.namespace.bucket_width_micros;
         let series_len = self.req.series_id.len();
+        let timed = !sink.sends_as_it_goes();
         while let Some(row) = self.carry.front() {
             let weight = row.weight(series_len);
-            if let Some(limit) = self.limit_before(weight) {
+            if let Some(limit) = self.limit_before(weight, timed) {
                 return Some(limit);
             }
             let row = self.carry.pop_front().expect("a front row");
@@ -483,7 +484,7 @@ impl<S: Storage> Scan<S> {
                         .buf
                         .front()
                         .map_or(0, |r| r.weight(series_len));
-                    if let Some(limit) = self.limit_before(weight) {
+                    if let Some(limit) = self.limit_before(weight, timed) {
                         return Some(limit);
                     }
                     let row = self.buckets[0].shards[i]
@@ -498,15 +499,16 @@ impl<S: Storage> Scan<S> {
     }
 
     /// The limit that stops the call before a next row of `weight` bytes:
-    /// a row or byte limit, or the budget once the rows emitted need the
-    /// rest of it for their response (rows in hand are many when a held
-    /// scan fetched ahead; the clock is read every [`EMIT_CLOCK_EVERY`]
-    /// rows, and a first row always goes).
-    fn limit_before(&self, weight: usize) -> Option<PartialReason> {
+    /// a row or byte limit, or, when `timed` (a response built once the
+    /// scan stops, not a stream), the budget once the rows emitted need
+    /// the rest of it for their response (rows in hand are many when a
+    /// held scan fetched ahead; the clock is read every
+    /// [`EMIT_CLOCK_EVERY`] rows, and a first row always goes).
+    fn limit_before(&self, weight: usize, timed: bool) -> Option<PartialReason> {
         if let Some(limit) = limit_before(self.rows_out, self.bytes_out, weight, &self.req) {
             return Some(limit);
         }
-        let clock_due = self.rows_out > 0 && self.rows_out % EMIT_CLOCK_EVERY == 0;
+        let clock_due = timed && self.rows_out > 0 && self.rows_out % EMIT_CLOCK_EVERY == 0;
         (clock_due && !self.row_fits(weight)).then(|| self.req.budget.source.into())
     }
 
@@ -824,19 +826,6 @@ impl<S: Storage> Scan<S> {
                 }
                 None
             }
-            Fetched::Shard {
-                bucket,
-                shard,
-                probe: true,
-                result: Err(err),
-                ..
-            } => {
-                tracing::debug!(cause = %crate::storage::chain(&err), "probe failed");
-                if let Some(cursor) = self.shard_mut(bucket, shard) {
-                    cursor.probe_late_at = None;
-                }
-                None
-            }
             Fetched::Index {
                 attempt,
                 result: Err(err),
@@ -846,6 +835,7 @@ impl<S: Storage> Scan<S> {
                 bucket,
                 shard,
                 requested,
+                probe,
                 attempt,
                 result: Err(err),
                 ..
@@ -854,7 +844,7 @@ impl<S: Storage> Scan<S> {
                     bucket,
                     shard,
                     requested,
-                    probe: false,
+                    probe,
                 },
                 attempt,
                 err,

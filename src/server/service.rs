@@ -523,6 +523,10 @@ impl RowSink for StreamSink {
         }
     }
 
+    fn sends_as_it_goes(&self) -> bool {
+        true
+    }
+
     fn flush(&mut self) {
         if self.buf.is_empty() {
             return;
