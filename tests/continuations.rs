@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fake::{
-    assert_rows, engine, follow, frontier, hot_engine, namespace, read, request, seeded,
+    assert_rows, engine, follow, frontier, hot_engine, namespace, read, request, resumed, seeded,
     write_rows, MS,
 };
 use hourglass::engine::{ContinuationConfig, Ending, ReadEngine, ReadError, ReadRequest};
@@ -92,8 +92,7 @@ async fn a_miss_on_another_replica_or_after_expiry_resumes_from_the_token_alone(
     assert_eq!(a.held().0, 1);
     tokio::time::sleep(150 * MS).await;
     assert_eq!(a.held(), (0, 0), "expired");
-    let mut req = request(&ns, Order::Ascending, 20 * MS, 100_000);
-    req.resume_after = Some(frontier(&out));
+    let req = resumed(request(&ns, Order::Ascending, 20 * MS, 100_000), &out);
     let (second, out) = read(&a, &req).await;
     assert!(!out.expect("progress").stats.continued);
     let got: Vec<Row> = first.into_iter().chain(second).collect();
@@ -230,8 +229,7 @@ async fn writes_between_calls_follow_the_freshness_rule() {
             ],
         )
         .await;
-        let mut req = request(&ns, Order::Ascending, 200 * MS, 100_000);
-        req.resume_after = Some(frontier(&out));
+        let req = resumed(request(&ns, Order::Ascending, 200 * MS, 100_000), &out);
         let (rest, out) = read(&engine, &req).await;
         let out = out.expect("the rest");
         assert_eq!(out.ending, Ending::Complete);
@@ -305,8 +303,10 @@ async fn pages_in_flight_when_a_call_ends_land_for_the_next_call() {
     tokio::time::sleep(20 * MS).await;
     let served = store.rows_served();
     assert!(served > served_at_end, "and it landed");
-    let mut req = request(&ns, Order::Ascending, Duration::from_millis(1), 100_000);
-    req.resume_after = Some(frontier(&out));
+    let req = resumed(
+        request(&ns, Order::Ascending, Duration::from_millis(1), 100_000),
+        &out,
+    );
     let began = Instant::now();
     let (second, out) = read(&engine, &req).await;
     let out = out.expect("rows already fetched need no storage time");
@@ -407,8 +407,7 @@ async fn a_held_scan_fills_its_pipeline_to_the_fetch_ahead_bound_while_the_clien
     );
     assert!(fetched < all.len() - first.len(), "it stopped at the bound");
     // The next call takes them, without waiting on storage.
-    let mut req = request(&ns, Order::Ascending, 5 * MS, 100_000);
-    req.resume_after = Some(frontier(&out));
+    let req = resumed(request(&ns, Order::Ascending, 5 * MS, 100_000), &out);
     let (second, out) = read(&hot, &req).await;
     let out = out.expect("partial");
     assert!(out.stats.continued);
@@ -439,8 +438,7 @@ async fn rows_fetched_ahead_fill_a_response_only_as_far_as_its_budget() {
     let mut got = first;
     for call in 1..=3 {
         tokio::time::sleep(100 * MS).await; // many rows land meanwhile
-        let mut req = request(&ns, Order::Ascending, budget, 100_000);
-        req.resume_after = Some(frontier(&out));
+        let req = resumed(request(&ns, Order::Ascending, budget, 100_000), &out);
         let began = Instant::now();
         let (rows, next) = read(&hot, &req).await;
         out = next.expect("partial");

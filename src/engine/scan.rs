@@ -799,13 +799,11 @@ impl<S: Storage> Scan<S> {
                 let last = rows.last().map(|r| r.key.clone());
                 let end = rows.len() < requested;
                 cursor.probe_late_at = None;
-                if !probe {
-                    // From when it was sent, as lateness is judged.
-                    cursor.took = cursor.sent.map(|sent| sent.elapsed());
-                }
                 if probe {
                     cursor.done |= end;
                 } else {
+                    // From when it was sent, as lateness is judged.
+                    cursor.took = cursor.sent.map(|sent| sent.elapsed());
                     cursor.requested = 0;
                     cursor.probes = 0;
                     if cursor.done {

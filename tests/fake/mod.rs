@@ -108,6 +108,12 @@ pub fn frontier(out: &ReadOutcome) -> Key {
     }
 }
 
+/// `req` resuming after the frontier of `out`, a partial read.
+pub fn resumed(mut req: ReadRequest, out: &ReadOutcome) -> ReadRequest {
+    req.resume_after = Some(frontier(out));
+    req
+}
+
 pub fn run_paused<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
