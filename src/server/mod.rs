@@ -7,6 +7,7 @@
 //! `SHUTDOWN`), new calls are refused, and in-flight calls get at most
 //! [`ServerConfig::drain_timeout`] to finish before `run` returns.
 
+mod arrival;
 mod calls;
 mod service;
 
@@ -29,8 +30,10 @@ use crate::storage::breaker::{Breaker, BreakerConfig};
 use crate::storage::cassandra::{CassandraConfig, CassandraStore};
 use crate::storage::{Storage, StorageError};
 use crate::token::KeyRing;
+use arrival::ArrivalLayer;
 use calls::{CallTracker, TrackCallsLayer};
 
+pub use arrival::Arrival;
 pub use service::{
     HourglassService, MAX_STREAMS_PER_CONNECTION, NAMESPACE_MISS_TTL, STREAM_BATCH_BYTES,
     STREAM_BATCH_DELAY,
@@ -237,6 +240,9 @@ async fn serve<S: Storage, H: tonic_health::pb::health_server::Health>(
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        // Outermost: budgets start when a call arrives, and no framework
+        // timeout ends a call (see `arrival`).
+        .layer(ArrivalLayer)
         .layer(calls);
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use super::arrival::Arrival;
 use crate::api::{self, pb, ReadParams};
 use crate::auth::{Access, Authenticator, Principal};
 use crate::bulkhead::{Bulkhead, ScanPermit};
@@ -181,11 +182,11 @@ impl<S: Storage> HourglassService<S> {
         &self,
         request: Request<pb::ReadEventsRequest>,
     ) -> Result<(ReadRequest, QueryFingerprint, ScanPermit), ServiceError> {
-        let grpc_timeout = request
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout);
+        let arrived = request
+            .extensions()
+            .get::<Arrival>()
+            .map_or_else(Instant::now, |a| a.0);
+        let deadline = client_deadline(request.metadata());
         let principal = self.authenticate(request.metadata())?;
         // Who reads, for the per-client bound on held continuations.
         let client: Arc<str> = match (&principal, request.remote_addr()) {
@@ -196,9 +197,9 @@ impl<S: Storage> HourglassService<S> {
         let p = ReadParams::try_from(request.into_inner())?;
         permit(principal.as_ref(), Access::Read, &p.namespace)?;
         let budget = if self.partial_reads {
-            Budget::new(&self.budget, p.slo, grpc_timeout)
+            Budget::starting_at(&self.budget, p.slo, deadline, arrived)
         } else {
-            Budget::new(&self.budget, None, None)
+            Budget::starting_at(&self.budget, None, None, arrived)
         };
         let span = tracing::Span::current();
         span.record("namespace", p.namespace.as_str());
@@ -269,6 +270,22 @@ fn check_frontier(k: &Key, start: i64, end: i64, order: Order) -> Result<(), Ser
             "position lies outside the requested range",
         ))
     }
+}
+
+/// Header by which Envoy tells the upstream how long the proxy waits for
+/// its answer, in milliseconds.
+const ENVOY_TIMEOUT: &str = "x-envoy-expected-rq-timeout-ms";
+
+/// How long the client (or a proxy in front of us) waits for the answer:
+/// the shorter of the `grpc-timeout` and Envoy's expected request timeout.
+/// Values that do not parse are ignored, as gRPC servers do.
+fn client_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let header = |name| metadata.get(name).and_then(|v| v.to_str().ok());
+    let grpc = header("grpc-timeout").and_then(parse_grpc_timeout);
+    let envoy = header(ENVOY_TIMEOUT)
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis);
+    grpc.into_iter().chain(envoy).min()
 }
 
 /// The request id: the client's `x-request-id`, or a fresh UUID.

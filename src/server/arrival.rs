@@ -1,0 +1,234 @@
+//! Where a call's budget starts and what may end it: the outermost layer of
+//! our stack stamps each Hourglass call with the instant it reached this
+//! server ([`Arrival`]), before its message is decoded, and answers the
+//! call's response headers at once.
+//!
+//! Invariant: only our own code ends an Hourglass call. Tonic's server
+//! wraps every service in its `grpc-timeout` layer, which answers
+//! `CANCELLED "Timeout expired"` with no details when the handler has not
+//! returned its response head by the client's deadline. That layer times
+//! only the response head, so this layer gives it one at once (status 200,
+//! `application/grpc`) and sends the handler's answer in the body: its
+//! messages, then its status as trailers. A handler that fails before any
+//! message (a "trailers-only" response) has its status moved to the
+//! trailers. The client's own deadline still applies on the client.
+
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use http_body::Frame;
+use tokio::time::Instant;
+use tonic::body::Body;
+use tonic::codegen::http::{self, HeaderMap, HeaderValue};
+
+/// Path prefix of the calls stamped and answered early.
+const OWN_PREFIX: &str = "/hourglass.v1.Hourglass/";
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// When a call reached this server; in the request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival(pub Instant);
+
+/// The layer; outermost of ours, so nearest the transport.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ArrivalLayer;
+
+impl<S> tower_layer::Layer<S> for ArrivalLayer {
+    type Service = StampArrival<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        StampArrival { inner }
+    }
+}
+
+/// See [`ArrivalLayer`].
+#[derive(Clone, Debug)]
+pub struct StampArrival<S> {
+    inner: S,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for StampArrival<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        if !request.uri().path().starts_with(OWN_PREFIX) {
+            return self
+                .inner
+                .call(request)
+                .map(|r| r.map_err(Into::into))
+                .boxed();
+        }
+        request.extensions_mut().insert(Arrival(Instant::now()));
+        let answer = self
+            .inner
+            .call(request)
+            .map(|r| r.map_err(Into::into))
+            .boxed();
+        let mut head = http::Response::new(Body::new(Deferred::Waiting(answer)));
+        head.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        futures::future::ready(Ok(head)).boxed()
+    }
+}
+
+/// The body of a call answered early: waits for the handler's response,
+/// then relays its body, or its status as trailers.
+enum Deferred {
+    Waiting(BoxFuture<'static, Result<http::Response<Body>, BoxError>>),
+    Relaying(Body),
+    Done,
+}
+
+/// The gRPC status headers a trailers-only response carries in its head.
+fn status_headers(head: &HeaderMap) -> Option<HeaderMap> {
+    head.contains_key("grpc-status").then(|| {
+        head.iter()
+            .filter(|(name, _)| name.as_str().starts_with("grpc-"))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect()
+    })
+}
+
+impl http_body::Body for Deferred {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        loop {
+            match &mut *self {
+                Self::Waiting(answer) => {
+                    let trailers = match ready!(answer.poll_unpin(cx)) {
+                        Ok(response) => {
+                            let (head, body) = response.into_parts();
+                            match status_headers(&head.headers) {
+                                None => {
+                                    *self = Self::Relaying(body);
+                                    continue;
+                                }
+                                Some(trailers) => trailers,
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "call failed below the service");
+                            let mut trailers = HeaderMap::new();
+                            // A fixed message always encodes.
+                            let _ =
+                                tonic::Status::internal("internal error").add_header(&mut trailers);
+                            trailers
+                        }
+                    };
+                    *self = Self::Done;
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                Self::Relaying(body) => return Pin::new(body).poll_frame(cx),
+                Self::Done => return Poll::Ready(None),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Waiting(_) => false,
+            Self::Relaying(body) => body.is_end_stream(),
+            Self::Done => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+    use tower_layer::Layer as _;
+    use tower_service::Service as _;
+
+    /// A handler that answers after `delay` with `response`.
+    fn handler(
+        delay: std::time::Duration,
+        response: fn() -> http::Response<Body>,
+    ) -> impl tower_service::Service<
+        http::Request<()>,
+        Response = http::Response<Body>,
+        Error = std::convert::Infallible,
+        Future = BoxFuture<'static, Result<http::Response<Body>, std::convert::Infallible>>,
+    > + Clone {
+        tower::service_fn(move |r: http::Request<()>| {
+            assert!(r.extensions().get::<Arrival>().is_some(), "stamped");
+            async move {
+                tokio::time::sleep(delay).await;
+                Ok(response())
+            }
+            .boxed()
+        })
+    }
+
+    fn call(path: &str) -> http::Request<()> {
+        http::Request::builder()
+            .uri(path)
+            .body(())
+            .expect("request")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_head_goes_at_once_and_a_late_failure_becomes_trailers() {
+        let failing = || tonic::Status::resource_exhausted("full").into_http();
+        let mut svc = ArrivalLayer.layer(handler(std::time::Duration::from_secs(5), failing));
+        let before = Instant::now();
+        let head = svc
+            .call(call("/hourglass.v1.Hourglass/ReadEvents"))
+            .await
+            .expect("head");
+        assert_eq!(
+            before.elapsed(),
+            std::time::Duration::ZERO,
+            "no wait for the head"
+        );
+        assert_eq!(head.headers()["content-type"], "application/grpc");
+        assert!(!head.headers().contains_key("grpc-status"));
+        let collected = head.into_body().collect().await.expect("body");
+        assert!(before.elapsed() >= std::time::Duration::from_secs(5));
+        let trailers = collected.trailers().expect("trailers").clone();
+        let status = tonic::Status::from_header_map(&trailers).expect("a status");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(status.message(), "full");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_body_is_relayed_whole() {
+        let answering = || {
+            let mut r = http::Response::new(Body::new(
+                http_body_util::Full::new(bytes::Bytes::from_static(b"\0\0\0\0\x01x"))
+                    .map_err(|never| -> tonic::Status { match never {} }),
+            ));
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/grpc"));
+            r
+        };
+        let mut svc = ArrivalLayer.layer(handler(std::time::Duration::from_millis(1), answering));
+        let head = svc
+            .call(call("/hourglass.v1.Hourglass/ReadEvents"))
+            .await
+            .expect("head");
+        let bytes = head.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&bytes[..], b"\0\0\0\0\x01x");
+    }
+}

@@ -1,0 +1,125 @@
+//! On time under overload, on the real Cassandra: only Hourglass's own code
+//! answers a call (no framework timeout cuts one), budgets start when a call
+//! arrives, and a replica flooded with far more reads than it can serve
+//! answers each one within its budget or refuses it at once.
+
+mod common;
+
+use common::*;
+use hourglass::api::pb;
+
+/// Calls `method` over a raw HTTP/2 stream with the extra `headers`: no
+/// gRPC client stands between, so a `grpc-timeout` is only the server's to
+/// act on. Returns the decoded answer or the status in its trailers.
+async fn raw_call<Req: prost::Message, Resp: prost::Message + Default>(
+    addr: std::net::SocketAddr,
+    method: &str,
+    message: &Req,
+    headers: &[(&'static str, &'static str)],
+) -> Result<Resp, tonic::Status> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (h2, connection) = h2::client::handshake(tcp).await.expect("handshake");
+    tokio::spawn(connection);
+    let mut h2 = h2.ready().await.expect("ready");
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/hourglass.v1.Hourglass/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let (response, mut send) = h2
+        .send_request(request.body(()).expect("request"), false)
+        .expect("send");
+    let body = message.encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend(u32::try_from(body.len()).expect("small").to_be_bytes());
+    framed.extend(body);
+    send.send_data(framed.into(), true).expect("send body");
+    let (head, mut body) = response.await.expect("response").into_parts();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("data");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.expect("trailers");
+    let status = tonic::Status::from_header_map(trailers.as_ref().unwrap_or(&head.headers))
+        .expect("a grpc-status");
+    if status.code() != tonic::Code::Ok {
+        return Err(status);
+    }
+    Ok(Resp::decode(&bytes[5..]).expect("one message"))
+}
+
+fn events(series: &str, n: usize) -> Vec<pb::Event> {
+    (0..n)
+        .map(|i| {
+            event(
+                series,
+                i64::try_from(i).expect("small") * 1_000,
+                &format!("e{i}"),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn no_framework_timeout_answers_in_place_of_the_service() {
+    let server = TestServer::start().await;
+    let mut client = server.client.clone();
+    let ns = format!("ft{}", std::process::id());
+    create_namespace(&mut client, &ns, 60_000_000, 2).await;
+    let addr = server.addr;
+
+    // A 1 µs deadline is over before any handler can answer. Tonic's own
+    // grpc-timeout layer used to answer CANCELLED "Timeout expired" with no
+    // details; now the handlers answer, each in its own way.
+    let spent = [("grpc-timeout", "1u")];
+    let write = pb::WriteEventsRequest {
+        namespace: ns.clone(),
+        events: events("s", 500),
+    };
+    let written: pb::WriteEventsResponse = raw_call(addr, "WriteEvents", &write, &spent)
+        .await
+        .expect("a write has no budget: it completes");
+    assert_eq!(written.written, 500);
+
+    let read = read_request(&ns, "s", 0, i64::MAX);
+    for method in ["ReadEvents", "StreamEvents"] {
+        let refused = raw_call::<_, pb::ReadEventsResponse>(addr, method, &read, &spent)
+            .await
+            .expect_err("no row fits in a spent budget");
+        assert_eq!(
+            refused.code(),
+            tonic::Code::DeadlineExceeded,
+            "{method}: {refused:?}"
+        );
+        assert_eq!(reason_of(&refused), "BUDGET_TOO_SMALL", "{method}");
+    }
+
+    // Envoy's expected request timeout bounds the budget like a deadline.
+    let refused = client
+        .read_events(with_header(
+            read.clone(),
+            "x-envoy-expected-rq-timeout-ms",
+            "0",
+        ))
+        .await
+        .expect_err("no row fits in a spent budget");
+    assert_eq!(reason_of(&refused), "BUDGET_TOO_SMALL", "{refused:?}");
+    let answer = client
+        .read_events(with_header(read, "x-envoy-expected-rq-timeout-ms", "5000"))
+        .await
+        .expect("a read within the proxy's timeout")
+        .into_inner();
+    assert_eq!(answer.events.len(), 500);
+    server.stop().await;
+}
+
+fn with_header<T>(message: T, name: &'static str, value: &'static str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut().insert(name, value.parse().expect("ascii"));
+    r
+}
