@@ -23,6 +23,15 @@ pub enum Full {
     Server { limit: usize },
     /// The bound of one namespace.
     Namespace { name: String, limit: usize },
+    /// The adaptive limit (see `admission`).
+    Adaptive { limit: usize },
+    /// The share of the adaptive limit batch reads may take.
+    Batch { limit: usize },
+    /// A namespace's fair share of the adaptive limit while others read.
+    FairShare { name: String, share: usize },
+    /// The budget was spent before the read could be admitted: too little
+    /// is left for the smallest page storage can answer.
+    BudgetSpent { left: std::time::Duration },
 }
 
 impl std::fmt::Display for Full {
@@ -35,6 +44,24 @@ impl std::fmt::Display for Full {
                     "namespace {name:?} already runs {limit} scans on this server"
                 )
             }
+            Self::Adaptive { limit } => {
+                write!(
+                    f,
+                    "this server runs {limit} scans, its current adaptive limit"
+                )
+            }
+            Self::Batch { limit } => write!(
+                f,
+                "batch reads may take {limit} scans of this server's adaptive limit"
+            ),
+            Self::FairShare { name, share } => write!(
+                f,
+                "namespace {name:?} holds its fair share ({share} scans) of this server's limit"
+            ),
+            Self::BudgetSpent { left } => write!(
+                f,
+                "only {left:?} of the budget was left when the read could start"
+            ),
         }
     }
 }
@@ -71,6 +98,11 @@ impl Bulkhead {
             per_namespace: max_per_namespace.max(1),
             namespaces: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The replica-wide bound.
+    pub fn limit(&self) -> usize {
+        self.server_limit
     }
 
     /// A permit for one scan of `namespace`, or which bound is full.

@@ -22,8 +22,16 @@ pub const ERROR_DOMAIN: &str = "hourglass.v1";
 pub const REASON_BUDGET_TOO_SMALL: &str = "BUDGET_TOO_SMALL";
 /// Suggested wait before retrying after storage trouble.
 pub const STORAGE_RETRY_DELAY: Duration = Duration::from_millis(200);
-/// Suggested wait before retrying a scan the bulkhead refused.
+/// Mean suggested wait before retrying a read refused for load; each
+/// refusal suggests a wait drawn uniformly from half to one and a half
+/// times it, so clients refused together do not retry together.
 pub const OVERLOAD_RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// A RetryInfo delay for a read refused for load (see
+/// [`OVERLOAD_RETRY_DELAY`]).
+fn overload_pushback() -> Duration {
+    OVERLOAD_RETRY_DELAY.mul_f64(rand::random_range(0.5..1.5))
+}
 
 /// Every ErrorInfo reason [`ServiceError::reason`] gives, so metrics by
 /// reason exist (at zero) from the start.
@@ -48,6 +56,10 @@ pub const REASONS: &[&str] = &[
     "PERMISSION_DENIED",
     "TOO_MANY_SCANS",
     "TOO_MANY_NAMESPACE_SCANS",
+    "CONCURRENCY_LIMIT",
+    "BATCH_SHARE",
+    "NAMESPACE_FAIR_SHARE",
+    "BUDGET_SPENT_WAITING",
 ];
 
 /// Everything a handler can fail with.
@@ -136,6 +148,10 @@ impl ServiceError {
             Self::Auth(AuthError::Denied { .. }) => "PERMISSION_DENIED",
             Self::Overloaded(Full::Server { .. }) => "TOO_MANY_SCANS",
             Self::Overloaded(Full::Namespace { .. }) => "TOO_MANY_NAMESPACE_SCANS",
+            Self::Overloaded(Full::Adaptive { .. }) => "CONCURRENCY_LIMIT",
+            Self::Overloaded(Full::Batch { .. }) => "BATCH_SHARE",
+            Self::Overloaded(Full::FairShare { .. }) => "NAMESPACE_FAIR_SHARE",
+            Self::Overloaded(Full::BudgetSpent { .. }) => "BUDGET_SPENT_WAITING",
         }
     }
 }
@@ -220,16 +236,30 @@ impl From<ServiceError> for tonic::Status {
                 Code::PermissionDenied
             }
             ServiceError::Overloaded(full) => {
-                let (subject, limit) = match full {
-                    Full::Server { limit } => ("server".to_string(), limit),
-                    Full::Namespace { name, limit } => {
+                let (subject, description) = match full {
+                    Full::Server { limit } | Full::Adaptive { limit } => {
+                        info.insert("limit".into(), limit.to_string());
+                        ("server".to_string(), "concurrent scans at their limit")
+                    }
+                    Full::Batch { limit } => {
+                        info.insert("limit".into(), limit.to_string());
+                        ("class:batch".to_string(), "batch scans at their share")
+                    }
+                    Full::Namespace { name, limit } | Full::FairShare { name, share: limit } => {
                         info.insert("namespace".into(), name.clone());
-                        (format!("namespace:{name}"), limit)
+                        info.insert("limit".into(), limit.to_string());
+                        (
+                            format!("namespace:{name}"),
+                            "concurrent scans at their limit",
+                        )
+                    }
+                    Full::BudgetSpent { left } => {
+                        info.insert("left_micros".into(), left.as_micros().to_string());
+                        ("server".to_string(), "budget spent waiting to start")
                     }
                 };
-                info.insert("limit".into(), limit.to_string());
-                details.add_quota_failure_violation(subject, "concurrent scans at their limit");
-                details.set_retry_info(Some(OVERLOAD_RETRY_DELAY));
+                details.add_quota_failure_violation(subject, description);
+                details.set_retry_info(Some(overload_pushback()));
                 Code::ResourceExhausted
             }
         };
@@ -315,7 +345,11 @@ mod tests {
                 }
                 Code::ResourceExhausted => {
                     let retry = status.get_details_retry_info().expect("RetryInfo");
-                    assert_eq!(retry.retry_delay, Some(OVERLOAD_RETRY_DELAY));
+                    let delay = retry.retry_delay.expect("a delay");
+                    assert!(
+                        delay >= OVERLOAD_RETRY_DELAY / 2 && delay < OVERLOAD_RETRY_DELAY * 3 / 2,
+                        "{delay:?}"
+                    );
                     let quota = status.get_details_quota_failure().expect("QuotaFailure");
                     assert_eq!(quota.violations[0].subject, "namespace:n");
                 }

@@ -15,7 +15,10 @@
 //! * [`storage`]: the [`storage::Storage`] trait, Cassandra/ScyllaDB behind
 //!   it ([`storage::cassandra`]), the circuit breaker ([`storage::breaker`])
 //!   and, with the `test-util` feature, an in-process fake for engine tests.
-//! * [`bulkhead`]: bounds concurrent scans overall and per namespace.
+//! * [`admission`]: adapts how many reads run at once to measured latency,
+//!   with fair shares per namespace and a batch class, under
+//! * [`bulkhead`]: the static bounds on concurrent scans overall and per
+//!   namespace.
 //! * [`auth`]: bearer-token authentication, per-namespace permissions.
 //! * [`model`]: namespaces, events, clustering keys, bucket arithmetic.
 //! * [`telemetry`]: Prometheus metrics and their names.
@@ -37,6 +40,7 @@
 //! a [`Storage`]), or call a server and follow its tokens ([`pb`],
 //! [`follow`]).
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod bulkhead;

@@ -26,6 +26,8 @@ pub const ROWS_SCANNED: &str = "hourglass_rows_scanned_total";
 pub const ROWS_DELIVERED: &str = "hourglass_rows_delivered_total";
 /// Scans running now (gauge).
 pub const SCANS_IN_FLIGHT: &str = "hourglass_scans_in_flight";
+/// The adaptive concurrency limit of reads on this replica.
+pub const ADMISSION_LIMIT: &str = "hourglass_admission_limit";
 /// Storage requests retried (counter).
 pub const STORAGE_RETRIES: &str = "hourglass_storage_retries_total";
 /// Probe pages sent beside a straggling shard page (counter).
@@ -112,7 +114,14 @@ fn describe() {
     describe_histogram!(STORAGE_PAGE_SECONDS, Unit::Seconds, "Storage page latency");
     describe_counter!(ROWS_SCANNED, "Rows received from storage");
     describe_counter!(ROWS_DELIVERED, "Rows returned to clients");
-    describe_gauge!(SCANS_IN_FLIGHT, "Reads scanning now");
+    describe_gauge!(
+        SCANS_IN_FLIGHT,
+        "Reads holding a scan slot (a stream until its client took its rows)"
+    );
+    describe_gauge!(
+        ADMISSION_LIMIT,
+        "Adaptive limit on concurrent reads (absent with --admission static)"
+    );
     describe_counter!(
         STORAGE_RETRIES,
         "Storage requests retried after transient errors"
@@ -174,6 +183,7 @@ pub fn resident_bytes() -> Option<u64> {
 }
 
 /// Counts a scan as in flight until dropped.
+#[derive(Debug)]
 pub struct ScanInFlight(());
 
 impl ScanInFlight {

@@ -5,8 +5,11 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use hourglass::api::pb;
+use tonic_types::StatusExt;
 
 /// Calls `method` over a raw HTTP/2 stream with the extra `headers`: no
 /// gRPC client stands between, so a `grpc-timeout` is only the server's to
@@ -122,4 +125,119 @@ fn with_header<T>(message: T, name: &'static str, value: &'static str) -> tonic:
     let mut r = tonic::Request::new(message);
     r.metadata_mut().insert(name, value.parse().expect("ascii"));
     r
+}
+
+/// How one call of the flood ended.
+enum Outcome {
+    Answered(usize),
+    Refused(Duration),
+    TooSmall,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooded_replica_answers_within_budgets_or_refuses_at_once() {
+    const CALLS: usize = 400;
+    const DEADLINE: Duration = Duration::from_secs(2);
+    let server = TestServer::start().await;
+    let mut client = server.client.clone();
+    let ns = format!("flood{}", std::process::id());
+    create_namespace(&mut client, &ns, 10_000_000, 4).await;
+    for chunk in 0..10 {
+        let events = (0..2_000)
+            .map(|i| {
+                let n = chunk * 2_000 + i;
+                event("s", i64::from(n) * 1_000, &format!("e{n}"))
+            })
+            .collect();
+        write_all(&client, &ns, events).await;
+    }
+    // Several connections, as many clients would open.
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        channels.push(
+            tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+                .expect("uri")
+                .connect()
+                .await
+                .expect("connect"),
+        );
+    }
+    let calls = (0..CALLS).map(|i| {
+        let mut c = pb::hourglass_client::HourglassClient::new(channels[i % 4].clone());
+        let read = pb::ReadEventsRequest {
+            page_size: Some(500),
+            ..read_request(&ns, "s", 0, i64::MAX)
+        };
+        tokio::spawn(async move {
+            let mut r = tonic::Request::new(read);
+            r.set_timeout(DEADLINE);
+            let sent = std::time::Instant::now();
+            match c.read_events(r).await {
+                Ok(answer) => Outcome::Answered(answer.into_inner().events.len()),
+                Err(status) => {
+                    let took = sent.elapsed();
+                    let reason = reason_of(&status);
+                    match status.code() {
+                        tonic::Code::ResourceExhausted => {
+                            assert!(status.get_details_retry_info().is_some(), "{status:?}");
+                            assert!(status.get_details_quota_failure().is_some(), "{status:?}");
+                            assert!(!reason.is_empty(), "{status:?}");
+                            Outcome::Refused(took)
+                        }
+                        tonic::Code::DeadlineExceeded if reason == "BUDGET_TOO_SMALL" => {
+                            Outcome::TooSmall
+                        }
+                        // A client-side DEADLINE_EXCEEDED (no ErrorInfo) is
+                        // an answer that came after the budget; CANCELLED
+                        // is a framework cut.
+                        _ => panic!("not answered by Hourglass in time: {status:?} after {took:?}"),
+                    }
+                }
+            }
+        })
+    });
+    let outcomes: Vec<Outcome> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.expect("call"))
+        .collect();
+    let answered: Vec<usize> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Answered(n) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    let mut refused: Vec<Duration> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Refused(t) => Some(*t),
+            _ => None,
+        })
+        .collect();
+    let too_small = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::TooSmall))
+        .count();
+    refused.sort();
+    eprintln!(
+        "{} answered, {} refused (median {:?}), {too_small} budget too small",
+        answered.len(),
+        refused.len(),
+        refused.get(refused.len() / 2)
+    );
+    assert!(!answered.is_empty(), "some reads are served");
+    assert!(
+        !refused.is_empty(),
+        "{CALLS} reads at once are more than the replica admits"
+    );
+    // Refusals do not queue: they come back well before a budget would end
+    // (in a debug build, the burst of 400 calls itself takes about 200 ms
+    // of the two cores).
+    assert!(
+        refused[refused.len() / 2] < DEADLINE / 4,
+        "median refusal after {:?}",
+        refused[refused.len() / 2]
+    );
+    server.stop().await;
 }

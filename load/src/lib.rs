@@ -31,6 +31,7 @@ pub use seed::{seed, seed_event, SeedArgs};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tonic_types::StatusExt as _;
 
 use clap::{Args, Subcommand, ValueEnum};
 use futures::StreamExt;
@@ -284,14 +285,15 @@ impl Window {
 
 /// One logical read, recording each response as it arrives. The first
 /// response's latency counts from `intended`. A read still following tokens
-/// when the run ends is abandoned and not counted as a whole read.
+/// when the run ends is abandoned and not counted as a whole read. Returns
+/// how long a refused read's client should wait (the server's RetryInfo).
 async fn logical_read(
     client: HourglassClient<Channel>,
     args: &RunArgs,
     intended: Instant,
     shared: &Mutex<Shared>,
     window: Window,
-) {
+) -> Option<Duration> {
     // Every response counts as it comes: a call that made no progress is
     // an error of the run, not repeated.
     let options = FollowOptions {
@@ -310,19 +312,30 @@ async fn logical_read(
         }
         let page = match result {
             Err(status) => {
+                let refused = status.code() == tonic::Code::ResourceExhausted;
                 if counted {
                     *s.total
                         .errors_by_code
                         .entry(format!("{:?}", status.code()))
                         .or_default() += 1;
+                    if refused {
+                        s.total.refusals.record(latency_since_intended(sent, now));
+                    }
                 }
-                return;
+                return refused
+                    .then(|| status.get_details_retry_info())
+                    .flatten()
+                    .and_then(|r| r.retry_delay);
             }
             Ok(page) => page,
         };
         if counted {
             let latency = latency_since_intended(sent, now);
             let rows = page.events.len() as u64;
+            let slo = args.slo_ms.map(u64::from).or(args.deadline_ms);
+            if slo.is_none_or(|ms| latency <= Duration::from_millis(ms)) {
+                s.total.good_rows += rows;
+            }
             s.total.responses.record(latency);
             s.interval.record(latency);
             s.total.rows += rows;
@@ -350,14 +363,15 @@ async fn logical_read(
                 s.reads += 1;
                 s.total.reads.record(latency_since_intended(intended, now));
             }
-            return;
+            return None;
         }
         drop(s);
         if window.over(now) {
-            return;
+            return None;
         }
         sent = Instant::now();
     }
+    None
 }
 
 /// Shared run state: totals plus the current one-second interval.
@@ -450,7 +464,9 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
                         continue;
                     }
                     let (c, a, sh) = (client.clone(), args.clone(), shared.clone());
-                    ops.spawn(async move { logical_read(c, &a, intended, &sh, window).await });
+                    ops.spawn(async move {
+                        logical_read(c, &a, intended, &sh, window).await;
+                    });
                     while ops.try_join_next().is_some() {}
                 }
             } else {
@@ -467,7 +483,13 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
                             if !ticket(intended) {
                                 break;
                             }
-                            logical_read(c.clone(), &a, intended, &sh, window).await;
+                            // A refused client waits as the server suggests
+                            // (spread by the server), as a good client does.
+                            if let Some(wait) =
+                                logical_read(c.clone(), &a, intended, &sh, window).await
+                            {
+                                tokio::time::sleep(wait).await;
+                            }
                         }
                     });
                 }
@@ -538,6 +560,8 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         partial_by_reason: s.total.partial_by_reason.clone(),
         errors_by_code: s.total.errors_by_code.clone(),
         client_cpu_s: cpu0.elapsed().as_secs_f64(),
+        refusals: s.total.refusals.summary(),
+        good_rows_per_s: s.total.good_rows as f64 / elapsed.as_secs_f64().max(1e-9),
         interrupted,
     };
     report.save(&args.report)?;

@@ -33,6 +33,13 @@ pub struct Report {
     pub partial_by_reason: BTreeMap<String, u64>,
     pub errors_by_code: BTreeMap<String, u64>,
     pub client_cpu_s: f64,
+    /// Latency of calls refused for load (RESOURCE_EXHAUSTED).
+    #[serde(default)]
+    pub refusals: Summary,
+    /// Rows per second delivered in responses that came within the SLO (or
+    /// the deadline): goodput.
+    #[serde(default)]
+    pub good_rows_per_s: f64,
     /// True when Ctrl-C ended the run early.
     pub interrupted: bool,
 }

@@ -128,6 +128,10 @@ pub struct RunStats {
     pub rows_scanned: u64,
     /// Responses that continued a scan held on the server (hot continuations).
     pub continued: u64,
+    /// Latency of calls refused for load (RESOURCE_EXHAUSTED).
+    pub refusals: Latencies,
+    /// Rows of responses that came within the SLO (or deadline).
+    pub good_rows: u64,
 }
 
 impl RunStats {

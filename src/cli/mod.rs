@@ -189,6 +189,10 @@ pub struct ServeArgs {
     /// Concurrent scans of one namespace this server runs at most.
     #[arg(long, env = "HOURGLASS_MAX_SCANS_PER_NAMESPACE", default_value_t = DEFAULT_MAX_SCANS_PER_NAMESPACE)]
     pub max_scans_per_namespace: usize,
+    /// Adapt the number of concurrent reads to measured latency, under
+    /// --max-scans (false: only the static bounds).
+    #[arg(long, env = "HOURGLASS_ADAPTIVE_ADMISSION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub adaptive_admission: bool,
     /// PEM certificate chain: serve gRPC over TLS (needs --tls-key).
     #[arg(long, env = "HOURGLASS_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -353,6 +357,7 @@ impl ServeArgs {
         };
         config.max_scans = self.max_scans;
         config.max_scans_per_namespace = self.max_scans_per_namespace;
+        config.admission.adaptive = self.adaptive_admission;
         config.partial_reads = self.partial_reads;
         config.tls = self.tls_config()?;
         config.auth = self.authenticator()?;

@@ -293,6 +293,17 @@ pub trait RowSink: Send {
     fn sends_as_it_goes(&self) -> bool {
         false
     }
+    /// Whether the sink holds rows it could not hand on yet (a stream whose
+    /// client is behind): the engine then reads no further until
+    /// [`RowSink::drained`] completes or its budget ends, so a slow client
+    /// bounds what a read buffers.
+    fn backlogged(&self) -> bool {
+        false
+    }
+    /// Completes once the rows held back are handed on.
+    fn drained(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        std::future::ready(())
+    }
     /// Gives back the last `n` rows pushed, if they were not sent yet and
     /// at least one more row stays, with the key of the last row that
     /// stays. A sink that sends as it goes gives nothing back.
@@ -369,6 +380,15 @@ impl<S: Storage> ReadEngine<S> {
         &self.core.storage
     }
 
+    /// How long the smallest page storage is asked for is expected to take
+    /// for a read of `namespace` (from its latency model).
+    pub fn least_page_time(&self, namespace: &str) -> Duration {
+        self.core
+            .models
+            .get(namespace)
+            .predict(self.core.config.min_storage_page)
+    }
+
     /// Scans held for hot continuations now, and their estimated bytes.
     pub fn held(&self) -> (usize, usize) {
         self.continuations.held()
@@ -383,7 +403,6 @@ impl<S: Storage> ReadEngine<S> {
         req: &ReadRequest,
         sink: &mut impl RowSink,
     ) -> Result<ReadOutcome, ReadError> {
-        let _in_flight = telemetry::ScanInFlight::enter();
         let held = if self.core.drain.is_cancelled() {
             None
         } else {

@@ -436,6 +436,14 @@ impl<S: Storage> Scan<S> {
             debug_assert!(!self.in_flight.is_empty(), "waiting on nothing");
             sink.flush();
             let stop_at = self.stop_at();
+            if sink.backlogged() {
+                tokio::select! {
+                    biased;
+                    () = tokio::time::sleep_until(stop_at) => return self.stop_for_budget(),
+                    () = self.engine.drain.cancelled() => return self.stop_for_shutdown(),
+                    () = sink.drained() => {}
+                }
+            }
             let fetched = tokio::select! {
                 biased;
                 () = tokio::time::sleep_until(stop_at) => return self.stop_for_budget(),

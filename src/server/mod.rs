@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::ServerTlsConfig;
 
+use crate::admission::{Admission, AdmissionConfig};
 use crate::api::{self, pb};
 use crate::auth::Authenticator;
 use crate::bulkhead::{Bulkhead, DEFAULT_MAX_SCANS, DEFAULT_MAX_SCANS_PER_NAMESPACE};
@@ -71,6 +72,8 @@ pub struct ServerConfig {
     /// Concurrent scans at most, overall and per namespace.
     pub max_scans: usize,
     pub max_scans_per_namespace: usize,
+    /// The adaptive limit under those bounds.
+    pub admission: AdmissionConfig,
     /// False: budgets ignore SLOs and deadlines (benchmark baseline).
     pub partial_reads: bool,
     /// Serve gRPC over TLS.
@@ -100,6 +103,7 @@ impl ServerConfig {
             breaker: BreakerConfig::default(),
             max_scans: DEFAULT_MAX_SCANS,
             max_scans_per_namespace: DEFAULT_MAX_SCANS_PER_NAMESPACE,
+            admission: AdmissionConfig::default(),
             partial_reads: true,
             tls: None,
             auth: None,
@@ -156,9 +160,11 @@ pub async fn run(
     let breaker = Breaker::new(store.clone(), config.breaker);
     let engine =
         Arc::new(ReadEngine::new(Arc::new(breaker), config.engine).with_drain(drain.clone()));
-    let mut service = HourglassService::new(engine, config.keys, config.budget).with_bulkhead(
-        Bulkhead::new(config.max_scans, config.max_scans_per_namespace),
-    );
+    let mut service =
+        HourglassService::new(engine, config.keys, config.budget).with_admission(Admission::new(
+            Bulkhead::new(config.max_scans, config.max_scans_per_namespace),
+            config.admission,
+        ));
     if !config.partial_reads {
         service = service.without_partial_reads();
     }

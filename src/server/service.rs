@@ -7,16 +7,17 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::arrival::Arrival;
+use crate::admission::{Admission, AdmissionConfig, Class, Ticket};
 use crate::api::{self, pb, ReadParams};
 use crate::auth::{Access, Authenticator, Principal};
-use crate::bulkhead::{Bulkhead, ScanPermit};
+use crate::bulkhead::{Bulkhead, Full};
 use crate::engine::budget::{parse_grpc_timeout, Budget, BudgetConfig};
 use crate::engine::reserve::{Stage, RESPONSE_COST};
 use crate::engine::{ReadEngine, ReadRequest, RowSink};
@@ -82,8 +83,9 @@ pub struct HourglassService<S> {
     misses: MissCache,
     /// False: budgets ignore SLOs and deadlines (benchmark baseline).
     partial_reads: bool,
-    /// Bounds concurrent scans; a read holds a permit while it scans.
-    bulkhead: Bulkhead,
+    /// Admits reads; a read holds its ticket while it scans (a stream,
+    /// until its client took its rows).
+    admission: Admission,
     /// Bearer-token clients and their permissions; None: no authentication.
     auth: Option<Arc<Authenticator>>,
 }
@@ -97,7 +99,7 @@ impl<S: Storage> HourglassService<S> {
             namespaces: RwLock::new(HashMap::new()),
             misses: MissCache::default(),
             partial_reads: true,
-            bulkhead: Bulkhead::default(),
+            admission: Admission::new(Bulkhead::default(), AdmissionConfig::default()),
             auth: None,
         }
     }
@@ -123,9 +125,9 @@ impl<S: Storage> HourglassService<S> {
         }
     }
 
-    /// Replaces the default bulkhead.
-    pub fn with_bulkhead(mut self, bulkhead: Bulkhead) -> Self {
-        self.bulkhead = bulkhead;
+    /// Replaces the default admission (the default bulkhead, adaptive).
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = admission;
         self
     }
 
@@ -176,17 +178,18 @@ impl<S: Storage> HourglassService<S> {
         Ok(ns)
     }
 
-    /// Validates a read, starts its budget, resolves its token and takes
-    /// its bulkhead permit.
+    /// Validates a read, starts its budget, resolves its token and admits
+    /// it.
     async fn prepare_read(
         &self,
         request: Request<pb::ReadEventsRequest>,
-    ) -> Result<(ReadRequest, QueryFingerprint, ScanPermit), ServiceError> {
+    ) -> Result<(ReadRequest, QueryFingerprint, Ticket), ServiceError> {
         let arrived = request
             .extensions()
             .get::<Arrival>()
             .map_or_else(Instant::now, |a| a.0);
         let deadline = client_deadline(request.metadata());
+        let class = class_of(request.metadata())?;
         let principal = self.authenticate(request.metadata())?;
         // Who reads, for the per-client bound on held continuations.
         let client: Arc<str> = match (&principal, request.remote_addr()) {
@@ -218,9 +221,17 @@ impl<S: Storage> HourglassService<S> {
                 Some(frontier)
             }
         };
-        let permit = self
-            .bulkhead
-            .try_acquire(&namespace.name)
+        // A budget that would have covered a page, spent before the read
+        // could start, is the replica's doing: refused as load, not as a
+        // budget too small.
+        let least = self.engine.least_page_time(&namespace.name);
+        let left = budget.remaining();
+        if left < least && budget.total >= least {
+            return Err(ServiceError::Overloaded(Full::BudgetSpent { left }));
+        }
+        let ticket = self
+            .admission
+            .try_admit(&namespace.name, class)
             .map_err(ServiceError::Overloaded)?;
         Ok((
             ReadRequest {
@@ -236,7 +247,7 @@ impl<S: Storage> HourglassService<S> {
                 client,
             },
             fp,
-            permit,
+            ticket,
         ))
     }
 }
@@ -269,6 +280,19 @@ fn check_frontier(k: &Key, start: i64, end: i64, order: Order) -> Result<(), Ser
             "continuation_token",
             "position lies outside the requested range",
         ))
+    }
+}
+
+/// Header naming a read's priority class: `interactive` (the default) or
+/// `batch`, which yields to interactive reads under load.
+pub const CLASS_HEADER: &str = "x-hourglass-class";
+
+fn class_of(metadata: &tonic::metadata::MetadataMap) -> Result<Class, ServiceError> {
+    match metadata.get(CLASS_HEADER) {
+        None => Ok(Class::default()),
+        Some(v) => v.to_str().ok().and_then(Class::parse).ok_or_else(|| {
+            ServiceError::invalid(CLASS_HEADER, "must be \"interactive\" or \"batch\"")
+        }),
     }
 }
 
@@ -400,9 +424,11 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
     ) -> Result<Response<pb::ReadEventsResponse>, Status> {
         let started = Instant::now();
         let result = async {
-            let (req, fp, _permit) = self.prepare_read(request).await?;
+            let (req, fp, ticket) = self.prepare_read(request).await?;
             let mut rows = Vec::new();
-            let outcome = self.engine.read(&req, &mut rows).await?;
+            let mut sink = FirstRow::new(&mut rows);
+            let outcome = self.engine.read(&req, &mut sink).await?;
+            let first_row = sink.at;
             let end = api::stream_end(outcome, |k| self.keys.issue(&fp, k));
             // Building the events is timed for the response reserve (the
             // codec times their encoding).
@@ -416,6 +442,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
                 })
                 .collect();
             RESPONSE_COST.observe(Stage::Build, bytes, building.elapsed());
+            observe(&ticket, &req, first_row);
             Ok((events, end))
         }
         .await;
@@ -450,26 +477,29 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
         let started = Instant::now();
         let prepared = self.prepare_read(request).await;
-        let (req, fp, permit) = match prepared {
+        let (req, fp, ticket) = match prepared {
             Ok(p) => p,
             Err(e) => return finish("StreamEvents", started, Err(e), ok),
         };
-        let (tx, rx) = mpsc::unbounded_channel();
+        let ticket = Arc::new(ticket);
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let cancel = CancellationToken::new();
         let guard = cancel.clone().drop_guard();
         let engine = self.engine.clone();
         let keys = self.keys.clone();
+        let scanning = ticket.clone();
         let run = async move {
-            let mut sink = StreamSink {
-                series_id: req.series_id.clone(),
-                buf: Vec::new(),
-                bytes: 0,
-                since: None,
-                tx: tx.clone(),
-            };
-            let result = engine
-                .read(&req, &mut sink)
-                .await
+            let mut sink = StreamSink::new(req.series_id.clone(), tx.clone());
+            let mut timed = FirstRow::new(&mut sink);
+            let result = engine.read(&req, &mut timed).await;
+            let first_row = timed.at;
+            if result.is_ok() {
+                observe(&scanning, &req, first_row);
+            }
+            drop(scanning);
+            // Rows the engine pushed are the client's before the end.
+            sink.drained().await;
+            let result = result
                 .map_err(ServiceError::from)
                 .map(|outcome| api::stream_end(outcome, |k| keys.issue(&fp, k)));
             let msg = finish("StreamEvents", started, result, partial_or_complete).map(|end| {
@@ -477,7 +507,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
                     message: Some(pb::stream_events_response::Message::End(end)),
                 }
             });
-            let _ = tx.send(msg);
+            let _ = tx.send(msg).await;
         };
         // The read stops as soon as the client drops the stream (guard dropped).
         tokio::spawn(
@@ -489,11 +519,12 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             }
             .in_current_span(),
         );
-        // The bulkhead permit lives as long as the response stream, not just
-        // the scan: rows a slow client has not taken yet stay buffered, so a
-        // client cannot pile up finished-but-unread streams beyond the bound.
-        let stream = UnboundedReceiverStream::new(rx).map(move |m| {
-            let _alive = (&guard, &permit);
+        // The admission ticket lives as long as the response stream, not
+        // just the scan: rows a slow client has not taken yet stay buffered,
+        // so a client cannot pile up finished-but-unread streams beyond the
+        // bound.
+        let stream = ReceiverStream::new(rx).map(move |m| {
+            let _alive = (&guard, &ticket);
             m
         });
         Ok(Response::new(Box::pin(stream)))
@@ -511,10 +542,68 @@ fn partial_or_complete(end: &pb::StreamEnd) -> &'static str {
 /// A batch being filled checks its age every this many rows.
 const STREAM_CLOCK_EVERY: usize = 64;
 
+/// Records when a read's first row came, for the admission limit.
+struct FirstRow<'a, K> {
+    sink: &'a mut K,
+    at: Option<Instant>,
+}
+
+impl<'a, K: RowSink> FirstRow<'a, K> {
+    fn new(sink: &'a mut K) -> Self {
+        Self { sink, at: None }
+    }
+}
+
+impl<K: RowSink> RowSink for FirstRow<'_, K> {
+    fn push(&mut self, row: Row) {
+        if self.at.is_none() {
+            self.at = Some(Instant::now());
+        }
+        self.sink.push(row);
+    }
+
+    fn flush(&mut self) {
+        self.sink.flush();
+    }
+
+    fn sends_as_it_goes(&self) -> bool {
+        self.sink.sends_as_it_goes()
+    }
+
+    fn backlogged(&self) -> bool {
+        self.sink.backlogged()
+    }
+
+    fn drained(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        self.sink.drained()
+    }
+
+    fn take_back(&mut self, n: usize) -> Option<(Key, Vec<Row>)> {
+        self.sink.take_back(n)
+    }
+}
+
+/// Feeds an answered read to the admission limit: its time from arrival to
+/// its first row (to now, without one) and whether it answers late.
+fn observe(ticket: &Ticket, req: &ReadRequest, first_row: Option<Instant>) {
+    let to_first_row = first_row.unwrap_or_else(Instant::now) - req.budget.started;
+    ticket.observe(to_first_row, req.budget.elapsed() > req.budget.total);
+}
+
+/// StreamEvents messages queued for the transport at most; past them the
+/// read waits for its client (see [`RowSink::backlogged`]). With
+/// [`STREAM_BATCH_BYTES`] batches, a stream buffers about this many MiB
+/// besides the rows its scan holds.
+pub const STREAM_QUEUE: usize = 4;
+
+type StreamMessage = Result<pb::StreamEventsResponse, Status>;
+
 /// Sends rows in batches as the engine merges them: a batch goes when the
 /// engine is about to wait on storage, when it holds
 /// [`STREAM_BATCH_BYTES`], or when its first row has waited
-/// [`STREAM_BATCH_DELAY`]; no row count bounds it.
+/// [`STREAM_BATCH_DELAY`]; no row count bounds it. Batches the bounded
+/// queue to the transport cannot take wait in `held`, and the sink says it
+/// is backlogged until they went.
 struct StreamSink {
     series_id: Arc<str>,
     buf: Vec<pb::Event>,
@@ -522,7 +611,22 @@ struct StreamSink {
     bytes: usize,
     /// When the first row of `buf` was pushed.
     since: Option<std::time::Instant>,
-    tx: mpsc::UnboundedSender<Result<pb::StreamEventsResponse, Status>>,
+    tx: mpsc::Sender<StreamMessage>,
+    /// Batches made while the queue was full, oldest first.
+    held: std::collections::VecDeque<StreamMessage>,
+}
+
+impl StreamSink {
+    fn new(series_id: Arc<str>, tx: mpsc::Sender<StreamMessage>) -> Self {
+        Self {
+            series_id,
+            buf: Vec::new(),
+            bytes: 0,
+            since: None,
+            tx,
+            held: std::collections::VecDeque::new(),
+        }
+    }
 }
 
 impl RowSink for StreamSink {
@@ -551,11 +655,32 @@ impl RowSink for StreamSink {
         let events = std::mem::take(&mut self.buf);
         self.bytes = 0;
         self.since = None;
-        let _ = self.tx.send(Ok(pb::StreamEventsResponse {
+        let batch = Ok(pb::StreamEventsResponse {
             message: Some(pb::stream_events_response::Message::Batch(pb::EventBatch {
                 events,
             })),
-        }));
+        });
+        if !self.held.is_empty() {
+            self.held.push_back(batch);
+            return;
+        }
+        match self.tx.try_send(batch) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(batch)) => self.held.push_back(batch),
+        }
+    }
+
+    fn backlogged(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    async fn drained(&mut self) {
+        while let Some(batch) = self.held.pop_front() {
+            if self.tx.send(batch).await.is_err() {
+                // The client went away: nothing more to send.
+                self.held.clear();
+            }
+        }
     }
 }
 
@@ -563,19 +688,9 @@ impl RowSink for StreamSink {
 mod tests {
     use super::*;
 
-    fn sink() -> (
-        StreamSink,
-        mpsc::UnboundedReceiver<Result<pb::StreamEventsResponse, Status>>,
-    ) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let sink = StreamSink {
-            series_id: "s".into(),
-            buf: Vec::new(),
-            bytes: 0,
-            since: None,
-            tx,
-        };
-        (sink, rx)
+    fn sink() -> (StreamSink, mpsc::Receiver<StreamMessage>) {
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        (StreamSink::new("s".into(), tx), rx)
     }
 
     fn row(i: usize, payload: usize) -> Row {
@@ -586,9 +701,7 @@ mod tests {
         }
     }
 
-    fn batch_len(
-        rx: &mut mpsc::UnboundedReceiver<Result<pb::StreamEventsResponse, Status>>,
-    ) -> Option<usize> {
+    fn batch_len(rx: &mut mpsc::Receiver<StreamMessage>) -> Option<usize> {
         match rx.try_recv().ok()?.expect("a batch").message? {
             pb::stream_events_response::Message::Batch(b) => Some(b.events.len()),
             pb::stream_events_response::Message::End(_) => None,
@@ -608,6 +721,42 @@ mod tests {
         sink.push(row(STREAM_CLOCK_EVERY + 1, 10));
         sink.flush();
         assert_eq!(batch_len(&mut rx), Some(1), "the clock starts again");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_holds_batches_back_until_the_client_takes_one() {
+        let (mut sink, mut rx) = sink();
+        for i in 0..=STREAM_QUEUE {
+            sink.push(row(i, 10));
+            sink.flush();
+        }
+        assert!(sink.backlogged(), "the queue takes {STREAM_QUEUE} batches");
+        sink.push(row(STREAM_QUEUE + 1, 10));
+        sink.flush();
+        assert_eq!(sink.held.len(), 2, "later batches wait behind the first");
+        assert_eq!(batch_len(&mut rx), Some(1));
+        let (more, ()) = tokio::join!(
+            async {
+                let mut n = 0;
+                while let Some(len) = batch_len_async(&mut rx).await {
+                    n += len;
+                    if n == STREAM_QUEUE + 1 {
+                        break;
+                    }
+                }
+                n
+            },
+            sink.drained()
+        );
+        assert_eq!(more, STREAM_QUEUE + 1, "every row held back went, in order");
+        assert!(!sink.backlogged());
+    }
+
+    async fn batch_len_async(rx: &mut mpsc::Receiver<StreamMessage>) -> Option<usize> {
+        match rx.recv().await?.expect("a batch").message? {
+            pb::stream_events_response::Message::Batch(b) => Some(b.events.len()),
+            pb::stream_events_response::Message::End(_) => None,
+        }
     }
 
     #[test]

@@ -1,0 +1,431 @@
+//! Adaptive admission of reads: how many scans this replica runs at once is
+//! learnt from how fast reads get their first row, in the style of Netflix
+//! concurrency-limits' Gradient2, under the static [`Bulkhead`] bounds,
+//! which stay as ceilings.
+//!
+//! Invariants:
+//! * A read is admitted or refused at once; it never waits in a queue where
+//!   its deadline could pass.
+//! * Admitted reads never exceed the current limit, the static bounds, a
+//!   namespace's fair share of the limit while other namespaces read, nor,
+//!   for [`Class::Batch`] reads, [`BATCH_SHARE`] of the limit: batch reads
+//!   yield to interactive ones under pressure.
+//! * The limit stays within `[min_limit, ceiling]`; it falls when the time
+//!   to a read's first row rises above its long-run average (or a read
+//!   answered after its budget), and grows back by about √limit per window
+//!   while latency is flat and the limit is in use.
+//!
+//! The signal is the time from a call's arrival to its first row: it
+//! includes waiting for a worker, the namespace and bucket lookups and the
+//! first storage round trip, all of which grow when the replica or its
+//! storage is saturated, and it does not grow with the budget the way a
+//! partial read's total time does.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::bulkhead::{Bulkhead, Full, ScanPermit};
+use crate::telemetry;
+
+/// Share of the limit batch reads may take, so interactive reads find room.
+pub const BATCH_SHARE: f64 = 0.75;
+/// Default lower bound of the adaptive limit.
+pub const DEFAULT_MIN_LIMIT: usize = 4;
+/// Default starting limit.
+pub const DEFAULT_INITIAL_LIMIT: usize = 32;
+/// A window of samples closes after this long (once it holds a sample) ...
+const WINDOW: Duration = Duration::from_millis(50);
+/// ... or once it holds this many samples.
+const WINDOW_SAMPLES: usize = 64;
+/// Windows the long-run average spans.
+const LONG_WINDOWS: f64 = 20.0;
+/// Latency may reach this multiple of the long-run average before the limit
+/// falls.
+const TOLERANCE: f64 = 1.5;
+/// Weight of a new estimate in the limit.
+const SMOOTHING: f64 = 0.2;
+/// A window with a late answer cuts the limit to at most this share.
+const LATE_BACKOFF: f64 = 0.9;
+
+/// Priority class of a read, from the `x-hourglass-class` header.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Class {
+    /// A caller waiting on the answer (the default).
+    #[default]
+    Interactive,
+    /// Background work (a token follower, an export): yields under pressure.
+    Batch,
+}
+
+impl Class {
+    /// Parses a header value: `interactive` or `batch`, case-insensitively.
+    pub fn parse(value: &str) -> Option<Self> {
+        if value.eq_ignore_ascii_case("interactive") {
+            Some(Self::Interactive)
+        } else if value.eq_ignore_ascii_case("batch") {
+            Some(Self::Batch)
+        } else {
+            None
+        }
+    }
+}
+
+/// Admission settings.
+#[derive(Clone, Copy, Debug)]
+pub struct AdmissionConfig {
+    /// False: only the static bulkhead bounds scans (the baseline).
+    pub adaptive: bool,
+    pub min_limit: usize,
+    pub initial_limit: usize,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            adaptive: true,
+            min_limit: DEFAULT_MIN_LIMIT,
+            initial_limit: DEFAULT_INITIAL_LIMIT,
+        }
+    }
+}
+
+/// The Gradient2-style limit, fed one sample per answered read.
+#[derive(Debug)]
+pub struct GradientLimit {
+    limit: f64,
+    min: f64,
+    max: f64,
+    long: Option<f64>,
+    window_start: Instant,
+    sum: f64,
+    count: usize,
+    late: bool,
+    /// Most reads in flight seen in this window.
+    busiest: usize,
+}
+
+impl GradientLimit {
+    /// A limit starting at `initial` within `[min, max]`.
+    pub fn new(initial: usize, min: usize, max: usize) -> Self {
+        let max = max.max(1) as f64;
+        let min = (min.max(1) as f64).min(max);
+        Self {
+            limit: (initial as f64).clamp(min, max),
+            min,
+            max,
+            long: None,
+            window_start: Instant::now(),
+            sum: 0.0,
+            count: 0,
+            late: false,
+            busiest: 0,
+        }
+    }
+
+    /// The current limit, whole.
+    pub fn limit(&self) -> usize {
+        // Clamped to [1, max], which came from a usize.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let l = self.limit.floor() as usize;
+        l
+    }
+
+    /// Records one read: its time to first row, whether its answer came
+    /// after its budget, and the reads in flight when it ended.
+    pub fn sample(&mut self, to_first_row: Duration, late: bool, in_flight: usize) {
+        self.sum += to_first_row.as_secs_f64();
+        self.count += 1;
+        self.late |= late;
+        self.busiest = self.busiest.max(in_flight);
+        let now = Instant::now();
+        if self.count >= WINDOW_SAMPLES || now - self.window_start >= WINDOW {
+            self.close_window(now);
+        }
+    }
+
+    fn close_window(&mut self, now: Instant) {
+        let short = (self.sum / self.count as f64).max(1e-6);
+        let long = match self.long {
+            None => short,
+            Some(long) => {
+                let mut long = long + (short - long) / LONG_WINDOWS;
+                // After a long overload the average lags: let it come down.
+                if long / short > 2.0 {
+                    long *= 0.95;
+                }
+                long
+            }
+        };
+        self.long = Some(long);
+        let gradient = (TOLERANCE * long / short).clamp(0.5, 1.0);
+        let limit = self.limit;
+        let mut next = if gradient >= 1.0 && (self.busiest as f64) < limit / 2.0 {
+            // Flat latency with the limit mostly unused says nothing about
+            // more: do not grow on it.
+            limit
+        } else {
+            let estimate = limit * gradient + limit.sqrt();
+            limit * (1.0 - SMOOTHING) + estimate * SMOOTHING
+        };
+        if self.late {
+            next = next.min(limit * LATE_BACKOFF);
+        }
+        self.limit = next.clamp(self.min, self.max);
+        self.window_start = now;
+        self.sum = 0.0;
+        self.count = 0;
+        self.late = false;
+        self.busiest = 0;
+        metrics::gauge!(telemetry::ADMISSION_LIMIT).set(self.limit.floor());
+    }
+}
+
+/// What the adaptive side counts.
+#[derive(Debug)]
+struct Adaptive {
+    limit: GradientLimit,
+    in_flight: usize,
+    by_namespace: HashMap<Arc<str>, usize>,
+}
+
+/// Admission of reads on this replica: the static bulkhead, and the
+/// adaptive limit when on.
+#[derive(Debug)]
+pub struct Admission {
+    bulkhead: Bulkhead,
+    adaptive: Option<Arc<Mutex<Adaptive>>>,
+}
+
+impl Admission {
+    /// `bulkhead`'s bounds are the ceilings of the adaptive limit.
+    pub fn new(bulkhead: Bulkhead, config: AdmissionConfig) -> Self {
+        let adaptive = config.adaptive.then(|| {
+            Arc::new(Mutex::new(Adaptive {
+                limit: GradientLimit::new(config.initial_limit, config.min_limit, bulkhead.limit()),
+                in_flight: 0,
+                by_namespace: HashMap::new(),
+            }))
+        });
+        if let Some(a) = &adaptive {
+            let limit = a.lock().expect("admission").limit.limit();
+            metrics::gauge!(telemetry::ADMISSION_LIMIT).set(limit as f64);
+        }
+        Self { bulkhead, adaptive }
+    }
+
+    /// A ticket for one read of `namespace`, or why it is refused.
+    pub fn try_admit(&self, namespace: &str, class: Class) -> Result<Ticket, Full> {
+        let permit = self.bulkhead.try_acquire(namespace)?;
+        let Some(adaptive) = &self.adaptive else {
+            return Ok(Ticket::new(permit, None));
+        };
+        let mut a = adaptive.lock().expect("admission");
+        let limit = a.limit.limit();
+        if a.in_flight >= limit {
+            return Err(Full::Adaptive { limit });
+        }
+        if class == Class::Batch {
+            // Floor, at least 1: with a limit of 1 a batch read may run alone.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let share = ((limit as f64 * BATCH_SHARE).floor() as usize).max(1);
+            if a.in_flight >= share {
+                return Err(Full::Batch { limit: share });
+            }
+        }
+        let mine = a.by_namespace.get(namespace).copied().unwrap_or(0);
+        let reading = a.by_namespace.len() + usize::from(mine == 0);
+        let share = limit.div_ceil(reading).max(1);
+        if mine >= share {
+            return Err(Full::FairShare {
+                name: namespace.to_string(),
+                share,
+            });
+        }
+        a.in_flight += 1;
+        let name: Arc<str> = namespace.into();
+        *a.by_namespace.entry(name.clone()).or_insert(0) += 1;
+        Ok(Ticket::new(permit, Some((adaptive.clone(), name))))
+    }
+
+    /// The current adaptive limit (None when off).
+    pub fn limit(&self) -> Option<usize> {
+        self.adaptive
+            .as_ref()
+            .map(|a| a.lock().expect("admission").limit.limit())
+    }
+}
+
+/// One admitted read: holds its slots until dropped (for a stream, until
+/// its client took its rows). [`Ticket::observe`] feeds the limit.
+#[derive(Debug)]
+pub struct Ticket {
+    _permit: ScanPermit,
+    _in_flight: telemetry::ScanInFlight,
+    adaptive: Option<(Arc<Mutex<Adaptive>>, Arc<str>)>,
+}
+
+impl Ticket {
+    fn new(permit: ScanPermit, adaptive: Option<(Arc<Mutex<Adaptive>>, Arc<str>)>) -> Self {
+        Self {
+            _permit: permit,
+            _in_flight: telemetry::ScanInFlight::enter(),
+            adaptive,
+        }
+    }
+
+    /// Records the read's time from arrival to its first row (or to its
+    /// answer, when it had none) and whether it answered after its budget.
+    pub fn observe(&self, to_first_row: Duration, late: bool) {
+        if let Some((a, _)) = &self.adaptive {
+            let mut a = a.lock().expect("admission");
+            let in_flight = a.in_flight;
+            a.limit.sample(to_first_row, late, in_flight);
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some((a, name)) = &self.adaptive {
+            let mut a = a.lock().expect("admission");
+            a.in_flight -= 1;
+            if let Some(n) = a.by_namespace.get_mut(name) {
+                *n -= 1;
+                if *n == 0 {
+                    a.by_namespace.remove(name);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Feeds `windows` windows of samples of `latency` with the limit in use.
+    async fn feed(l: &mut GradientLimit, latency: Duration, windows: usize) {
+        for _ in 0..windows {
+            for _ in 0..4 {
+                let busy = l.limit();
+                l.sample(latency, false, busy);
+            }
+            tokio::time::advance(WINDOW).await;
+            let busy = l.limit();
+            l.sample(latency, false, busy);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_limit_falls_when_latency_rises_and_recovers_when_it_falls() {
+        let mut l = GradientLimit::new(32, 4, 256);
+        feed(&mut l, 2 * MS, 40).await;
+        let steady = l.limit();
+        assert!(steady >= 32, "flat latency in use lets it grow: {steady}");
+        feed(&mut l, 20 * MS, 15).await;
+        let loaded = l.limit();
+        assert!(
+            loaded < steady / 2,
+            "ten times the latency: {steady} -> {loaded}"
+        );
+        feed(&mut l, 2 * MS, 60).await;
+        let recovered = l.limit();
+        assert!(
+            recovered > loaded * 2,
+            "latency back: {loaded} -> {recovered}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_answers_cut_the_limit_and_unused_room_does_not_grow_it() {
+        let mut l = GradientLimit::new(32, 4, 256);
+        for _ in 0..5 {
+            l.sample(MS, true, 32);
+            tokio::time::advance(WINDOW).await;
+        }
+        assert!(l.limit() <= 32 * 9 / 10 * 9 / 10, "{}", l.limit());
+        let before = l.limit();
+        for _ in 0..50 {
+            l.sample(MS, false, 1);
+            tokio::time::advance(WINDOW).await;
+        }
+        assert_eq!(
+            l.limit(),
+            before,
+            "one read in flight is no evidence for more"
+        );
+        for _ in 0..200 {
+            l.sample(100 * MS, true, 100);
+            tokio::time::advance(WINDOW).await;
+        }
+        assert_eq!(l.limit(), 4, "never below the minimum");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_beyond_the_limit_the_batch_share_or_a_fair_share_are_refused() {
+        let a = Admission::new(
+            Bulkhead::new(100, 100),
+            AdmissionConfig {
+                adaptive: true,
+                min_limit: 4,
+                initial_limit: 8,
+            },
+        );
+        let batch: Vec<_> = (0..6)
+            .map(|_| a.try_admit("a", Class::Batch).unwrap())
+            .collect();
+        assert_eq!(
+            a.try_admit("a", Class::Batch).unwrap_err(),
+            Full::Batch { limit: 6 }
+        );
+        // Another namespace's share is half the limit; "a" holds 6 of 8.
+        let b1 = a.try_admit("b", Class::Interactive).unwrap();
+        let b2 = a.try_admit("b", Class::Interactive).unwrap();
+        assert_eq!(
+            a.try_admit("b", Class::Interactive).unwrap_err(),
+            Full::Adaptive { limit: 8 }
+        );
+        drop(batch);
+        let b3 = a.try_admit("b", Class::Interactive).unwrap();
+        let b4 = a.try_admit("b", Class::Interactive).unwrap();
+        let a1 = a.try_admit("a", Class::Interactive).unwrap();
+        assert_eq!(
+            a.try_admit("b", Class::Interactive).unwrap_err(),
+            Full::FairShare {
+                name: "b".into(),
+                share: 4
+            },
+            "two namespaces reading share the limit"
+        );
+        drop((b1, b2, b3, b4, a1));
+        let all: Vec<_> = (0..8)
+            .map(|_| a.try_admit("c", Class::Interactive).unwrap())
+            .collect();
+        assert_eq!(all.len(), 8, "slots come back on drop");
+    }
+
+    #[test]
+    fn the_static_bulkhead_bounds_first_and_off_means_only_it() {
+        let off = Admission::new(
+            Bulkhead::new(2, 2),
+            AdmissionConfig {
+                adaptive: false,
+                ..AdmissionConfig::default()
+            },
+        );
+        let _held = (
+            off.try_admit("a", Class::Batch).unwrap(),
+            off.try_admit("a", Class::Batch).unwrap(),
+        );
+        assert_eq!(
+            off.try_admit("b", Class::Interactive).unwrap_err(),
+            Full::Server { limit: 2 }
+        );
+        assert_eq!(off.limit(), None);
+    }
+}
