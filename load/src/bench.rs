@@ -2,7 +2,8 @@
 //! service against a direct driver scan of the same partitions and writes
 //! `docs/benchmarks.md`. Figures: scan efficiency, deadline adherence (with
 //! partial return on, and off as the baseline), read amplification,
-//! completion tax, and CPU per million rows (service and Cassandra JVM).
+//! completion tax, CPU per million rows (service and Cassandra JVM), and
+//! behaviour under overload with adaptive admission on and off.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -56,6 +57,17 @@ pub struct BenchArgs {
     /// (hot continuations on and off).
     #[arg(long, value_delimiter = ',', default_value = "5,10,20,50")]
     pub follow_slos: Vec<u32>,
+    /// Closed-loop clients of the overload section (adaptive admission on
+    /// and off).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+    pub overload_clients: Vec<usize>,
+    /// SLOs, milliseconds, of the overload section.
+    #[arg(long, value_delimiter = ',', default_value = "10,50,200")]
+    pub overload_slos: Vec<u32>,
+    /// Open-loop rate of the overload section, logical reads per second
+    /// (0: none); meant to be above what the replica can serve.
+    #[arg(long, default_value_t = 2000.0)]
+    pub overload_rate: f64,
 }
 
 /// A server subprocess, killed on drop.
@@ -322,6 +334,77 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {:.0} GiB RAM, Linux; Cassandra 5.0 single node on loopback, same machine", mem as f64 / 1_048_576.0)
 }
 
+/// The overload table's rows: each load shape and SLO against server `on`
+/// (adaptive admission) and `off` (static bulkhead), side by side.
+async fn overload_section(
+    args: &BenchArgs,
+    size: u64,
+    on: &ServerProcess,
+    off: &ServerProcess,
+) -> anyhow::Result<String> {
+    let mut loads: Vec<(String, usize, Option<f64>)> = args
+        .overload_clients
+        .iter()
+        .map(|&c| (format!("closed {c}"), c, None))
+        .collect();
+    if args.overload_rate > 0.0 {
+        loads.push((
+            format!("open {:.0}/s", args.overload_rate),
+            1,
+            Some(args.overload_rate),
+        ));
+    }
+    let mut table = String::new();
+    for (name, clients, rate) in &loads {
+        for &slo in &args.overload_slos {
+            let mut cells = Vec::new();
+            for (server, tag) in [(on, "on"), (off, "off")] {
+                let r = crate::run(&RunArgs {
+                    clients: *clients,
+                    rate: *rate,
+                    requests: None,
+                    duration_secs: Some(args.seconds_per_cell),
+                    warmup_secs: 0.5,
+                    slo_ms: Some(slo),
+                    ..run_args(
+                        &server.url,
+                        size,
+                        format!("overload-{}-{slo}-{tag}", name.replace([' ', '/'], "")),
+                    )
+                })
+                .await?;
+                cells.push(r);
+            }
+            let slo_f = f64::from(slo);
+            let refused = |r: &crate::report::Report| {
+                r.errors_by_code
+                    .get("ResourceExhausted")
+                    .copied()
+                    .unwrap_or(0) as f64
+                    / r.requests.max(1) as f64
+                    * 100.0
+            };
+            let (a, b) = (&cells[0], &cells[1]);
+            let line = format!(
+                "| {name} | {slo} | {:.2} | {:.2} | {:.1}% | {:.1} | {:.0} | {:.2} | {:.2} | {:.1}% | {:.0} |",
+                a.responses.p99_ms / slo_f,
+                a.responses.p999_ms / slo_f,
+                refused(a),
+                a.refusals.p99_ms,
+                a.good_rows_per_s,
+                b.responses.p99_ms / slo_f,
+                b.responses.p999_ms / slo_f,
+                refused(b),
+                b.good_rows_per_s,
+            );
+            eprintln!("   {line}");
+            table.push_str(&line);
+            table.push('\n');
+        }
+    }
+    Ok(table)
+}
+
 /// Runs the benchmark and writes the markdown report.
 // Servers a (partial reads) and b (baseline), named as in the report.
 #[allow(clippy::many_single_char_names)]
@@ -335,6 +418,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let b = ServerProcess::start(&args.cassandra, 50162, false, &[])?;
     // Server a without hot continuations: every token resumes cold.
     let c = ServerProcess::start(&args.cassandra, 50163, true, &["--continuation-bytes", "0"])?;
+    // Server a with the static bulkhead only.
+    let d = ServerProcess::start(
+        &args.cassandra,
+        50164,
+        true,
+        &["--adaptive-admission", "false"],
+    )?;
     let store = CassandraStore::connect(&CassandraConfig {
         contact_points: vec![args.cassandra.clone()],
         keyspace: KEYSPACE.into(),
@@ -479,6 +569,18 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let amplification = scanned as f64 / delivered.max(1) as f64;
 
+    // The series of the overload section: the largest up to 100,000 rows,
+    // so a read is several calls at the tighter SLOs.
+    let overload_size = args
+        .sizes
+        .iter()
+        .copied()
+        .filter(|&s| s <= 100_000)
+        .max()
+        .unwrap_or(biggest);
+    eprintln!("== overload on {overload_size}-row series, adaptive admission on / off");
+    let overload = overload_section(args, overload_size, &a, &d).await?;
+
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let mut md = String::new();
     writeln!(md, "# Benchmarks\n")?;
@@ -522,6 +624,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     writeln!(md, "Closed loop, whole-series reads following tokens, {} s per cell. `on`: Hourglass with partial return; `off`: the same server with partial return switched off (`--partial-reads false`), i.e. a page-size-bound read as users have today. Targets: p99 <= SLO (ratio <= 1.00), p99.9 <= 1.05 x SLO. Ratios are over successful responses; `errors` are calls that failed (DEADLINE_EXCEEDED when not one row fit in the budget).\n", args.seconds_per_cell)?;
     writeln!(md, "| rows | clients | SLO ms | on p99/SLO | on p99.9/SLO | on partial | on errors | off p99/SLO | off p99.9/SLO | off errors |\n|---|---|---|---|---|---|---|---|---|---|")?;
     md.push_str(&table);
+    writeln!(md)?;
+    writeln!(md, "## Overload\n")?;
+    writeln!(md, "Whole-series reads following tokens (page size 10000) of the {overload_size}-row series, {} s per cell after 0.5 s of warm-up, against the same server with adaptive admission on (default) and off (`--adaptive-admission false`: only the static bulkhead of 256 scans). `closed N`: N clients, each starting its next read when the last ended, and waiting out the RetryInfo of a refused call; `open R/s`: reads started at R per second whatever happens. Latency is client-observed, over answered calls (refused calls are not answers). Refused: share of calls answered RESOURCE_EXHAUSTED; refusal p99: their latency; goodput: rows per second delivered in responses that came within the SLO. Targets: p99/SLO <= 1.0 and p99.9/SLO <= 1.05 with admission on, goodput not below off's.\n", args.seconds_per_cell)?;
+    writeln!(md, "| load | SLO ms | on p99/SLO | on p99.9/SLO | on refused | on refusal p99 ms | on goodput rows/s | off p99/SLO | off p99.9/SLO | off refused | off goodput rows/s |\n|---|---|---|---|---|---|---|---|---|---|---|")?;
+    md.push_str(&overload);
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -20,7 +20,7 @@ use crate::auth::{Access, Authenticator, Principal};
 use crate::bulkhead::{Bulkhead, Full};
 use crate::engine::budget::{parse_grpc_timeout, Budget, BudgetConfig};
 use crate::engine::reserve::{Stage, RESPONSE_COST};
-use crate::engine::{ReadEngine, ReadRequest, RowSink};
+use crate::engine::{ReadEngine, ReadError, ReadRequest, RowSink};
 use crate::error::ServiceError;
 use crate::model::{Key, Namespace, Order, Row, Span};
 use crate::storage::{Created, Storage};
@@ -183,11 +183,12 @@ impl<S: Storage> HourglassService<S> {
     async fn prepare_read(
         &self,
         request: Request<pb::ReadEventsRequest>,
-    ) -> Result<(ReadRequest, QueryFingerprint, Ticket), ServiceError> {
+    ) -> Result<Prepared, ServiceError> {
         let arrived = request
             .extensions()
             .get::<Arrival>()
             .map_or_else(Instant::now, |a| a.0);
+        let waited = arrived.elapsed();
         let deadline = client_deadline(request.metadata());
         let class = class_of(request.metadata())?;
         let principal = self.authenticate(request.metadata())?;
@@ -221,20 +222,12 @@ impl<S: Storage> HourglassService<S> {
                 Some(frontier)
             }
         };
-        // A budget that would have covered a page, spent before the read
-        // could start, is the replica's doing: refused as load, not as a
-        // budget too small.
-        let least = self.engine.least_page_time(&namespace.name);
-        let left = budget.remaining();
-        if left < least && budget.total >= least {
-            return Err(ServiceError::Overloaded(Full::BudgetSpent { left }));
-        }
         let ticket = self
             .admission
             .try_admit(&namespace.name, class)
             .map_err(ServiceError::Overloaded)?;
-        Ok((
-            ReadRequest {
+        Ok(Prepared {
+            read: ReadRequest {
                 namespace,
                 series_id: p.series_id.into(),
                 start: p.start,
@@ -248,8 +241,40 @@ impl<S: Storage> HourglassService<S> {
             },
             fp,
             ticket,
-        ))
+            waited,
+        })
     }
+}
+
+/// The error of a read the engine could not start: a budget that would
+/// have covered the smallest page (`least_page`) but was mostly spent before
+/// the handler ran is the replica's doing, refused as load
+/// (`BUDGET_SPENT_WAITING`), not a budget too small.
+fn read_failed(
+    e: ReadError,
+    budget: &Budget,
+    waited: Duration,
+    least_page: Duration,
+) -> ServiceError {
+    match e {
+        ReadError::NoProgress { .. }
+            if waited * 2 >= budget.total && budget.total >= least_page =>
+        {
+            ServiceError::Overloaded(Full::BudgetSpent {
+                left: budget.total.saturating_sub(waited),
+            })
+        }
+        e => e.into(),
+    }
+}
+
+/// A read ready to run.
+struct Prepared {
+    read: ReadRequest,
+    fp: QueryFingerprint,
+    ticket: Ticket,
+    /// From the call's arrival to its handler.
+    waited: Duration,
 }
 
 /// Checks `access` to `namespace` for the caller (always allowed without
@@ -424,10 +449,18 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
     ) -> Result<Response<pb::ReadEventsResponse>, Status> {
         let started = Instant::now();
         let result = async {
-            let (req, fp, ticket) = self.prepare_read(request).await?;
+            let Prepared {
+                read: req,
+                fp,
+                ticket,
+                waited,
+            } = self.prepare_read(request).await?;
             let mut rows = Vec::new();
             let mut sink = FirstRow::new(&mut rows);
-            let outcome = self.engine.read(&req, &mut sink).await?;
+            let outcome = self.engine.read(&req, &mut sink).await.map_err(|e| {
+                let least = self.engine.least_page_time(&req.namespace.name);
+                read_failed(e, &req.budget, waited, least)
+            })?;
             let first_row = sink.at;
             let end = api::stream_end(outcome, |k| self.keys.issue(&fp, k));
             // Building the events is timed for the response reserve (the
@@ -477,10 +510,17 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
         let started = Instant::now();
         let prepared = self.prepare_read(request).await;
-        let (req, fp, ticket) = match prepared {
+        let Prepared {
+            read: req,
+            fp,
+            ticket,
+            waited,
+        } = match prepared {
             Ok(p) => p,
             Err(e) => return finish("StreamEvents", started, Err(e), ok),
         };
+        let least_page = self.engine.least_page_time(&req.namespace.name);
+        // The stream holds the ticket; the scan holds it too while it runs.
         let ticket = Arc::new(ticket);
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let cancel = CancellationToken::new();
@@ -500,7 +540,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             // Rows the engine pushed are the client's before the end.
             sink.drained().await;
             let result = result
-                .map_err(ServiceError::from)
+                .map_err(|e| read_failed(e, &req.budget, waited, least_page))
                 .map(|outcome| api::stream_end(outcome, |k| keys.issue(&fp, k)));
             let msg = finish("StreamEvents", started, result, partial_or_complete).map(|end| {
                 pb::StreamEventsResponse {
