@@ -714,11 +714,17 @@ impl RowSink for StreamSink {
         !self.held.is_empty()
     }
 
+    /// Cancel-safe (the engine drops it when its budget ends first): a
+    /// batch leaves `held` only once the queue has room for it.
     async fn drained(&mut self) {
-        while let Some(batch) = self.held.pop_front() {
-            if self.tx.send(batch).await.is_err() {
+        while !self.held.is_empty() {
+            let Ok(room) = self.tx.reserve().await else {
                 // The client went away: nothing more to send.
                 self.held.clear();
+                return;
+            };
+            if let Some(batch) = self.held.pop_front() {
+                room.send(batch);
             }
         }
     }
@@ -790,6 +796,30 @@ mod tests {
         );
         assert_eq!(more, STREAM_QUEUE + 1, "every row held back went, in order");
         assert!(!sink.backlogged());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_cut_short_loses_no_batch() {
+        let (mut sink, mut rx) = sink();
+        for i in 0..STREAM_QUEUE + 3 {
+            sink.push(row(i, 10));
+            sink.flush();
+        }
+        // The engine's budget ends while the client takes nothing.
+        let cut = tokio::time::timeout(Duration::from_millis(5), sink.drained()).await;
+        assert!(cut.is_err(), "nothing could go");
+        assert_eq!(sink.held.len(), 3, "the held batches stay held");
+        let (taken, ()) = tokio::join!(
+            async {
+                let mut n = 0;
+                while n < STREAM_QUEUE + 3 {
+                    n += batch_len_async(&mut rx).await.expect("a batch");
+                }
+                n
+            },
+            sink.drained()
+        );
+        assert_eq!(taken, STREAM_QUEUE + 3);
     }
 
     async fn batch_len_async(rx: &mut mpsc::Receiver<StreamMessage>) -> Option<usize> {
