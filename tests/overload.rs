@@ -113,11 +113,32 @@ async fn no_framework_timeout_answers_in_place_of_the_service() {
         .expect_err("no row fits in a spent budget");
     assert_eq!(reason_of(&refused), "BUDGET_TOO_SMALL", "{refused:?}");
     let answer = client
-        .read_events(with_header(read, "x-envoy-expected-rq-timeout-ms", "5000"))
+        .read_events(with_header(
+            read.clone(),
+            "x-envoy-expected-rq-timeout-ms",
+            "5000",
+        ))
         .await
         .expect("a read within the proxy's timeout")
         .into_inner();
     assert_eq!(answer.events.len(), 500);
+
+    // The priority class: batch and interactive are read; anything else is
+    // refused naming the header.
+    for class in ["batch", "Interactive"] {
+        let answer = client
+            .read_events(with_header(read.clone(), "x-hourglass-class", class))
+            .await
+            .expect("a known class")
+            .into_inner();
+        assert_eq!(answer.events.len(), 500, "{class}");
+    }
+    let refused = client
+        .read_events(with_header(read, "x-hourglass-class", "urgent"))
+        .await
+        .expect_err("an unknown class");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(bad_field(&refused).as_deref(), Some("x-hourglass-class"));
     server.stop().await;
 }
 
