@@ -12,6 +12,10 @@
 //! messages, then its status as trailers. A handler that fails before any
 //! message (a "trailers-only" response) has its status moved to the
 //! trailers. The client's own deadline still applies on the client.
+//!
+//! A ReadEvents body's sending is timed here, from the handler's answer to
+//! the transport taking its last frame, for the response reserve
+//! ([`crate::engine::reserve`]).
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -22,6 +26,8 @@ use http_body::Frame;
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::codegen::http::{self, HeaderMap, HeaderValue};
+
+use crate::engine::reserve::{Stage, RESPONSE_COST};
 
 /// Path prefix of the calls stamped and answered early.
 const OWN_PREFIX: &str = "/hourglass.v1.Hourglass/";
@@ -73,12 +79,20 @@ where
                 .boxed();
         }
         request.extensions_mut().insert(Arrival(Instant::now()));
+        // A unary read's sending is timed for the response reserve.
+        let timed = request.uri().path() == READ_EVENTS;
         let answer = self
             .inner
             .call(request)
             .map(|r| r.map_err(Into::into))
             .boxed();
-        let mut head = http::Response::new(Body::new(Deferred::Waiting(answer)));
+        let mut head = http::Response::new(Body::new(Deferred {
+            state: State::Waiting(answer),
+            send: timed.then_some(Sending {
+                since: std::time::Instant::now(),
+                bytes: 0,
+            }),
+        }));
         head.headers_mut().insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
@@ -87,12 +101,27 @@ where
     }
 }
 
+/// Path of the unary read, whose sending feeds [`RESPONSE_COST`].
+const READ_EVENTS: &str = "/hourglass.v1.Hourglass/ReadEvents";
+
 /// The body of a call answered early: waits for the handler's response,
 /// then relays its body, or its status as trailers.
-enum Deferred {
+struct Deferred {
+    state: State,
+    /// Timing of the body's sending, for a unary read.
+    send: Option<Sending>,
+}
+
+enum State {
     Waiting(BoxFuture<'static, Result<http::Response<Body>, BoxError>>),
     Relaying(Body),
     Done,
+}
+
+/// From the handler's answer to the transport taking the last frame.
+struct Sending {
+    since: std::time::Instant,
+    bytes: usize,
 }
 
 /// The gRPC status headers a trailers-only response carries in its head.
@@ -113,15 +142,19 @@ impl http_body::Body for Deferred {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
         loop {
-            match &mut *self {
-                Self::Waiting(answer) => {
+            match &mut this.state {
+                State::Waiting(answer) => {
                     let trailers = match ready!(answer.poll_unpin(cx)) {
                         Ok(response) => {
                             let (head, body) = response.into_parts();
                             match status_headers(&head.headers) {
                                 None => {
-                                    *self = Self::Relaying(body);
+                                    if let Some(send) = &mut this.send {
+                                        send.since = std::time::Instant::now();
+                                    }
+                                    this.state = State::Relaying(body);
                                     continue;
                                 }
                                 Some(trailers) => trailers,
@@ -136,20 +169,34 @@ impl http_body::Body for Deferred {
                             trailers
                         }
                     };
-                    *self = Self::Done;
+                    this.state = State::Done;
                     return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                 }
-                Self::Relaying(body) => return Pin::new(body).poll_frame(cx),
-                Self::Done => return Poll::Ready(None),
+                State::Relaying(body) => {
+                    let frame = ready!(Pin::new(body).poll_frame(cx));
+                    match (&frame, &mut this.send) {
+                        (Some(Ok(f)), Some(send)) if f.is_data() => {
+                            send.bytes += f.data_ref().map_or(0, bytes::Bytes::len);
+                        }
+                        (Some(Ok(_)) | None, Some(send)) => {
+                            // Trailers or the end: every message went.
+                            RESPONSE_COST.observe(Stage::Send, send.bytes, send.since.elapsed());
+                            this.send = None;
+                        }
+                        _ => {}
+                    }
+                    return Poll::Ready(frame);
+                }
+                State::Done => return Poll::Ready(None),
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Waiting(_) => false,
-            Self::Relaying(body) => body.is_end_stream(),
-            Self::Done => true,
+        match &self.state {
+            State::Waiting(_) => false,
+            State::Relaying(body) => body.is_end_stream(),
+            State::Done => true,
         }
     }
 }
