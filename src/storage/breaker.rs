@@ -2,6 +2,13 @@
 //! it fails requests at once instead of letting each wait out its budget,
 //! then lets a single probe through after a cool-down and closes again when
 //! the probe succeeds.
+//!
+//! While the probe is out (half-open), other requests wait for its outcome
+//! instead of failing: a read resuming from a token sends its bucket-index
+//! query and its shard queries at once, and if all but the probe failed at
+//! once the read would end, drop its probe and leave the circuit open
+//! however healthy storage is. Waiting is bounded by the probe's own
+//! timeout and by the caller, which drops the request when its budget ends.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -56,6 +63,16 @@ pub struct Breaker<S> {
     inner: S,
     config: BreakerConfig,
     state: Mutex<CircuitState>,
+    /// Bumped whenever the state changes, for requests waiting out a probe.
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+/// What [`Breaker::admit`] decided.
+enum Admit {
+    /// Pass; `probe` says whether this request is the half-open probe.
+    Pass { probe: bool },
+    /// A probe is out: wait for the state to change, then ask again.
+    Wait,
 }
 
 impl<S: Storage> Breaker<S> {
@@ -65,6 +82,7 @@ impl<S: Storage> Breaker<S> {
             inner,
             config,
             state: Mutex::new(CircuitState::Closed { failures: 0 }),
+            changes: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -72,29 +90,44 @@ impl<S: Storage> Breaker<S> {
         *self.state.lock().expect("breaker lock")
     }
 
-    fn set(state: &mut CircuitState, next: CircuitState) {
+    fn set(&self, state: &mut CircuitState, next: CircuitState) {
         if std::mem::discriminant(state) != std::mem::discriminant(&next) {
             tracing::warn!(from = ?state, to = ?next, "storage circuit changed");
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
         }
         *state = next;
         metrics::gauge!(telemetry::CIRCUIT_STATE).set(next.gauge());
     }
 
-    /// Admits a request, or fails it fast. Returns whether it is the probe.
-    fn admit(&self) -> Result<bool, StorageError> {
+    /// Admits a request, fails it fast, or tells it to wait for the probe.
+    fn admit(&self) -> Result<Admit, StorageError> {
         let mut state = self.state.lock().expect("breaker lock");
         match *state {
-            CircuitState::Closed { .. } => Ok(false),
+            CircuitState::Closed { .. } => Ok(Admit::Pass { probe: false }),
             CircuitState::Open { until } if Instant::now() >= until => {
-                Self::set(&mut state, CircuitState::HalfOpen);
-                Ok(true)
+                self.set(&mut state, CircuitState::HalfOpen);
+                Ok(Admit::Pass { probe: true })
             }
             CircuitState::Open { until } => Err(StorageError::CircuitOpen {
                 retry_after: until.saturating_duration_since(Instant::now()),
             }),
-            CircuitState::HalfOpen => Err(StorageError::CircuitOpen {
-                retry_after: self.config.cool_down,
-            }),
+            CircuitState::HalfOpen => Ok(Admit::Wait),
+        }
+    }
+
+    /// Admits a request, waiting while a probe is out (see the module docs).
+    async fn admit_or_wait(&self) -> Result<bool, StorageError> {
+        let mut changes = self.changes.subscribe();
+        loop {
+            // Marked seen before the state is read: a change after it wakes us.
+            changes.borrow_and_update();
+            match self.admit()? {
+                Admit::Pass { probe } => return Ok(probe),
+                // The sender lives in `self`: waiting cannot fail.
+                Admit::Wait => {
+                    let _ = changes.changed().await;
+                }
+            }
         }
     }
 
@@ -120,14 +153,14 @@ impl<S: Storage> Breaker<S> {
             },
             (other, _) => other,
         };
-        Self::set(&mut state, next);
+        self.set(&mut state, next);
     }
 
     async fn call<T>(
         &self,
         f: impl std::future::Future<Output = Result<T, StorageError>>,
     ) -> Result<T, StorageError> {
-        let probe = self.admit()?;
+        let probe = self.admit_or_wait().await?;
         // If the caller drops this future mid-probe, the half-open state must
         // not stick: the guard reopens the circuit for another probe.
         let guard = ProbeGuard {
@@ -151,7 +184,7 @@ impl<S: Storage> Drop for ProbeGuard<'_, S> {
         if self.armed {
             let mut state = self.breaker.state.lock().expect("breaker lock");
             if *state == CircuitState::HalfOpen {
-                Breaker::<S>::set(
+                self.breaker.set(
                     &mut state,
                     CircuitState::Open {
                         until: Instant::now(),
@@ -248,6 +281,52 @@ mod tests {
         assert!(breaker.read_shard(query()).await.is_ok());
         assert_eq!(breaker.state(), CircuitState::Closed { failures: 0 });
         assert_eq!(store.shard_queries(), before + 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_sent_together_in_half_open_state_wait_for_the_probe() {
+        let store = MemoryStore::new();
+        let breaker = Breaker::new(
+            store.clone(),
+            BreakerConfig {
+                failure_threshold: 1,
+                cool_down: Duration::from_secs(2),
+            },
+        );
+        store.fail_next([StorageError::Transient("unavailable".into())]);
+        assert!(breaker.read_shard(query()).await.is_err());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // Storage is healthy again; a resumed read sends its index query
+        // and its shard queries at once: all pass, and the circuit closes.
+        store.set_latency(|_| Duration::from_millis(5));
+        store.set_index_latency(Duration::from_millis(5));
+        let bucket = BucketQuery {
+            namespace: query().namespace,
+            series_id: "s".into(),
+            first: 0,
+            last: 100,
+            order: Order::Ascending,
+            limit: 10,
+            timeout: Duration::from_secs(1),
+        };
+        let (index, shards) = tokio::join!(
+            breaker.list_buckets(bucket),
+            futures::future::join_all((0..4).map(|_| breaker.read_shard(query())))
+        );
+        assert!(index.is_ok(), "{index:?}");
+        assert!(shards.iter().all(Result::is_ok), "{shards:?}");
+        assert_eq!(breaker.state(), CircuitState::Closed { failures: 0 });
+
+        // A failing probe fails the requests that waited for it too.
+        store.fail_next([StorageError::Transient("down".into())]);
+        assert!(breaker.read_shard(query()).await.is_err());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        store.fail_next([StorageError::Transient("still down".into())]);
+        let shards = futures::future::join_all((0..3).map(|_| breaker.read_shard(query()))).await;
+        assert!(matches!(shards[0], Err(StorageError::Transient(_))));
+        assert!(shards[1..]
+            .iter()
+            .all(|r| matches!(r, Err(StorageError::CircuitOpen { .. }))));
     }
 
     #[tokio::test(start_paused = true)]
