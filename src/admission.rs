@@ -33,8 +33,10 @@ use crate::telemetry;
 
 /// Share of the limit batch reads may take, so interactive reads find room.
 pub const BATCH_SHARE: f64 = 0.75;
-/// Default lower bound of the adaptive limit.
-pub const DEFAULT_MIN_LIMIT: usize = 8;
+/// Lower bound of the adaptive limit per core of this machine: a core
+/// overlaps several reads that mostly wait on storage, so a limit below
+/// this costs goodput without making answers any more timely.
+pub const MIN_LIMIT_PER_CORE: usize = 8;
 /// Default starting limit.
 pub const DEFAULT_INITIAL_LIMIT: usize = 32;
 /// A window of samples closes after this long (once it holds a sample) ...
@@ -87,7 +89,8 @@ impl Default for AdmissionConfig {
     fn default() -> Self {
         Self {
             adaptive: true,
-            min_limit: DEFAULT_MIN_LIMIT,
+            min_limit: MIN_LIMIT_PER_CORE
+                * std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             initial_limit: DEFAULT_INITIAL_LIMIT,
         }
     }
