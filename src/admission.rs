@@ -63,7 +63,18 @@ pub enum Class {
     Batch,
 }
 
+/// Header naming a read's priority class.
+pub const CLASS_HEADER: &str = "x-hourglass-class";
+
 impl Class {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Interactive => "interactive",
+            Self::Batch => "batch",
+        }
+    }
+
     /// Parses a header value: `interactive` or `batch`, case-insensitively.
     pub fn parse(value: &str) -> Option<Self> {
         if value.eq_ignore_ascii_case("interactive") {

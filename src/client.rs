@@ -7,6 +7,7 @@ use futures::{StreamExt, TryStreamExt};
 use tonic::codegen::{Body, Bytes, StdError};
 use tonic::{Request, Status};
 
+use crate::admission::{Class, CLASS_HEADER};
 use crate::api::pb;
 use crate::api::pb::hourglass_client::HourglassClient;
 
@@ -62,6 +63,11 @@ pub struct FollowOptions {
     pub no_progress_retries: u32,
     /// Pause before the first repeat; it grows linearly with each one.
     pub no_progress_backoff: Duration,
+    /// Priority class sent with each call (`x-hourglass-class`); None
+    /// sends none (the server takes interactive). A follower reading a
+    /// whole series in the background sends [`Class::Batch`], so it yields
+    /// to interactive reads when the server is busy.
+    pub class: Option<Class>,
 }
 
 impl Default for FollowOptions {
@@ -70,6 +76,7 @@ impl Default for FollowOptions {
             per_call: None,
             no_progress_retries: NO_PROGRESS_RETRIES,
             no_progress_backoff: NO_PROGRESS_BACKOFF,
+            class: None,
         }
     }
 }
@@ -94,6 +101,12 @@ pub fn follow<T: Transport>(
                 let mut call = Request::new(req.clone());
                 if let Some(d) = options.per_call {
                     call.set_timeout(d);
+                }
+                if let Some(class) = options.class {
+                    call.metadata_mut().insert(
+                        CLASS_HEADER,
+                        tonic::metadata::MetadataValue::from_static(class.as_str()),
+                    );
                 }
                 match client.read_events(call).await {
                     Ok(r) => break r.into_inner(),

@@ -122,3 +122,52 @@ async fn unknown_namespaces_are_remembered_briefly() {
         .await
         .expect("found after the TTL");
 }
+
+#[tokio::test(start_paused = true)]
+async fn batch_reads_yield_to_interactive_ones_when_the_limit_is_near() {
+    use hourglass::admission::{Admission, AdmissionConfig};
+    use hourglass::bulkhead::Bulkhead;
+    let store = MemoryStore::new();
+    create(&store, "n").await;
+    store.set_index_latency(Duration::from_secs(1));
+    // A limit of 4: batch reads may hold 3 slots.
+    let svc = Arc::new(service(&store).with_admission(Admission::new(
+        Bulkhead::new(100, 100),
+        AdmissionConfig {
+            adaptive: true,
+            min_limit: 4,
+            initial_limit: 4,
+        },
+    )));
+    let call = |class: &'static str| {
+        let mut r = read("n");
+        r.get_mut().slo_millis = 5_000;
+        r.metadata_mut()
+            .insert("x-hourglass-class", class.parse().expect("ascii"));
+        let svc = svc.clone();
+        tokio::spawn(async move { svc.read_events(r).await })
+    };
+    let batch: Vec<_> = (0..3).map(|_| call("batch")).collect();
+    // Let the three start and take their slots (they wait on storage).
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let refused = call("batch")
+        .await
+        .expect("task")
+        .expect_err("over the batch share");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert_eq!(
+        refused.get_details_error_info().expect("ErrorInfo").reason,
+        "BATCH_SHARE"
+    );
+    assert!(refused.get_details_retry_info().is_some());
+    let interactive = call("interactive");
+    for read in batch {
+        read.await
+            .expect("task")
+            .expect("a batch read admitted earlier");
+    }
+    interactive
+        .await
+        .expect("task")
+        .expect("an interactive read finds the room batch reads leave");
+}

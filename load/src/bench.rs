@@ -248,6 +248,7 @@ fn run_args(url: &str, size: u64, label: String) -> RunArgs {
         deadline_ms: None,
         page_size: 10_000,
         descending: false,
+        class: None,
         report: PathBuf::from(format!("reports/bench/{label}.json")),
         label,
         quiet: true,

@@ -115,6 +115,22 @@ pub enum Pattern {
     Follow,
 }
 
+/// `--class` values: the server's priority classes.
+#[derive(Debug, Clone, Copy, ValueEnum, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ReadClass {
+    Interactive,
+    Batch,
+}
+
+impl From<ReadClass> for hourglass::admission::Class {
+    fn from(c: ReadClass) -> Self {
+        match c {
+            ReadClass::Interactive => Self::Interactive,
+            ReadClass::Batch => Self::Batch,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -150,6 +166,11 @@ pub struct RunArgs {
     pub page_size: u32,
     #[arg(long)]
     pub descending: bool,
+    /// Priority class sent with every call (`x-hourglass-class`); none by
+    /// default (the server takes interactive).
+    #[arg(long, value_enum)]
+    #[serde(default)]
+    pub class: Option<ReadClass>,
     /// Name of the run in reports.
     #[arg(long, default_value = "run")]
     pub label: String,
@@ -299,6 +320,7 @@ async fn logical_read(
     let options = FollowOptions {
         per_call: args.deadline_ms.map(Duration::from_millis),
         no_progress_retries: 0,
+        class: args.class.map(Into::into),
         ..FollowOptions::default()
     };
     let mut pages = follow(client, request_for(args), options);

@@ -53,6 +53,7 @@ async fn seed_run_report_and_chart() {
         deadline_ms: None,
         page_size: 700,
         descending: false,
+        class: None,
         label: "follow".into(),
         report: dir.join("follow.json"),
         quiet: true,

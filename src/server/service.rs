@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::arrival::Arrival;
-use crate::admission::{Admission, AdmissionConfig, Class, Ticket};
+use crate::admission::{Admission, AdmissionConfig, Class, Ticket, CLASS_HEADER};
 use crate::api::{self, pb, ReadParams};
 use crate::auth::{Access, Authenticator, Principal};
 use crate::bulkhead::{Bulkhead, Full};
@@ -307,10 +307,6 @@ fn check_frontier(k: &Key, start: i64, end: i64, order: Order) -> Result<(), Ser
         ))
     }
 }
-
-/// Header naming a read's priority class: `interactive` (the default) or
-/// `batch`, which yields to interactive reads under load.
-pub const CLASS_HEADER: &str = "x-hourglass-class";
 
 fn class_of(metadata: &tonic::metadata::MetadataMap) -> Result<Class, ServiceError> {
     match metadata.get(CLASS_HEADER) {
