@@ -16,6 +16,24 @@ use crate::api::pb::hourglass_client::HourglassClient;
 pub const NO_PROGRESS_RETRIES: u32 = 5;
 /// Pause before the first repeat; it grows linearly with each attempt.
 pub const NO_PROGRESS_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+/// Calls repeated after the server refused them for load
+/// (RESOURCE_EXHAUSTED), each after the wait its RetryInfo suggests,
+/// before giving up.
+pub const OVERLOAD_RETRIES: u32 = 5;
+/// Longest wait before repeating a refused call, whatever its RetryInfo.
+pub const MAX_OVERLOAD_WAIT: Duration = Duration::from_secs(1);
+
+/// The wait a refusal for load suggests, if `status` is one.
+fn overload_wait(status: &Status) -> Option<Duration> {
+    use tonic_types::StatusExt;
+    if status.code() != tonic::Code::ResourceExhausted {
+        return None;
+    }
+    status
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .map(|d| d.min(MAX_OVERLOAD_WAIT))
+}
 
 /// Whether `status` says not one row fit in the call's budget: the same
 /// call may well succeed when storage is warmer or less loaded.
@@ -63,6 +81,10 @@ pub struct FollowOptions {
     pub no_progress_retries: u32,
     /// Pause before the first repeat; it grows linearly with each one.
     pub no_progress_backoff: Duration,
+    /// Repeats of a call the server refused for load (RESOURCE_EXHAUSTED
+    /// with a RetryInfo), each after the suggested wait, before its error
+    /// ends the stream; 0 passes the first refusal on.
+    pub overload_retries: u32,
     /// Priority class sent with each call (`x-hourglass-class`); None
     /// sends none (the server takes interactive). A follower reading a
     /// whole series in the background sends [`Class::Batch`], so it yields
@@ -76,6 +98,7 @@ impl Default for FollowOptions {
             per_call: None,
             no_progress_retries: NO_PROGRESS_RETRIES,
             no_progress_backoff: NO_PROGRESS_BACKOFF,
+            overload_retries: OVERLOAD_RETRIES,
             class: None,
         }
     }
@@ -96,7 +119,7 @@ pub fn follow<T: Transport>(
             let Some(req) = next else {
                 return Ok(None);
             };
-            let mut attempt = 0;
+            let (mut attempt, mut refused) = (0, 0);
             let resp = loop {
                 let mut call = Request::new(req.clone());
                 if let Some(d) = options.per_call {
@@ -113,6 +136,10 @@ pub fn follow<T: Transport>(
                     Err(s) if is_no_progress(&s) && attempt < options.no_progress_retries => {
                         attempt += 1;
                         tokio::time::sleep(options.no_progress_backoff * attempt).await;
+                    }
+                    Err(s) if refused < options.overload_retries && overload_wait(&s).is_some() => {
+                        refused += 1;
+                        tokio::time::sleep(overload_wait(&s).unwrap_or_default()).await;
                     }
                     Err(s) => return Err(s),
                 }

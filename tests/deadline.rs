@@ -117,7 +117,7 @@ async fn follow(
         per_call: deadline,
         no_progress_retries: stall_retries,
         no_progress_backoff: STALL_BACKOFF,
-        class: None,
+        ..FollowOptions::default()
     };
     let mut pages = client::follow(client.clone(), req, options);
     let mut began = Instant::now();

@@ -171,3 +171,64 @@ async fn batch_reads_yield_to_interactive_ones_when_the_limit_is_near() {
         .expect("task")
         .expect("an interactive read finds the room batch reads leave");
 }
+
+/// The client helper repeats a call refused for load after the wait its
+/// RetryInfo suggests, over a real connection (real time: a read holds the
+/// only scan slot for 100 ms; each refusal suggests 25-75 ms).
+#[tokio::test]
+async fn the_client_helper_waits_out_refusals_for_load() {
+    use futures::StreamExt;
+    use hourglass::admission::{Admission, AdmissionConfig};
+    use hourglass::bulkhead::Bulkhead;
+    use hourglass::client::{follow, FollowOptions};
+    let store = MemoryStore::new();
+    create(&store, "n").await;
+    // However the read is planned (index query or a single bucket's page).
+    store.set_latency(|_| Duration::from_millis(100));
+    store.set_index_latency(Duration::from_millis(100));
+    let svc = service(&store).with_admission(Admission::new(
+        Bulkhead::new(1, 1),
+        AdmissionConfig {
+            adaptive: false,
+            ..AdmissionConfig::default()
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::hourglass_server::HourglassServer::new(svc))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let client = pb::hourglass_client::HourglassClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let req = || pb::ReadEventsRequest {
+        slo_millis: 2_000,
+        ..read("n").into_inner()
+    };
+    for retries in [0, 10] {
+        let holder = {
+            let mut c = client.clone();
+            let r = req();
+            tokio::spawn(async move { c.read_events(r).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let options = FollowOptions {
+            overload_retries: retries,
+            ..FollowOptions::default()
+        };
+        let pages: Vec<_> = follow(client.clone(), req(), options).collect().await;
+        holder.await.expect("task").expect("the holder's read");
+        if retries == 0 {
+            let refused = pages[0].as_ref().expect_err("the slot is taken");
+            assert_eq!(refused.code(), Code::ResourceExhausted);
+        } else {
+            // At least 10 x 25 ms of waits cover the 100 ms hold.
+            assert!(pages.iter().all(Result::is_ok), "{pages:?}");
+            assert!(!pages.last().expect("a page").as_ref().expect("ok").partial);
+        }
+    }
+}

@@ -320,6 +320,8 @@ async fn logical_read(
     let options = FollowOptions {
         per_call: args.deadline_ms.map(Duration::from_millis),
         no_progress_retries: 0,
+        // Refusals are counted, and a closed-loop client waits them out.
+        overload_retries: 0,
         class: args.class.map(Into::into),
         ..FollowOptions::default()
     };
