@@ -32,6 +32,14 @@ pub const ADMISSION_LIMIT: &str = "hourglass_admission_limit";
 pub const STORAGE_RETRIES: &str = "hourglass_storage_retries_total";
 /// Probe pages sent beside a straggling shard page (counter).
 pub const STORAGE_PROBES: &str = "hourglass_storage_probes_total";
+/// Storage read requests (pages, probes, index queries), hedges not
+/// included (counter).
+pub const STORAGE_READS: &str = "hourglass_storage_reads_total";
+/// Hedged storage reads, `result` = `sent` or `won` (counter).
+pub const STORAGE_HEDGES: &str = "hourglass_storage_hedges_total";
+/// Storage nodes put last in query plans after losing a hedge race or
+/// timing out (counter).
+pub const STORAGE_DEMOTIONS: &str = "hourglass_storage_node_demotions_total";
 /// Requests refused, by ErrorInfo reason (counter).
 pub const REJECTED: &str = "hourglass_rejected_requests_total";
 /// Storage circuit breaker: 0 closed, 1 half-open, 2 open (gauge).
@@ -76,8 +84,13 @@ pub fn register_zero(partial_reasons: &[&'static str], rejected_reasons: &[&'sta
         ROWS_DELIVERED,
         STORAGE_RETRIES,
         STORAGE_PROBES,
+        STORAGE_READS,
+        STORAGE_DEMOTIONS,
     ] {
         metrics::counter!(name).increment(0);
+    }
+    for result in ["sent", "won"] {
+        metrics::counter!(STORAGE_HEDGES, "result" => result).increment(0);
     }
     for &reason in partial_reasons {
         metrics::counter!(PARTIAL_RESPONSES, "reason" => reason).increment(0);
@@ -129,6 +142,18 @@ fn describe() {
     describe_counter!(
         STORAGE_PROBES,
         "Small pages sent beside a shard page that came late and held up the merge"
+    );
+    describe_counter!(
+        STORAGE_READS,
+        "Storage read requests sent (hedges not included)"
+    );
+    describe_counter!(
+        STORAGE_HEDGES,
+        "Hedged storage reads: sent, and won (the hedge answered first)"
+    );
+    describe_counter!(
+        STORAGE_DEMOTIONS,
+        "Storage nodes put last in query plans after a lost hedge race or a timeout"
     );
     describe_counter!(REJECTED, "Requests refused, by reason");
     describe_gauge!(STORAGE_UP, "1 while storage answers health probes");

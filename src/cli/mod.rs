@@ -24,6 +24,7 @@ use crate::engine::{ContinuationConfig, EngineConfig};
 use crate::server::{ServerConfig, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEALTH_INTERVAL};
 use crate::storage::breaker::BreakerConfig;
 use crate::storage::cassandra::{CassandraConfig, Credentials};
+use crate::storage::hedging::HedgeConfig;
 use crate::telemetry::DEFAULT_METRICS_LISTEN;
 use crate::token::{KeyRing, DEFAULT_TOKEN_TTL};
 
@@ -108,6 +109,14 @@ pub struct ServeArgs {
     /// CQL replication map used if the keyspace is created.
     #[arg(long, env = "HOURGLASS_REPLICATION", default_value = CassandraConfig::default().replication)]
     pub replication: String,
+    /// Hedge storage reads: a read whose coordinator is slow (past the 95th
+    /// percentile of recent reads) is sent to the next replica too, and a
+    /// node that loses the race goes last in query plans for a while.
+    #[arg(long, env = "HOURGLASS_HEDGING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub hedging: bool,
+    /// Hedges per storage read at most, over time (0.1: 10% extra requests).
+    #[arg(long, env = "HOURGLASS_HEDGE_MAX_EXTRA", default_value_t = HedgeConfig::default().max_extra, value_parser = parse_share)]
+    pub hedge_max_extra: f64,
     /// Token signing keys `id:secret[,id:secret]`; the first signs, all
     /// verify. A secret: only from the environment or the config file.
     #[arg(
@@ -237,6 +246,14 @@ pub struct ServeArgs {
     pub connect_timeout: HumanDuration,
 }
 
+/// A share between 0 and 1.
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a share between 0 and 1 (0.1 is 10%)")),
+    }
+}
+
 fn comma_separated<S: Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&v.join(","))
 }
@@ -294,6 +311,11 @@ impl ServeArgs {
             connect_timeout: self.connect_timeout.0,
             credentials,
             tls_ca: self.cassandra_tls_ca.clone(),
+            hedging: HedgeConfig {
+                enabled: self.hedging,
+                max_extra: self.hedge_max_extra,
+                ..HedgeConfig::default()
+            },
         })
     }
 

@@ -25,6 +25,12 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
 
+use scylla::client::execution_profile::{ExecutionProfile, ExecutionProfileHandle};
+use scylla::policies::load_balancing::DefaultPolicy;
+
+use super::hedging::{
+    size_class, AvoidDemoted, HedgeConfig, HedgePolicy, HedgeStats, Hedging, SIZE_CLASSES,
+};
 use super::{BucketQuery, Cause, Created, ShardQuery, Storage, StorageError};
 use crate::model::{self, Key, Namespace, NewEvent, Order, Row};
 
@@ -67,6 +73,8 @@ pub struct CassandraConfig {
     /// PEM file of the CA that signed the nodes' certificates: connect with
     /// TLS (rustls) and verify them. Certificates must name the node's IP.
     pub tls_ca: Option<PathBuf>,
+    /// Hedged reads (see [`super::hedging`]).
+    pub hedging: HedgeConfig,
 }
 
 impl Default for CassandraConfig {
@@ -79,6 +87,7 @@ impl Default for CassandraConfig {
             connect_timeout: Duration::from_secs(10),
             credentials: None,
             tls_ca: None,
+            hedging: HedgeConfig::default(),
         }
     }
 }
@@ -125,6 +134,9 @@ fn tls_context(ca_pem: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
 pub struct CassandraStore {
     session: Session,
     stmts: Statements,
+    hedging: Arc<Hedging>,
+    /// Reads that may hedge run with the profile of their size class.
+    hedged: Vec<ExecutionProfileHandle>,
     /// Bucket-index entries written recently, to skip rewriting them.
     index_cache: Mutex<HashMap<(String, String, i64), Instant>>,
 }
@@ -155,8 +167,41 @@ impl CassandraStore {
             address: address.clone(),
             cause,
         };
+        // Token-aware (the default policy's default, stated here): requests
+        // go to a replica of their partition. With hedging on, nodes that
+        // lost a hedge race go last in every plan for a while.
+        let hedging = Hedging::new(cfg.hedging.clone());
+        let token_aware: Arc<dyn scylla::policies::load_balancing::LoadBalancingPolicy> =
+            DefaultPolicy::builder().token_aware(true).build();
+        let balancing: Arc<dyn scylla::policies::load_balancing::LoadBalancingPolicy> =
+            if cfg.hedging.enabled {
+                Arc::new(AvoidDemoted {
+                    inner: token_aware,
+                    hedging: Arc::clone(&hedging),
+                })
+            } else {
+                token_aware
+            };
+        let plain = ExecutionProfile::builder()
+            .consistency(cfg.consistency)
+            .load_balancing_policy(Arc::clone(&balancing))
+            .build();
+        let hedged = (0..SIZE_CLASSES)
+            .map(|class| {
+                let policy = HedgePolicy {
+                    hedging: Arc::clone(&hedging),
+                    class,
+                };
+                plain
+                    .to_builder()
+                    .speculative_execution_policy(Some(Arc::new(policy)))
+                    .build()
+                    .into_handle()
+            })
+            .collect();
         let mut builder = SessionBuilder::new()
             .known_nodes(&cfg.contact_points)
+            .default_execution_profile_handle(plain.into_handle())
             .connection_timeout(cfg.connect_timeout);
         if let Some(c) = &cfg.credentials {
             builder = builder.user(&c.username, &c.password);
@@ -252,6 +297,8 @@ impl CassandraStore {
         Ok(Self {
             session,
             stmts,
+            hedging,
+            hedged,
             index_cache: Mutex::new(HashMap::new()),
         })
     }
@@ -303,6 +350,44 @@ impl CassandraStore {
             .await
             .map(|_| ())
             .map_err(classify)
+    }
+
+    /// Hedged-read counts since connect.
+    pub fn hedge_stats(&self) -> HedgeStats {
+        self.hedging.stats()
+    }
+
+    /// Runs a read of at most `rows` rows with `timeout`, hedged when the
+    /// hedging policy admits it (see [`Hedging::admit`]). Its latency feeds
+    /// the hedge delay of its size class; an error names the node it came
+    /// from when all its attempts went to one.
+    async fn read<V: scylla::serialize::row::SerializeRow>(
+        &self,
+        mut stmt: PreparedStatement,
+        timeout: Duration,
+        rows: usize,
+        values: V,
+    ) -> Result<scylla::response::query_result::QueryResult, StorageError> {
+        stmt.set_request_timeout(Some(timeout));
+        let class = size_class(rows);
+        if self.hedging.admit(timeout, class) {
+            stmt.set_execution_profile_handle(Some(self.hedged[class].clone()));
+        }
+        let trace = self.hedging.trace();
+        stmt.set_history_listener(trace.clone());
+        let began = Instant::now();
+        match self.session.execute_unpaged(&stmt, values).await {
+            Ok(res) => {
+                self.hedging.record(began.elapsed(), class);
+                Ok(res)
+            }
+            Err(err) => Err(match classify(err) {
+                StorageError::Transient(cause) => {
+                    StorageError::Transient(cause.on_node(trace.only_node()))
+                }
+                other => other,
+            }),
+        }
     }
 
     /// The driver session, for tools that scan directly (benchmarks).
@@ -410,6 +495,10 @@ fn with_timeout(stmt: &PreparedStatement, timeout: Duration) -> PreparedStatemen
 }
 
 impl Storage for CassandraStore {
+    fn nodes(&self) -> usize {
+        self.session.get_cluster_state().get_nodes_info().len()
+    }
+
     async fn create_namespace(&self, ns: &Namespace) -> Result<Created, StorageError> {
         let stmt = with_timeout(&self.stmts.insert_namespace, WRITE_TIMEOUT);
         let res = self
@@ -519,16 +608,15 @@ impl Storage for CassandraStore {
             Order::Ascending => &self.stmts.buckets_asc,
             Order::Descending => &self.stmts.buckets_desc,
         };
-        let stmt = with_timeout(stmt, q.timeout);
         let limit = i32::try_from(q.limit).unwrap_or(i32::MAX);
         let res = self
-            .session
-            .execute_unpaged(
-                &stmt,
+            .read(
+                stmt.clone(),
+                q.timeout,
+                q.limit,
                 (&q.namespace.name, &*q.series_id, q.first, q.last, limit),
             )
-            .await
-            .map_err(classify)?;
+            .await?;
         let rows = res.into_rows_result().map_err(fatal)?;
         rows.rows::<(i64,)>()
             .map_err(fatal)?
@@ -544,13 +632,14 @@ impl Storage for CassandraStore {
             Order::Ascending => &self.stmts.read_asc,
             Order::Descending => &self.stmts.read_desc,
         };
-        let mut stmt = with_timeout(stmt, q.timeout);
+        let mut stmt = stmt.clone();
         let limit = i32::try_from(q.limit).unwrap_or(i32::MAX);
         stmt.set_page_size(limit.max(1));
         let res = self
-            .session
-            .execute_unpaged(
-                &stmt,
+            .read(
+                stmt,
+                q.timeout,
+                q.limit,
                 (
                     &q.namespace.name,
                     &*q.series_id,
@@ -563,8 +652,7 @@ impl Storage for CassandraStore {
                     limit,
                 ),
             )
-            .await
-            .map_err(classify)?;
+            .await?;
         let rows = res.into_rows_result().map_err(fatal)?;
         rows.rows::<EventRow>()
             .map_err(fatal)?

@@ -1,0 +1,554 @@
+//! Hedged storage reads: when a read request's coordinator is slow to
+//! answer, the driver sends the same (idempotent) request to the next node
+//! of the query plan and takes whichever answers first; the node that lost
+//! the race is then put last in every plan for a while, so later requests
+//! go around it rather than hedging again.
+//!
+//! Invariants:
+//! * A read is hedged only when its timeout (which the engine derives from
+//!   the call's remaining budget) is at least twice the hedge delay, so the
+//!   second request has at least half the time the first had.
+//! * Extra load is capped: every read request earns [`HedgeConfig::max_extra`]
+//!   of a credit (up to [`CREDIT_BURST`]), a hedge needs a whole one and
+//!   spends it when it is sent. Over any long run hedges are at most
+//!   `max_extra` of read requests (plus the burst).
+//! * A demoted node is still in the plan, last: when every other replica is
+//!   down it is still tried.
+//!
+//! The hedge delay is the 95th percentile of recent successful reads of the
+//! same size class ([`size_class`]: a 10,000-row page takes far longer than
+//! an index query), clamped to [`HedgeConfig::min_delay`,
+//! `HedgeConfig::max_delay`].
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use scylla::cluster::ClusterState;
+use scylla::errors::{RequestAttemptError, RequestError};
+use scylla::observability::history::{AttemptId, HistoryListener, RequestId, SpeculativeId};
+use scylla::policies::load_balancing::{FallbackPlan, LoadBalancingPolicy, RoutingInfo};
+use scylla::policies::retry::RetryDecision;
+use scylla::policies::speculative_execution::{Context, SpeculativeExecutionPolicy};
+use scylla::routing::Shard;
+
+use crate::telemetry;
+
+/// Credits a quiet period can save up: hedges that may go at once.
+pub const CREDIT_BURST: u64 = 10;
+/// Credits are counted in thousandths (exact sums).
+const MILLI: u64 = 1000;
+/// Successful read latencies the hedge delay is computed from, per class.
+const WINDOW: usize = 256;
+/// Size classes of reads, each with its own hedge delay.
+pub const SIZE_CLASSES: usize = 4;
+
+/// The size class of a read of at most `rows` rows: up to 100, 1,000,
+/// 10,000, more.
+pub fn size_class(rows: usize) -> usize {
+    match rows {
+        0..=100 => 0,
+        101..=1_000 => 1,
+        1_001..=10_000 => 2,
+        _ => 3,
+    }
+}
+/// The hedge delay is recomputed after this many new samples.
+const RECOMPUTE_EVERY: usize = 32;
+
+/// How reads are hedged.
+#[derive(Clone, Debug)]
+pub struct HedgeConfig {
+    /// Off: no hedges, no demotion (the driver's plain token-aware plan).
+    pub enabled: bool,
+    /// Hedges per read request at most, over time (0.1: 10% extra requests).
+    pub max_extra: f64,
+    /// The hedge delay never goes below this...
+    pub min_delay: Duration,
+    /// ...nor above this.
+    pub max_delay: Duration,
+    /// How long a node that lost a hedge race (or timed out) goes last.
+    pub demote_for: Duration,
+}
+
+impl Default for HedgeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_extra: 0.1,
+            min_delay: Duration::from_millis(2),
+            max_delay: Duration::from_millis(100),
+            demote_for: Duration::from_secs(2),
+        }
+    }
+}
+
+impl HedgeConfig {
+    /// Hedging off.
+    pub fn off() -> Self {
+        Self {
+            enabled: false,
+            ..Self::default()
+        }
+    }
+}
+
+/// Counts since start, for tests and the benchmark.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HedgeStats {
+    /// Read requests sent (first attempts, hedged or not).
+    pub reads: u64,
+    /// Hedges sent.
+    pub sent: u64,
+    /// Hedges whose answer was used.
+    pub won: u64,
+    /// Times a node was put last.
+    pub demotions: u64,
+}
+
+/// Shared hedging state of one store: the delay, the credits, the demoted
+/// nodes and the counts.
+#[derive(Debug)]
+pub struct Hedging {
+    config: HedgeConfig,
+    /// Thousandths of a credit.
+    credits: Mutex<u64>,
+    /// Thousandths earned per read.
+    earn: u64,
+    windows: [Mutex<Window>; SIZE_CLASSES],
+    delay_micros: [AtomicU64; SIZE_CLASSES],
+    demoted: Mutex<HashMap<IpAddr, Instant>>,
+    reads: AtomicU64,
+    sent: AtomicU64,
+    won: AtomicU64,
+    demotions: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    samples: Vec<u64>,
+    next: usize,
+    since_recompute: usize,
+}
+
+impl Hedging {
+    pub fn new(config: HedgeConfig) -> Arc<Self> {
+        let initial = (config.min_delay * 5).min(config.max_delay);
+        Arc::new(Self {
+            credits: Mutex::new(CREDIT_BURST * MILLI),
+            earn: thousandths(config.max_extra),
+            windows: Default::default(),
+            delay_micros: std::array::from_fn(|_| AtomicU64::new(micros(initial))),
+            demoted: Mutex::default(),
+            reads: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            won: AtomicU64::new(0),
+            demotions: AtomicU64::new(0),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &HedgeConfig {
+        &self.config
+    }
+
+    /// How long a read of size class `class` waits for its first answer
+    /// before hedging.
+    pub fn delay(&self, class: usize) -> Duration {
+        Duration::from_micros(self.delay_micros[class].load(Ordering::Relaxed))
+    }
+
+    pub fn stats(&self) -> HedgeStats {
+        HedgeStats {
+            reads: self.reads.load(Ordering::Relaxed),
+            sent: self.sent.load(Ordering::Relaxed),
+            won: self.won.load(Ordering::Relaxed),
+            demotions: self.demotions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Called once per read request before it is sent: earns its share of
+    /// a credit and says whether this request may be hedged (hedging on, a
+    /// whole credit saved, and `timeout` at least twice the delay of its
+    /// size class).
+    pub fn admit(&self, timeout: Duration, class: usize) -> bool {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(telemetry::STORAGE_READS).increment(1);
+        if !self.config.enabled {
+            return false;
+        }
+        let mut credits = self.credits.lock().expect("hedge credits lock");
+        *credits = (*credits + self.earn).min(CREDIT_BURST * MILLI);
+        *credits >= MILLI && timeout >= self.delay(class) * 2
+    }
+
+    /// A successful read of size class `class` took `took`: feeds its
+    /// hedge delay.
+    pub fn record(&self, took: Duration, class: usize) {
+        let mut w = self.windows[class].lock().expect("hedge window lock");
+        let sample = micros(took);
+        if w.samples.len() < WINDOW {
+            w.samples.push(sample);
+        } else {
+            let i = w.next;
+            w.samples[i] = sample;
+        }
+        w.next = (w.next + 1) % WINDOW;
+        w.since_recompute += 1;
+        if w.since_recompute < RECOMPUTE_EVERY {
+            return;
+        }
+        w.since_recompute = 0;
+        let mut sorted = w.samples.clone();
+        drop(w);
+        sorted.sort_unstable();
+        let p95 = sorted[(sorted.len() * 95 / 100).min(sorted.len() - 1)];
+        let delay = Duration::from_micros(p95).clamp(self.config.min_delay, self.config.max_delay);
+        self.delay_micros[class].store(micros(delay), Ordering::Relaxed);
+    }
+
+    /// Whether `ip` lost a race recently enough to go last.
+    pub fn is_demoted(&self, ip: IpAddr) -> bool {
+        let mut demoted = self.demoted.lock().expect("demoted lock");
+        match demoted.get(&ip) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                demoted.remove(&ip);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn demote(&self, ip: IpAddr) {
+        let until = Instant::now() + self.config.demote_for;
+        let fresh = self
+            .demoted
+            .lock()
+            .expect("demoted lock")
+            .insert(ip, until)
+            .is_none_or(|old| old <= Instant::now());
+        if fresh {
+            self.demotions.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(telemetry::STORAGE_DEMOTIONS).increment(1);
+            tracing::info!(node = %ip, for_ms = self.config.demote_for.as_millis(), "storage node demoted after a slow answer");
+        }
+    }
+
+    fn hedge_sent(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(telemetry::STORAGE_HEDGES, "result" => "sent").increment(1);
+        let mut credits = self.credits.lock().expect("hedge credits lock");
+        *credits = credits.saturating_sub(MILLI);
+    }
+
+    fn hedge_won(&self) {
+        self.won.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(telemetry::STORAGE_HEDGES, "result" => "won").increment(1);
+    }
+
+    /// A listener for one read request (hedged or not).
+    pub fn trace(self: &Arc<Self>) -> Arc<Trace> {
+        Arc::new(Trace {
+            hedging: Arc::clone(self),
+            attempts: Mutex::default(),
+        })
+    }
+}
+
+/// A share in [0, 1] in thousandths (0 to [`MILLI`]).
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn thousandths(share: f64) -> u64 {
+    // Clamped to [0, 1000] first: the cast neither truncates nor loses a sign.
+    (share.clamp(0.0, 1.0) * 1000.0).round() as u64
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The driver's speculative execution for hedged requests of one size
+/// class: one hedge after the class's current delay. Which requests use it
+/// is decided by [`Hedging::admit`].
+#[derive(Debug)]
+pub struct HedgePolicy {
+    pub hedging: Arc<Hedging>,
+    pub class: usize,
+}
+
+impl SpeculativeExecutionPolicy for HedgePolicy {
+    fn max_retry_count(&self, _: &Context) -> usize {
+        1
+    }
+
+    fn retry_interval(&self, _: &Context) -> Duration {
+        self.hedging.delay(self.class)
+    }
+}
+
+/// What happened to the attempts of one hedged request: learns which node
+/// lost the race. Attempt ids index `attempts`.
+#[derive(Debug)]
+pub struct Trace {
+    hedging: Arc<Hedging>,
+    attempts: Mutex<Attempts>,
+}
+
+#[derive(Debug, Default)]
+struct Attempts {
+    list: Vec<Attempt>,
+    /// An attempt answered: the race is over (a loser's late answer, which
+    /// the driver may still report, changes nothing).
+    settled: bool,
+}
+
+#[derive(Debug)]
+struct Attempt {
+    hedge: bool,
+    node: IpAddr,
+    answered: bool,
+}
+
+impl Trace {
+    /// Demotes the nodes of attempts that never answered.
+    fn demote_unanswered(&self, attempts: &Attempts) {
+        for a in attempts.list.iter().filter(|a| !a.answered) {
+            self.hedging.demote(a.node);
+        }
+    }
+}
+
+impl Trace {
+    /// The one node every attempt of the request went to, if there was one.
+    pub fn only_node(&self) -> Option<IpAddr> {
+        let attempts = self.attempts.lock().expect("trace lock");
+        let first = attempts.list.first()?.node;
+        attempts
+            .list
+            .iter()
+            .all(|a| a.node == first)
+            .then_some(first)
+    }
+}
+
+impl HistoryListener for Trace {
+    fn log_request_start(&self) -> RequestId {
+        RequestId(0)
+    }
+
+    fn log_request_success(&self, _: RequestId) {}
+
+    fn log_request_error(&self, _: RequestId, error: &RequestError) {
+        // Timed out with attempts outstanding: those nodes are slow.
+        if self.hedging.config.enabled && matches!(error, RequestError::RequestTimeout(_)) {
+            self.demote_unanswered(&self.attempts.lock().expect("trace lock"));
+        }
+    }
+
+    fn log_new_speculative_fiber(&self, _: RequestId) -> SpeculativeId {
+        SpeculativeId(0)
+    }
+
+    fn log_attempt_start(
+        &self,
+        _: RequestId,
+        speculative: Option<SpeculativeId>,
+        node: SocketAddr,
+    ) -> AttemptId {
+        let hedge = speculative.is_some();
+        if hedge {
+            self.hedging.hedge_sent();
+        }
+        let mut attempts = self.attempts.lock().expect("trace lock");
+        attempts.list.push(Attempt {
+            hedge,
+            node: node.ip(),
+            answered: false,
+        });
+        AttemptId(attempts.list.len() - 1)
+    }
+
+    fn log_attempt_success(&self, id: AttemptId) {
+        let mut attempts = self.attempts.lock().expect("trace lock");
+        if attempts.settled {
+            return;
+        }
+        let Some(a) = attempts.list.get_mut(id.0) else {
+            return;
+        };
+        a.answered = true;
+        let hedge_won = a.hedge;
+        attempts.settled = true;
+        if hedge_won {
+            self.hedging.hedge_won();
+            self.demote_unanswered(&attempts);
+        }
+    }
+
+    fn log_attempt_error(&self, id: AttemptId, _: &RequestAttemptError, _: &RetryDecision) {
+        if let Some(a) = self.attempts.lock().expect("trace lock").list.get_mut(id.0) {
+            a.answered = true;
+        }
+    }
+}
+
+/// The driver's plan with demoted nodes moved last.
+#[derive(Debug)]
+pub struct AvoidDemoted {
+    pub inner: Arc<dyn LoadBalancingPolicy>,
+    pub hedging: Arc<Hedging>,
+}
+
+impl LoadBalancingPolicy for AvoidDemoted {
+    fn pick<'a>(
+        &'a self,
+        request: &'a RoutingInfo,
+        cluster: &'a ClusterState,
+    ) -> Option<(scylla::cluster::NodeRef<'a>, Option<Shard>)> {
+        let first = self.inner.pick(request, cluster)?;
+        if !self.hedging.is_demoted(first.0.address.ip()) {
+            return Some(first);
+        }
+        self.inner
+            .fallback(request, cluster)
+            .find(|(n, _)| !self.hedging.is_demoted(n.address.ip()))
+            .or(Some(first))
+    }
+
+    fn fallback<'a>(
+        &'a self,
+        request: &'a RoutingInfo,
+        cluster: &'a ClusterState,
+    ) -> FallbackPlan<'a> {
+        let (mut plan, last): (Vec<_>, Vec<_>) = self
+            .inner
+            .fallback(request, cluster)
+            .partition(|(n, _)| !self.hedging.is_demoted(n.address.ip()));
+        plan.extend(last);
+        Box::new(plan.into_iter())
+    }
+
+    fn on_request_success(
+        &self,
+        request: &RoutingInfo,
+        latency: Duration,
+        node: scylla::cluster::NodeRef<'_>,
+    ) {
+        self.inner.on_request_success(request, latency, node);
+    }
+
+    fn on_request_failure(
+        &self,
+        request: &RoutingInfo,
+        latency: Duration,
+        node: scylla::cluster::NodeRef<'_>,
+        error: &RequestAttemptError,
+    ) {
+        self.inner.on_request_failure(request, latency, node, error);
+    }
+
+    fn name(&self) -> String {
+        format!("AvoidDemoted({})", self.inner.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hedges_stay_within_the_extra_share() {
+        let h = Hedging::new(HedgeConfig::default());
+        let mut hedged = 0u64;
+        for _ in 0..10_000 {
+            if h.admit(Duration::from_secs(1), 0) {
+                h.hedge_sent();
+                hedged += 1;
+            }
+        }
+        // The initial burst, then a tenth of a credit per read after the
+        // first (whose share is lost to the full bucket): 10 + 999.
+        assert_eq!(hedged, CREDIT_BURST + 999);
+        assert_eq!(h.stats().sent, hedged);
+        assert_eq!(h.stats().reads, 10_000);
+    }
+
+    #[test]
+    fn no_hedge_without_time_for_it_or_when_off() {
+        let h = Hedging::new(HedgeConfig::default());
+        assert_eq!(h.delay(1), Duration::from_millis(10), "before any sample");
+        assert!(
+            !h.admit(Duration::from_millis(19), 1),
+            "under twice the delay"
+        );
+        assert!(h.admit(Duration::from_millis(20), 1));
+        let off = Hedging::new(HedgeConfig::off());
+        assert!(!off.admit(Duration::from_secs(1), 1));
+    }
+
+    #[test]
+    fn delay_follows_the_95th_percentile_within_bounds() {
+        let h = Hedging::new(HedgeConfig::default());
+        for i in 0..100u64 {
+            h.record(Duration::from_micros(1000 + i * 100), 2);
+        }
+        // 96 samples seen at the last recompute: p95 of 1.0..10.5 ms is 10.1 ms.
+        assert_eq!(h.delay(2), Duration::from_micros(10_100));
+        assert_eq!(
+            h.delay(0),
+            Duration::from_millis(10),
+            "other classes untouched"
+        );
+        for _ in 0..WINDOW {
+            h.record(Duration::from_micros(100), 2);
+        }
+        assert_eq!(
+            h.delay(2),
+            HedgeConfig::default().min_delay,
+            "clamped below"
+        );
+        assert_eq!(
+            [50, 101, 10_000, 10_001].map(size_class),
+            [0, 1, 2, 3],
+            "size classes"
+        );
+    }
+
+    #[test]
+    fn a_hedge_that_wins_demotes_the_node_that_did_not_answer() {
+        let h = Hedging::new(HedgeConfig::default());
+        let slow: SocketAddr = "127.0.0.2:9042".parse().unwrap();
+        let fast: SocketAddr = "127.0.0.3:9042".parse().unwrap();
+        let trace = h.trace();
+        let r = trace.log_request_start();
+        trace.log_attempt_start(r, None, slow);
+        let s = trace.log_new_speculative_fiber(r);
+        let hedge = trace.log_attempt_start(r, Some(s), fast);
+        trace.log_attempt_success(hedge);
+        assert!(h.is_demoted(slow.ip()));
+        assert!(!h.is_demoted(fast.ip()));
+        assert_eq!(
+            h.stats(),
+            HedgeStats {
+                reads: 0,
+                sent: 1,
+                won: 1,
+                demotions: 1
+            }
+        );
+        // A first attempt that answers demotes nothing.
+        let h = Hedging::new(HedgeConfig::default());
+        let trace = h.trace();
+        let r = trace.log_request_start();
+        let first = trace.log_attempt_start(r, None, slow);
+        let s = trace.log_new_speculative_fiber(r);
+        let hedge = trace.log_attempt_start(r, Some(s), fast);
+        trace.log_attempt_success(first);
+        // The hedge's late answer, reported after the race, changes nothing.
+        trace.log_attempt_success(hedge);
+        assert!(!h.is_demoted(slow.ip()) && !h.is_demoted(fast.ip()));
+        assert_eq!((h.stats().sent, h.stats().won), (1, 0));
+    }
+}
