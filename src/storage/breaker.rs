@@ -9,7 +9,16 @@
 //! once the read would end, drop its probe and leave the circuit open
 //! however healthy storage is. Waiting is bounded by the probe's own
 //! timeout and by the caller, which drops the request when its budget ends.
+//!
+//! On a store of several nodes, failures that all came from one node (a
+//! node down or frozen while the others answer) never open the circuit:
+//! the driver and hedged reads route around that node, and failing every
+//! request fast would turn one node's fault into an outage. The circuit
+//! opens once the streak of failures spans two nodes, or includes a
+//! failure not attributed to one node.
 
+use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -63,6 +72,9 @@ pub struct Breaker<S> {
     inner: S,
     config: BreakerConfig,
     state: Mutex<CircuitState>,
+    /// Nodes the current streak of failures came from (`None`: a failure
+    /// not attributed to one node). Cleared by a success.
+    failing: Mutex<HashSet<Option<IpAddr>>>,
     /// Bumped whenever the state changes, for requests waiting out a probe.
     changes: tokio::sync::watch::Sender<u64>,
 }
@@ -82,6 +94,7 @@ impl<S: Storage> Breaker<S> {
             inner,
             config,
             state: Mutex::new(CircuitState::Closed { failures: 0 }),
+            failing: Mutex::default(),
             changes: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -131,18 +144,32 @@ impl<S: Storage> Breaker<S> {
         }
     }
 
+    /// Adds a failure (or, with `None`, a success) to the streak; says
+    /// whether the streak's failures span more than one node of the store.
+    fn spread(&self, failure: Option<&StorageError>) -> bool {
+        let mut failing = self.failing.lock().expect("breaker lock");
+        let Some(err) = failure else {
+            failing.clear();
+            return false;
+        };
+        failing.insert(err.node());
+        failing.contains(&None) || failing.len() >= self.inner.nodes().clamp(1, 2)
+    }
+
     fn record<T>(&self, probe: bool, result: &Result<T, StorageError>) {
+        let failure = result.as_ref().err().filter(|e| e.is_transient());
+        let spread = self.spread(failure);
         let mut state = self.state.lock().expect("breaker lock");
-        let failed = matches!(result, Err(e) if e.is_transient());
+        let failed = failure.is_some();
         let next = match (*state, failed) {
             (_, false) if probe || matches!(*state, CircuitState::Closed { .. }) => {
                 CircuitState::Closed { failures: 0 }
             }
             (CircuitState::Closed { failures }, true)
-                if failures + 1 < self.config.failure_threshold =>
+                if failures + 1 < self.config.failure_threshold || !spread =>
             {
                 CircuitState::Closed {
-                    failures: failures + 1,
+                    failures: failures.saturating_add(1),
                 }
             }
             (CircuitState::Closed { .. }, true) => CircuitState::Open {
@@ -215,6 +242,10 @@ impl<S: Storage> Storage for Breaker<S> {
     async fn read_shard(&self, query: ShardQuery) -> Result<Vec<Row>, StorageError> {
         self.call(self.inner.read_shard(query)).await
     }
+
+    fn nodes(&self) -> usize {
+        self.inner.nodes()
+    }
 }
 
 #[cfg(test)]
@@ -224,6 +255,7 @@ mod tests {
     use super::*;
     use crate::model::{Key, Order, Span};
     use crate::storage::memory::MemoryStore;
+    use crate::storage::Cause;
 
     fn query() -> ShardQuery {
         ShardQuery {
@@ -281,6 +313,43 @@ mod tests {
         assert!(breaker.read_shard(query()).await.is_ok());
         assert_eq!(breaker.state(), CircuitState::Closed { failures: 0 });
         assert_eq!(store.shard_queries(), before + 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_of_one_node_of_three_never_open_the_circuit() {
+        let store = MemoryStore::new();
+        store.set_nodes(3);
+        let breaker = Breaker::new(
+            store.clone(),
+            BreakerConfig {
+                failure_threshold: 2,
+                cool_down: Duration::from_secs(2),
+            },
+        );
+        let on = |ip: &str| {
+            StorageError::Transient(Cause::from("timed out").on_node(Some(ip.parse().unwrap())))
+        };
+        store.fail_next((0..10).map(|_| on("127.0.0.2")));
+        for _ in 0..10 {
+            assert!(breaker.read_shard(query()).await.is_err());
+        }
+        assert_eq!(breaker.state(), CircuitState::Closed { failures: 10 });
+        // A second node failing in the same streak: an outage, it opens.
+        store.fail_next([on("127.0.0.3")]);
+        assert!(breaker.read_shard(query()).await.is_err());
+        assert!(matches!(breaker.state(), CircuitState::Open { .. }));
+        // After a success, the streak starts again: one node alone, and a
+        // failure not attributed to a node, which counts as spread.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(breaker.read_shard(query()).await.is_ok());
+        store.fail_next([on("127.0.0.3"), on("127.0.0.3")]);
+        for _ in 0..2 {
+            assert!(breaker.read_shard(query()).await.is_err());
+        }
+        assert_eq!(breaker.state(), CircuitState::Closed { failures: 2 });
+        store.fail_next([StorageError::Transient("connection lost".into())]);
+        assert!(breaker.read_shard(query()).await.is_err());
+        assert!(matches!(breaker.state(), CircuitState::Open { .. }));
     }
 
     #[tokio::test(start_paused = true)]

@@ -29,6 +29,8 @@ struct Inner {
     latency: Mutex<Option<LatencyFn>>,
     namespace_latency: Mutex<Duration>,
     index_latency: Mutex<Duration>,
+    /// Nodes the fake claims to have (0: the default of one).
+    nodes: std::sync::atomic::AtomicUsize,
     namespace_lookups: AtomicU64,
     failures: Mutex<VecDeque<StorageError>>,
     shard_queries: AtomicU64,
@@ -80,6 +82,11 @@ impl MemoryStore {
     }
 
     /// The next shard queries fail with these errors, one each, after their latency.
+    /// Claims `n` storage nodes (see [`Storage::nodes`]).
+    pub fn set_nodes(&self, n: usize) {
+        self.inner.nodes.store(n, Ordering::SeqCst);
+    }
+
     pub fn fail_next(&self, errors: impl IntoIterator<Item = StorageError>) {
         self.inner.failures.lock().expect("lock").extend(errors);
     }
@@ -106,6 +113,10 @@ impl MemoryStore {
 }
 
 impl Storage for MemoryStore {
+    fn nodes(&self) -> usize {
+        self.inner.nodes.load(Ordering::SeqCst).max(1)
+    }
+
     async fn create_namespace(&self, ns: &Namespace) -> Result<Created, StorageError> {
         let mut map = self.inner.namespaces.lock().expect("lock");
         if let Some(existing) = map.get(&ns.name) {

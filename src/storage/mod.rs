@@ -9,10 +9,12 @@
 
 pub mod breaker;
 pub mod cassandra;
+pub mod hedging;
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory;
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,48 +50,70 @@ pub struct BucketQuery {
 }
 
 /// The underlying error of a [`StorageError`]: the driver's error, or a
-/// message where there is none. Shared, so storage errors stay `Clone`.
+/// message where there is none, and the storage node it came from when
+/// every attempt of the request went to that one node. Shared, so storage
+/// errors stay `Clone`.
 #[derive(Clone)]
-pub struct Cause(Arc<dyn std::error::Error + Send + Sync>);
+pub struct Cause {
+    err: Arc<dyn std::error::Error + Send + Sync>,
+    node: Option<IpAddr>,
+}
 
 impl Cause {
     /// Wraps an error, keeping it as the source.
     pub fn new(err: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Self(Arc::new(err))
+        Self {
+            err: Arc::new(err),
+            node: None,
+        }
+    }
+
+    /// The error came from `node` alone.
+    #[must_use]
+    pub fn on_node(mut self, node: Option<IpAddr>) -> Self {
+        self.node = node;
+        self
+    }
+
+    /// The one node the error came from, if known.
+    pub fn node(&self) -> Option<IpAddr> {
+        self.node
     }
 }
 
 impl From<&str> for Cause {
     fn from(msg: &str) -> Self {
-        Self(Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
-            msg,
-        )))
+        Self {
+            err: Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(msg)),
+            node: None,
+        }
     }
 }
 
 impl From<String> for Cause {
     fn from(msg: String) -> Self {
-        Self(Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
-            msg,
-        )))
+        Self {
+            err: Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(msg)),
+            node: None,
+        }
     }
 }
 
 impl std::fmt::Debug for Cause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(&*self.0, f)
+        std::fmt::Debug::fmt(&*self.err, f)
     }
 }
 
 impl std::fmt::Display for Cause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&*self.0, f)
+        std::fmt::Display::fmt(&*self.err, f)
     }
 }
 
 impl std::error::Error for Cause {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
+        self.err.source()
     }
 }
 
@@ -131,6 +155,16 @@ impl StorageError {
         match self {
             Self::Transient(_) | Self::Connect { .. } => true,
             Self::Fatal(_) | Self::CircuitOpen { .. } | Self::InvalidNamespace { .. } => false,
+        }
+    }
+
+    /// The one storage node a transient error came from, when known: a
+    /// failure confined to one node of several is not an outage (see
+    /// [`breaker`]).
+    pub fn node(&self) -> Option<IpAddr> {
+        match self {
+            Self::Transient(cause) => cause.node(),
+            _ => None,
         }
     }
 
@@ -197,6 +231,11 @@ pub trait Storage: Send + Sync + 'static {
         &self,
         query: ShardQuery,
     ) -> impl Future<Output = Result<Vec<Row>, StorageError>> + Send;
+
+    /// How many nodes serve the store (1 unless it knows better).
+    fn nodes(&self) -> usize {
+        1
+    }
 }
 
 /// A shared store is a store.
@@ -235,5 +274,9 @@ impl<S: Storage> Storage for Arc<S> {
         query: ShardQuery,
     ) -> impl Future<Output = Result<Vec<Row>, StorageError>> + Send {
         (**self).read_shard(query)
+    }
+
+    fn nodes(&self) -> usize {
+        (**self).nodes()
     }
 }
