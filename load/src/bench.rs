@@ -68,6 +68,17 @@ pub struct BenchArgs {
     /// (0: none); meant to be above what the replica can serve.
     #[arg(long, default_value_t = 2000.0)]
     pub overload_rate: f64,
+    /// CQL contact points of the three-node cluster for the replica-fault
+    /// section (`scripts/cassandra cluster start`); empty: no such section.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:19242,127.0.0.2:19242,127.0.0.3:19242"
+    )]
+    pub cluster: Vec<String>,
+    /// Rows of the series the replica-fault section follows.
+    #[arg(long, default_value_t = 100_000)]
+    pub fault_rows: u64,
 }
 
 /// A server subprocess, killed on drop.
@@ -77,12 +88,25 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
+    /// A server on the local node (consistency ONE), metrics off.
     fn start(
         cassandra: &str,
         port: u16,
         partial_reads: bool,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        let mut args = vec!["--keyspace", KEYSPACE, "--consistency", "one"];
+        args.extend([
+            "--partial-reads",
+            if partial_reads { "true" } else { "false" },
+        ]);
+        // Servers run side by side: none takes the metrics port.
+        args.extend(["--metrics-listen", "off"]);
+        args.extend(extra);
+        Self::spawn(cassandra, port, &args)
+    }
+
+    fn spawn(cassandra: &str, port: u16, args: &[&str]) -> anyhow::Result<Self> {
         let child = Command::new(server_binary()?)
             .args([
                 "serve",
@@ -91,14 +115,7 @@ impl ServerProcess {
                 "--cassandra",
                 cassandra,
             ])
-            .args(["--keyspace", KEYSPACE, "--consistency", "one"])
-            .args([
-                "--partial-reads",
-                if partial_reads { "true" } else { "false" },
-            ])
-            // Servers run side by side: none takes the metrics port.
-            .args(["--metrics-listen", "off"])
-            .args(extra)
+            .args(args)
             .env("HOURGLASS_TOKEN_KEYS", BENCH_KEYS)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -406,6 +423,179 @@ async fn overload_section(
     Ok(table)
 }
 
+/// `scripts/cassandra cluster <action> <node>`.
+fn cluster_node(action: &str, node: &str) -> anyhow::Result<()> {
+    let status = Command::new("scripts/cassandra")
+        .args(["cluster", action, node])
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "scripts/cassandra cluster {action} {node}: {status}"
+    );
+    Ok(())
+}
+
+/// Thaws a frozen node however the section ends.
+struct Thaw(&'static str);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = cluster_node("thaw", self.0);
+    }
+}
+
+/// The sum of a counter's samples whose line starts with `series` in a
+/// Prometheus text page.
+fn counter(page: &str, series: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn scrape(port: u16) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+/// Token chains under a 50 ms SLO through a series on the three-node
+/// cluster (RF 3, LOCAL_QUORUM) while node 2 is frozen (SIGSTOP), against
+/// two servers alike but for `--hedging`. Returns the section's markdown.
+async fn replica_fault_section(args: &BenchArgs) -> anyhow::Result<String> {
+    const SLO: u32 = 50;
+    const KS: &str = "hourglass_bench_cluster";
+    let contacts = args.cluster.join(",");
+    let server = |port: u16, metrics: u16, hedging: &'static str| {
+        let metrics = format!("127.0.0.1:{metrics}");
+        ServerProcess::spawn(
+            &contacts,
+            port,
+            &[
+                "--keyspace",
+                KS,
+                "--consistency",
+                "local_quorum",
+                "--replication",
+                "{'class': 'SimpleStrategy', 'replication_factor': 3}",
+                "--hedging",
+                hedging,
+                "--metrics-listen",
+                &metrics,
+            ],
+        )
+    };
+    let on = server(50171, 50181, "true")?;
+    let off = server(50172, 50182, "false")?;
+    let size = args.fault_rows;
+    seed(&SeedArgs {
+        target: target(&on.url, size),
+        rows_per_series: size,
+        payload_bytes: 64,
+        payload_max_bytes: None,
+        bucket_secs: BUCKET_SECS,
+        shards: SHARDS,
+        batch: 2000,
+        concurrency: 8,
+        restart: false,
+        quiet: true,
+    })
+    .await?;
+    let chain = |url: &str, slo: Option<u32>, label: String| RunArgs {
+        slo_ms: slo,
+        ..run_args(url, size, label)
+    };
+    // Healthy cluster: one unbounded read per server, the tax's base; it
+    // also warms connections and latency models.
+    let mut unbounded = vec![];
+    for (name, s) in [("on", &on), ("off", &off)] {
+        let r = crate::run(&RunArgs {
+            page_size: SCAN_PAGE_SIZE,
+            ..chain(&s.url, None, format!("fault-unbounded-{name}"))
+        })
+        .await?;
+        anyhow::ensure!(
+            r.rows == size,
+            "unbounded read of {size} rows gave {}",
+            r.rows
+        );
+        unbounded.push(r.reads.max_ms / 1000.0);
+        crate::run(&chain(&s.url, Some(SLO), format!("fault-warm-{name}"))).await?;
+    }
+    let unbounded_s = median(unbounded);
+
+    let _thaw = Thaw("2");
+    cluster_node("freeze", "2")?;
+    let mut rows = String::new();
+    let mut cells: Vec<(&str, Vec<crate::report::Report>, f64, f64)> =
+        vec![("on", vec![], 0.0, 0.0), ("off", vec![], 0.0, 0.0)];
+    for rep in 0..args.repeats {
+        for (cell, (s, port)) in cells.iter_mut().zip([(&on, 50181), (&off, 50182)]) {
+            let before = scrape(port).await?;
+            let r =
+                crate::run(&chain(&s.url, Some(SLO), format!("fault-{}-{rep}", cell.0))).await?;
+            let after = scrape(port).await?;
+            cell.2 += counter(&after, "hourglass_storage_reads_total")
+                - counter(&before, "hourglass_storage_reads_total");
+            cell.3 += counter(&after, "hourglass_storage_hedges_total{result=\"sent\"")
+                - counter(&before, "hourglass_storage_hedges_total{result=\"sent\"");
+            eprintln!(
+                "   hedging {}: {} rows in {:.2} s, {} calls, p99 {:.1} ms",
+                cell.0,
+                r.rows,
+                r.reads.max_ms / 1000.0,
+                r.requests,
+                r.responses.p99_ms
+            );
+            cell.1.push(r);
+        }
+    }
+    cluster_node("thaw", "2")?;
+    for (name, reports, reads, hedges) in &cells {
+        let calls: u64 = reports.iter().map(|r| r.requests).sum();
+        let budget_partials: u64 = reports
+            .iter()
+            .flat_map(|r| &r.partial_by_reason)
+            .filter(|(k, _)| !matches!(k.as_str(), "ROW_LIMIT" | "BYTE_LIMIT"))
+            .map(|(_, v)| v)
+            .sum();
+        let errors: u64 = reports
+            .iter()
+            .map(|r| r.errors_by_code.values().sum::<u64>())
+            .sum();
+        let complete: Vec<f64> = reports
+            .iter()
+            .filter(|r| r.rows == size)
+            .map(|r| r.reads.max_ms / 1000.0)
+            .collect();
+        let tax = if complete.is_empty() {
+            f64::NAN
+        } else {
+            median(complete.clone()) / unbounded_s
+        };
+        let p99 = median(reports.iter().map(|r| r.responses.p99_ms).collect());
+        writeln!(
+            rows,
+            "| {name} | {}/{} | {calls} | {:.2} | {:.1}% | {errors} | {tax:.2} | {:.1}% |",
+            complete.len(),
+            reports.len(),
+            p99 / f64::from(SLO),
+            budget_partials as f64 / calls.max(1) as f64 * 100.0,
+            hedges / reads.max(1.0) * 100.0,
+        )?;
+    }
+    let mut md = String::new();
+    writeln!(md, "\n## Replica fault\n")?;
+    writeln!(md, "Three Cassandra nodes on 127.0.0.1-3 (`scripts/cassandra cluster start`), keyspace at replication factor 3, reads and writes at LOCAL_QUORUM, token-aware driver. One client follows tokens through a {size}-row series (page size 10000) under a {SLO} ms SLO while node 2 is frozen (SIGSTOP), {} chains per server, against two servers alike but for `--hedging` (on: default, at most 10% extra requests; off). p99/SLO: client-observed per call, median over chains; partial (budget): calls that ended partial because the budget ran out; errors: calls that failed (DEADLINE_EXCEEDED when no row came in time); completion tax: median complete chain ÷ one unbounded read of the series on the healthy cluster ({unbounded_s:.2} s); extra storage requests: hedges sent ÷ storage read requests (server metrics).\n", args.repeats)?;
+    writeln!(md, "| hedging | chains complete | calls | p99/SLO | partial (budget) | errors | completion tax | extra storage requests |\n|---|---|---|---|---|---|---|---|")?;
+    md.push_str(&rows);
+    Ok(md)
+}
+
 /// Runs the benchmark and writes the markdown report.
 // Servers a (partial reads) and b (baseline), named as in the report.
 #[allow(clippy::many_single_char_names)]
@@ -582,6 +772,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     eprintln!("== overload on {overload_size}-row series, adaptive admission on / off");
     let overload = overload_section(args, overload_size, &a, &d).await?;
 
+    let faults = if args.cluster.is_empty() {
+        String::new()
+    } else {
+        eprintln!("== replica fault on the 3-node cluster, hedging on / off");
+        replica_fault_section(args).await?
+    };
+
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let mut md = String::new();
     writeln!(md, "# Benchmarks\n")?;
@@ -630,6 +827,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     writeln!(md, "Whole-series reads following tokens (page size 10000) of the {overload_size}-row series, {} s per cell after 0.5 s of warm-up, against the same server with adaptive admission on (default) and off (`--adaptive-admission false`: only the static bulkhead of 256 scans). `closed N`: N clients, each starting its next read when the last ended, and waiting out the RetryInfo of a refused call; `open R/s`: reads started at R per second whatever happens. Latency is client-observed, over answered calls (refused calls are not answers). Refused: share of calls answered RESOURCE_EXHAUSTED; refusal p99: their latency; goodput: rows per second delivered in responses that came within the SLO. Targets: p99/SLO <= 1.0 and p99.9/SLO <= 1.05 with admission on, goodput not below off's.\n", args.seconds_per_cell)?;
     writeln!(md, "| load | SLO ms | on p99/SLO | on p99.9/SLO | on refused | on refusal p99 ms | on goodput rows/s | off p99/SLO | off p99.9/SLO | off refused | off goodput rows/s |\n|---|---|---|---|---|---|---|---|---|---|---|")?;
     md.push_str(&overload);
+    md.push_str(&faults);
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
