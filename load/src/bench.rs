@@ -492,8 +492,12 @@ async fn replica_fault_section(args: &BenchArgs) -> anyhow::Result<String> {
     let on = server(50171, 50181, "true")?;
     let off = server(50172, 50182, "false")?;
     let size = args.fault_rows;
+    let fault_target = |url: &str| Target {
+        namespace: format!("fault-{size}"),
+        ..target(url, size)
+    };
     seed(&SeedArgs {
-        target: target(&on.url, size),
+        target: fault_target(&on.url),
         rows_per_series: size,
         payload_bytes: 64,
         payload_max_bytes: None,
@@ -507,6 +511,7 @@ async fn replica_fault_section(args: &BenchArgs) -> anyhow::Result<String> {
     .await?;
     let chain = |url: &str, slo: Option<u32>, label: String| RunArgs {
         slo_ms: slo,
+        target: fault_target(url),
         ..run_args(url, size, label)
     };
     // Healthy cluster: one unbounded read per server, the tax's base; it

@@ -71,8 +71,20 @@ struct Checkpoint {
     done: BTreeMap<u32, u64>,
 }
 
+/// The checkpoint of seeding this namespace through this server: a
+/// namespace of the same name behind another server (another store) has
+/// its own.
 fn checkpoint_path(args: &SeedArgs) -> PathBuf {
-    PathBuf::from(format!("reports/seed-{}.json", args.target.namespace))
+    let server: String = args
+        .target
+        .server
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    PathBuf::from(format!(
+        "reports/seed-{server}-{}.json",
+        args.target.namespace
+    ))
 }
 
 /// Seeds series; resumable through a checkpoint file of contiguous progress.
