@@ -239,8 +239,10 @@ async fn a_frozen_node_is_hedged_around() {
     const READS: usize = 30;
     let _lock = CLUSTER.lock().await;
     let mut on = cluster_server(HedgeConfig::default(), BreakerConfig::default()).await;
-    let off = cluster_server(HedgeConfig::off(), BreakerConfig::default()).await;
+    // Seeded (so the schema exists) before the second server starts: two
+    // servers creating one keyspace at once on different coordinators race.
     seed(&mut on, "frozen", "big", 100_000).await;
+    let off = cluster_server(HedgeConfig::off(), BreakerConfig::default()).await;
     // Warm both: connections open, latency models and hedge delays learnt.
     for server in [&on, &off] {
         let warm = reads(server, "frozen", 40, 2_000, 1_000).await;
