@@ -58,11 +58,19 @@ fn cluster() -> Vec<String> {
 
 /// A server on the cluster: RF 3, LOCAL_QUORUM, `hedging`.
 async fn cluster_server(hedging: HedgeConfig, breaker: BreakerConfig) -> TestServer {
+    cluster_server_in(keyspace(), hedging, breaker).await
+}
+
+async fn cluster_server_in(
+    keyspace: String,
+    hedging: HedgeConfig,
+    breaker: BreakerConfig,
+) -> TestServer {
     let contact_points = cluster();
     TestServer::start_config(|c| {
         c.cassandra = CassandraConfig {
             contact_points,
-            keyspace: keyspace(),
+            keyspace,
             replication: "{'class': 'SimpleStrategy', 'replication_factor': 3}".into(),
             consistency: Consistency::LocalQuorum,
             connect_timeout: Duration::from_secs(30),
@@ -343,4 +351,29 @@ async fn token_following_reads_alone_close_a_half_open_breaker() {
         }
     }
     assert_exactly_once_in_order(&events, ROWS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_on_a_new_keyspace_all_serve() {
+    let _lock = CLUSTER.lock().await;
+    for round in 0..2 {
+        // Three replicas create one new keyspace at once, through whichever
+        // coordinators their drivers pick.
+        let ks = format!("{}_race{round}", keyspace());
+        let mut servers = Vec::new();
+        for _ in 0..3 {
+            servers.push(
+                cluster_server_in(ks.clone(), HedgeConfig::default(), BreakerConfig::default())
+                    .await,
+            );
+        }
+        let written = vec![event("s", 1_000, "a"), event("s", 2_000, "b")];
+        create_namespace(&mut servers[0].client, "race", 1_000_000, 2).await;
+        write_all(&servers[1].client, "race", written.clone()).await;
+        for server in &mut servers {
+            let (got, _) =
+                read_to_end(&mut server.client, read_request("race", "s", 0, 10_000)).await;
+            assert_eq!(got, written, "every replica serves the same rows");
+        }
+    }
 }

@@ -55,6 +55,8 @@ const EXPIRY_SKEW_MARGIN_SECONDS: i64 = 24 * 3600;
 // The index outlives its rows by the slack: rows written while its entry is
 // cached (so not rewritten) still expire before it.
 const _: () = assert!(model::INDEX_TTL_SLACK_SECONDS as u64 >= 2 * INDEX_CACHE_TTL.as_secs());
+/// Tries at creating the schema and preparing statements at connect.
+const SCHEMA_ATTEMPTS: u32 = 5;
 /// Timeout of write and metadata requests.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -220,6 +222,37 @@ impl CassandraStore {
                 format!("keyspace {ks:?} must be non-empty [A-Za-z0-9_]").into(),
             ));
         }
+        // Replicas starting at once on a new cluster race to create the
+        // schema through different coordinators ("Keyspace ... doesn't
+        // exist" while the other's keyspace propagates): wait for schema
+        // agreement and try again.
+        let mut attempt = 1;
+        let stmts = loop {
+            match Self::schema(&session, cfg).await {
+                Ok(stmts) => break stmts,
+                Err(e) if attempt < SCHEMA_ATTEMPTS => {
+                    tracing::warn!(attempt, error = %super::chain(&e), "creating the schema failed; retrying after schema agreement");
+                    let _ =
+                        tokio::time::timeout(WRITE_TIMEOUT, session.await_schema_agreement()).await;
+                    tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        Ok(Self {
+            session,
+            stmts,
+            hedging,
+            hedged,
+            index_cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Creates the keyspace and tables if needed (idempotent) and prepares
+    /// the statements.
+    async fn schema(session: &Session, cfg: &CassandraConfig) -> Result<Statements, StorageError> {
+        let ks = &cfg.keyspace;
         for ddl in [
             format!(
                 "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}",
@@ -272,7 +305,7 @@ impl CassandraStore {
         ))
         .await?;
         insert_namespace.set_is_idempotent(false);
-        let stmts = Statements {
+        Ok(Statements {
             insert_namespace,
             select_namespace: prepare(format!(
                 "SELECT name, bucket_width_micros, shards, retention_seconds \
@@ -293,13 +326,6 @@ impl CassandraStore {
             read_desc: prepare(read("DESC")).await?,
             buckets_asc: prepare(buckets("ASC")).await?,
             buckets_desc: prepare(buckets("DESC")).await?,
-        };
-        Ok(Self {
-            session,
-            stmts,
-            hedging,
-            hedged,
-            index_cache: Mutex::new(HashMap::new()),
         })
     }
 
