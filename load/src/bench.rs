@@ -473,7 +473,7 @@ fn fault_chains(args: &BenchArgs) -> usize {
 /// two servers alike but for `--hedging`. Returns the section's markdown.
 async fn replica_fault_section(args: &BenchArgs) -> anyhow::Result<String> {
     const SLO: u32 = 50;
-    const KS: &str = "hourglass_bench_cluster";
+    const KS: &str = "hourglass_bench_rf3";
     let contacts = args.cluster.join(",");
     let server = |port: u16, metrics: u16, hedging: &'static str| {
         let metrics = format!("127.0.0.1:{metrics}");
@@ -501,6 +501,8 @@ async fn replica_fault_section(args: &BenchArgs) -> anyhow::Result<String> {
         namespace: format!("fault-{size}"),
         ..target(url, size)
     };
+    // Always written (idempotent upserts, a few seconds): a checkpoint
+    // knows the server's address, not which store is behind it.
     seed(&SeedArgs {
         target: fault_target(&on.url),
         rows_per_series: size,
@@ -510,7 +512,7 @@ async fn replica_fault_section(args: &BenchArgs) -> anyhow::Result<String> {
         shards: SHARDS,
         batch: 2000,
         concurrency: 8,
-        restart: false,
+        restart: true,
         quiet: true,
     })
     .await?;

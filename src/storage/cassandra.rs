@@ -55,6 +55,14 @@ const EXPIRY_SKEW_MARGIN_SECONDS: i64 = 24 * 3600;
 // The index outlives its rows by the slack: rows written while its entry is
 // cached (so not rewritten) still expire before it.
 const _: () = assert!(model::INDEX_TTL_SLACK_SECONDS as u64 >= 2 * INDEX_CACHE_TTL.as_secs());
+/// When a coordinator asks another replica for a read it is still waiting
+/// on: at its table's p99, but never later than 5 ms. Cassandra's default
+/// (p99 alone) waits as long as recent reads took, and on a cluster whose
+/// latency history is short a replica that stops answering holds reads for
+/// tens of milliseconds, past the budgets this service keeps. Set when
+/// Hourglass creates its tables; older tables keep theirs (`ALTER TABLE ...
+/// WITH speculative_retry = 'MIN(99p,5ms)'`).
+const SPECULATIVE_RETRY: &str = "MIN(99p,5ms)";
 /// Tries at creating the schema and preparing statements at connect.
 const SCHEMA_ATTEMPTS: u32 = 5;
 /// Timeout of write and metadata requests.
@@ -139,6 +147,8 @@ pub struct CassandraStore {
     hedging: Arc<Hedging>,
     /// Reads that may hedge run with the profile of their size class.
     hedged: Vec<ExecutionProfileHandle>,
+    /// The profile of reads that do not hedge, the base of the others.
+    plain: ExecutionProfile,
     /// Bucket-index entries written recently, to skip rewriting them.
     index_cache: Mutex<HashMap<(String, String, i64), Instant>>,
 }
@@ -193,6 +203,7 @@ impl CassandraStore {
                 let policy = HedgePolicy {
                     hedging: Arc::clone(&hedging),
                     class,
+                    after: None,
                 };
                 plain
                     .to_builder()
@@ -203,7 +214,7 @@ impl CassandraStore {
             .collect();
         let mut builder = SessionBuilder::new()
             .known_nodes(&cfg.contact_points)
-            .default_execution_profile_handle(plain.into_handle())
+            .default_execution_profile_handle(plain.clone().into_handle())
             .connection_timeout(cfg.connect_timeout);
         if let Some(c) = &cfg.credentials {
             builder = builder.user(&c.username, &c.password);
@@ -245,6 +256,7 @@ impl CassandraStore {
             stmts,
             hedging,
             hedged,
+            plain,
             index_cache: Mutex::new(HashMap::new()),
         })
     }
@@ -267,11 +279,13 @@ impl CassandraStore {
                  bucket bigint, shard int, event_time bigint, event_id text, payload blob, \
                  tags frozen<map<text, text>>, \
                  PRIMARY KEY ((namespace, series_id, bucket, shard), event_time, event_id)) \
-                 WITH CLUSTERING ORDER BY (event_time ASC, event_id ASC)"
+                 WITH CLUSTERING ORDER BY (event_time ASC, event_id ASC) \
+                 AND speculative_retry = '{SPECULATIVE_RETRY}'"
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {ks}.series_buckets (namespace text, series_id text, \
-                 bucket bigint, PRIMARY KEY ((namespace, series_id), bucket))"
+                 bucket bigint, PRIMARY KEY ((namespace, series_id), bucket)) \
+                 WITH speculative_retry = '{SPECULATIVE_RETRY}'"
             ),
         ] {
             session.query_unpaged(ddl, ()).await.map_err(classify)?;
@@ -396,8 +410,24 @@ impl CassandraStore {
     ) -> Result<scylla::response::query_result::QueryResult, StorageError> {
         stmt.set_request_timeout(Some(timeout));
         let class = size_class(rows);
-        if self.hedging.admit(timeout, class) {
-            stmt.set_execution_profile_handle(Some(self.hedged[class].clone()));
+        if let Some(after) = self.hedging.admit(timeout, class) {
+            let profile = if after == self.hedging.delay(class) {
+                self.hedged[class].clone()
+            } else {
+                // A tight budget: this read's own delay (rare enough that a
+                // profile per read costs nothing that matters).
+                let policy = HedgePolicy {
+                    hedging: Arc::clone(&self.hedging),
+                    class,
+                    after: Some(after),
+                };
+                self.plain
+                    .to_builder()
+                    .speculative_execution_policy(Some(Arc::new(policy)))
+                    .build()
+                    .into_handle()
+            };
+            stmt.set_execution_profile_handle(Some(profile));
         }
         let trace = self.hedging.trace();
         stmt.set_history_listener(trace.clone());

@@ -5,9 +5,11 @@
 //! go around it rather than hedging again.
 //!
 //! Invariants:
-//! * A read is hedged only when its timeout (which the engine derives from
-//!   the call's remaining budget) is at least twice the hedge delay, so the
-//!   second request has at least half the time the first had.
+//! * A read's hedge goes at its size class's hedge delay, or at half its
+//!   timeout (which the engine derives from the call's remaining budget)
+//!   when that is sooner, so the hedge always has at least half the time
+//!   the first request had; a read whose timeout is under twice
+//!   [`HedgeConfig::min_delay`] is not hedged.
 //! * Extra load is capped: every read request earns [`HedgeConfig::max_extra`]
 //!   of a credit (up to [`CREDIT_BURST`]), a hedge needs a whole one and
 //!   spends it when it is sent. Over any long run hedges are at most
@@ -170,18 +172,19 @@ impl Hedging {
     }
 
     /// Called once per read request before it is sent: earns its share of
-    /// a credit and says whether this request may be hedged (hedging on, a
-    /// whole credit saved, and `timeout` at least twice the delay of its
-    /// size class).
-    pub fn admit(&self, timeout: Duration, class: usize) -> bool {
+    /// a credit and says when this request's hedge goes, if it may be
+    /// hedged (hedging on, a whole credit saved, `timeout` at least twice
+    /// the minimum delay): at its size class's delay, or at half `timeout`
+    /// when that is sooner.
+    pub fn admit(&self, timeout: Duration, class: usize) -> Option<Duration> {
         self.reads.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(telemetry::STORAGE_READS).increment(1);
-        if !self.config.enabled {
-            return false;
+        if !self.config.enabled || timeout < self.config.min_delay * 2 {
+            return None;
         }
         let mut credits = self.credits.lock().expect("hedge credits lock");
         *credits = (*credits + self.earn).min(CREDIT_BURST * MILLI);
-        *credits >= MILLI && timeout >= self.delay(class) * 2
+        (*credits >= MILLI).then(|| self.delay(class).min(timeout / 2))
     }
 
     /// A successful read of size class `class` took `took`: feeds its
@@ -285,6 +288,9 @@ fn micros(d: Duration) -> u64 {
 pub struct HedgePolicy {
     pub hedging: Arc<Hedging>,
     pub class: usize,
+    /// A fixed delay instead of the class's (a read whose timeout is
+    /// shorter than twice the class's delay hedges at half its timeout).
+    pub after: Option<Duration>,
 }
 
 impl SpeculativeExecutionPolicy for HedgePolicy {
@@ -293,7 +299,7 @@ impl SpeculativeExecutionPolicy for HedgePolicy {
     }
 
     fn retry_interval(&self, _: &Context) -> Duration {
-        self.hedging.delay(self.class)
+        self.after.unwrap_or_else(|| self.hedging.delay(self.class))
     }
 }
 
@@ -475,7 +481,7 @@ mod tests {
         let h = Hedging::new(HedgeConfig::default());
         let mut hedged = 0u64;
         for _ in 0..10_000 {
-            if h.admit(Duration::from_secs(1), 0) {
+            if h.admit(Duration::from_secs(1), 0).is_some() {
                 h.hedge_sent();
                 hedged += 1;
             }
@@ -488,16 +494,25 @@ mod tests {
     }
 
     #[test]
-    fn no_hedge_without_time_for_it_or_when_off() {
+    fn hedges_leave_the_second_request_half_the_time_or_none() {
         let h = Hedging::new(HedgeConfig::default());
         assert_eq!(h.delay(1), Duration::from_millis(10), "before any sample");
-        assert!(
-            !h.admit(Duration::from_millis(19), 1),
-            "under twice the delay"
+        assert_eq!(
+            h.admit(Duration::from_millis(20), 1),
+            Some(Duration::from_millis(10))
         );
-        assert!(h.admit(Duration::from_millis(20), 1));
+        assert_eq!(
+            h.admit(Duration::from_millis(19), 1),
+            Some(Duration::from_micros(9_500)),
+            "under twice the delay: at half the timeout"
+        );
+        assert_eq!(
+            h.admit(Duration::from_micros(3_999), 1),
+            None,
+            "under twice the minimum"
+        );
         let off = Hedging::new(HedgeConfig::off());
-        assert!(!off.admit(Duration::from_secs(1), 1));
+        assert_eq!(off.admit(Duration::from_secs(1), 1), None);
     }
 
     #[test]
