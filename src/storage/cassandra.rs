@@ -29,7 +29,7 @@ use scylla::client::execution_profile::{ExecutionProfile, ExecutionProfileHandle
 use scylla::policies::load_balancing::DefaultPolicy;
 
 use super::hedging::{
-    size_class, AvoidDemoted, HedgeConfig, HedgePolicy, HedgeStats, Hedging, SIZE_CLASSES,
+    size_class, AvoidDemoted, HedgeAt, HedgeConfig, HedgePolicy, HedgeStats, Hedging, SIZE_CLASSES,
 };
 use super::{BucketQuery, Cause, Created, ShardQuery, Storage, StorageError};
 use crate::model::{self, Key, Namespace, NewEvent, Order, Row};
@@ -410,10 +410,8 @@ impl CassandraStore {
     ) -> Result<scylla::response::query_result::QueryResult, StorageError> {
         stmt.set_request_timeout(Some(timeout));
         let class = size_class(rows);
-        if let Some(after) = self.hedging.admit(timeout, class) {
-            let profile = if after == self.hedging.delay(class) {
-                self.hedged[class].clone()
-            } else {
+        if let Some(at) = self.hedging.admit(timeout, class) {
+            let profile = if let HedgeAt::After(after) = at {
                 // A tight budget: this read's own delay (rare enough that a
                 // profile per read costs nothing that matters).
                 let policy = HedgePolicy {
@@ -426,6 +424,8 @@ impl CassandraStore {
                     .speculative_execution_policy(Some(Arc::new(policy)))
                     .build()
                     .into_handle()
+            } else {
+                self.hedged[class].clone()
             };
             stmt.set_execution_profile_handle(Some(profile));
         }

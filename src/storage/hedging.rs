@@ -176,7 +176,7 @@ impl Hedging {
     /// hedged (hedging on, a whole credit saved, `timeout` at least twice
     /// the minimum delay): at its size class's delay, or at half `timeout`
     /// when that is sooner.
-    pub fn admit(&self, timeout: Duration, class: usize) -> Option<Duration> {
+    pub fn admit(&self, timeout: Duration, class: usize) -> Option<HedgeAt> {
         self.reads.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(telemetry::STORAGE_READS).increment(1);
         if !self.config.enabled || timeout < self.config.min_delay * 2 {
@@ -184,7 +184,17 @@ impl Hedging {
         }
         let mut credits = self.credits.lock().expect("hedge credits lock");
         *credits = (*credits + self.earn).min(CREDIT_BURST * MILLI);
-        (*credits >= MILLI).then(|| self.delay(class).min(timeout / 2))
+        if *credits < MILLI {
+            return None;
+        }
+        // One reading of the delay decides: a recompute between two
+        // readings must not hand a tight read the class's later hedge.
+        let half = timeout / 2;
+        Some(if self.delay(class) <= half {
+            HedgeAt::ClassDelay
+        } else {
+            HedgeAt::After(half)
+        })
     }
 
     /// A successful read of size class `class` took `took`: feeds its
@@ -279,6 +289,15 @@ fn thousandths(share: f64) -> u64 {
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// When an admitted read's hedge goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HedgeAt {
+    /// At its size class's current delay.
+    ClassDelay,
+    /// At this delay: half its timeout, sooner than the class's delay.
+    After(Duration),
 }
 
 /// The driver's speculative execution for hedged requests of one size
@@ -499,11 +518,11 @@ mod tests {
         assert_eq!(h.delay(1), Duration::from_millis(10), "before any sample");
         assert_eq!(
             h.admit(Duration::from_millis(20), 1),
-            Some(Duration::from_millis(10))
+            Some(HedgeAt::ClassDelay)
         );
         assert_eq!(
             h.admit(Duration::from_millis(19), 1),
-            Some(Duration::from_micros(9_500)),
+            Some(HedgeAt::After(Duration::from_micros(9_500))),
             "under twice the delay: at half the timeout"
         );
         assert_eq!(
