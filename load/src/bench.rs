@@ -790,7 +790,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     eprintln!("== overload on {overload_size}-row series, adaptive admission on / off");
     let overload = overload_section(args, overload_size, &a, &d).await?;
 
-    let faults = if args.cluster.is_empty() {
+    // `--cluster ""` parses as one empty contact point: no cluster either.
+    let faults = if args.cluster.iter().all(|c| c.trim().is_empty()) {
         String::new()
     } else {
         eprintln!("== replica fault on the 3-node cluster, hedging on / off");
