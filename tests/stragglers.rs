@@ -66,6 +66,31 @@ async fn a_late_shard_page_costs_a_call_rows_not_the_call() {
     }
 }
 
+/// A call with no row yet whose page is stuck gets a smallest page as a
+/// probe while one can still land, even when nothing tells how late the
+/// page is (no sibling landed, and the page is beyond what the model has
+/// seen land, where "late" means nothing): before, such a call waited on
+/// the page to its deadline and answered BUDGET_TOO_SMALL.
+#[tokio::test(start_paused = true)]
+async fn a_stuck_page_beyond_the_models_evidence_gets_a_last_chance_probe() {
+    let ns = namespace(1_000_000, 1);
+    let (store, all) = seeded(&ns, (0..5_000).map(i64::from)).await;
+    // Pages beyond the smallest are stuck for 100 ms; the smallest take 1 ms.
+    store.set_latency(|q| if q.limit > 16 { 100 * MS } else { MS });
+    let engine = hot_engine(&store, ContinuationConfig::off());
+    let mut req = request(&ns, Order::Ascending, 10 * MS, 100_000);
+    req.start = 0;
+    let (rows, out) = read(&engine, &req).await;
+    let out = out.expect("rows from the probe, not BUDGET_TOO_SMALL");
+    assert!(
+        matches!(out.ending, Ending::Partial { .. }),
+        "{:?}",
+        out.ending
+    );
+    assert_eq!(rows.len(), 16, "the probe's rows");
+    assert_rows(&rows, &all[..16]);
+}
+
 /// A probe that fails is not retried and does not end the read: the page it
 /// raced is still on its way, and the next probe may go at once.
 #[tokio::test(start_paused = true)]

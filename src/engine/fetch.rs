@@ -141,7 +141,7 @@ impl<S: Storage> Scan<S> {
         let storage = self.engine.storage.clone();
         self.in_flight.push(
             async move {
-                tokio::time::sleep(delay).await;
+                backoff(delay).await;
                 let started = Instant::now();
                 let result = storage.list_buckets(q).await;
                 Fetched::Index {
@@ -247,7 +247,7 @@ impl<S: Storage> Scan<S> {
         let storage = self.engine.storage.clone();
         self.in_flight.push(
             async move {
-                tokio::time::sleep(delay).await;
+                backoff(delay).await;
                 let started = Instant::now();
                 let result = storage.read_shard(q).await;
                 Fetched::Shard {
@@ -356,5 +356,16 @@ impl<S: Storage> Scan<S> {
             }
         }
         None
+    }
+}
+
+/// Waits out a retry's backoff. No backoff means no wait at all: tokio
+/// rounds a sleep's deadline up to its next 1 ms timer tick, so even
+/// `sleep(Duration::ZERO)` held every storage request back about 1.2 ms
+/// (median, measured) before it was sent, an eighth of a 10 ms budget,
+/// and unseen by the latency model, which times requests from when they go.
+async fn backoff(delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
 }

@@ -12,6 +12,12 @@
 //! rows, never varied enough to correct it, and tight budgets ended empty
 //! (the false BUDGET_TOO_SMALL). Only pages of clearly different sizes move
 //! the slope away from the prior.
+//!
+//! Beside the line, the model tracks how far pages stray from it: a moving
+//! mean and mean deviation of observed ÷ fitted latency (as TCP estimates
+//! its retransmission timeout). The tail (mean plus [`TAIL_DEVIATIONS`]
+//! deviations) says how late a slow page lands: a call with no row yet
+//! sends its last-chance probes by it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -33,6 +39,18 @@ const PRIOR_ROWS_VARIANCE: f64 = 10_000.0;
 /// always cost something and affordable rows stay finite.
 const MIN_PER_ROW_SHARE: f64 = 1.0 / 16.0;
 
+/// Weight of a new observation in the ratio's mean.
+const RATIO_ALPHA: f64 = 0.125;
+/// Weight of a new observation in the ratio's mean deviation.
+const RATIO_BETA: f64 = 0.25;
+/// Prior mean deviation of observed ÷ fitted latency.
+const PRIOR_RATIO_DEVIATION: f64 = 0.25;
+/// The tail is the ratio's mean plus this many mean deviations.
+pub const TAIL_DEVIATIONS: f64 = 3.0;
+/// A ratio above this counts as this much: one page stalled by a pause
+/// of its own must widen the tail, not blow it up for the next hundred.
+const MAX_RATIO: f64 = 8.0;
+
 /// Page latency model: an exponentially weighted least-squares line through
 /// (rows, seconds) observations.
 #[derive(Clone, Copy, Debug)]
@@ -45,6 +63,10 @@ pub struct LatencyModel {
     per_row: f64,
     /// The largest page seen to land: the model is trusted up to twice it.
     max_rows: usize,
+    /// Moving mean of observed ÷ fitted latency.
+    ratio: f64,
+    /// Moving mean deviation of that ratio.
+    ratio_deviation: f64,
 }
 
 impl Default for LatencyModel {
@@ -57,6 +79,8 @@ impl Default for LatencyModel {
             base: PRIOR_BASE_SECS,
             per_row: PRIOR_PER_ROW_SECS,
             max_rows: 0,
+            ratio: 1.0,
+            ratio_deviation: PRIOR_RATIO_DEVIATION,
         }
     }
 }
@@ -85,6 +109,13 @@ impl LatencyModel {
 
     fn fit(&mut self, rows: usize, took: Duration) {
         let (x, y) = (rows as f64, took.as_secs_f64());
+        let fitted = self.base + self.per_row * x;
+        if fitted > 0.0 {
+            let ratio = (y / fitted).min(MAX_RATIO);
+            self.ratio_deviation +=
+                RATIO_BETA * ((ratio - self.ratio).abs() - self.ratio_deviation);
+            self.ratio += RATIO_ALPHA * (ratio - self.ratio);
+        }
         self.mean_x += ALPHA * (x - self.mean_x);
         self.mean_y += ALPHA * (y - self.mean_y);
         self.mean_xx += ALPHA * (x * x - self.mean_xx);
@@ -101,9 +132,30 @@ impl LatencyModel {
         Duration::from_secs_f64((self.base + self.per_row * rows as f64) * SAFETY)
     }
 
+    /// How much slower than the line a slow page is: the ratio's mean plus
+    /// [`TAIL_DEVIATIONS`] deviations, never below the safety factor.
+    pub fn tail_factor(&self) -> f64 {
+        (self.ratio + TAIL_DEVIATIONS * self.ratio_deviation).max(SAFETY)
+    }
+
+    /// Latency of a slow page of `rows` (see [`LatencyModel::tail_factor`]).
+    pub fn predict_tail(&self, rows: usize) -> Duration {
+        Duration::from_secs_f64((self.base + self.per_row * rows as f64) * self.tail_factor())
+    }
+
     /// Most rows a page may ask for and still be expected to land in `remaining`.
     pub fn affordable_rows(&self, remaining: Duration) -> usize {
-        let spare = remaining.as_secs_f64() / SAFETY - self.base;
+        self.rows_within(remaining, SAFETY)
+    }
+
+    /// Most rows a page may ask for and still land in `remaining` when it
+    /// is a slow one (see [`LatencyModel::tail_factor`]).
+    pub fn affordable_rows_tail(&self, remaining: Duration) -> usize {
+        self.rows_within(remaining, self.tail_factor())
+    }
+
+    fn rows_within(&self, remaining: Duration, factor: f64) -> usize {
+        let spare = remaining.as_secs_f64() / factor - self.base;
         if spare <= 0.0 {
             0
         } else {
@@ -191,5 +243,37 @@ mod tests {
         let mean = m.predict(28).as_secs_f64() / SAFETY;
         assert!((mean - 0.001_425).abs() < 0.000_3, "mean page {mean}");
         assert!(m.affordable_rows(Duration::from_millis(7)) > 1000);
+    }
+
+    /// Pages that land on the line keep the tail near the safety factor;
+    /// pages that stray (one in five five times slower) widen it, so a call
+    /// with no row yet asks for pages that land even when slow; once pages
+    /// land on the line again the tail narrows.
+    #[test]
+    fn the_tail_follows_how_far_pages_stray_from_the_line() {
+        let ms = Duration::from_millis(1);
+        let mut m = LatencyModel::default();
+        for i in 0..400 {
+            let rows = [100, 1000, 500, 2000][i % 4];
+            m.observe(rows, Duration::from_micros(500 + rows as u64));
+        }
+        let steady = m.tail_factor();
+        assert!(steady < 1.5, "steady tail {steady}");
+        let steady_rows = m.affordable_rows_tail(10 * ms);
+        assert!(steady_rows <= m.affordable_rows(10 * ms));
+        for i in 0..400 {
+            let rows = [100, 1000, 500, 2000][i % 4];
+            let slow = if i % 5 == 0 { 5 } else { 1 };
+            m.observe(rows, Duration::from_micros((500 + rows as u64) * slow));
+        }
+        let erratic = m.tail_factor();
+        assert!(erratic > 2.5, "erratic tail {erratic}");
+        assert!(m.affordable_rows_tail(10 * ms) * 2 < m.affordable_rows(10 * ms));
+        assert!(m.predict_tail(1000) > m.predict(1000) * 2);
+        for _ in 0..400 {
+            m.observe(1000, Duration::from_micros(1500));
+        }
+        let settled = m.tail_factor();
+        assert!(settled < 1.5, "settled tail {settled}");
     }
 }

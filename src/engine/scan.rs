@@ -674,7 +674,10 @@ impl<S: Storage> Scan<S> {
     /// BUDGET_TOO_SMALL). Only a call with no row yet probes: one with rows
     /// answers with them, and probes read rows twice. Another probe goes
     /// only when the newest is late in turn, at most [`MAX_PROBES`] per
-    /// page. Whichever lands first gives the rows; the others' copies are
+    /// page. And whatever the evidence, a shard of a call with no row yet
+    /// whose page is still out gets a smallest page as a probe at the last
+    /// moment one can land, slow, twice over, before the scan must stop.
+    /// Whichever lands first gives the rows; the others' copies are
     /// dropped. Returns when the next page or probe that could need one
     /// becomes late.
     fn probe_stragglers(&mut self) -> Option<Instant> {
@@ -685,6 +688,13 @@ impl<S: Storage> Scan<S> {
         }
         let min_page = self.engine.config.min_storage_page;
         let now = Instant::now();
+        let stop_at = self.stop_at();
+        // The last moment a smallest page sent as a probe lands in time,
+        // even a slow one, with as much again to spare (the probe may wait
+        // for the CPU as the page did).
+        let last_chance = stop_at
+            .checked_sub(self.model.predict_tail(min_page) * PROBE_LATE_FACTOR)
+            .unwrap_or(now);
         let mut next = None;
         let head = self.buckets.front()?;
         // What a page of this bucket takes now: its slowest shard's last
@@ -699,26 +709,47 @@ impl<S: Storage> Scan<S> {
                 continue;
             }
             let expected = match siblings {
-                Some(took) => took,
-                // Beyond the model's evidence, "late" means nothing.
-                None if s.requested > self.model.trusted_rows() => continue,
-                None => self.model.predict(s.requested),
+                Some(took) => Some(took),
+                // Beyond the model's evidence, "late" means nothing...
+                None if s.requested > self.model.trusted_rows() => None,
+                None => Some(self.model.predict(s.requested)),
             };
-            let page_late_at = sent + expected * PROBE_LATE_FACTOR;
-            let late_at = s
-                .probe_late_at
-                .map_or(page_late_at, |p| p.max(page_late_at));
+            let page_late_at = expected.map(|expected| {
+                let page_late_at = sent + expected * PROBE_LATE_FACTOR;
+                s.probe_late_at
+                    .map_or(page_late_at, |p| p.max(page_late_at))
+            });
+            // ...but a shard with nothing in hand and no probe out gets a
+            // smallest page as a probe while one can still land before the
+            // scan must stop: one page held up past it leaves the call
+            // empty-handed.
+            let last = (s.probes == 0).then_some(last_chance);
+            let late_at = match (page_late_at, last) {
+                (Some(p), Some(l)) => p.min(l),
+                (p, l) => match p.or(l) {
+                    Some(at) => at,
+                    None => continue,
+                },
+            };
             if late_at > now {
                 next = Some(next.map_or(late_at, |n: Instant| n.min(late_at)));
                 continue;
             }
-            let probe = (s.requested / PROBE_SHARE).max(min_page);
+            let probe = if page_late_at.is_some_and(|p| p <= now) {
+                let fits = self
+                    .model
+                    .affordable_rows_tail(stop_at.saturating_duration_since(now));
+                (s.requested / PROBE_SHARE).min(fits).max(min_page)
+            } else {
+                min_page
+            };
             if probe < s.requested {
-                due.push((j, probe, expected));
+                let late_after = expected.unwrap_or_else(|| self.model.predict_tail(probe));
+                due.push((j, probe, late_after));
             }
         }
-        for (j, probe, expected) in due {
-            self.launch_probe(j, probe, expected * PROBE_LATE_FACTOR);
+        for (j, probe, late_after) in due {
+            self.launch_probe(j, probe, late_after * PROBE_LATE_FACTOR);
         }
         next
     }
