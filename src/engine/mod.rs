@@ -65,6 +65,12 @@ pub struct EngineConfig {
     /// time building and encoding the rows gathered is expected to take
     /// (see [`reserve`]).
     pub response_reserve: Duration,
+    /// How much before its stop a scan sets its timer: tokio rounds a
+    /// sleep's deadline up to its next 1 ms tick, so a timer set for the
+    /// stop itself fired 0-1 ms late, a tenth of a 10 ms budget at worst.
+    /// Set to the tick, the scan stops on time or up to a tick early. Zero
+    /// on a paused clock gives exact stops.
+    pub timer_slack: Duration,
     /// Expected building and encoding time per row gathered, until
     /// `response_cost` has measured it (or always, without one).
     pub response_reserve_per_row: Duration,
@@ -90,6 +96,7 @@ impl Default for EngineConfig {
             retry_base: Duration::from_millis(10),
             retry_cap: Duration::from_millis(500),
             response_reserve: Duration::from_millis(2),
+            timer_slack: Duration::from_millis(1),
             response_reserve_per_row: Duration::from_micros(4),
             response_cost: None,
             continuations: ContinuationConfig::default(),

@@ -435,7 +435,14 @@ impl<S: Storage> Scan<S> {
             let next_probe = self.probe_stragglers();
             debug_assert!(!self.in_flight.is_empty(), "waiting on nothing");
             sink.flush();
-            let stop_at = self.stop_at();
+            // Timers go off at the tick after their deadline: the stop's is
+            // set early. (A probe's is not: woken before it is due, the
+            // scan would find it not due and go round again at once.)
+            let slack = self.engine.config.timer_slack;
+            let stop_at = self
+                .stop_at()
+                .checked_sub(slack)
+                .unwrap_or_else(Instant::now);
             if sink.backlogged() {
                 tokio::select! {
                     biased;

@@ -59,6 +59,7 @@ pub fn engine(store: &MemoryStore) -> ReadEngine<MemoryStore> {
     let config = EngineConfig {
         response_reserve: Duration::ZERO,
         response_reserve_per_row: Duration::ZERO,
+        timer_slack: Duration::ZERO,
         ..cold()
     };
     ReadEngine::new(Arc::new(store.clone()), config)
@@ -184,6 +185,7 @@ pub fn hot_engine(store: &MemoryStore, held: ContinuationConfig) -> ReadEngine<M
     let config = EngineConfig {
         response_reserve: Duration::ZERO,
         response_reserve_per_row: Duration::ZERO,
+        timer_slack: Duration::ZERO,
         continuations: held,
         ..EngineConfig::default()
     };
