@@ -68,7 +68,8 @@ pub struct EngineConfig {
     /// How much before its stop a scan sets its timer: tokio rounds a
     /// sleep's deadline up to its next 1 ms tick, so a timer set for the
     /// stop itself fired 0-1 ms late, a tenth of a 10 ms budget at worst.
-    /// Set to the tick, the scan stops on time or up to a tick early. Zero
+    /// Set to the tick, a scan with rows stops on time or up to a tick
+    /// early (one without waits to its stop: a page may still land). Zero
     /// on a paused clock gives exact stops.
     pub timer_slack: Duration,
     /// Expected building and encoding time per row gathered, until

@@ -436,9 +436,15 @@ impl<S: Storage> Scan<S> {
             debug_assert!(!self.in_flight.is_empty(), "waiting on nothing");
             sink.flush();
             // Timers go off at the tick after their deadline: the stop's is
-            // set early. (A probe's is not: woken before it is due, the
-            // scan would find it not due and go round again at once.)
-            let slack = self.engine.config.timer_slack;
+            // set early once the call has rows to answer with (before, an
+            // early stop only gives up the time a first page may still land
+            // in). A probe's is not: woken before it is due, the scan would
+            // find it not due and go round again at once.
+            let slack = if self.rows_out > 0 {
+                self.engine.config.timer_slack
+            } else {
+                Duration::ZERO
+            };
             let stop_at = self
                 .stop_at()
                 .checked_sub(slack)
