@@ -69,7 +69,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2000.0)]
     pub overload_rate: f64,
     /// CQL contact points of the three-node cluster for the replica-fault
-    /// section (`scripts/cassandra cluster start`); empty: no such section.
+    /// section (`scripts/cassandra cluster`, which the bench stops while it
+    /// measures the single node and starts for that section only); empty:
+    /// no such section.
     #[arg(
         long,
         value_delimiter = ',',
@@ -425,12 +427,19 @@ async fn overload_section(
 
 /// `scripts/cassandra cluster <action> <node>`.
 fn cluster_node(action: &str, node: &str) -> anyhow::Result<()> {
+    cluster(&[action, node])
+}
+
+/// `scripts/cassandra cluster <args>`.
+fn cluster(args: &[&str]) -> anyhow::Result<()> {
     let status = Command::new("scripts/cassandra")
-        .args(["cluster", action, node])
+        .arg("cluster")
+        .args(args)
         .status()?;
     anyhow::ensure!(
         status.success(),
-        "scripts/cassandra cluster {action} {node}: {status}"
+        "scripts/cassandra cluster {}: {status}",
+        args.join(" ")
     );
     Ok(())
 }
@@ -474,6 +483,9 @@ fn fault_chains(args: &BenchArgs) -> usize {
 async fn replica_fault_section(args: &BenchArgs) -> anyhow::Result<String> {
     const SLO: u32 = 50;
     const KS: &str = "hourglass_bench_rf3";
+    // The cluster runs only for this section: three more JVMs on the
+    // machine would take CPU from the single node the others measure.
+    cluster(&["start"])?;
     let contacts = args.cluster.join(",");
     let server = |port: u16, metrics: u16, hedging: &'static str| {
         let metrics = format!("127.0.0.1:{metrics}");
@@ -623,6 +635,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "empty --sizes, --clients or --slos"
     );
     anyhow::ensure!(args.repeats >= 1, "--repeats must be at least 1");
+    // `--cluster ""` parses as one empty contact point: no cluster either.
+    let with_cluster = !args.cluster.iter().all(|c| c.trim().is_empty());
+    if with_cluster {
+        // Stopped while the single node is measured; the replica-fault
+        // section starts it.
+        cluster(&["stop"])?;
+    }
     let a = ServerProcess::start(&args.cassandra, 50161, true, &[])?;
     let b = ServerProcess::start(&args.cassandra, 50162, false, &[])?;
     // Server a without hot continuations: every token resumes cold.
@@ -790,12 +809,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     eprintln!("== overload on {overload_size}-row series, adaptive admission on / off");
     let overload = overload_section(args, overload_size, &a, &d).await?;
 
-    // `--cluster ""` parses as one empty contact point: no cluster either.
-    let faults = if args.cluster.iter().all(|c| c.trim().is_empty()) {
-        String::new()
-    } else {
+    let faults = if with_cluster {
         eprintln!("== replica fault on the 3-node cluster, hedging on / off");
-        replica_fault_section(args).await?
+        let section = replica_fault_section(args).await;
+        cluster(&["stop"])?;
+        section?
+    } else {
+        String::new()
     };
 
     let command = std::env::args().collect::<Vec<_>>().join(" ");
