@@ -739,10 +739,8 @@ impl<S: Storage> Scan<S> {
             let last = (s.probes == 0).then_some(last_chance);
             let late_at = match (page_late_at, last) {
                 (Some(p), Some(l)) => p.min(l),
-                (p, l) => match p.or(l) {
-                    Some(at) => at,
-                    None => continue,
-                },
+                (Some(at), None) | (None, Some(at)) => at,
+                (None, None) => continue,
             };
             if late_at > now {
                 next = Some(next.map_or(late_at, |n: Instant| n.min(late_at)));
