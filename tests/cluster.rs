@@ -360,13 +360,10 @@ async fn replicas_starting_together_on_a_new_keyspace_all_serve() {
         // Three replicas create one new keyspace at once, through whichever
         // coordinators their drivers pick.
         let ks = format!("{}_race{round}", keyspace());
-        let mut servers = Vec::new();
-        for _ in 0..3 {
-            servers.push(
-                cluster_server_in(ks.clone(), HedgeConfig::default(), BreakerConfig::default())
-                    .await,
-            );
-        }
+        let mut servers = futures::future::join_all((0..3).map(|_| {
+            cluster_server_in(ks.clone(), HedgeConfig::default(), BreakerConfig::default())
+        }))
+        .await;
         let written = vec![event("s", 1_000, "a"), event("s", 2_000, "b")];
         create_namespace(&mut servers[0].client, "race", 1_000_000, 2).await;
         write_all(&servers[1].client, "race", written.clone()).await;

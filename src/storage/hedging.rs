@@ -442,7 +442,7 @@ impl LoadBalancingPolicy for AvoidDemoted {
         cluster: &'a ClusterState,
     ) -> Option<(scylla::cluster::NodeRef<'a>, Option<Shard>)> {
         let first = self.inner.pick(request, cluster)?;
-        if !self.hedging.any_demoted() || !self.hedging.is_demoted(first.0.address.ip()) {
+        if !self.hedging.is_demoted(first.0.address.ip()) {
             return Some(first);
         }
         self.inner
