@@ -361,6 +361,11 @@ async fn logical_read(
                 s.total.good_rows += rows;
             }
             s.total.responses.record(latency);
+            if let Some(st) = page.stats {
+                s.total
+                    .server_elapsed
+                    .record(Duration::from_micros(st.elapsed_micros));
+            }
             s.interval.record(latency);
             s.total.rows += rows;
             s.interval_rows += rows;
@@ -585,6 +590,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         errors_by_code: s.total.errors_by_code.clone(),
         client_cpu_s: cpu0.elapsed().as_secs_f64(),
         refusals: s.total.refusals.summary(),
+        server_elapsed: s.total.server_elapsed.summary(),
         good_rows_per_s: s.total.good_rows as f64 / elapsed.as_secs_f64().max(1e-9),
         interrupted,
     };

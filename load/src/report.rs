@@ -36,6 +36,9 @@ pub struct Report {
     /// Latency of calls refused for load (RESOURCE_EXHAUSTED).
     #[serde(default)]
     pub refusals: Summary,
+    /// The server's own elapsed time of each response, from its stats.
+    #[serde(default)]
+    pub server_elapsed: Summary,
     /// Rows per second delivered in responses that came within the SLO (or
     /// the deadline): goodput.
     #[serde(default)]
@@ -89,7 +92,9 @@ impl Report {
         );
         for (name, s) in [
             ("response latency", &self.responses),
+            ("server elapsed", &self.server_elapsed),
             ("logical read latency", &self.reads),
+            ("refusal latency", &self.refusals),
         ] {
             if s.count > 0 {
                 line(

@@ -130,6 +130,10 @@ pub struct RunStats {
     pub continued: u64,
     /// Latency of calls refused for load (RESOURCE_EXHAUSTED).
     pub refusals: Latencies,
+    /// The server's own elapsed time of each response (its stats, from
+    /// the call's arrival to the end of its scan): what the client saw
+    /// beyond it was spent outside the server's clock.
+    pub server_elapsed: Latencies,
     /// Rows of responses that came within the SLO (or deadline).
     pub good_rows: u64,
 }
