@@ -13,7 +13,7 @@
 //! * The limit stays within `[min_limit, ceiling]`; it falls, by at most a
 //!   tenth per window, when the time to a read's first row rises past
 //!   [`TOLERANCE`] times its long-run average (and by a tenth when a read
-//!   answered after its budget), and grows back by about a fifth of
+//!   was late: see [`Ticket::observe`]), and grows back by about a fifth of
 //!   √limit per window while latency is flat and the limit is in use.
 //!
 //! The signal is the time from a call's arrival to its first row: it
@@ -29,14 +29,18 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::bulkhead::{Bulkhead, Full, ScanPermit};
+use crate::engine::Pressure;
 use crate::telemetry;
 
 /// Share of the limit batch reads may take, so interactive reads find room.
 pub const BATCH_SHARE: f64 = 0.75;
-/// Lower bound of the adaptive limit per core of this machine: a core
-/// overlaps several reads that mostly wait on storage, so a limit below
-/// this costs goodput without making answers any more timely.
-pub const MIN_LIMIT_PER_CORE: usize = 8;
+/// Lower bound of the adaptive limit per core of this machine. A read
+/// drives storage at full speed (pages pipelined per shard), so few reads
+/// saturate a replica and its storage: on the 2-core benchmark machine, one
+/// token follower under a 10 ms SLO got 330-440k rows/s, four together
+/// about the same, sixteen 160-250k with client p99 1.1-1.2 times the SLO.
+/// With 8 per core the limit could not fall to where answers come on time.
+pub const MIN_LIMIT_PER_CORE: usize = 2;
 /// Default starting limit.
 pub const DEFAULT_INITIAL_LIMIT: usize = 32;
 /// A window of samples closes after this long (once it holds a sample) ...
@@ -212,6 +216,8 @@ struct Adaptive {
 pub struct Admission {
     bulkhead: Bulkhead,
     adaptive: Option<Arc<Mutex<Adaptive>>>,
+    /// Raised at each refusal.
+    pressure: Option<Arc<Pressure>>,
 }
 
 impl Admission {
@@ -228,11 +234,34 @@ impl Admission {
             let limit = a.lock().expect("admission").limit.limit();
             metrics::gauge!(telemetry::ADMISSION_LIMIT).set(limit as f64);
         }
-        Self { bulkhead, adaptive }
+        Self {
+            bulkhead,
+            adaptive,
+            pressure: None,
+        }
     }
 
-    /// A ticket for one read of `namespace`, or why it is refused.
+    /// Raises `pressure` at each refusal, so fetching ahead yields to the
+    /// reads admitted.
+    #[must_use]
+    pub fn with_pressure(mut self, pressure: Arc<Pressure>) -> Self {
+        self.pressure = Some(pressure);
+        self
+    }
+
+    /// A ticket for one read of `namespace`, or why it is refused (and then
+    /// the pressure is raised).
     pub fn try_admit(&self, namespace: &str, class: Class) -> Result<Ticket, Full> {
+        let admitted = self.admit(namespace, class);
+        if admitted.is_err() {
+            if let Some(p) = &self.pressure {
+                p.raise();
+            }
+        }
+        admitted
+    }
+
+    fn admit(&self, namespace: &str, class: Class) -> Result<Ticket, Full> {
         let permit = self.bulkhead.try_acquire(namespace)?;
         let Some(adaptive) = &self.adaptive else {
             return Ok(Ticket::new(permit, None));
@@ -292,7 +321,10 @@ impl Ticket {
     }
 
     /// Records the read's time from arrival to its first row (or to its
-    /// answer, when it had none) and whether it answered after its budget.
+    /// answer, when it had none) and whether it was late: answered after
+    /// its budget, got its first row only in the second half of it, or
+    /// failed for want of budget (the service decides; see
+    /// `server::service::observe`).
     pub fn observe(&self, to_first_row: Duration, late: bool) {
         if let Some((a, _)) = &self.adaptive {
             let mut a = a.lock().expect("admission");
@@ -422,6 +454,32 @@ mod tests {
             .map(|_| a.try_admit("c", Class::Interactive).unwrap())
             .collect();
         assert_eq!(all.len(), 8, "slots come back on drop");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_raises_the_pressure_that_pauses_fetching_ahead() {
+        let pressure = Arc::new(Pressure::default());
+        let a = Admission::new(
+            Bulkhead::new(2, 2),
+            AdmissionConfig {
+                adaptive: true,
+                min_limit: 1,
+                initial_limit: 1,
+            },
+        )
+        .with_pressure(pressure.clone());
+        let one = a.try_admit("a", Class::Interactive).unwrap();
+        assert!(!pressure.is_high(), "an admitted read raises nothing");
+        assert!(a.try_admit("a", Class::Interactive).is_err());
+        assert!(pressure.is_high());
+        drop(one);
+        tokio::time::advance(crate::engine::PRESSURE_HOLD).await;
+        assert!(
+            !pressure.is_high(),
+            "it falls a hold after the last refusal"
+        );
+        let _again = a.try_admit("a", Class::Interactive).unwrap();
+        assert!(!pressure.is_high());
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub const PARTIAL_RESPONSES: &str = "hourglass_partial_responses_total";
 pub const BUDGET_USED: &str = "hourglass_budget_used_ratio";
 /// Storage page latency, seconds (histogram).
 pub const STORAGE_PAGE_SECONDS: &str = "hourglass_storage_page_duration_seconds";
+/// How late a read's scan stopped after the instant its budget set for the
+/// stop (the process waking late on a loaded machine).
+pub const STOP_LATENESS_SECONDS: &str = "hourglass_stop_lateness_seconds";
 /// Rows received from storage (counter).
 pub const ROWS_SCANNED: &str = "hourglass_rows_scanned_total";
 /// Rows sent to clients (counter).
@@ -60,6 +63,9 @@ pub const CONTINUATION_ENTRIES: &str = "hourglass_continuation_entries";
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+const LATENESS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1,
+];
 const RATIO_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0, 1.05, 1.25, 2.0];
 
 /// Serves `/metrics` on `addr` for the rest of the process.
@@ -67,6 +73,10 @@ pub fn install_prometheus(addr: SocketAddr) -> anyhow::Result<()> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     PrometheusBuilder::new()
         .with_http_listener(addr)
+        .set_buckets_for_metric(
+            Matcher::Full(STOP_LATENESS_SECONDS.into()),
+            LATENESS_BUCKETS,
+        )?
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(BUDGET_USED.into()), RATIO_BUCKETS)?
         .install()
@@ -125,6 +135,11 @@ fn describe() {
     describe_counter!(PARTIAL_RESPONSES, "Partial read responses by reason");
     describe_histogram!(BUDGET_USED, "Elapsed share of each read's latency budget");
     describe_histogram!(STORAGE_PAGE_SECONDS, Unit::Seconds, "Storage page latency");
+    describe_histogram!(
+        STOP_LATENESS_SECONDS,
+        Unit::Seconds,
+        "How late scans stopped after the instant their budget set"
+    );
     describe_counter!(ROWS_SCANNED, "Rows received from storage");
     describe_counter!(ROWS_DELIVERED, "Rows returned to clients");
     describe_gauge!(

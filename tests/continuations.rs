@@ -416,6 +416,54 @@ async fn a_held_scan_fills_its_pipeline_to_the_fetch_ahead_bound_while_the_clien
     assert_rows(&got, &all[..got.len()]);
 }
 
+/// Fetching ahead yields to admitted reads: while the replica refuses
+/// reads for load (the pressure raised), a held scan lands only the pages
+/// it had in flight and asks storage for nothing more; once no read has
+/// been refused for `PRESSURE_HOLD`, it fills its pipeline again. The rows
+/// stay exactly the cold ones either way.
+#[tokio::test(start_paused = true)]
+async fn a_held_scan_fetches_nothing_ahead_while_reads_are_refused_for_load() {
+    let ns = namespace(1_000_000, 4);
+    let (store, all) = seeded(&ns, (0..600_000).map(i64::from)).await;
+    store.set_latency(|_| MS);
+    let held = ContinuationConfig {
+        max_bytes: 8 * (4 << 20),
+        ..ContinuationConfig::default()
+    };
+    let hot = hot_engine(&store, held);
+    let pressure = hot.pressure();
+    pressure.raise();
+    assert!(pressure.is_high());
+    let (first, out) = read(&hot, &request(&ns, Order::Ascending, 5 * MS, 100_000)).await;
+    let out = out.expect("partial");
+    // What was in flight at the stop lands within a few page latencies.
+    tokio::time::sleep(10 * MS).await;
+    let landed = store.rows_served();
+    // Kept raised while the client is away, as further refusals would.
+    for _ in 0..4 {
+        pressure.raise();
+        tokio::time::sleep(50 * MS).await;
+    }
+    assert_eq!(
+        store.rows_served(),
+        landed,
+        "storage was asked for rows while reads were refused"
+    );
+    // Refusals stop: after the hold, fetching ahead resumes.
+    tokio::time::sleep(hourglass::engine::PRESSURE_HOLD + 100 * MS).await;
+    assert!(!pressure.is_high());
+    assert!(
+        store.rows_served() > landed + 10_000,
+        "fetching ahead did not resume: {} rows served, {landed} before",
+        store.rows_served()
+    );
+    let req = resumed(request(&ns, Order::Ascending, 5 * MS, 100_000), &out);
+    let (second, out) = read(&hot, &req).await;
+    assert!(out.expect("partial").stats.continued);
+    let got: Vec<Row> = first.into_iter().chain(second).collect();
+    assert_rows(&got, &all[..got.len()]);
+}
+
 /// Rows in hand do not hold a call past its budget: a continued call
 /// finding many rows fetched ahead emits only as many as its response can
 /// carry in the time left (here a reserve of 10 µs per row in a 5 ms

@@ -95,6 +95,59 @@ async fn budget_ending_mid_bucket_and_during_read_ahead_resumes_without_gap_or_d
     }
 }
 
+/// On a machine where this process wakes late, a scan with rows stops
+/// that much earlier (three times a high estimate of the lateness: the
+/// scan's stop, the send, the client's read), while a call still without
+/// a row gives up none of its budget to it: a first page landing after
+/// that earlier stop still answers the call.
+#[tokio::test(start_paused = true)]
+async fn a_process_that_wakes_late_stops_scans_with_rows_earlier_but_not_rowless_ones() {
+    use hourglass::engine::reserve::{ResponseCost, LATENESS_COVER};
+    static COST: ResponseCost = ResponseCost::new();
+    for _ in 0..200 {
+        COST.observe_lateness(MS);
+    }
+    let allowance = COST.lateness_allowance();
+    assert!(allowance >= MS * LATENESS_COVER && allowance < MS * LATENESS_COVER + MS / 10);
+    let ns = namespace(1_000_000, 1);
+    let (store, all) = seeded(&ns, 0..400_000).await;
+    let config = EngineConfig {
+        response_reserve: 2 * MS,
+        response_reserve_per_row: Duration::ZERO,
+        response_cost: Some(&COST),
+        ..cold()
+    };
+    let engine = ReadEngine::new(Arc::new(store.clone()), config);
+    // Pages land every 2 ms: the scan stops at 40 - 2 - 3 = 35 ms.
+    store.set_latency(|_| 2 * MS);
+    let began = Instant::now();
+    let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 40 * MS, 1_000_000)).await;
+    let out = out.expect("partial");
+    assert!(matches!(
+        out.ending,
+        Ending::Partial {
+            reason: PartialReason::Slo,
+            ..
+        }
+    ));
+    assert_rows(&rows, &all[..rows.len()]);
+    let stopped = began.elapsed();
+    assert!(
+        stopped + 2 * MS + allowance <= 40 * MS + MS / 10 && stopped >= 33 * MS,
+        "stopped at {stopped:?}"
+    );
+    // The first page takes 36 ms, past that stop: the call waits for it
+    // (to 38 ms, the floor) and answers with its rows.
+    store.set_latency(|_| 36 * MS);
+    let began = Instant::now();
+    let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 40 * MS, 1_000_000)).await;
+    let out = out.expect("a row-less call waits past the allowance for its first page");
+    assert!(matches!(out.ending, Ending::Partial { .. }));
+    assert!(!rows.is_empty());
+    assert_rows(&rows, &all[..rows.len()]);
+    assert_eq!(began.elapsed(), 36 * MS);
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_scan_stops_early_enough_to_leave_the_response_its_reserve() {
     let ns = namespace(1_000_000, 1);

@@ -123,6 +123,40 @@ async fn unknown_namespaces_are_remembered_briefly() {
         .expect("found after the TTL");
 }
 
+/// A read that fails because not one row came within its budget is how
+/// reads fail on a saturated replica: it cuts the adaptive limit, though it
+/// never answered late (it fails at its stop, before the deadline).
+#[tokio::test(start_paused = true)]
+async fn reads_failing_for_want_of_budget_cut_the_admission_limit() {
+    use hourglass::admission::{Admission, AdmissionConfig};
+    use hourglass::bulkhead::Bulkhead;
+    let store = MemoryStore::new();
+    create(&store, "n").await;
+    store.set_latency(|_| Duration::from_secs(1));
+    store.set_index_latency(Duration::from_secs(1));
+    let svc = service(&store).with_admission(Admission::new(
+        Bulkhead::new(100, 100),
+        AdmissionConfig {
+            adaptive: true,
+            min_limit: 2,
+            initial_limit: 20,
+        },
+    ));
+    for _ in 0..100 {
+        let e = svc
+            .read_events(read("n"))
+            .await
+            .expect_err("no row in time");
+        assert_eq!(e.code(), Code::DeadlineExceeded);
+        assert_eq!(
+            e.get_details_error_info().expect("ErrorInfo").reason,
+            "BUDGET_TOO_SMALL"
+        );
+    }
+    let limit = svc.admission_limit().expect("adaptive");
+    assert!(limit < 10, "the limit stayed at {limit}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn batch_reads_yield_to_interactive_ones_when_the_limit_is_near() {
     use hourglass::admission::{Admission, AdmissionConfig};

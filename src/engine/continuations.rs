@@ -33,6 +33,7 @@
 //!   client is away, so a chain of calls reads at the speed of one scan.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,6 +47,59 @@ use super::ReadRequest;
 use crate::model::{Key, Order};
 use crate::storage::Storage;
 use crate::telemetry;
+
+/// How long a refused read keeps held scans from fetching ahead.
+pub const PRESSURE_HOLD: Duration = Duration::from_millis(250);
+/// How often a held scan kept from fetching ahead looks again.
+const PRESSURE_RECHECK: Duration = Duration::from_millis(50);
+
+/// Whether this replica is refusing reads for load. Fetching ahead is work
+/// no caller waits on: while reads are refused, held scans fetch nothing
+/// new (pages in flight still land) and calls fetch only what they merge,
+/// so storage serves the reads admitted. Without this, each of many token
+/// followers refused in turn kept its held scan fetching up to
+/// [`ContinuationConfig::ahead_bytes`], a load no admission limit bounds.
+#[derive(Debug)]
+pub struct Pressure {
+    base: Instant,
+    /// Nanoseconds after `base` until which reads count as refused.
+    until_nanos: AtomicU64,
+}
+
+impl Default for Pressure {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            until_nanos: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Pressure {
+    /// A read was refused for load now: fetching ahead pauses for
+    /// [`PRESSURE_HOLD`].
+    pub fn raise(&self) {
+        let until = (Instant::now() + PRESSURE_HOLD) - self.base;
+        let nanos = u64::try_from(until.as_nanos()).unwrap_or(u64::MAX);
+        self.until_nanos.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    /// Whether a read was refused for load within the last [`PRESSURE_HOLD`].
+    pub fn is_high(&self) -> bool {
+        let now = u64::try_from((Instant::now() - self.base).as_nanos()).unwrap_or(u64::MAX);
+        now < self.until_nanos.load(Ordering::Relaxed)
+    }
+
+    /// What a scan may hold through fetching ahead now: `ahead_bytes`, or
+    /// nothing under pressure.
+    pub(super) fn ahead(&self, ahead_bytes: usize) -> usize {
+        if self.is_high() {
+            0
+        } else {
+            ahead_bytes
+        }
+    }
+}
 
 /// Bounds of the hot-continuation cache. Any bound at zero turns it off.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,7 +119,7 @@ impl Default for ContinuationConfig {
         Self {
             max_bytes: 64 << 20,
             max_entries: 1024,
-            per_client: 64,
+            per_client: 256,
             max_age: Duration::from_secs(10),
         }
     }
@@ -340,9 +394,13 @@ async fn keep<S: Storage>(
     ahead_bytes: usize,
     expire: impl FnOnce(),
 ) {
+    let pressure = scan.engine.pressure.clone();
     loop {
-        scan.fetch_ahead(ahead_bytes);
+        let ahead = pressure.ahead(ahead_bytes);
+        scan.fetch_ahead(ahead);
         let landing = !scan.in_flight.is_empty();
+        // Kept from fetching with nothing landing: look again later.
+        let idle = !landing && ahead < ahead_bytes;
         tokio::select! {
             biased;
             () = claim.notified() => {
@@ -356,6 +414,7 @@ async fn keep<S: Storage>(
                 return;
             }
             Some(fetched) = scan.in_flight.next(), if landing => scan.land(fetched),
+            () = tokio::time::sleep(PRESSURE_RECHECK), if idle => {}
         }
     }
 }

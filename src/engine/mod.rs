@@ -34,8 +34,8 @@ use crate::model::{Key, Namespace, Order, Row};
 use crate::storage::{Storage, StorageError};
 use crate::telemetry;
 use budget::{Budget, BudgetSource};
-pub use continuations::ContinuationConfig;
 use continuations::Continuations;
+pub use continuations::{ContinuationConfig, Pressure, PRESSURE_HOLD};
 use predict::LatencyModels;
 use scan::Scan;
 
@@ -353,6 +353,8 @@ pub(crate) struct Core<S> {
     pub(crate) models: LatencyModels,
     /// Cancelled when the server drains: running reads end partial at once.
     pub(crate) drain: CancellationToken,
+    /// Raised while reads are refused for load: fetching ahead pauses.
+    pub(crate) pressure: Arc<Pressure>,
 }
 
 impl<S: Storage> ReadEngine<S> {
@@ -371,6 +373,7 @@ impl<S: Storage> ReadEngine<S> {
                 config,
                 models: LatencyModels::default(),
                 drain: CancellationToken::new(),
+                pressure: Arc::new(Pressure::default()),
             }),
         }
     }
@@ -382,6 +385,12 @@ impl<S: Storage> ReadEngine<S> {
             .expect("with_drain before any read")
             .drain = drain;
         self
+    }
+
+    /// The signal that pauses fetching ahead while reads are refused for
+    /// load (see [`Pressure`]); admission raises it.
+    pub fn pressure(&self) -> Arc<Pressure> {
+        self.core.pressure.clone()
     }
 
     pub fn storage(&self) -> &Arc<S> {

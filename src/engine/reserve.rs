@@ -14,6 +14,14 @@
 //! factor. Until building and encoding were measured, the configured
 //! per-row prior applies; until sending was, encoding stands for it.
 //!
+//! What happens after the stop also waits for the CPU: on a loaded
+//! machine the server's task wakes late at its stop, and the response's
+//! sending and the client's reading wait their turn too. The scan's stop
+//! timer measures how late this process wakes ([`ResponseCost::
+//! observe_lateness`]); the reserve adds [`LATENESS_COVER`] times a high
+//! estimate of it (a moving mean plus four mean deviations, as TCP's RTO),
+//! one for the server's wake and one for each hop after it.
+//!
 //! Invariants: one sample never moves the estimate by more than
 //! [`MAX_SAMPLE_RATIO`] of it (a preempted thread on a loaded machine makes
 //! one encode look ten times slower than it is); responses under
@@ -48,6 +56,42 @@ const SAFETY: f64 = 1.5;
 /// call of 800 kB keeps back the capped half of its budget for a response
 /// that reaches its client about 2.5 ms after the scan stops).
 pub const CLIENT_DECODE_PER_ENCODE: f64 = 8.0;
+
+/// The reserve holds this many times the estimate of how late this process
+/// wakes: the scan's own stop, the transport's send, the client's read.
+pub const LATENESS_COVER: u32 = 3;
+/// Weight of a new lateness sample in the mean (and in the deviation, 2x).
+const LATENESS_ALPHA: f64 = 0.125;
+/// A lateness sample counts as at most this long (a stalled process is not
+/// the machine's usual state).
+const MAX_LATENESS: Duration = Duration::from_millis(20);
+
+/// How late this process wakes: a moving mean and mean deviation.
+#[derive(Clone, Copy, Debug, Default)]
+struct Lateness {
+    mean: f64,
+    dev: f64,
+    samples: u32,
+}
+
+impl Lateness {
+    fn observe(&mut self, late: Duration) {
+        let x = late.min(MAX_LATENESS).as_secs_f64();
+        if self.samples == 0 {
+            self.mean = x;
+            self.dev = x / 2.0;
+        } else {
+            self.dev += 2.0 * LATENESS_ALPHA * ((x - self.mean).abs() - self.dev);
+            self.mean += LATENESS_ALPHA * (x - self.mean);
+        }
+        self.samples = self.samples.saturating_add(1);
+    }
+
+    /// A high estimate: mean plus four deviations.
+    fn high(&self) -> Duration {
+        Duration::from_secs_f64((self.mean + 4.0 * self.dev).max(0.0))
+    }
+}
 
 /// Where a response spends its time after the scan stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +132,7 @@ impl Ewma {
 #[derive(Debug, Default)]
 pub struct ResponseCost {
     stages: Mutex<[Ewma; 3]>,
+    lateness: Mutex<Lateness>,
 }
 
 /// The process's response cost: every server of the process measures into
@@ -98,7 +143,25 @@ impl ResponseCost {
     pub const fn new() -> Self {
         Self {
             stages: Mutex::new([Ewma::UNMEASURED; 3]),
+            lateness: Mutex::new(Lateness {
+                mean: 0.0,
+                dev: 0.0,
+                samples: 0,
+            }),
         }
+    }
+
+    /// Records that a timer of this process woke its task `late` after it
+    /// was due.
+    pub fn observe_lateness(&self, late: Duration) {
+        self.lateness.lock().expect("lateness").observe(late);
+    }
+
+    /// The time to keep back for this process and its client waking late:
+    /// [`LATENESS_COVER`] times a high estimate of the lateness (zero
+    /// before any sample).
+    pub fn lateness_allowance(&self) -> Duration {
+        self.lateness.lock().expect("lateness").high() * LATENESS_COVER
     }
 
     /// Records that `stage` of a response of `bytes` encoded bytes took `took`.
@@ -165,6 +228,39 @@ mod tests {
         }
         let r = cost.reserve(100_000).expect("measured");
         assert!((r.as_secs_f64() - 2250e-6).abs() < 1e-6, "{r:?}");
+    }
+
+    #[test]
+    fn the_lateness_allowance_follows_how_late_the_process_wakes() {
+        let cost = ResponseCost::new();
+        assert_eq!(cost.lateness_allowance(), Duration::ZERO);
+        for _ in 0..100 {
+            cost.observe_lateness(100 * US);
+        }
+        // Steady 100 µs: no deviation left, the mean for each wake covered.
+        let quiet = cost.lateness_allowance();
+        let cover = 100 * US * LATENESS_COVER;
+        assert!(quiet >= cover && quiet < cover * 13 / 10, "{quiet:?}");
+        // A loaded machine: wakes 1-5 ms late.
+        for i in 0..100 {
+            cost.observe_lateness(Duration::from_millis(1 + (i % 5)));
+        }
+        let loaded = cost.lateness_allowance();
+        assert!(loaded > Duration::from_millis(12), "{loaded:?}");
+        // One stalled wake counts as MAX_LATENESS, not as itself.
+        let before = cost.lateness_allowance();
+        cost.observe_lateness(Duration::from_secs(5));
+        let after = cost.lateness_allowance();
+        let most = MAX_LATENESS.as_secs_f64() * LATENESS_ALPHA * 9.0 * f64::from(LATENESS_COVER);
+        assert!(
+            after.as_secs_f64() - before.as_secs_f64() <= most,
+            "{before:?} -> {after:?}"
+        );
+        // And quiet again: it comes back down.
+        for _ in 0..200 {
+            cost.observe_lateness(100 * US);
+        }
+        assert!(cost.lateness_allowance() < cover * 3 / 2);
     }
 
     #[test]

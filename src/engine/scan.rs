@@ -292,31 +292,42 @@ impl<S: Storage> Scan<S> {
         (rows + self.carry.len()).saturating_mul(self.mean_row_bytes())
     }
 
-    /// The time a response of `rows` rows and `bytes` bytes needs after
-    /// the scan stops: the fixed floor (at most an eighth of the budget)
-    /// plus building, encoding and decoding it at the measured cost (or the
-    /// per-row prior).
-    fn response_reserve(&self, rows: usize, bytes: usize) -> Duration {
+    /// The time a response needs after the scan stops whatever its size:
+    /// the fixed floor (at most an eighth of the budget) and, once the call
+    /// has rows, the allowance for this process and its client waking late
+    /// on a loaded machine (see [`super::reserve`]), together at most half the
+    /// budget. A call without rows gives up no time to the allowance: a
+    /// first page landing late answers it where stopping early would fail
+    /// it.
+    fn fixed_reserve(&self) -> Duration {
         let cfg = &self.engine.config;
-        let cost = cfg
-            .response_cost
+        let floor = cfg
+            .response_reserve
+            .min(self.req.budget.total / RESERVE_FLOOR_SHARE);
+        let late = match cfg.response_cost {
+            Some(cost) if self.rows_out > 0 => cost.lateness_allowance(),
+            _ => Duration::ZERO,
+        };
+        (floor + late).min(self.req.budget.total / 2)
+    }
+
+    /// The time building, encoding and decoding a response of `rows` rows
+    /// and `bytes` bytes takes, at the measured cost (or the per-row prior).
+    fn cost_reserve(&self, rows: usize, bytes: usize) -> Duration {
+        let cfg = &self.engine.config;
+        cfg.response_cost
             .and_then(|cost| cost.reserve(bytes))
             .unwrap_or_else(|| {
                 cfg.response_reserve_per_row
                     .saturating_mul(u32::try_from(rows).unwrap_or(u32::MAX))
-            });
-        let floor = cfg
-            .response_reserve
-            .min(self.req.budget.total / RESERVE_FLOOR_SHARE);
-        floor + cost
+            })
     }
 
     /// When the scan must stop for the response to land within the budget.
     /// The reserve is capped at half the budget, so a pessimistic cost
     /// estimate never leaves a scan no time to fetch.
     pub(super) fn stop_at(&self) -> Instant {
-        let reserve = self
-            .response_reserve(self.rows_out, self.bytes_out)
+        let reserve = (self.fixed_reserve() + self.cost_reserve(self.rows_out, self.bytes_out))
             .min(self.req.budget.total / 2);
         self.req.budget.deadline - reserve
     }
@@ -325,10 +336,16 @@ impl<S: Storage> Scan<S> {
     /// the rows emitted before it, can be finished by the deadline. Unlike
     /// [`Scan::stop_at`] this is not capped: rows in hand (fetched ahead)
     /// can fill a response faster than any scan, and only its cost bounds
-    /// them.
+    /// them. A call's first row needs only its own cost: one row answers
+    /// the call where none would fail it.
     fn row_fits(&self, weight: usize) -> bool {
-        let reserve = self.response_reserve(self.rows_out + 1, self.bytes_out + weight);
-        Instant::now() + reserve < self.req.budget.deadline
+        let cost = self.cost_reserve(self.rows_out + 1, self.bytes_out + weight);
+        let fixed = if self.rows_out == 0 {
+            Duration::ZERO
+        } else {
+            self.fixed_reserve()
+        };
+        Instant::now() + fixed + cost < self.req.budget.deadline
     }
 
     /// Scan time left.
@@ -392,6 +409,15 @@ impl<S: Storage> Scan<S> {
 
     /// Ends the read at its deadline. Without progress, a storage error seen
     /// on the way is the better answer than "deadline exceeded": it says why.
+    /// Records how late the stop timer, due at `due`, woke the scan.
+    fn woke_late(&self, due: Instant) {
+        let late = due.elapsed();
+        metrics::histogram!(telemetry::STOP_LATENESS_SECONDS).record(late.as_secs_f64());
+        if let Some(cost) = self.engine.config.response_cost {
+            cost.observe_lateness(late);
+        }
+    }
+
     pub(super) fn stop_for_budget(&self) -> Result<Ending, ReadError> {
         tracing::debug!(
             in_flight = self.in_flight.len(),
@@ -430,7 +456,8 @@ impl<S: Storage> Scan<S> {
             // call's), once it has rows: before them, under a tight budget,
             // the head bucket's pages go alone.
             if self.progressed() || self.stats.continued {
-                self.fetch_ahead(self.engine.config.continuations.ahead_bytes());
+                let ahead = self.engine.config.continuations.ahead_bytes();
+                self.fetch_ahead(self.engine.pressure.ahead(ahead));
             }
             let next_probe = self.probe_stragglers();
             debug_assert!(!self.in_flight.is_empty(), "waiting on nothing");
@@ -459,7 +486,10 @@ impl<S: Storage> Scan<S> {
             }
             let fetched = tokio::select! {
                 biased;
-                () = tokio::time::sleep_until(stop_at) => return self.stop_for_budget(),
+                () = tokio::time::sleep_until(stop_at) => {
+                    self.woke_late(stop_at + slack);
+                    return self.stop_for_budget();
+                }
                 () = tokio::time::sleep_until(next_probe.unwrap_or(stop_at)), if next_probe.is_some() => continue,
                 () = self.engine.drain.cancelled() => return self.stop_for_shutdown(),
                 f = self.in_flight.next() => match f {

@@ -92,6 +92,7 @@ pub struct HourglassService<S> {
 
 impl<S: Storage> HourglassService<S> {
     pub fn new(engine: Arc<ReadEngine<S>>, keys: KeyRing, budget: BudgetConfig) -> Self {
+        let engine_pressure = engine.pressure();
         Self {
             engine,
             keys,
@@ -99,7 +100,8 @@ impl<S: Storage> HourglassService<S> {
             namespaces: RwLock::new(HashMap::new()),
             misses: MissCache::default(),
             partial_reads: true,
-            admission: Admission::new(Bulkhead::default(), AdmissionConfig::default()),
+            admission: Admission::new(Bulkhead::default(), AdmissionConfig::default())
+                .with_pressure(engine_pressure),
             auth: None,
         }
     }
@@ -126,9 +128,17 @@ impl<S: Storage> HourglassService<S> {
     }
 
     /// Replaces the default admission (the default bulkhead, adaptive).
+    /// Its refusals pause the engine's fetching ahead (see
+    /// [`crate::engine::Pressure`]).
     pub fn with_admission(mut self, admission: Admission) -> Self {
-        self.admission = admission;
+        self.admission = admission.with_pressure(self.engine.pressure());
         self
+    }
+
+    /// The adaptive admission limit now (None when only the static bounds
+    /// apply).
+    pub fn admission_limit(&self) -> Option<usize> {
+        self.admission.limit()
     }
 
     /// Ignores request SLOs and client deadlines: every read runs on the
@@ -453,11 +463,13 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             } = self.prepare_read(request).await?;
             let mut rows = Vec::new();
             let mut sink = FirstRow::new(&mut rows);
-            let outcome = self.engine.read(&req, &mut sink).await.map_err(|e| {
+            let outcome = self.engine.read(&req, &mut sink).await;
+            let first_row = sink.at;
+            observe_failed(&ticket, &req, &outcome);
+            let outcome = outcome.map_err(|e| {
                 let least = self.engine.least_page_time(&req.namespace.name);
                 read_failed(e, &req.budget, waited, least)
             })?;
-            let first_row = sink.at;
             let end = api::stream_end(outcome, |k| self.keys.issue(&fp, k));
             // Building the events is timed for the response reserve (the
             // codec times their encoding).
@@ -532,6 +544,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             if result.is_ok() {
                 observe(&scanning, &req, first_row);
             }
+            observe_failed(&scanning, &req, &result);
             drop(scanning);
             // Rows the engine pushed are the client's before the end.
             sink.drained().await;
@@ -620,10 +633,28 @@ impl<K: RowSink> RowSink for FirstRow<'_, K> {
 }
 
 /// Feeds an answered read to the admission limit: its time from arrival to
-/// its first row (to now, without one) and whether it answers late.
+/// its first row (to now, without one) and whether it was late: answered
+/// after its budget, or got its first row only in the second half of it.
+/// A first row that late has the read answer with a few rows just before
+/// its deadline, which its client sees after it on a loaded machine; and
+/// it means storage answers this replica's reads too slowly for their
+/// budgets, the saturation the limit is there to prevent. (The time to the
+/// first row alone does not say so: a hot continuation has its first row
+/// in hand whatever the load.)
 fn observe(ticket: &Ticket, req: &ReadRequest, first_row: Option<Instant>) {
     let to_first_row = first_row.unwrap_or_else(Instant::now) - req.budget.started;
-    ticket.observe(to_first_row, req.budget.elapsed() > req.budget.total);
+    let late = req.budget.elapsed() > req.budget.total || to_first_row > req.budget.total / 2;
+    ticket.observe(to_first_row, late);
+}
+
+/// Feeds a read that failed for want of budget (not one row by its stop)
+/// to the admission limit as a late answer: on a saturated replica that is
+/// how reads fail, and the limit must fall for it. Other failures (bad
+/// input, storage errors) say nothing about this replica's load.
+fn observe_failed<T>(ticket: &Ticket, req: &ReadRequest, result: &Result<T, ReadError>) {
+    if matches!(result, Err(ReadError::NoProgress { .. })) {
+        ticket.observe(req.budget.elapsed(), true);
+    }
 }
 
 /// StreamEvents messages queued for the transport at most; past them the
