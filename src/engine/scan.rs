@@ -407,8 +407,6 @@ impl<S: Storage> Scan<S> {
             })
     }
 
-    /// Ends the read at its deadline. Without progress, a storage error seen
-    /// on the way is the better answer than "deadline exceeded": it says why.
     /// Records how late the stop timer, due at `due`, woke the scan.
     fn woke_late(&self, due: Instant) {
         let late = due.elapsed();
@@ -418,6 +416,8 @@ impl<S: Storage> Scan<S> {
         }
     }
 
+    /// Ends the read at its deadline. Without progress, a storage error seen
+    /// on the way is the better answer than "deadline exceeded": it says why.
     pub(super) fn stop_for_budget(&self) -> Result<Ending, ReadError> {
         tracing::debug!(
             in_flight = self.in_flight.len(),
