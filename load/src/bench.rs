@@ -354,6 +354,16 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {:.0} GiB RAM, Linux; Cassandra 5.0 single node on loopback, same machine", mem as f64 / 1_048_576.0)
 }
 
+/// Pause between load cells. Token followers still running when a cell
+/// ends leave their scans held on the server they read, each fetching
+/// ahead up to its bound (4 MiB) while its client is away: with 16-64
+/// followers that is up to a few hundred thousand rows storage reads after
+/// the cell, which without a pause loaded the next cell (against either
+/// server) and stalled its calls by up to 0.8 s.
+async fn settle() {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
 /// The overload table's rows: each load shape and SLO against server `on`
 /// (adaptive admission) and `off` (static bulkhead), side by side.
 async fn overload_section(
@@ -379,6 +389,7 @@ async fn overload_section(
         for &slo in &args.overload_slos {
             let mut cells = Vec::new();
             for (server, tag) in [(on, "on"), (off, "off")] {
+                settle().await;
                 let r = crate::run(&RunArgs {
                     clients: *clients,
                     rate: *rate,
@@ -762,6 +773,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                         "adhere-{size}-{clients}-{slo}-{}",
                         if partial { "on" } else { "off" }
                     );
+                    settle().await;
                     let r = crate::run(&RunArgs {
                         clients,
                         requests: None,
@@ -861,12 +873,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     md.push_str(&chains);
     writeln!(md)?;
     writeln!(md, "## Deadline adherence\n")?;
-    writeln!(md, "Closed loop, whole-series reads following tokens, {} s per cell. `on`: Hourglass with partial return; `off`: the same server with partial return switched off (`--partial-reads false`), i.e. a page-size-bound read as users have today. Targets: p99 <= SLO (ratio <= 1.00), p99.9 <= 1.05 x SLO. Ratios are over successful responses; `errors` are calls that failed (DEADLINE_EXCEEDED when not one row fit in the budget).\n", args.seconds_per_cell)?;
+    writeln!(md, "Closed loop, whole-series reads following tokens, {} s per cell, cells 1 s apart. `on`: Hourglass with partial return; `off`: the same server with partial return switched off (`--partial-reads false`), i.e. a page-size-bound read as users have today. Targets: p99 <= SLO (ratio <= 1.00), p99.9 <= 1.05 x SLO. Ratios are over successful responses; `errors` are calls that failed (DEADLINE_EXCEEDED when not one row fit in the budget).\n", args.seconds_per_cell)?;
     writeln!(md, "| rows | clients | SLO ms | on p99/SLO | on p99.9/SLO | on partial | on errors | off p99/SLO | off p99.9/SLO | off errors |\n|---|---|---|---|---|---|---|---|---|---|")?;
     md.push_str(&table);
     writeln!(md)?;
     writeln!(md, "## Overload\n")?;
-    writeln!(md, "Whole-series reads following tokens (page size 10000) of the {overload_size}-row series, {} s per cell after 0.5 s of warm-up, against the same server with adaptive admission on (default) and off (`--adaptive-admission false`: only the static bulkhead of 256 scans). `closed N`: N clients, each starting its next read when the last ended, and waiting out the RetryInfo of a refused call; `open R/s`: reads started at R per second whatever happens. Latency is client-observed, over answered calls (refused calls are not answers). Refused: share of calls answered RESOURCE_EXHAUSTED; refusal p99: their latency; goodput: rows per second delivered in responses that came within the SLO. Targets: p99/SLO <= 1.0 and p99.9/SLO <= 1.05 with admission on, goodput not below off's.\n", args.seconds_per_cell)?;
+    writeln!(md, "Whole-series reads following tokens (page size 10000) of the {overload_size}-row series, {} s per cell after 0.5 s of warm-up, cells 1 s apart (scans held for the last cell's followers finish fetching ahead), against the same server with adaptive admission on (default) and off (`--adaptive-admission false`: only the static bulkhead of 256 scans). `closed N`: N clients, each starting its next read when the last ended, and waiting out the RetryInfo of a refused call; `open R/s`: reads started at R per second whatever happens. Latency is client-observed, over answered calls (refused calls are not answers). Refused: share of calls answered RESOURCE_EXHAUSTED; refusal p99: their latency; goodput: rows per second delivered in responses that came within the SLO. Targets: p99/SLO <= 1.0 and p99.9/SLO <= 1.05 with admission on, goodput not below off's.\n", args.seconds_per_cell)?;
     writeln!(md, "| load | SLO ms | on p99/SLO | on p99.9/SLO | on refused | on refusal p99 ms | on goodput rows/s | off p99/SLO | off p99.9/SLO | off refused | off goodput rows/s |\n|---|---|---|---|---|---|---|---|---|---|---|")?;
     md.push_str(&overload);
     md.push_str(&faults);
