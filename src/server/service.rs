@@ -470,6 +470,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
                 let least = self.engine.least_page_time(&req.namespace.name);
                 read_failed(e, &req.budget, waited, least)
             })?;
+            let continued = outcome.stats.continued;
             let end = api::stream_end(outcome, |k| self.keys.issue(&fp, k));
             // Building the events is timed for the response reserve (the
             // codec times their encoding).
@@ -483,7 +484,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
                 })
                 .collect();
             RESPONSE_COST.observe(Stage::Build, bytes, building.elapsed());
-            observe(&ticket, &req, first_row);
+            observe(&ticket, &req, first_row, continued);
             Ok((events, end))
         }
         .await;
@@ -541,8 +542,8 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             let mut timed = FirstRow::new(&mut sink);
             let result = engine.read(&req, &mut timed).await;
             let first_row = timed.at;
-            if result.is_ok() {
-                observe(&scanning, &req, first_row);
+            if let Ok(outcome) = &result {
+                observe(&scanning, &req, first_row, outcome.stats.continued);
             }
             observe_failed(&scanning, &req, &result);
             drop(scanning);
@@ -640,11 +641,12 @@ impl<K: RowSink> RowSink for FirstRow<'_, K> {
 /// it means storage answers this replica's reads too slowly for their
 /// budgets, the saturation the limit is there to prevent. (The time to the
 /// first row alone does not say so: a hot continuation has its first row
-/// in hand whatever the load.)
-fn observe(ticket: &Ticket, req: &ReadRequest, first_row: Option<Instant>) {
+/// in hand whatever the load, so a `continued` read gives the limit no
+/// time to first row, only whether it was late.)
+fn observe(ticket: &Ticket, req: &ReadRequest, first_row: Option<Instant>, continued: bool) {
     let to_first_row = first_row.unwrap_or_else(Instant::now) - req.budget.started;
     let late = req.budget.elapsed() > req.budget.total || to_first_row > req.budget.total / 2;
-    ticket.observe(to_first_row, late);
+    ticket.observe((!continued).then_some(to_first_row), late);
 }
 
 /// Feeds a read that failed for want of budget (not one row by its stop)
@@ -653,7 +655,7 @@ fn observe(ticket: &Ticket, req: &ReadRequest, first_row: Option<Instant>) {
 /// input, storage errors) say nothing about this replica's load.
 fn observe_failed<T>(ticket: &Ticket, req: &ReadRequest, result: &Result<T, ReadError>) {
     if matches!(result, Err(ReadError::NoProgress { .. })) {
-        ticket.observe(req.budget.elapsed(), true);
+        ticket.observe(Some(req.budget.elapsed()), true);
     }
 }
 
