@@ -304,17 +304,28 @@ impl Window {
     }
 }
 
-/// One logical read, recording each response as it arrives. The first
-/// response's latency counts from `intended`. A read still following tokens
-/// when the run ends is abandoned and not counted as a whole read. Returns
-/// how long a refused read's client should wait (the server's RetryInfo).
+/// A logical read refused for load on the way: how long its client should
+/// wait (the server's RetryInfo), and where the read stands (the request
+/// carrying its last token, and when the read was meant to start).
+struct Refused {
+    wait: Option<Duration>,
+    request: pb::ReadEventsRequest,
+    intended: Instant,
+}
+
+/// One logical read from `request` (a fresh read, or one refused before,
+/// carrying its token), recording each response as it arrives. The first
+/// response's latency counts from `sent`; the whole read's from `intended`.
+/// A read still following tokens when the run ends is abandoned and not
+/// counted as a whole read.
 async fn logical_read(
     client: HourglassClient<Channel>,
     args: &RunArgs,
-    intended: Instant,
+    request: pb::ReadEventsRequest,
+    (intended, sent): (Instant, Instant),
     shared: &Mutex<Shared>,
     window: Window,
-) -> Option<Duration> {
+) -> Option<Refused> {
     // Every response counts as it comes: a call that made no progress is
     // an error of the run, not repeated.
     let options = FollowOptions {
@@ -325,8 +336,9 @@ async fn logical_read(
         class: args.class.map(Into::into),
         ..FollowOptions::default()
     };
-    let mut pages = follow(client, request_for(args), options);
-    let mut sent = intended;
+    let mut current = request.clone();
+    let mut pages = follow(client, request, options);
+    let mut sent = sent;
     while let Some(result) = pages.next().await {
         let now = Instant::now();
         let counted = window.counts(now);
@@ -346,10 +358,11 @@ async fn logical_read(
                         s.total.refusals.record(latency_since_intended(sent, now));
                     }
                 }
-                return refused
-                    .then(|| status.get_details_retry_info())
-                    .flatten()
-                    .and_then(|r| r.retry_delay);
+                return refused.then(|| Refused {
+                    wait: status.get_details_retry_info().and_then(|r| r.retry_delay),
+                    request: current,
+                    intended,
+                });
             }
             Ok(page) => page,
         };
@@ -398,6 +411,9 @@ async fn logical_read(
         if window.over(now) {
             return None;
         }
+        current
+            .continuation_token
+            .clone_from(&page.continuation_token);
         sent = Instant::now();
     }
     None
@@ -494,7 +510,8 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
                     }
                     let (c, a, sh) = (client.clone(), args.clone(), shared.clone());
                     ops.spawn(async move {
-                        logical_read(c, &a, intended, &sh, window).await;
+                        let request = request_for(&a);
+                        logical_read(c, &a, request, (intended, intended), &sh, window).await;
                     });
                     while ops.try_join_next().is_some() {}
                 }
@@ -507,16 +524,22 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
                         take_ticket.clone(),
                     );
                     ops.spawn(async move {
+                        let mut resume: Option<Refused> = None;
                         loop {
-                            let intended = Instant::now();
-                            if !ticket(intended) {
-                                break;
-                            }
+                            let now = Instant::now();
+                            // A refused read goes on from its last token: it
+                            // is the same logical read, not a new one.
+                            let (request, intended) = match resume.take() {
+                                Some(r) if !window.over(now) => (r.request, r.intended),
+                                None if ticket(now) => (request_for(&a), now),
+                                _ => break,
+                            };
                             // A refused client waits as the server suggests
                             // (spread by the server), as a good client does.
-                            if let Some(wait) =
-                                logical_read(c.clone(), &a, intended, &sh, window).await
-                            {
+                            resume =
+                                logical_read(c.clone(), &a, request, (intended, now), &sh, window)
+                                    .await;
+                            if let Some(wait) = resume.as_ref().and_then(|r| r.wait) {
                                 tokio::time::sleep(wait).await;
                             }
                         }
