@@ -39,10 +39,43 @@ const PRIOR_ROWS_VARIANCE: f64 = 10_000.0;
 /// always cost something and affordable rows stay finite.
 const MIN_PER_ROW_SHARE: f64 = 1.0 / 16.0;
 
-/// Weight of a new observation in the ratio's mean.
-const RATIO_ALPHA: f64 = 0.125;
-/// Weight of a new observation in the ratio's mean deviation.
-const RATIO_BETA: f64 = 0.25;
+/// Weight of a new observation in a [`MeanDeviation`]'s mean.
+const SPREAD_ALPHA: f64 = 0.125;
+/// Weight of a new observation in a [`MeanDeviation`]'s deviation.
+const SPREAD_BETA: f64 = 0.25;
+
+/// A moving mean and mean deviation of a measure, as TCP estimates round
+/// trip times (RFC 6298, with its weights 1/8 and 1/4): the mean plus a few
+/// deviations is a high estimate that widens with the measure's jitter.
+#[derive(Clone, Copy, Debug)]
+pub struct MeanDeviation {
+    mean: f64,
+    deviation: f64,
+}
+
+impl MeanDeviation {
+    pub const fn new(mean: f64, deviation: f64) -> Self {
+        Self { mean, deviation }
+    }
+
+    /// Starts from a first observation, as RFC 6298 does: deviation half
+    /// of it.
+    pub const fn first(x: f64) -> Self {
+        Self::new(x, x / 2.0)
+    }
+
+    /// Folds in one observation.
+    pub fn observe(&mut self, x: f64) {
+        self.deviation += SPREAD_BETA * ((x - self.mean).abs() - self.deviation);
+        self.mean += SPREAD_ALPHA * (x - self.mean);
+    }
+
+    /// The mean plus `deviations` mean deviations.
+    pub fn high(&self, deviations: f64) -> f64 {
+        self.mean + deviations * self.deviation
+    }
+}
+
 /// Prior mean deviation of observed ÷ fitted latency.
 const PRIOR_RATIO_DEVIATION: f64 = 0.25;
 /// The tail is the ratio's mean plus this many mean deviations.
@@ -63,10 +96,8 @@ pub struct LatencyModel {
     per_row: f64,
     /// The largest page seen to land: the model is trusted up to twice it.
     max_rows: usize,
-    /// Moving mean of observed ÷ fitted latency.
-    ratio: f64,
-    /// Moving mean deviation of that ratio.
-    ratio_deviation: f64,
+    /// Moving mean and mean deviation of observed ÷ fitted latency.
+    ratio: MeanDeviation,
 }
 
 impl Default for LatencyModel {
@@ -79,8 +110,7 @@ impl Default for LatencyModel {
             base: PRIOR_BASE_SECS,
             per_row: PRIOR_PER_ROW_SECS,
             max_rows: 0,
-            ratio: 1.0,
-            ratio_deviation: PRIOR_RATIO_DEVIATION,
+            ratio: MeanDeviation::new(1.0, PRIOR_RATIO_DEVIATION),
         }
     }
 }
@@ -112,9 +142,7 @@ impl LatencyModel {
         let fitted = self.base + self.per_row * x;
         if fitted > 0.0 {
             let ratio = (y / fitted).min(MAX_RATIO);
-            self.ratio_deviation +=
-                RATIO_BETA * ((ratio - self.ratio).abs() - self.ratio_deviation);
-            self.ratio += RATIO_ALPHA * (ratio - self.ratio);
+            self.ratio.observe(ratio);
         }
         self.mean_x += ALPHA * (x - self.mean_x);
         self.mean_y += ALPHA * (y - self.mean_y);
@@ -135,7 +163,7 @@ impl LatencyModel {
     /// How much slower than the line a slow page is: the ratio's mean plus
     /// [`TAIL_DEVIATIONS`] deviations, never below the safety factor.
     pub fn tail_factor(&self) -> f64 {
-        (self.ratio + TAIL_DEVIATIONS * self.ratio_deviation).max(SAFETY)
+        self.ratio.high(TAIL_DEVIATIONS).max(SAFETY)
     }
 
     /// Latency of a slow page of `rows` (see [`LatencyModel::tail_factor`]).

@@ -28,8 +28,11 @@
 //! [`MIN_SAMPLE_BYTES`] are not samples (their fixed costs would read as a
 //! per-byte cost).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
+
+use super::predict::MeanDeviation;
 
 /// Responses smaller than this teach nothing about the per-byte cost.
 pub const MIN_SAMPLE_BYTES: usize = 16 << 10;
@@ -60,38 +63,11 @@ pub const CLIENT_DECODE_PER_ENCODE: f64 = 8.0;
 /// The reserve holds this many times the estimate of how late this process
 /// wakes: the scan's own stop, the transport's send, the client's read.
 pub const LATENESS_COVER: u32 = 3;
-/// Weight of a new lateness sample in the mean (and in the deviation, 2x).
-const LATENESS_ALPHA: f64 = 0.125;
 /// A lateness sample counts as at most this long (a stalled process is not
 /// the machine's usual state).
 const MAX_LATENESS: Duration = Duration::from_millis(20);
-
-/// How late this process wakes: a moving mean and mean deviation.
-#[derive(Clone, Copy, Debug, Default)]
-struct Lateness {
-    mean: f64,
-    dev: f64,
-    samples: u32,
-}
-
-impl Lateness {
-    fn observe(&mut self, late: Duration) {
-        let x = late.min(MAX_LATENESS).as_secs_f64();
-        if self.samples == 0 {
-            self.mean = x;
-            self.dev = x / 2.0;
-        } else {
-            self.dev += 2.0 * LATENESS_ALPHA * ((x - self.mean).abs() - self.dev);
-            self.mean += LATENESS_ALPHA * (x - self.mean);
-        }
-        self.samples = self.samples.saturating_add(1);
-    }
-
-    /// A high estimate: mean plus four deviations.
-    fn high(&self) -> Duration {
-        Duration::from_secs_f64((self.mean + 4.0 * self.dev).max(0.0))
-    }
-}
+/// The high estimate of the lateness: its mean plus this many deviations.
+const LATENESS_DEVIATIONS: f64 = 4.0;
 
 /// Where a response spends its time after the scan stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,7 +108,11 @@ impl Ewma {
 #[derive(Debug, Default)]
 pub struct ResponseCost {
     stages: Mutex<[Ewma; 3]>,
-    lateness: Mutex<Lateness>,
+    /// How late this process wakes (None before a sample).
+    lateness: Mutex<Option<MeanDeviation>>,
+    /// [`ResponseCost::lateness_allowance`] in nanoseconds, kept at each
+    /// sample: scans read it for every row they emit, without a lock.
+    allowance_nanos: AtomicU64,
 }
 
 /// The process's response cost: every server of the process measures into
@@ -143,25 +123,33 @@ impl ResponseCost {
     pub const fn new() -> Self {
         Self {
             stages: Mutex::new([Ewma::UNMEASURED; 3]),
-            lateness: Mutex::new(Lateness {
-                mean: 0.0,
-                dev: 0.0,
-                samples: 0,
-            }),
+            lateness: Mutex::new(None),
+            allowance_nanos: AtomicU64::new(0),
         }
     }
 
     /// Records that a timer of this process woke its task `late` after it
     /// was due.
     pub fn observe_lateness(&self, late: Duration) {
-        self.lateness.lock().expect("lateness").observe(late);
+        let x = late.min(MAX_LATENESS).as_secs_f64();
+        let high = {
+            let mut lateness = self.lateness.lock().expect("lateness");
+            match lateness.as_mut() {
+                Some(l) => l.observe(x),
+                None => *lateness = Some(MeanDeviation::first(x)),
+            }
+            lateness.map_or(0.0, |l| l.high(LATENESS_DEVIATIONS).max(0.0))
+        };
+        let allowance = Duration::from_secs_f64(high) * LATENESS_COVER;
+        let nanos = u64::try_from(allowance.as_nanos()).unwrap_or(u64::MAX);
+        self.allowance_nanos.store(nanos, Ordering::Relaxed);
     }
 
     /// The time to keep back for this process and its client waking late:
     /// [`LATENESS_COVER`] times a high estimate of the lateness (zero
     /// before any sample).
     pub fn lateness_allowance(&self) -> Duration {
-        self.lateness.lock().expect("lateness").high() * LATENESS_COVER
+        Duration::from_nanos(self.allowance_nanos.load(Ordering::Relaxed))
     }
 
     /// Records that `stage` of a response of `bytes` encoded bytes took `took`.
@@ -251,7 +239,9 @@ mod tests {
         let before = cost.lateness_allowance();
         cost.observe_lateness(Duration::from_secs(5));
         let after = cost.lateness_allowance();
-        let most = MAX_LATENESS.as_secs_f64() * LATENESS_ALPHA * 9.0 * f64::from(LATENESS_COVER);
+        // One sample moves the mean by at most an eighth of it and the
+        // deviation by a quarter: the high estimate by 1/8 + 4/4.
+        let most = MAX_LATENESS.as_secs_f64() * (0.125 + 1.0) * f64::from(LATENESS_COVER);
         assert!(
             after.as_secs_f64() - before.as_secs_f64() <= most,
             "{before:?} -> {after:?}"
