@@ -114,7 +114,8 @@ pub struct ServeArgs {
     /// node that loses the race goes last in query plans for a while.
     #[arg(long, env = "HOURGLASS_HEDGING", default_value_t = true, action = clap::ArgAction::Set)]
     pub hedging: bool,
-    /// Hedges per storage read at most, over time (0.1: 10% extra requests).
+    /// Hedges per storage read at most, over time (0.1: 10% extra requests),
+    /// besides 2 a second that a quiet replica may always send.
     #[arg(long, env = "HOURGLASS_HEDGE_MAX_EXTRA", default_value_t = HedgeConfig::default().max_extra, value_parser = parse_share)]
     pub hedge_max_extra: f64,
     /// Token signing keys `id:secret[,id:secret]`; the first signs, all

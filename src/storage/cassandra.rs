@@ -29,7 +29,8 @@ use scylla::client::execution_profile::{ExecutionProfile, ExecutionProfileHandle
 use scylla::policies::load_balancing::DefaultPolicy;
 
 use super::hedging::{
-    size_class, AvoidDemoted, HedgeAt, HedgeConfig, HedgePolicy, HedgeStats, Hedging, SIZE_CLASSES,
+    probe_demoted, size_class, AvoidDemoted, HedgeAt, HedgeConfig, HedgePolicy, HedgeStats,
+    Hedging, Trace, SIZE_CLASSES,
 };
 use super::{BucketQuery, Cause, Created, ShardQuery, Storage, StorageError};
 use crate::model::{self, Key, Namespace, NewEvent, Order, Row};
@@ -142,7 +143,7 @@ fn tls_context(ca_pem: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
 
 /// The Cassandra-backed [`Storage`].
 pub struct CassandraStore {
-    session: Session,
+    session: Arc<Session>,
     stmts: Statements,
     hedging: Arc<Hedging>,
     /// Reads that may hedge run with the profile of their size class.
@@ -180,8 +181,8 @@ impl CassandraStore {
             cause,
         };
         // Token-aware (the default policy's default, stated here): requests
-        // go to a replica of their partition. With hedging on, nodes that
-        // lost a hedge race go last in every plan for a while.
+        // go to a replica of their partition. With hedging on, slow nodes
+        // go last in every plan until a probe to them answers.
         let hedging = Hedging::new(cfg.hedging.clone());
         let token_aware: Arc<dyn scylla::policies::load_balancing::LoadBalancingPolicy> =
             DefaultPolicy::builder().token_aware(true).build();
@@ -251,6 +252,13 @@ impl CassandraStore {
                 Err(e) => return Err(e),
             }
         };
+        let session = Arc::new(session);
+        if cfg.hedging.enabled {
+            tokio::spawn(probe_demoted(
+                Arc::downgrade(&session),
+                Arc::clone(&hedging),
+            ));
+        }
         Ok(Self {
             session,
             stmts,
@@ -410,8 +418,10 @@ impl CassandraStore {
     ) -> Result<scylla::response::query_result::QueryResult, StorageError> {
         stmt.set_request_timeout(Some(timeout));
         let class = size_class(rows);
+        let mut slow_after = None;
         if let Some(at) = self.hedging.admit(timeout, class) {
             let profile = if let HedgeAt::After(after) = at {
+                slow_after = Some(after);
                 // A tight budget: this read's own delay (rare enough that a
                 // profile per read costs nothing that matters).
                 let policy = HedgePolicy {
@@ -432,7 +442,14 @@ impl CassandraStore {
         let trace = self.hedging.trace();
         stmt.set_history_listener(trace.clone());
         let began = Instant::now();
-        match self.session.execute_unpaged(&stmt, values).await {
+        let mut waiting = GiveUp {
+            trace: &trace,
+            began,
+            slow_after: slow_after.unwrap_or_else(|| self.hedging.delay(class)),
+        };
+        let result = self.session.execute_unpaged(&stmt, values).await;
+        waiting.slow_after = Duration::MAX;
+        match result {
             Ok(res) => {
                 self.hedging.record(began.elapsed(), class);
                 Ok(res)
@@ -542,6 +559,24 @@ fn write_ttls(retention: u32, now: i64) -> (i32, i32) {
     let rows = (index - slack).min(i64::from(retention));
     let to_ttl = |t: i64| i32::try_from(t).unwrap_or(i32::MAX);
     (to_ttl(rows), to_ttl(index))
+}
+
+/// A read request in flight: dropped while still waiting (its call's
+/// budget ended) after `slow_after`, it demotes the nodes it waited on.
+struct GiveUp<'a> {
+    trace: &'a Trace,
+    began: Instant,
+    /// When the request's hedge went or would have gone; [`Duration::MAX`]
+    /// once it has an answer.
+    slow_after: Duration,
+}
+
+impl Drop for GiveUp<'_> {
+    fn drop(&mut self) {
+        if self.began.elapsed() >= self.slow_after {
+            self.trace.given_up();
+        }
+    }
 }
 
 fn with_timeout(stmt: &PreparedStatement, timeout: Duration) -> PreparedStatement {

@@ -11,9 +11,20 @@
 //!   the first request had; a read whose timeout is under twice
 //!   [`HedgeConfig::min_delay`] is not hedged.
 //! * Extra load is capped: every read request earns [`HedgeConfig::max_extra`]
-//!   of a credit (up to [`CREDIT_BURST`]), a hedge needs a whole one and
-//!   spends it when it is sent. Over any long run hedges are at most
-//!   `max_extra` of read requests (plus the burst).
+//!   of a credit, and every second earns [`HedgeConfig::min_per_sec`]
+//!   (Finagle's retry-budget floor: a quiet replica can still hedge), up to
+//!   [`CREDIT_BURST`]; a hedge needs a whole credit and spends it when it is
+//!   sent. Over any long run hedges are at most `max_extra` of read requests
+//!   plus `min_per_sec` a second (plus the burst).
+//! * A node is demoted (put last) when a hedge beat it, when it left a read
+//!   unanswered until the read's timeout, or when the read was given up
+//!   (its call's budget ended) after waiting on it past the hedge delay
+//!   (otherwise a node that stalls while hedges lack the time or the
+//!   credit to beat it would stay first and cost every read).
+//! * A demoted node stays last until it answers a probe sent to it alone
+//!   ([`Hedging::due_for_probe`], at least [`HedgeConfig::demote_for`]
+//!   after the demotion): live reads never test whether a stalled node is
+//!   back.
 //! * A demoted node is still in the plan, last: when every other replica is
 //!   down it is still tried.
 //!
@@ -25,21 +36,29 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
 use scylla::cluster::ClusterState;
 use scylla::errors::{RequestAttemptError, RequestError};
 use scylla::observability::history::{AttemptId, HistoryListener, RequestId, SpeculativeId};
-use scylla::policies::load_balancing::{FallbackPlan, LoadBalancingPolicy, RoutingInfo};
+use scylla::policies::load_balancing::{
+    FallbackPlan, LoadBalancingPolicy, NodeIdentifier, RoutingInfo, SingleTargetLoadBalancingPolicy,
+};
 use scylla::policies::retry::RetryDecision;
 use scylla::policies::speculative_execution::{Context, SpeculativeExecutionPolicy};
 use scylla::routing::Shard;
+use scylla::statement::unprepared::Statement;
 
 use crate::telemetry;
 
 /// Credits a quiet period can save up: hedges that may go at once.
 pub const CREDIT_BURST: u64 = 10;
+/// The burst as a float (a rate of more credits a second than the burst
+/// holds would earn nothing more).
+const BURST_F64: f64 = 10.0;
 /// Credits are counted in thousandths (exact sums).
 const MILLI: u64 = 1000;
 /// Successful read latencies the hedge delay is computed from, per class.
@@ -65,13 +84,18 @@ const RECOMPUTE_EVERY: usize = 32;
 pub struct HedgeConfig {
     /// Off: no hedges, no demotion (the driver's plain token-aware plan).
     pub enabled: bool,
-    /// Hedges per read request at most, over time (0.1: 10% extra requests).
+    /// Hedges per read request at most, over time (0.1: 10% extra requests),
+    /// besides those [`HedgeConfig::min_per_sec`] earns.
     pub max_extra: f64,
     /// The hedge delay never goes below this...
     pub min_delay: Duration,
     /// ...nor above this.
     pub max_delay: Duration,
-    /// How long a node that lost a hedge race (or timed out) goes last.
+    /// Credits earned per second whatever the traffic (see the module
+    /// docs), up to the burst.
+    pub min_per_sec: f64,
+    /// How long a node that lost a hedge race (or timed out) goes last
+    /// before it is probed; it comes back when a probe answers.
     pub demote_for: Duration,
 }
 
@@ -82,6 +106,7 @@ impl Default for HedgeConfig {
             max_extra: 0.1,
             min_delay: Duration::from_millis(2),
             max_delay: Duration::from_millis(100),
+            min_per_sec: 2.0,
             demote_for: Duration::from_secs(2),
         }
     }
@@ -115,17 +140,58 @@ pub struct HedgeStats {
 #[derive(Debug)]
 pub struct Hedging {
     config: HedgeConfig,
-    /// Thousandths of a credit.
-    credits: Mutex<u64>,
+    credits: Mutex<Credits>,
     /// Thousandths earned per read.
     earn: u64,
+    /// Thousandths earned per second.
+    per_sec: u64,
     windows: [Mutex<Window>; SIZE_CLASSES],
     delay_micros: [AtomicU64; SIZE_CLASSES],
-    demoted: Mutex<HashMap<IpAddr, Instant>>,
+    demoted: Mutex<HashMap<IpAddr, Demotion>>,
     reads: AtomicU64,
     sent: AtomicU64,
     won: AtomicU64,
     demotions: AtomicU64,
+}
+
+/// Hedge credits, in thousandths (exact sums), and when time last earned
+/// some.
+#[derive(Debug)]
+struct Credits {
+    milli: u64,
+    earned_at: Instant,
+}
+
+impl Credits {
+    /// Adds `per_request` thousandths, and `per_sec` thousandths a second
+    /// for the time since the last call, up to the burst. Time earns only
+    /// while the credits are short of the burst; a fraction of a thousandth
+    /// is carried to the next call.
+    fn earn(&mut self, now: Instant, per_request: u64, per_sec: u64) {
+        let elapsed = now.saturating_duration_since(self.earned_at).as_micros();
+        let by_time = u128::from(per_sec) * elapsed / 1_000_000;
+        if by_time > 0 {
+            let took = by_time * 1_000_000 / u128::from(per_sec);
+            self.earned_at += Duration::from_micros(u64::try_from(took).unwrap_or(u64::MAX));
+        }
+        let by_time = u64::try_from(by_time).unwrap_or(u64::MAX);
+        self.milli = self
+            .milli
+            .saturating_add(per_request)
+            .saturating_add(by_time)
+            .min(CREDIT_BURST * MILLI);
+        if self.milli == CREDIT_BURST * MILLI {
+            self.earned_at = now;
+        }
+    }
+}
+
+/// A demoted node: last in plans; probed once `probe_at` has passed.
+#[derive(Clone, Copy, Debug)]
+struct Demotion {
+    probe_at: Instant,
+    /// A probe is on its way: not handed out again.
+    probing: bool,
 }
 
 #[derive(Debug, Default)]
@@ -139,8 +205,13 @@ impl Hedging {
     pub fn new(config: HedgeConfig) -> Arc<Self> {
         let initial = (config.min_delay * 5).min(config.max_delay);
         Arc::new(Self {
-            credits: Mutex::new(CREDIT_BURST * MILLI),
+            credits: Mutex::new(Credits {
+                milli: CREDIT_BURST * MILLI,
+                earned_at: Instant::now(),
+            }),
             earn: thousandths(config.max_extra),
+            // Clamped to [0, the burst] a second, in hundredths.
+            per_sec: thousandths(config.min_per_sec / BURST_F64) * CREDIT_BURST,
             windows: Default::default(),
             delay_micros: std::array::from_fn(|_| AtomicU64::new(micros(initial))),
             demoted: Mutex::default(),
@@ -183,8 +254,8 @@ impl Hedging {
             return None;
         }
         let mut credits = self.credits.lock().expect("hedge credits lock");
-        *credits = (*credits + self.earn).min(CREDIT_BURST * MILLI);
-        if *credits < MILLI {
+        credits.earn(Instant::now(), self.earn, self.per_sec);
+        if credits.milli < MILLI {
             return None;
         }
         // One reading of the delay decides: a recompute between two
@@ -225,37 +296,60 @@ impl Hedging {
     /// Whether any node is demoted now (the common answer, no, lets plans
     /// pass through untouched).
     pub fn any_demoted(&self) -> bool {
-        let mut demoted = self.demoted.lock().expect("demoted lock");
-        let now = Instant::now();
-        demoted.retain(|_, until| *until > now);
-        !demoted.is_empty()
+        !self.demoted.lock().expect("demoted lock").is_empty()
     }
 
-    /// Whether `ip` lost a race recently enough to go last.
+    /// Whether `ip` is demoted: it lost a race, timed out or was given up
+    /// on, and has not answered a probe since.
     pub fn is_demoted(&self, ip: IpAddr) -> bool {
-        let mut demoted = self.demoted.lock().expect("demoted lock");
-        match demoted.get(&ip) {
-            Some(until) if *until > Instant::now() => true,
-            Some(_) => {
-                demoted.remove(&ip);
-                false
-            }
-            None => false,
-        }
+        self.demoted.lock().expect("demoted lock").contains_key(&ip)
     }
 
-    fn demote(&self, ip: IpAddr) {
-        let until = Instant::now() + self.config.demote_for;
+    /// Puts `ip` last (again: a failed probe or a new slow answer moves its
+    /// next probe [`HedgeConfig::demote_for`] away).
+    pub fn demote(&self, ip: IpAddr) {
+        let demotion = Demotion {
+            probe_at: Instant::now() + self.config.demote_for,
+            probing: false,
+        };
         let fresh = self
             .demoted
             .lock()
             .expect("demoted lock")
-            .insert(ip, until)
-            .is_none_or(|old| old <= Instant::now());
+            .insert(ip, demotion)
+            .is_none();
         if fresh {
             self.demotions.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(telemetry::STORAGE_DEMOTIONS).increment(1);
-            tracing::info!(node = %ip, for_ms = self.config.demote_for.as_millis(), "storage node demoted after a slow answer");
+            tracing::info!(node = %ip, probe_after_ms = self.config.demote_for.as_millis(), "storage node demoted after a slow answer");
+        }
+    }
+
+    /// Demoted nodes whose probe is due at `now`; each is handed out once,
+    /// and comes back by [`Hedging::reinstate`] (the probe answered) or
+    /// [`Hedging::demote`] (it did not).
+    pub fn due_for_probe(&self, now: Instant) -> Vec<IpAddr> {
+        let mut demoted = self.demoted.lock().expect("demoted lock");
+        demoted
+            .iter_mut()
+            .filter(|(_, d)| !d.probing && d.probe_at <= now)
+            .map(|(ip, d)| {
+                d.probing = true;
+                *ip
+            })
+            .collect()
+    }
+
+    /// `ip` answered its probe: back in its place in plans.
+    pub fn reinstate(&self, ip: IpAddr) {
+        if self
+            .demoted
+            .lock()
+            .expect("demoted lock")
+            .remove(&ip)
+            .is_some()
+        {
+            tracing::info!(node = %ip, "storage node answered its probe; no longer demoted");
         }
     }
 
@@ -263,7 +357,7 @@ impl Hedging {
         self.sent.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(telemetry::STORAGE_HEDGES, "result" => "sent").increment(1);
         let mut credits = self.credits.lock().expect("hedge credits lock");
-        *credits = credits.saturating_sub(MILLI);
+        credits.milli = credits.milli.saturating_sub(MILLI);
     }
 
     fn hedge_won(&self) {
@@ -355,6 +449,18 @@ impl Trace {
 }
 
 impl Trace {
+    /// The request was given up (dropped unanswered) after waiting past its
+    /// hedge delay: the nodes it still waited on are slow.
+    pub fn given_up(&self) {
+        if !self.hedging.config.enabled {
+            return;
+        }
+        let attempts = self.attempts.lock().expect("trace lock");
+        if !attempts.settled {
+            self.demote_unanswered(&attempts);
+        }
+    }
+
     /// The one node every attempt of the request went to, if there was one.
     pub fn only_node(&self) -> Option<IpAddr> {
         let attempts = self.attempts.lock().expect("trace lock");
@@ -428,6 +534,59 @@ impl HistoryListener for Trace {
     }
 }
 
+/// Probes the demoted nodes of `hedging` as they fall due, one query to
+/// each node alone, until the session is dropped: a node that answers
+/// within [`HedgeConfig::demote_for`] is reinstated, one that does not is
+/// demoted again.
+pub async fn probe_demoted(session: Weak<Session>, hedging: Arc<Hedging>) {
+    let tick = (hedging.config.demote_for / 4).max(Duration::from_millis(10));
+    let mut ticks = tokio::time::interval(tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(session) = session.upgrade() else {
+            return;
+        };
+        for ip in hedging.due_for_probe(Instant::now()) {
+            let session = Arc::clone(&session);
+            let hedging = Arc::clone(&hedging);
+            tokio::spawn(async move {
+                if answers(&session, ip, hedging.config.demote_for).await {
+                    hedging.reinstate(ip);
+                } else {
+                    hedging.demote(ip);
+                }
+            });
+        }
+    }
+}
+
+/// Whether the node at `ip` answers a trivial query sent to it alone
+/// within `timeout` (a node no longer in the cluster answers for nothing
+/// and counts as answered: there is nothing left to demote).
+async fn answers(session: &Session, ip: IpAddr, timeout: Duration) -> bool {
+    let state = session.get_cluster_state();
+    let Some(node) = state
+        .get_nodes_info()
+        .iter()
+        .find(|n| n.address.ip() == ip)
+        .cloned()
+    else {
+        return true;
+    };
+    let profile = ExecutionProfile::builder()
+        .load_balancing_policy(SingleTargetLoadBalancingPolicy::new(
+            NodeIdentifier::Node(node),
+            None,
+        ))
+        .request_timeout(Some(timeout))
+        .build()
+        .into_handle();
+    let mut stmt = Statement::new("SELECT release_version FROM system.local");
+    stmt.set_execution_profile_handle(Some(profile));
+    session.query_unpaged(stmt, ()).await.is_ok()
+}
+
 /// The driver's plan with demoted nodes moved last.
 #[derive(Debug)]
 pub struct AvoidDemoted {
@@ -497,7 +656,10 @@ mod tests {
 
     #[test]
     fn hedges_stay_within_the_extra_share() {
-        let h = Hedging::new(HedgeConfig::default());
+        let h = Hedging::new(HedgeConfig {
+            min_per_sec: 0.0,
+            ..HedgeConfig::default()
+        });
         let mut hedged = 0u64;
         for _ in 0..10_000 {
             if h.admit(Duration::from_secs(1), 0).is_some() {
@@ -596,5 +758,100 @@ mod tests {
         trace.log_attempt_success(hedge);
         assert!(!h.any_demoted());
         assert_eq!((h.stats().sent, h.stats().won), (1, 0));
+    }
+
+    #[test]
+    fn time_earns_credits_up_to_the_burst_carrying_fractions() {
+        let t0 = Instant::now();
+        let mut c = Credits {
+            milli: 0,
+            earned_at: t0,
+        };
+        c.earn(t0 + Duration::from_millis(500), 0, 2 * MILLI);
+        assert_eq!(c.milli, MILLI, "2 a second for half a second");
+        // 3 a second: 1.5 thousandths in 500 us, 1 now and the half carried.
+        let mut c = Credits {
+            milli: 0,
+            earned_at: t0,
+        };
+        c.earn(t0 + Duration::from_micros(500), 0, 3 * MILLI);
+        assert_eq!(c.milli, 1);
+        c.earn(t0 + Duration::from_millis(1), 0, 3 * MILLI);
+        assert_eq!(c.milli, 3, "the carried half counts");
+        c.earn(t0 + Duration::from_millis(1), 100, 3 * MILLI);
+        assert_eq!(c.milli, 103, "a request earns its share");
+        // A full bucket earns nothing while full: a spent credit comes back
+        // only with time after the spend.
+        let full = t0 + Duration::from_secs(60);
+        c.earn(full, 0, 3 * MILLI);
+        assert_eq!(c.milli, CREDIT_BURST * MILLI);
+        c.milli -= MILLI;
+        c.earn(full + Duration::from_millis(100), 0, 3 * MILLI);
+        assert_eq!(c.milli, CREDIT_BURST * MILLI - MILLI + 300);
+    }
+
+    #[test]
+    fn a_quiet_store_earns_hedges_by_time() {
+        let h = Hedging::new(HedgeConfig {
+            min_per_sec: 1000.0,
+            ..HedgeConfig::default()
+        });
+        let mut hedged = 0;
+        for _ in 0..CREDIT_BURST {
+            assert!(h.admit(Duration::from_secs(1), 0).is_some());
+            h.hedge_sent();
+            hedged += 1;
+        }
+        // Out of credit; the rate (clamped to the burst a second) earns one
+        // back within 100 ms, which 0.1 per request alone would not.
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(h.admit(Duration::from_secs(1), 0).is_some());
+        assert_eq!(hedged, CREDIT_BURST);
+    }
+
+    #[test]
+    fn a_demoted_node_stays_last_until_a_probe_answers() {
+        let h = Hedging::new(HedgeConfig::default());
+        let ip: IpAddr = "127.0.0.2".parse().unwrap();
+        let now = Instant::now();
+        h.demote(ip);
+        assert!(h.is_demoted(ip) && h.any_demoted());
+        assert!(h.due_for_probe(now).is_empty(), "not before demote_for");
+        let due = now + HedgeConfig::default().demote_for + Duration::from_millis(1);
+        assert_eq!(h.due_for_probe(due), [ip]);
+        assert!(h.due_for_probe(due).is_empty(), "handed out once");
+        assert!(h.is_demoted(ip), "still last while its probe is out");
+        // The probe failed: demoted again, due again demote_for later.
+        h.demote(ip);
+        assert!(h.due_for_probe(Instant::now()).is_empty());
+        assert_eq!(h.stats().demotions, 1, "one demotion, probed twice");
+        let later = Instant::now() + HedgeConfig::default().demote_for + Duration::from_millis(1);
+        assert_eq!(h.due_for_probe(later), [ip]);
+        h.reinstate(ip);
+        assert!(!h.is_demoted(ip) && !h.any_demoted());
+    }
+
+    #[test]
+    fn a_request_given_up_demotes_the_nodes_it_still_waited_on() {
+        let h = Hedging::new(HedgeConfig::default());
+        let stalled: SocketAddr = "127.0.0.2:9042".parse().unwrap();
+        let trace = h.trace();
+        let r = trace.log_request_start();
+        trace.log_attempt_start(r, None, stalled);
+        trace.given_up();
+        assert!(h.is_demoted(stalled.ip()));
+        // An answered request given up afterwards (its answer came too late
+        // for the call) demotes nothing; nor does anything with hedging off.
+        for config in [HedgeConfig::default(), HedgeConfig::off()] {
+            let h = Hedging::new(config);
+            let trace = h.trace();
+            let r = trace.log_request_start();
+            let a = trace.log_attempt_start(r, None, stalled);
+            if h.config().enabled {
+                trace.log_attempt_success(a);
+            }
+            trace.given_up();
+            assert!(!h.any_demoted());
+        }
     }
 }
