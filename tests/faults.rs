@@ -395,6 +395,19 @@ async fn a_stream_the_client_does_not_read_keeps_its_scan_slot() {
         slo_millis: 1000,
         ..read_request("unread", "s", 0, i64::MAX)
     };
+    // The node may still be working off reads queued while the previous
+    // test had it frozen (a fresh clone's run once read 8,100 rows a second
+    // here): one whole read first, so the stream's scan below reads at the
+    // node's usual pace and outruns what the transport buffers.
+    let (warm, _) = read_to_end(
+        &mut server.client,
+        pb::ReadEventsRequest {
+            slo_millis: 0,
+            ..req.clone()
+        },
+    )
+    .await;
+    assert_eq!(warm.len(), 100_000, "the series reads whole");
     // Take one message and stop reading: the scan itself soon ends, but
     // most of its rows wait in the server for this client.
     let mut stream = server
