@@ -194,6 +194,7 @@ impl<S: Storage> Scan<S> {
             page,
             ?timeout,
             ?delay,
+            model = ?self.model,
             "page sent"
         );
         cursor.pages += 1;

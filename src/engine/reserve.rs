@@ -113,7 +113,14 @@ pub struct ResponseCost {
     /// [`ResponseCost::lateness_allowance`] in nanoseconds, kept at each
     /// sample: scans read it for every row they emit, without a lock.
     allowance_nanos: AtomicU64,
+    /// [`ResponseCost::secs_per_byte`] as f64 bits ([`UNMEASURED`] for
+    /// None), kept at each sample for the same reason.
+    per_byte_bits: AtomicU64,
 }
+
+/// `per_byte_bits` before building and encoding are measured (a NaN
+/// pattern no cost computes to).
+const UNMEASURED: u64 = u64::MAX;
 
 /// The process's response cost: every server of the process measures into
 /// it (the codec is built by generated code, so it cannot be handed one).
@@ -125,6 +132,7 @@ impl ResponseCost {
             stages: Mutex::new([Ewma::UNMEASURED; 3]),
             lateness: Mutex::new(None),
             allowance_nanos: AtomicU64::new(0),
+            per_byte_bits: AtomicU64::new(UNMEASURED),
         }
     }
 
@@ -161,23 +169,18 @@ impl ResponseCost {
         let sample = took.as_secs_f64() / bytes as f64;
         let mut stages = self.stages.lock().expect("response cost");
         stages[stage as usize].observe(sample);
+        let bits = per_byte(&stages).map_or(UNMEASURED, f64::to_bits);
+        self.per_byte_bits.store(bits, Ordering::Relaxed);
     }
 
     /// Measured seconds per byte of a response, from building it to the
     /// client having decoded it, once building and encoding have
     /// [`MIN_SAMPLES`] samples each (see the module docs).
     pub fn secs_per_byte(&self) -> Option<f64> {
-        let stages = self.stages.lock().expect("response cost");
-        let [build, encode, send] = *stages;
-        if build.samples < MIN_SAMPLES || encode.samples < MIN_SAMPLES {
-            return None;
+        match self.per_byte_bits.load(Ordering::Relaxed) {
+            UNMEASURED => None,
+            bits => Some(f64::from_bits(bits)),
         }
-        let sending = if send.samples >= MIN_SAMPLES {
-            send.secs_per_byte.max(encode.secs_per_byte)
-        } else {
-            encode.secs_per_byte
-        };
-        Some(build.secs_per_byte + sending + encode.secs_per_byte * CLIENT_DECODE_PER_ENCODE)
     }
 
     /// The time to keep back for a response of `bytes`, with the safety
@@ -187,6 +190,21 @@ impl ResponseCost {
         self.secs_per_byte()
             .map(|per_byte| Duration::from_secs_f64(per_byte * bytes as f64 * SAFETY))
     }
+}
+
+/// Seconds per byte from the stages' estimates (see
+/// [`ResponseCost::secs_per_byte`]).
+fn per_byte(stages: &[Ewma; 3]) -> Option<f64> {
+    let [build, encode, send] = *stages;
+    if build.samples < MIN_SAMPLES || encode.samples < MIN_SAMPLES {
+        return None;
+    }
+    let sending = if send.samples >= MIN_SAMPLES {
+        send.secs_per_byte.max(encode.secs_per_byte)
+    } else {
+        encode.secs_per_byte
+    };
+    Some(build.secs_per_byte + sending + encode.secs_per_byte * CLIENT_DECODE_PER_ENCODE)
 }
 
 #[cfg(test)]
