@@ -326,6 +326,7 @@ impl From<ReadStats> for pb::ReadStats {
             rows_scanned,
             rows_delivered,
             storage_pages,
+            probes: _,
             index_pages,
             buckets_visited,
             retries,

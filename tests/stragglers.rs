@@ -130,3 +130,40 @@ async fn a_failed_probe_leaves_the_page_and_the_next_probe() {
     let got: Vec<_> = first.into_iter().chain(second).collect();
     assert_rows(&got, &all[..got.len()]);
 }
+
+/// A page on its way at the pace the model expects gets no probe beside it
+/// before it is due: on one storage node a probe only adds to the load the
+/// page waits behind. (The last-chance probe went at once when a slow
+/// smallest page, twice over, filled the budget: with every page taking
+/// 3 ms, every cold call of a 10 ms chain sent a probe per shard 1.25 ms in
+/// and read each probe's rows twice.)
+#[tokio::test(start_paused = true)]
+async fn pages_landing_when_expected_get_no_probe() {
+    let ns = namespace(1_000_000, 4);
+    let (store, all) = seeded(&ns, (0..20_000).map(i64::from)).await;
+    store.set_latency(|_| 3 * MS);
+    let engine = hot_engine(&store, ContinuationConfig::off());
+    let mut rows = Vec::new();
+    let mut resume = None;
+    let mut probes = Vec::new();
+    for call in 0.. {
+        assert!(call < 1_000, "the read did not finish");
+        let mut req = request(&ns, Order::Ascending, 10 * MS, 100_000);
+        req.resume_after = resume.clone();
+        let (got, out) = read(&engine, &req).await;
+        let out = out.unwrap_or_else(|e| panic!("call {call}: {e}"));
+        rows.extend(got);
+        probes.push(out.stats.probes);
+        match out.ending {
+            Ending::Complete => break,
+            Ending::Partial { frontier, .. } => resume = Some(frontier),
+        }
+    }
+    assert_rows(&rows, &all);
+    assert!(probes.len() > 10, "calls: {}", probes.len());
+    // The first calls teach the model the 3 ms; after them, no probe.
+    assert!(
+        probes[3..].iter().all(|&p| p == 0),
+        "probes per call: {probes:?}"
+    );
+}

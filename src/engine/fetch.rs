@@ -218,6 +218,7 @@ impl<S: Storage> Scan<S> {
         let (shard, span) = (cursor.shard, cursor.span.clone());
         tracing::debug!(bucket = b, shard, page, "probe sent beside a late page");
         metrics::counter!(telemetry::STORAGE_PROBES).increment(1);
+        self.stats.probes += 1;
         self.send_page(b, shard, span, page, true, 0, Duration::ZERO, timeout);
     }
 

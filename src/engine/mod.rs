@@ -252,7 +252,11 @@ pub enum Ending {
 pub struct ReadStats {
     pub rows_scanned: u64,
     pub rows_delivered: u64,
+    /// Shard pages requested, probes included.
     pub storage_pages: u64,
+    /// Probes: smallest pages sent beside a late page while the call had
+    /// no row (not in the proto's `ReadStats`).
+    pub probes: u64,
     pub index_pages: u64,
     pub buckets_visited: u64,
     pub retries: u64,

@@ -738,6 +738,12 @@ impl<S: Storage> Scan<S> {
         let last_chance = stop_at
             .checked_sub(self.model.predict_tail(min_page) * PROBE_LATE_FACTOR)
             .unwrap_or(now);
+        // The last moment a smallest page lands at its usual pace: a page
+        // expected to land before it is given until then (a probe sent
+        // beside a page on time only doubles the load on storage).
+        let latest = stop_at
+            .checked_sub(self.model.predict(min_page))
+            .unwrap_or(now);
         let mut next = None;
         let head = self.buckets.front()?;
         // What a page of this bucket takes now: its slowest shard's last
@@ -766,7 +772,15 @@ impl<S: Storage> Scan<S> {
             // smallest page as a probe while one can still land before the
             // scan must stop: one page held up past it leaves the call
             // empty-handed.
-            let last = (s.probes == 0).then_some(last_chance);
+            let last = (s.probes == 0).then(|| match expected {
+                Some(expected) => {
+                    // Due: at the later of its siblings' pace and the
+                    // model's (safety included) for its size.
+                    let due = sent + expected.max(self.model.predict(s.requested));
+                    last_chance.max(due.min(latest))
+                }
+                None => last_chance,
+            });
             let late_at = match (page_late_at, last) {
                 (Some(p), Some(l)) => p.min(l),
                 (Some(at), None) | (None, Some(at)) => at,
