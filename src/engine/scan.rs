@@ -719,9 +719,13 @@ impl<S: Storage> Scan<S> {
     /// only when the newest is late in turn, at most [`MAX_PROBES`] per
     /// page. And whatever the evidence, a shard of a call with no row yet
     /// whose page is still out gets a smallest page as a probe at the last
-    /// moment one can land, slow, twice over, before the scan must stop.
-    /// Whichever lands first gives the rows; the others' copies are
-    /// dropped. Returns when the next page or probe that could need one
+    /// moment one can land, slow, twice over, before the scan must stop;
+    /// where that moment comes before the page is even due (at its
+    /// siblings' or the model's pace), the probe waits until it is due or
+    /// until a smallest page can only just land at its usual pace, whichever
+    /// is sooner: a probe beside a page on time only adds to the load the
+    /// page waits behind. Whichever lands first gives the rows; the
+    /// others' copies are dropped. Returns when the next page or probe that could need one
     /// becomes late.
     fn probe_stragglers(&mut self) -> Option<Instant> {
         if self.rows_out > 0 {
