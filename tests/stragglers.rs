@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fake::{assert_rows, hot_engine, namespace, read, request, seeded, MS};
+use fake::{assert_rows, follow, hot_engine, namespace, read, request, seeded, MS};
 use hourglass::engine::{ContinuationConfig, Ending};
 use hourglass::model::Order;
 
@@ -143,22 +143,8 @@ async fn pages_landing_when_expected_get_no_probe() {
     let (store, all) = seeded(&ns, (0..20_000).map(i64::from)).await;
     store.set_latency(|_| 3 * MS);
     let engine = hot_engine(&store, ContinuationConfig::off());
-    let mut rows = Vec::new();
-    let mut resume = None;
-    let mut probes = Vec::new();
-    for call in 0.. {
-        assert!(call < 1_000, "the read did not finish");
-        let mut req = request(&ns, Order::Ascending, 10 * MS, 100_000);
-        req.resume_after = resume.clone();
-        let (got, out) = read(&engine, &req).await;
-        let out = out.unwrap_or_else(|e| panic!("call {call}: {e}"));
-        rows.extend(got);
-        probes.push(out.stats.probes);
-        match out.ending {
-            Ending::Complete => break,
-            Ending::Partial { frontier, .. } => resume = Some(frontier),
-        }
-    }
+    let (rows, outcomes) = follow(&[&engine], &ns, Order::Ascending, 10 * MS, 100_000).await;
+    let probes: Vec<u64> = outcomes.iter().map(|o| o.stats.probes).collect();
     assert_rows(&rows, &all);
     assert!(probes.len() > 10, "calls: {}", probes.len());
     // The first calls teach the model the 3 ms; after them, no probe.

@@ -442,13 +442,13 @@ impl CassandraStore {
         let trace = self.hedging.trace();
         stmt.set_history_listener(trace.clone());
         let began = Instant::now();
-        let mut waiting = GiveUp {
+        let waiting = GiveUp {
             trace: &trace,
             began,
             slow_after: slow_after.unwrap_or_else(|| self.hedging.delay(class)),
         };
         let result = self.session.execute_unpaged(&stmt, values).await;
-        waiting.slow_after = Duration::MAX;
+        waiting.answered();
         match result {
             Ok(res) => {
                 self.hedging.record(began.elapsed(), class);
@@ -566,9 +566,17 @@ fn write_ttls(retention: u32, now: i64) -> (i32, i32) {
 struct GiveUp<'a> {
     trace: &'a Trace,
     began: Instant,
-    /// When the request's hedge went or would have gone; [`Duration::MAX`]
-    /// once it has an answer.
+    /// When the request's hedge went or would have gone.
     slow_after: Duration,
+}
+
+impl GiveUp<'_> {
+    /// The request has its answer (or error): nothing was given up.
+    fn answered(self) {
+        // Holds a reference and plain values only: forgetting it skips
+        // the drop and leaks nothing.
+        std::mem::forget(self);
+    }
 }
 
 impl Drop for GiveUp<'_> {

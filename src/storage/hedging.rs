@@ -56,9 +56,6 @@ use crate::telemetry;
 
 /// Credits a quiet period can save up: hedges that may go at once.
 pub const CREDIT_BURST: u64 = 10;
-/// The burst as a float (a rate of more credits a second than the burst
-/// holds would earn nothing more).
-const BURST_F64: f64 = 10.0;
 /// Credits are counted in thousandths (exact sums).
 const MILLI: u64 = 1000;
 /// Successful read latencies the hedge delay is computed from, per class.
@@ -209,9 +206,9 @@ impl Hedging {
                 milli: CREDIT_BURST * MILLI,
                 earned_at: Instant::now(),
             }),
-            earn: thousandths(config.max_extra),
-            // Clamped to [0, the burst] a second, in hundredths.
-            per_sec: thousandths(config.min_per_sec / BURST_F64) * CREDIT_BURST,
+            earn: thousandths(config.max_extra, 1),
+            // More a second than the burst holds would earn nothing more.
+            per_sec: thousandths(config.min_per_sec, CREDIT_BURST),
             windows: Default::default(),
             delay_micros: std::array::from_fn(|_| AtomicU64::new(micros(initial))),
             demoted: Mutex::default(),
@@ -374,11 +371,16 @@ impl Hedging {
     }
 }
 
-/// A share in [0, 1] in thousandths (0 to [`MILLI`]).
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-fn thousandths(share: f64) -> u64 {
-    // Clamped to [0, 1000] first: the cast neither truncates nor loses a sign.
-    (share.clamp(0.0, 1.0) * 1000.0).round() as u64
+/// `x` clamped to [0, `at_most`], in thousandths.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss
+)]
+fn thousandths(x: f64, at_most: u64) -> u64 {
+    // Clamped first (`at_most` is a small count, exact as a float): the
+    // cast neither truncates nor loses a sign.
+    (x.clamp(0.0, at_most as f64) * MILLI as f64).round() as u64
 }
 
 fn micros(d: Duration) -> u64 {
