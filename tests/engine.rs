@@ -337,6 +337,45 @@ async fn dropping_a_read_stops_every_storage_request_at_once() {
     assert_eq!(store.in_flight(), 0);
 }
 
+/// A call whose scan is dropped at its stop (no hot continuation) asks
+/// storage only for rows its response can still take: the reserve for
+/// building and sending the response grows with the rows it holds, so
+/// pages are sized to the stop those rows bring on, not to the later one
+/// the rows emitted so far would allow. Here storage outruns the response
+/// (four shards, 2 µs per row; 8 µs of response per row): sized to the
+/// later stop, a call fetched 18,000 rows to return 6,200.
+#[tokio::test(start_paused = true)]
+async fn a_cold_call_fetches_only_what_its_response_can_take() {
+    let ns = namespace(1_000_000, 4);
+    let (store, all) = seeded(&ns, 0..200_000).await;
+    store.set_latency(|q| MS + Duration::from_micros(2 * q.limit as u64));
+    let config = EngineConfig {
+        response_reserve: 2 * MS,
+        response_reserve_per_row: Duration::from_micros(8),
+        timer_slack: Duration::ZERO,
+        ..cold()
+    };
+    let engine = ReadEngine::new(Arc::new(store.clone()), config);
+    let (rows, calls) = fake::follow(&[&engine], &ns, Order::Ascending, 50 * MS, 1_000_000).await;
+    assert_rows(&rows, &all);
+    assert!(
+        calls.len() > 10,
+        "the budget ended most calls: {}",
+        calls.len()
+    );
+    let scanned: u64 = calls.iter().map(|c| c.stats.rows_scanned).sum();
+    assert_eq!(
+        scanned,
+        store.rows_served(),
+        "the calls count every row read"
+    );
+    let delivered = all.len() as u64;
+    assert!(
+        scanned <= delivered * 105 / 100,
+        "{scanned} rows read for {delivered} delivered"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn page_sizes_shrink_to_the_time_left() {
     // 1 ms + 10 µs per row: with a 30 ms SLO a 5000-row page (51 ms) never fits.

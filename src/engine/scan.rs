@@ -245,6 +245,13 @@ impl<S: Storage> Scan<S> {
     pub(super) fn outcome(&mut self, ending: Ending) -> ReadOutcome {
         self.stats.rows_delivered = self.rows_out as u64;
         self.stats.elapsed = self.req.budget.elapsed();
+        tracing::debug!(
+            rows_out = self.rows_out,
+            rows_scanned = self.stats.rows_scanned,
+            held_rows = self.held_rows(),
+            elapsed = ?self.stats.elapsed,
+            "call ends"
+        );
         let watermark = position::watermark(&ending, self.req.order, self.req.start, self.req.end);
         ReadOutcome {
             ending,
@@ -287,9 +294,15 @@ impl<S: Storage> Scan<S> {
     /// the rows seen (counting rows, not weighing each: a held scan asks
     /// this whenever it tops up its pipeline).
     pub(super) fn held_bytes(&self) -> usize {
+        self.held_rows().saturating_mul(self.mean_row_bytes())
+    }
+
+    /// Rows this scan holds or has asked for: buffered, in flight and left
+    /// for the next call.
+    fn held_rows(&self) -> usize {
         let shards = self.buckets.iter().flat_map(|b| &b.shards);
         let rows: usize = shards.map(|s| s.buf.len() + s.requested).sum();
-        (rows + self.carry.len()).saturating_mul(self.mean_row_bytes())
+        rows + self.carry.len()
     }
 
     /// The time a response needs after the scan stops whatever its size:
@@ -346,6 +359,66 @@ impl<S: Storage> Scan<S> {
             self.fixed_reserve()
         };
         Instant::now() + fixed + cost < self.req.budget.deadline
+    }
+
+    /// Scan time left if every row in hand or asked for goes into the
+    /// response: the reserve grows with the rows emitted, so the stop comes
+    /// sooner than [`Scan::stop_at`] says now. A page sized to land by the
+    /// later stop lands after the real one, and a scan dropped at its stop
+    /// discards its rows.
+    fn projected_remaining(&self) -> Duration {
+        let held = self.held_rows();
+        let rows = self.rows_out + held;
+        let bytes = self.bytes_out + held.saturating_mul(self.mean_row_bytes());
+        let reserve =
+            (self.fixed_reserve() + self.cost_reserve(rows, bytes)).min(self.req.budget.total / 2);
+        (self.req.budget.deadline - reserve).saturating_duration_since(Instant::now())
+    }
+
+    /// Rows the scan may still ask for, beside those it holds or has asked
+    /// for, when asked of `shards` shards at once: rows asked now land a
+    /// page's round trip from now, and the response must then take them
+    /// with every row held before the deadline (emitting stops once the
+    /// response needs the rest of the budget, see [`Scan::row_fits`]).
+    fn response_room(&self, shards: usize) -> usize {
+        let held = self.held_rows();
+        let row = self.mean_row_bytes();
+        let cost = |extra: usize| {
+            let rows = self.rows_out + held + extra;
+            let bytes = self.bytes_out + (held + extra).saturating_mul(row);
+            self.cost_reserve(rows, bytes)
+        };
+        let taken = cost(0);
+        let left = self
+            .req
+            .budget
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(self.fixed_reserve() + taken);
+        let fits = |rows: usize| {
+            let page = rows.div_ceil(shards.max(1));
+            self.model.predict(page) + cost(rows).saturating_sub(taken) <= left
+        };
+        // The largest count that fits, by bisection over what the time
+        // left could fetch at all.
+        let (mut lo, mut hi) = (
+            0usize,
+            self.model
+                .affordable_rows(left)
+                .saturating_mul(shards.max(1)),
+        );
+        if fits(hi) {
+            return hi;
+        }
+        while lo + 1 < hi {
+            let mid = lo + (hi - lo) / 2;
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 
     /// Scan time left.
@@ -583,9 +656,24 @@ impl<S: Storage> Scan<S> {
         // one to learn whether more remain. Read-ahead beyond it would be
         // fetched only to be discarded.
         let affordable = self.model.affordable_rows(remaining);
-        let need = pages::rows_needed(self.req.row_limit, self.rows_out, affordable);
+        // A scan that may be held keeps what it fetched past its stop for
+        // the next call; one that will not be sizes its pages to the stop
+        // that the rows it holds and asks for bring on.
+        let (sizing, wanted, room) = if engine.config.continuations.enabled() {
+            (remaining, affordable, None)
+        } else {
+            let shards = self.buckets.front().map_or(1, |b| b.shards.len());
+            let room = self.response_room(shards);
+            let sizing = self.projected_remaining();
+            let wanted = self
+                .model
+                .affordable_rows(sizing)
+                .min(self.held_rows() + room);
+            (sizing, wanted, Some(room))
+        };
+        let need = pages::rows_needed(self.req.row_limit, self.rows_out, wanted);
         self.list_more_buckets();
-        let pace = self.model.affordable_rows(remaining / 2);
+        let pace = self.model.affordable_rows(sizing / 2);
         let mut covered = 0usize;
         let mut probe_only = false;
         // Before the first row, under a budget too tight for slow start to
@@ -602,6 +690,9 @@ impl<S: Storage> Scan<S> {
             } else {
                 need.saturating_sub(covered)
             };
+            // A scan that will not be held asks no page for more rows than
+            // its response can still take.
+            let want = room.map_or(want, |room| want.min(room + 1));
             if want == 0 {
                 break;
             }
