@@ -109,6 +109,11 @@ async fn unknown_namespaces_are_remembered_briefly() {
     .expect("create");
     let page = svc.read_events(read("nope")).await.expect("now it exists");
     assert!(!page.into_inner().partial);
+    assert_eq!(
+        store.namespace_lookups(),
+        2,
+        "a namespace created through this replica is read without a lookup"
+    );
 
     // Created elsewhere (straight in storage): NOT_FOUND at most for the TTL.
     let status = svc

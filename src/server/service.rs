@@ -180,12 +180,18 @@ impl<S: Storage> HourglassService<S> {
             self.misses.remember(name);
             return Err(ServiceError::NamespaceNotFound(name.to_string()));
         };
+        Ok(self.remember_namespace(ns))
+    }
+
+    /// Caches a namespace as storage holds it (namespaces never change once
+    /// created, so the entry never goes stale).
+    fn remember_namespace(&self, ns: Namespace) -> Arc<Namespace> {
         let ns = Arc::new(ns);
         self.namespaces
             .write()
             .expect("namespace cache")
-            .insert(name.to_string(), ns.clone());
-        Ok(ns)
+            .insert(ns.name.clone(), ns.clone());
+        ns
     }
 
     /// Validates a read, starts its budget, resolves its token and admits
@@ -397,11 +403,16 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             permit(principal.as_ref(), Access::Write, &ns.name)?;
             tracing::Span::current().record("namespace", ns.name.as_str());
             self.misses.forget(&ns.name);
-            match self.engine.storage().create_namespace(&ns).await? {
-                Created::New => Ok(ns),
-                Created::Existing(existing) if existing == ns => Ok(ns),
-                Created::Existing(existing) => Err(ServiceError::NamespaceConflict(existing)),
-            }
+            let ns = match self.engine.storage().create_namespace(&ns).await? {
+                Created::New => ns,
+                Created::Existing(existing) if existing == ns => ns,
+                Created::Existing(existing) => {
+                    return Err(ServiceError::NamespaceConflict(existing))
+                }
+            };
+            // Stored as this: the first read of it here asks storage nothing.
+            self.remember_namespace(ns.clone());
+            Ok(ns)
         }
         .await;
         finish("CreateNamespace", started, result, ok).map(|ns| Response::new(ns.into()))
