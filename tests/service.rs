@@ -1,7 +1,7 @@
 //! The gRPC service over the in-process fake store, under tokio's paused
 //! clock: the namespace lookup of a read stays inside the read's budget,
-//! and unknown namespaces are remembered briefly instead of asked for on
-//! every read.
+//! namespaces known as a replica starts are read without one, and unknown
+//! namespaces are remembered briefly instead of asked for on every read.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,6 +79,32 @@ async fn a_slow_namespace_lookup_ends_the_read_within_its_budget() {
     assert!(!page.partial);
     assert!(began.elapsed() < Duration::from_millis(SLO_MS as u64));
     assert_eq!(store.namespace_lookups(), 2);
+}
+
+/// A replica caches the namespaces storage holds as it starts: its first
+/// reads of them ask storage nothing.
+#[tokio::test(start_paused = true)]
+async fn preloaded_namespaces_are_read_without_a_lookup() {
+    let store = MemoryStore::new();
+    create(&store, "one").await;
+    create(&store, "two").await;
+    let svc = service(&store);
+    assert_eq!(svc.preload_namespaces(10).await.expect("listed"), 2);
+    for name in ["one", "two"] {
+        let page = svc.read_events(read(name)).await.expect("read");
+        assert!(!page.into_inner().partial);
+    }
+    assert_eq!(store.namespace_lookups(), 0);
+    // At most the limit.
+    let svc = service(&store);
+    assert_eq!(svc.preload_namespaces(1).await.expect("listed"), 1);
+    svc.read_events(read("one")).await.expect("read");
+    svc.read_events(read("two")).await.expect("read");
+    assert_eq!(
+        store.namespace_lookups(),
+        1,
+        "the one left out is looked up"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -349,6 +349,26 @@ async fn namespaces_are_created_idempotently_and_conflicts_are_refused() {
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
 
+/// What a replica caches as it starts: every stored namespace, with its
+/// settings, up to the limit asked.
+#[tokio::test]
+async fn stored_namespaces_are_listed_with_their_settings() {
+    use hourglass::storage::Storage;
+    let mut server = TestServer::start().await;
+    let a = create_namespace(&mut server.client, "listed-a", WIDTH, 3).await;
+    let b = create_namespace(&mut server.client, "listed-b", 2 * WIDTH, 5).await;
+    let store = store().await;
+    let listed = store.list_namespaces(10_000).await.expect("list");
+    for want in [a, b] {
+        let got = listed
+            .iter()
+            .find(|ns| ns.name == want.name)
+            .unwrap_or_else(|| panic!("{} not listed", want.name));
+        assert_eq!(pb::Namespace::from(got.clone()), want);
+    }
+    assert_eq!(store.list_namespaces(1).await.expect("list").len(), 1);
+}
+
 #[tokio::test]
 async fn the_longest_accepted_retention_can_be_written_and_read() {
     let mut server = TestServer::start().await;

@@ -58,6 +58,8 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 const FLUSH_GRACE: Duration = Duration::from_millis(100);
 /// The health probe of storage waits at least this long for an answer.
 const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Namespaces a replica caches as it starts, at most.
+const PRELOAD_NAMESPACES: usize = 10_000;
 
 /// Everything [`run`] needs. [`ServerConfig::new`] fills every setting but
 /// the store and the keys with its default.
@@ -167,6 +169,10 @@ pub async fn run(
         ));
     if !config.partial_reads {
         service = service.without_partial_reads();
+    }
+    match service.preload_namespaces(PRELOAD_NAMESPACES).await {
+        Ok(n) => tracing::info!(namespaces = n, "namespaces cached"),
+        Err(e) => tracing::warn!(error = %e, "namespaces not cached; reads look them up"),
     }
     if let Some(auth) = config.auth {
         tracing::info!(clients = auth.len(), "bearer-token authentication on");

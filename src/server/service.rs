@@ -23,7 +23,7 @@ use crate::engine::reserve::{Stage, RESPONSE_COST};
 use crate::engine::{ReadEngine, ReadError, ReadRequest, RowSink};
 use crate::error::ServiceError;
 use crate::model::{Key, Namespace, Order, Row, Span};
-use crate::storage::{Created, Storage};
+use crate::storage::{Created, Storage, StorageError};
 use crate::telemetry;
 use crate::token::{KeyRing, QueryFingerprint};
 
@@ -181,6 +181,19 @@ impl<S: Storage> HourglassService<S> {
             return Err(ServiceError::NamespaceNotFound(name.to_string()));
         };
         Ok(self.remember_namespace(ns))
+    }
+
+    /// Caches up to `limit` of the namespaces storage holds, so reads of
+    /// them on a replica that just started ask storage nothing (a lookup
+    /// costs a fresh replica's first read 2-3 ms of its budget). Returns
+    /// how many; on a storage error reads look namespaces up as they come.
+    pub async fn preload_namespaces(&self, limit: usize) -> Result<usize, StorageError> {
+        let found = self.engine.storage().list_namespaces(limit).await?;
+        let n = found.len();
+        for ns in found {
+            self.remember_namespace(ns);
+        }
+        Ok(n)
     }
 
     /// Caches a namespace as storage holds it (namespaces never change once

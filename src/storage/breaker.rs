@@ -231,6 +231,10 @@ impl<S: Storage> Storage for Breaker<S> {
         self.call(self.inner.get_namespace(name)).await
     }
 
+    async fn list_namespaces(&self, limit: usize) -> Result<Vec<Namespace>, StorageError> {
+        self.call(self.inner.list_namespaces(limit)).await
+    }
+
     async fn write_events(&self, ns: &Namespace, events: &[NewEvent]) -> Result<(), StorageError> {
         self.call(self.inner.write_events(ns, events)).await
     }

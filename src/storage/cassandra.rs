@@ -157,6 +157,7 @@ pub struct CassandraStore {
 struct Statements {
     insert_namespace: PreparedStatement,
     select_namespace: PreparedStatement,
+    list_namespaces: PreparedStatement,
     insert_event: PreparedStatement,
     insert_bucket: PreparedStatement,
     read_asc: PreparedStatement,
@@ -332,6 +333,11 @@ impl CassandraStore {
             select_namespace: prepare(format!(
                 "SELECT name, bucket_width_micros, shards, retention_seconds \
                  FROM {ks}.namespaces WHERE name = ?"
+            ))
+            .await?,
+            list_namespaces: prepare(format!(
+                "SELECT name, bucket_width_micros, shards, retention_seconds \
+                 FROM {ks}.namespaces LIMIT ?"
             ))
             .await?,
             insert_event: prepare(format!(
@@ -631,6 +637,26 @@ impl Storage for CassandraStore {
                 format!("namespace {} neither created nor found", ns.name).into(),
             )),
         }
+    }
+
+    async fn list_namespaces(&self, limit: usize) -> Result<Vec<Namespace>, StorageError> {
+        let stmt = with_timeout(&self.stmts.list_namespaces, WRITE_TIMEOUT);
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        let res = self
+            .session
+            .execute_unpaged(&stmt, (limit,))
+            .await
+            .map_err(classify)?;
+        let rows = res.into_rows_result().map_err(fatal)?;
+        let mut found = Vec::new();
+        for row in rows.rows::<(String, i64, i32, i32)>().map_err(fatal)? {
+            let (name, width, shards, retention) = row.map_err(fatal)?;
+            match Namespace::checked(name.clone(), width, shards.into(), retention.into()) {
+                Ok(ns) => found.push(ns),
+                Err(problem) => tracing::warn!(%name, %problem, "stored namespace left out"),
+            }
+        }
+        Ok(found)
     }
 
     async fn get_namespace(&self, name: &str) -> Result<Option<Namespace>, StorageError> {

@@ -127,6 +127,11 @@ impl Storage for MemoryStore {
         }
     }
 
+    async fn list_namespaces(&self, limit: usize) -> Result<Vec<Namespace>, StorageError> {
+        let map = self.inner.namespaces.lock().expect("lock");
+        Ok(map.values().take(limit).cloned().collect())
+    }
+
     async fn get_namespace(&self, name: &str) -> Result<Option<Namespace>, StorageError> {
         self.inner.namespace_lookups.fetch_add(1, Ordering::SeqCst);
         let latency = *self.inner.namespace_latency.lock().expect("lock");

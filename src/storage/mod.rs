@@ -211,6 +211,17 @@ pub trait Storage: Send + Sync + 'static {
         name: &str,
     ) -> impl Future<Output = Result<Option<Namespace>, StorageError>> + Send;
 
+    /// Up to `limit` namespaces, in no particular order (what a replica
+    /// caches as it starts). A namespace stored with settings no namespace
+    /// may have is left out. Stores that cannot list answer none.
+    fn list_namespaces(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Namespace>, StorageError>> + Send {
+        let _ = limit;
+        async { Ok(Vec::new()) }
+    }
+
     /// Writes validated events (idempotent upserts). On error some events may
     /// be written; retrying the same batch is always safe. The bucket index
     /// is written before the rows, so a reader never misses a stored row.
@@ -252,6 +263,13 @@ impl<S: Storage> Storage for Arc<S> {
         name: &str,
     ) -> impl Future<Output = Result<Option<Namespace>, StorageError>> + Send {
         (**self).get_namespace(name)
+    }
+
+    fn list_namespaces(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Namespace>, StorageError>> + Send {
+        (**self).list_namespaces(limit)
     }
 
     fn write_events(
