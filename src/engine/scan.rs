@@ -384,9 +384,9 @@ impl<S: Storage> Scan<S> {
         let held = self.held_rows();
         let row = self.mean_row_bytes();
         let cost = |extra: usize| {
-            let rows = self.rows_out + held + extra;
-            let bytes = self.bytes_out + (held + extra).saturating_mul(row);
-            self.cost_reserve(rows, bytes)
+            let rows = self.rows_out.saturating_add(held).saturating_add(extra);
+            let bytes = held.saturating_add(extra).saturating_mul(row);
+            self.cost_reserve(rows, self.bytes_out.saturating_add(bytes))
         };
         let taken = cost(0);
         let left = self
@@ -400,12 +400,14 @@ impl<S: Storage> Scan<S> {
             self.model.predict(page) + cost(rows).saturating_sub(taken) <= left
         };
         // The largest count that fits, by bisection over what the time
-        // left could fetch at all.
+        // left could fetch at all (and no response holds more than its row
+        // limit).
         let (mut lo, mut hi) = (
             0usize,
             self.model
                 .affordable_rows(left)
-                .saturating_mul(shards.max(1)),
+                .saturating_mul(shards.max(1))
+                .min(self.req.row_limit),
         );
         if fits(hi) {
             return hi;
@@ -692,7 +694,7 @@ impl<S: Storage> Scan<S> {
             };
             // A scan that will not be held asks no page for more rows than
             // its response can still take.
-            let want = room.map_or(want, |room| want.min(room + 1));
+            let want = room.map_or(want, |room| want.min(room.saturating_add(1)));
             if want == 0 {
                 break;
             }
