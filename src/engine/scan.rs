@@ -367,12 +367,17 @@ impl<S: Storage> Scan<S> {
     /// later stop lands after the real one, and a scan dropped at its stop
     /// discards its rows.
     fn projected_remaining(&self) -> Duration {
-        let held = self.held_rows();
-        let rows = self.rows_out + held;
-        let bytes = self.bytes_out + held.saturating_mul(self.mean_row_bytes());
-        let reserve =
-            (self.fixed_reserve() + self.cost_reserve(rows, bytes)).min(self.req.budget.total / 2);
+        let reserve = (self.fixed_reserve() + self.cost_with(self.held_rows()))
+            .min(self.req.budget.total / 2);
         (self.req.budget.deadline - reserve).saturating_duration_since(Instant::now())
+    }
+
+    /// [`Scan::cost_reserve`] of a response of the rows emitted plus `more`
+    /// rows of the mean size seen.
+    fn cost_with(&self, more: usize) -> Duration {
+        let rows = self.rows_out.saturating_add(more);
+        let bytes = more.saturating_mul(self.mean_row_bytes());
+        self.cost_reserve(rows, self.bytes_out.saturating_add(bytes))
     }
 
     /// Rows the scan may still ask for, beside those it holds or has asked
@@ -382,12 +387,7 @@ impl<S: Storage> Scan<S> {
     /// response needs the rest of the budget, see [`Scan::row_fits`]).
     fn response_room(&self, shards: usize) -> usize {
         let held = self.held_rows();
-        let row = self.mean_row_bytes();
-        let cost = |extra: usize| {
-            let rows = self.rows_out.saturating_add(held).saturating_add(extra);
-            let bytes = held.saturating_add(extra).saturating_mul(row);
-            self.cost_reserve(rows, self.bytes_out.saturating_add(bytes))
-        };
+        let cost = |extra: usize| self.cost_with(held.saturating_add(extra));
         let taken = cost(0);
         let left = self
             .req

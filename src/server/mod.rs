@@ -60,6 +60,8 @@ const FLUSH_GRACE: Duration = Duration::from_millis(100);
 const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Namespaces a replica caches as it starts, at most.
 const PRELOAD_NAMESPACES: usize = 10_000;
+/// Start-up waits at most this long for them.
+const PRELOAD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Everything [`run`] needs. [`ServerConfig::new`] fills every setting but
 /// the store and the keys with its default.
@@ -170,9 +172,20 @@ pub async fn run(
     if !config.partial_reads {
         service = service.without_partial_reads();
     }
-    match service.preload_namespaces(PRELOAD_NAMESPACES).await {
-        Ok(n) => tracing::info!(namespaces = n, "namespaces cached"),
-        Err(e) => tracing::warn!(error = %e, "namespaces not cached; reads look them up"),
+    // Start-up waits on it at most PRELOAD_TIMEOUT (the store's own
+    // timeout is 10 s): reads look up what it did not cache.
+    match tokio::time::timeout(
+        PRELOAD_TIMEOUT,
+        service.preload_namespaces(PRELOAD_NAMESPACES),
+    )
+    .await
+    {
+        Ok(Ok(n)) => tracing::info!(namespaces = n, "namespaces cached"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "namespaces not cached; reads look them up"),
+        Err(_) => tracing::warn!(
+            ?PRELOAD_TIMEOUT,
+            "namespaces not cached in time; reads look them up"
+        ),
     }
     if let Some(auth) = config.auth {
         tracing::info!(clients = auth.len(), "bearer-token authentication on");
