@@ -50,7 +50,10 @@ fn cluster_script(args: &[&str]) {
 /// The cluster's contact points, after making sure all three nodes run.
 fn cluster() -> Vec<String> {
     static STARTED: OnceLock<()> = OnceLock::new();
-    STARTED.get_or_init(|| cluster_script(&["start"]));
+    STARTED.get_or_init(|| {
+        watchdog();
+        cluster_script(&["start"]);
+    });
     (1..=3)
         .map(|n| format!("127.0.0.{n}:{CLUSTER_PORT}"))
         .collect()
@@ -120,9 +123,11 @@ async fn a_node_killed_mid_read_costs_no_row_and_no_acknowledged_write() {
     let mut server = cluster_server(HedgeConfig::default(), BreakerConfig::default()).await;
     seed(&mut server, "killed", "big", ROWS).await;
 
-    // A writer acknowledging batches while a node dies.
+    // A writer acknowledging batches while a node dies (see `StopOnDrop`
+    // for why it stops and pauses as it does).
     let acked: Arc<Mutex<Vec<i64>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_writer = StopOnDrop(stop.clone());
     let writer = {
         let (client, acked, stop) = (server.client.clone(), acked.clone(), stop.clone());
         tokio::spawn(async move {
@@ -138,9 +143,11 @@ async fn a_node_killed_mid_read_costs_no_row_and_no_acknowledged_write() {
                     namespace: "killed".into(),
                     events,
                 };
-                match client.clone().write_events(req).await {
-                    Ok(_) => acked.lock().unwrap().push(batch),
-                    Err(_) => refused += 1,
+                if client.clone().write_events(req).await.is_ok() {
+                    acked.lock().unwrap().push(batch);
+                } else {
+                    refused += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
             unreachable!()
@@ -163,7 +170,12 @@ async fn a_node_killed_mid_read_costs_no_row_and_no_acknowledged_write() {
     let mut pages = 0;
     let mut partial_by_fault = 0;
     while let Some(page) = stream.next().await {
-        let page = page.expect("every call of the chain answers OK");
+        let page = page.unwrap_or_else(|s| {
+            panic!(
+                "every call of the chain answers OK; call {} got {s:?}",
+                pages + 1
+            )
+        });
         if page.partial_reason == pb::PartialReason::StorageError as i32 {
             partial_by_fault += 1;
         }

@@ -154,9 +154,11 @@ async fn killed_mid_read_then_down_then_back() {
     )
     .await;
 
-    // A writer acknowledging batches while the node dies.
+    // A writer acknowledging batches while the node dies (see
+    // `StopOnDrop` for why it stops and pauses as it does).
     let acked: Arc<Mutex<Vec<i64>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_writer = StopOnDrop(stop.clone());
     let writer = {
         let (mut client, acked, stop) = (server.client.clone(), acked.clone(), stop.clone());
         tokio::spawn(async move {
@@ -172,9 +174,11 @@ async fn killed_mid_read_then_down_then_back() {
                     namespace: "killed".into(),
                     events,
                 };
-                match client.write_events(req).await {
-                    Ok(_) => acked.lock().unwrap().push(batch),
-                    Err(_) => refused += 1,
+                if client.write_events(req).await.is_ok() {
+                    acked.lock().unwrap().push(batch);
+                } else {
+                    refused += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
             unreachable!()

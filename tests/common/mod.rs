@@ -103,6 +103,29 @@ pub async fn store() -> CassandraStore {
         .expect("connect to the test Cassandra")
 }
 
+/// How long one test process may run once it has a server or the cluster.
+/// The tests start servers, signal nodes and spawn tasks that talk to
+/// them; should one ever hang (a test, or a runtime's shutdown after a
+/// panic), the process fails at this point, saying so, instead of holding
+/// the test command until CI's limit. No test binary takes a third of it.
+pub const PROCESS_LIMIT: Duration = Duration::from_secs(20 * 60);
+
+/// Starts, once per process, the thread that ends it at [`PROCESS_LIMIT`].
+pub fn watchdog() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        std::thread::spawn(|| {
+            std::thread::sleep(PROCESS_LIMIT);
+            let exe = std::env::current_exe().unwrap_or_default();
+            eprintln!(
+                "{} still running after {PROCESS_LIMIT:?}: a test hangs",
+                exe.display()
+            );
+            std::process::exit(101);
+        });
+    });
+}
+
 /// A running server; stops when dropped or on [`TestServer::stop`].
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -127,6 +150,7 @@ impl TestServer {
     /// A server on the test node and keyspace, with the test keys, through
     /// the same [`server::run`] as the binary; `configure` adjusts the rest.
     pub async fn start_config(configure: impl FnOnce(&mut ServerConfig)) -> Self {
+        watchdog();
         let keys = KeyRing::parse(TEST_KEYS, Duration::from_secs(3600)).expect("test keys");
         let mut config = ServerConfig::new(cassandra_config(), keys);
         configure(&mut config);
@@ -171,6 +195,21 @@ impl Drop for TestServer {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+/// Sets its flag however the test ends, a panic included.
+///
+/// A writer task looping until such a flag is set must also pause after a
+/// refused write: once the runtime's shutdown has dropped the client
+/// channel's worker, every write fails at once without yielding, and a
+/// task that never yields holds the runtime's shutdown (and the test) for
+/// ever.
+pub struct StopOnDrop(pub std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
