@@ -673,6 +673,11 @@ impl<S: Storage> Scan<S> {
                 .min(self.held_rows() + room);
             (sizing, wanted, Some(room))
         };
+        if let Some(room) = room {
+            if !self.round_trip_pays(room) {
+                return false;
+            }
+        }
         let need = pages::rows_needed(self.req.row_limit, self.rows_out, wanted);
         self.list_more_buckets();
         let pace = self.model.affordable_rows(sizing / 2);
@@ -742,6 +747,29 @@ impl<S: Storage> Scan<S> {
             }
         }
         true
+    }
+
+    /// Whether a scan that will not be held, with rows to answer with and
+    /// nothing in flight, should still send a round of pages when its
+    /// response can take `room` rows beyond those it holds. Such a round
+    /// can add at most those rows to the response (rows it holds past the
+    /// merge's frontier wait for the next row of the shard that ended
+    /// first; rows past the room could not be sent). It pays when those
+    /// rows are worth the round trip at the rate the call got its rows so
+    /// far; else the call answers now and its client's next call starts
+    /// that much sooner (a cold 50 ms call spent 2.7 ms, a tenth of it, on
+    /// rounds of 16-row pages unlocking a few dozen held rows each, which
+    /// the next call reads again for little).
+    /// A call younger than one round trip has no rate to judge by.
+    fn round_trip_pays(&self, room: usize) -> bool {
+        let round_trip = self.model.predict(self.engine.config.min_storage_page);
+        let elapsed = self.req.budget.elapsed();
+        if self.rows_out == 0 || !self.in_flight.is_empty() || elapsed < round_trip {
+            return true;
+        }
+        let gain = u32::try_from(self.held_rows().saturating_add(room)).unwrap_or(u32::MAX);
+        let per_row = elapsed / u32::try_from(self.rows_out).unwrap_or(u32::MAX);
+        per_row.saturating_mul(gain) >= round_trip
     }
 
     /// Keeps the scan's pipeline to storage full, so a chain of calls reads
