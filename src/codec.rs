@@ -54,11 +54,11 @@ impl<T: prost::Message> Encoder for TimedEncoder<T> {
 
     fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
         let started = Instant::now();
-        // The buffer grows as needed, so its remaining capacity falls by
-        // exactly the bytes written.
         // Room for the whole message first: the buffer otherwise grows by
         // doubling as prost writes, copying what it holds at each step (a
-        // 450 kB response encoded at 2.5 ns a byte instead of 0.6).
+        // 606 kB response encoded in 0.97-1.47 ms instead of 0.77-0.87;
+        // the sizing pass is included in the latter). Either way its
+        // remaining capacity falls by exactly the bytes written.
         buf.reserve(item.encoded_len());
         let room = buf.remaining_mut();
         item.encode(buf)

@@ -15,10 +15,8 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::*;
@@ -123,39 +121,8 @@ async fn a_node_killed_mid_read_costs_no_row_and_no_acknowledged_write() {
     let mut server = cluster_server(HedgeConfig::default(), BreakerConfig::default()).await;
     seed(&mut server, "killed", "big", ROWS).await;
 
-    // A writer acknowledging batches while a node dies (see `StopOnDrop`
-    // for why it stops and pauses as it does).
-    let acked: Arc<Mutex<Vec<i64>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let _stop_writer = StopOnDrop(stop.clone());
-    let writer = {
-        let (client, acked, stop) = (server.client.clone(), acked.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut refused = 0;
-            for batch in 0i64.. {
-                if stop.load(Ordering::Relaxed) {
-                    return refused;
-                }
-                let events = (0..50)
-                    .map(|i| event("acked", batch * 50 + i, &format!("{batch}/{i}")))
-                    .collect();
-                let req = pb::WriteEventsRequest {
-                    namespace: "killed".into(),
-                    events,
-                };
-                if client.clone().write_events(req).await.is_ok() {
-                    acked.lock().unwrap().push(batch);
-                } else {
-                    refused += 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-            unreachable!()
-        })
-    };
-    while acked.lock().unwrap().len() < 10 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // A writer acknowledging batches while a node dies.
+    let mut writer = AckedWriter::start(&server.client, "killed").await;
 
     // Follow a long read in small pages; kill node 2 after its first page.
     let _heal = Heal(&["start"]);
@@ -186,14 +153,13 @@ async fn a_node_killed_mid_read_costs_no_row_and_no_acknowledged_write() {
         }
     }
     drop(stream);
-    stop.store(true, Ordering::Relaxed);
-    let refused_writes = writer.await.unwrap();
+    let refused_writes = writer.stop().await;
     assert!(pages > 10, "the read spanned the fault: {pages} pages");
     assert_exactly_once_in_order(&events, ROWS);
     println!(
         "kill: {pages} pages, {partial_by_fault} partial by storage errors, \
          {} writes acknowledged, {refused_writes} refused",
-        acked.lock().unwrap().len()
+        writer.acknowledged()
     );
     assert_eq!(
         refused_writes, 0,
@@ -202,17 +168,7 @@ async fn a_node_killed_mid_read_costs_no_row_and_no_acknowledged_write() {
 
     // The node comes back; every acknowledged write is there.
     cluster_script(&["start"]);
-    let (stored, _) = read_to_end(&mut client, read_request("killed", "acked", 0, i64::MAX)).await;
-    let stored: HashSet<(i64, String)> = stored.iter().map(key).collect();
-    let acked = acked.lock().unwrap().clone();
-    for batch in &acked {
-        for i in 0..50 {
-            assert!(
-                stored.contains(&(batch * 50 + i, format!("{batch}/{i}"))),
-                "acknowledged write {batch}/{i} lost"
-            );
-        }
-    }
+    writer.assert_all_stored(&mut client).await;
 }
 
 /// Outcome counts of `reads` reads of `rows` rows under `slo_ms`.

@@ -13,9 +13,6 @@
 
 mod common;
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -154,39 +151,8 @@ async fn killed_mid_read_then_down_then_back() {
     )
     .await;
 
-    // A writer acknowledging batches while the node dies (see
-    // `StopOnDrop` for why it stops and pauses as it does).
-    let acked: Arc<Mutex<Vec<i64>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let _stop_writer = StopOnDrop(stop.clone());
-    let writer = {
-        let (mut client, acked, stop) = (server.client.clone(), acked.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut refused = 0;
-            for batch in 0i64.. {
-                if stop.load(Ordering::Relaxed) {
-                    return refused;
-                }
-                let events = (0..50)
-                    .map(|i| event("acked", batch * 50 + i, &format!("{batch}/{i}")))
-                    .collect();
-                let req = pb::WriteEventsRequest {
-                    namespace: "killed".into(),
-                    events,
-                };
-                if client.write_events(req).await.is_ok() {
-                    acked.lock().unwrap().push(batch);
-                } else {
-                    refused += 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-            unreachable!()
-        })
-    };
-    while acked.lock().unwrap().len() < 10 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // A writer acknowledging batches while the node dies.
+    let mut writer = AckedWriter::start(&server.client, "killed").await;
 
     // Kill the node as soon as the first rows of a long read arrive.
     let budget = Duration::from_secs(4);
@@ -196,8 +162,7 @@ async fn killed_mid_read_then_down_then_back() {
         ..read_request("killed", "big", 0, ROWS * 1000)
     };
     let got = stream(&server, req, || cassandra_script("kill")).await;
-    stop.store(true, Ordering::Relaxed);
-    let refused_writes = writer.await.unwrap();
+    let refused_writes = writer.stop().await;
     assert!(
         got.elapsed < budget + Duration::from_millis(500),
         "the answer took {:?}, past its {budget:?} budget",
@@ -256,21 +221,12 @@ async fn killed_mid_read_then_down_then_back() {
     assert_exactly_once_in_order(&all);
 
     // Every acknowledged write survived the SIGKILL.
-    let mut c = server.client.clone();
-    let (stored, _) = read_to_end(&mut c, read_request("killed", "acked", 0, i64::MAX)).await;
-    let stored: HashSet<(i64, String)> = stored.iter().map(key).collect();
-    let acked = acked.lock().unwrap().clone();
-    for batch in &acked {
-        for i in 0..50 {
-            let k = (batch * 50 + i, format!("{batch}/{i}"));
-            assert!(stored.contains(&k), "acknowledged event {k:?} lost");
-        }
-    }
+    let acked = writer.assert_all_stored(&mut server.client.clone()).await;
     eprintln!(
         "killed after {} of {ROWS} rows in {:?}; breaker reasons {reasons:?}; {} acknowledged batches all present",
         before_kill,
         got.elapsed,
-        acked.len()
+        acked
     );
 }
 

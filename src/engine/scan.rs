@@ -759,8 +759,8 @@ impl<S: Storage> Scan<S> {
     /// far; else the call answers now and its client's next call starts
     /// that much sooner (a cold 50 ms call spent 2.7 ms, a tenth of it, on
     /// rounds of 16-row pages unlocking a few dozen held rows each, which
-    /// the next call reads again for little).
-    /// A call younger than one round trip has no rate to judge by.
+    /// the next call reads again for little). A call younger than one
+    /// round trip has no rate to judge by and goes on.
     fn round_trip_pays(&self, room: usize) -> bool {
         let round_trip = self.model.predict(self.engine.config.min_storage_page);
         let elapsed = self.req.budget.elapsed();

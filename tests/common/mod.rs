@@ -198,18 +198,104 @@ impl Drop for TestServer {
     }
 }
 
-/// Sets its flag however the test ends, a panic included.
+/// A task writing batches of 50 events to series `acked` of a namespace
+/// while a test kills a node, remembering the batches acknowledged.
 ///
-/// A writer task looping until such a flag is set must also pause after a
-/// refused write: once the runtime's shutdown has dropped the client
-/// channel's worker, every write fails at once without yielding, and a
-/// task that never yields holds the runtime's shutdown (and the test) for
-/// ever.
-pub struct StopOnDrop(pub std::sync::Arc<std::sync::atomic::AtomicBool>);
+/// It stops at [`AckedWriter::stop`] or when dropped (a panicking test
+/// included), and it pauses after a refused write: once a runtime's
+/// shutdown has dropped the client channel's worker, every write fails at
+/// once without yielding, and a task that never yields holds the runtime's
+/// shutdown (and the test) for ever.
+pub struct AckedWriter {
+    namespace: String,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
+    stop: StopOnDrop,
+    task: Option<tokio::task::JoinHandle<usize>>,
+}
+
+/// Sets its flag however the test ends.
+struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl AckedWriter {
+    /// Starts writing to `namespace` and returns once 10 batches are
+    /// acknowledged.
+    pub async fn start(client: &HourglassClient<Channel>, namespace: &str) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let acked = std::sync::Arc::<std::sync::Mutex<Vec<i64>>>::default();
+        let task = {
+            let (mut client, acked, stop) = (client.clone(), acked.clone(), stop.clone());
+            let namespace = namespace.to_string();
+            tokio::spawn(async move {
+                let mut refused = 0;
+                for batch in 0i64.. {
+                    if stop.load(Ordering::Relaxed) {
+                        return refused;
+                    }
+                    let events = (0..50)
+                        .map(|i| event("acked", batch * 50 + i, &format!("{batch}/{i}")))
+                        .collect();
+                    let req = pb::WriteEventsRequest {
+                        namespace: namespace.clone(),
+                        events,
+                    };
+                    if client.write_events(req).await.is_ok() {
+                        acked.lock().unwrap().push(batch);
+                    } else {
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                unreachable!()
+            })
+        };
+        while acked.lock().unwrap().len() < 10 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self {
+            namespace: namespace.to_string(),
+            acked,
+            stop: StopOnDrop(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops writing; returns how many writes were refused.
+    pub async fn stop(&mut self) -> usize {
+        self.stop
+            .0
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        match self.task.take() {
+            Some(task) => task.await.expect("writer task"),
+            None => 0,
+        }
+    }
+
+    /// Batches acknowledged so far.
+    pub fn acknowledged(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Asserts that `client` reads back every event of every acknowledged
+    /// batch; returns how many batches that was.
+    pub async fn assert_all_stored(&self, client: &mut HourglassClient<Channel>) -> usize {
+        let (stored, _) =
+            read_to_end(client, read_request(&self.namespace, "acked", 0, i64::MAX)).await;
+        let stored: std::collections::HashSet<(i64, String)> = stored.iter().map(key).collect();
+        let acked = self.acked.lock().unwrap().clone();
+        for batch in &acked {
+            for i in 0..50 {
+                let k = (batch * 50 + i, format!("{batch}/{i}"));
+                assert!(stored.contains(&k), "acknowledged event {k:?} lost");
+            }
+        }
+        acked.len()
     }
 }
 
