@@ -798,11 +798,13 @@ impl<S: Storage> Scan<S> {
         }
         let engine = self.engine.clone();
         let cfg = &engine.config;
-        let pace = self
+        // Twice what lands within half the last call's budget.
+        let page = self
             .model
             .affordable_rows(self.req.budget.total / 2)
-            .clamp(cfg.min_storage_page, cfg.max_storage_page);
-        let page = pace.saturating_mul(2).min(cfg.max_storage_page);
+            .clamp(cfg.min_storage_page, cfg.max_storage_page)
+            .saturating_mul(2)
+            .min(cfg.max_storage_page);
         let row_bytes = self.mean_row_bytes();
         for i in 0..self.buckets.len().min(cfg.readahead_buckets + 1) {
             for j in 0..self.buckets[i].shards.len() {
