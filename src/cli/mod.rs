@@ -185,7 +185,8 @@ pub struct ServeArgs {
     #[arg(long, env = "HOURGLASS_HEALTH_INTERVAL", default_value_t = HumanDuration(DEFAULT_HEALTH_INTERVAL))]
     #[serde(serialize_with = "as_displayed")]
     pub health_interval: HumanDuration,
-    /// Consecutive transient storage failures that open the circuit breaker.
+    /// Consecutive transient storage failures that open the circuit breaker
+    /// (failures of requests in flight together count once).
     #[arg(long, env = "HOURGLASS_BREAKER_FAILURES", default_value_t = BreakerConfig::default().failure_threshold)]
     pub breaker_failures: u32,
     /// How long the open circuit fails requests fast before probing storage.

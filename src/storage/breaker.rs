@@ -16,9 +16,17 @@
 //! request fast would turn one node's fault into an outage. The circuit
 //! opens once the streak of failures spans two nodes, or includes a
 //! failure not attributed to one node.
+//!
+//! A streak counts waves, not requests: a failure counts only if its request
+//! was sent after the last counted failure. Requests in flight together that
+//! fail together are one event (a node SIGKILLed fails every read waiting on
+//! it, through whichever coordinator, once its budget ends), however many a
+//! scan reading ahead had sent; the circuit opens when requests sent after
+//! seeing failures fail as well.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -31,7 +39,8 @@ use crate::telemetry;
 /// Breaker settings.
 #[derive(Clone, Copy, Debug)]
 pub struct BreakerConfig {
-    /// Consecutive transient failures that open the circuit.
+    /// Consecutive transient failures that open the circuit, each of a
+    /// request sent after the one before failed (see the module docs).
     pub failure_threshold: u32,
     /// How long the circuit stays open before a probe may pass.
     pub cool_down: Duration,
@@ -49,7 +58,8 @@ impl Default for BreakerConfig {
 /// State of the circuit, as exported in metrics (0, 1, 2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CircuitState {
-    /// Requests pass; counting consecutive failures.
+    /// Requests pass; counting consecutive failures (waves, see the
+    /// module docs).
     Closed { failures: u32 },
     /// One probe is in flight; everything else fails fast.
     HalfOpen,
@@ -75,14 +85,19 @@ pub struct Breaker<S> {
     /// Nodes the current streak of failures came from (`None`: a failure
     /// not attributed to one node). Cleared by a success.
     failing: Mutex<HashSet<Option<IpAddr>>>,
+    /// Failures counted since start. A request notes it when admitted; its
+    /// failure counts only if no other was counted meanwhile. Changed only
+    /// under the `state` lock.
+    counted: AtomicU64,
     /// Bumped whenever the state changes, for requests waiting out a probe.
     changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// What [`Breaker::admit`] decided.
 enum Admit {
-    /// Pass; `probe` says whether this request is the half-open probe.
-    Pass { probe: bool },
+    /// Pass; `probe` says whether this request is the half-open probe,
+    /// `seen` is [`Breaker::counted`] at admission.
+    Pass { probe: bool, seen: u64 },
     /// A probe is out: wait for the state to change, then ask again.
     Wait,
 }
@@ -95,6 +110,7 @@ impl<S: Storage> Breaker<S> {
             config,
             state: Mutex::new(CircuitState::Closed { failures: 0 }),
             failing: Mutex::default(),
+            counted: AtomicU64::new(0),
             changes: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -115,11 +131,12 @@ impl<S: Storage> Breaker<S> {
     /// Admits a request, fails it fast, or tells it to wait for the probe.
     fn admit(&self) -> Result<Admit, StorageError> {
         let mut state = self.state.lock().expect("breaker lock");
+        let seen = self.counted.load(Ordering::Relaxed);
         match *state {
-            CircuitState::Closed { .. } => Ok(Admit::Pass { probe: false }),
+            CircuitState::Closed { .. } => Ok(Admit::Pass { probe: false, seen }),
             CircuitState::Open { until } if Instant::now() >= until => {
                 self.set(&mut state, CircuitState::HalfOpen);
-                Ok(Admit::Pass { probe: true })
+                Ok(Admit::Pass { probe: true, seen })
             }
             CircuitState::Open { until } => Err(StorageError::CircuitOpen {
                 retry_after: until.saturating_duration_since(Instant::now()),
@@ -129,13 +146,13 @@ impl<S: Storage> Breaker<S> {
     }
 
     /// Admits a request, waiting while a probe is out (see the module docs).
-    async fn admit_or_wait(&self) -> Result<bool, StorageError> {
+    async fn admit_or_wait(&self) -> Result<(bool, u64), StorageError> {
         let mut changes = self.changes.subscribe();
         loop {
             // Marked seen before the state is read: a change after it wakes us.
             changes.borrow_and_update();
             match self.admit()? {
-                Admit::Pass { probe } => return Ok(probe),
+                Admit::Pass { probe, seen } => return Ok((probe, seen)),
                 // The sender lives in `self`: waiting cannot fail.
                 Admit::Wait => {
                     let _ = changes.changed().await;
@@ -156,15 +173,27 @@ impl<S: Storage> Breaker<S> {
         failing.contains(&None) || failing.len() >= self.inner.nodes().clamp(1, 2)
     }
 
-    fn record<T>(&self, probe: bool, result: &Result<T, StorageError>) {
+    fn record<T>(&self, probe: bool, seen: u64, result: &Result<T, StorageError>) {
         let failure = result.as_ref().err().filter(|e| e.is_transient());
         let spread = self.spread(failure);
         let mut state = self.state.lock().expect("breaker lock");
         let failed = failure.is_some();
+        // Another failure counted while this request was out: same wave.
+        let counts = failed && self.counted.load(Ordering::Relaxed) == seen;
+        if counts {
+            self.counted.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(err) = failure {
+            tracing::debug!(error = %super::chain(err), node = ?err.node(), counts, spread, "storage failure");
+        }
         let next = match (*state, failed) {
             (_, false) if probe || matches!(*state, CircuitState::Closed { .. }) => {
                 CircuitState::Closed { failures: 0 }
             }
+            (_, true) if probe => CircuitState::Open {
+                until: Instant::now() + self.config.cool_down,
+            },
+            (CircuitState::Closed { .. }, true) if !counts => *state,
             (CircuitState::Closed { failures }, true)
                 if failures + 1 < self.config.failure_threshold || !spread =>
             {
@@ -173,9 +202,6 @@ impl<S: Storage> Breaker<S> {
                 }
             }
             (CircuitState::Closed { .. }, true) => CircuitState::Open {
-                until: Instant::now() + self.config.cool_down,
-            },
-            (_, true) if probe => CircuitState::Open {
                 until: Instant::now() + self.config.cool_down,
             },
             (other, _) => other,
@@ -187,7 +213,7 @@ impl<S: Storage> Breaker<S> {
         &self,
         f: impl std::future::Future<Output = Result<T, StorageError>>,
     ) -> Result<T, StorageError> {
-        let probe = self.admit_or_wait().await?;
+        let (probe, seen) = self.admit_or_wait().await?;
         // If the caller drops this future mid-probe, the half-open state must
         // not stick: the guard reopens the circuit for another probe.
         let guard = ProbeGuard {
@@ -196,7 +222,7 @@ impl<S: Storage> Breaker<S> {
         };
         let result = f.await;
         std::mem::forget(guard);
-        self.record(probe, &result);
+        self.record(probe, seen, &result);
         result
     }
 }
@@ -317,6 +343,38 @@ mod tests {
         assert!(breaker.read_shard(query()).await.is_ok());
         assert_eq!(breaker.state(), CircuitState::Closed { failures: 0 });
         assert_eq!(store.shard_queries(), before + 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_failing_together_count_once_in_a_streak() {
+        let store = MemoryStore::new();
+        store.set_latency(|_| Duration::from_millis(5));
+        let breaker = Breaker::new(
+            store.clone(),
+            BreakerConfig {
+                failure_threshold: 3,
+                cool_down: Duration::from_secs(2),
+            },
+        );
+        // Twelve reads in flight together fail together: one wave.
+        store.fail_next((0..12).map(|_| StorageError::Transient("timed out".into())));
+        let burst = futures::future::join_all((0..12).map(|_| breaker.read_shard(query()))).await;
+        assert!(burst
+            .iter()
+            .all(|r| matches!(r, Err(StorageError::Transient(_)))));
+        assert_eq!(breaker.state(), CircuitState::Closed { failures: 1 });
+        // A read sent before the next wave's first failure and failing after
+        // it belongs to that wave.
+        store.fail_next((0..3).map(|_| StorageError::Transient("timed out".into())));
+        let (first, late) = tokio::join!(breaker.read_shard(query()), async {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            breaker.read_shard(query()).await
+        });
+        assert!(first.is_err() && late.is_err());
+        assert_eq!(breaker.state(), CircuitState::Closed { failures: 2 });
+        // Sent after those failures and failing too: the third wave opens it.
+        assert!(breaker.read_shard(query()).await.is_err());
+        assert!(matches!(breaker.state(), CircuitState::Open { .. }));
     }
 
     #[tokio::test(start_paused = true)]
