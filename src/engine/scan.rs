@@ -782,11 +782,9 @@ impl<S: Storage> Scan<S> {
     /// bounds them by the model's evidence. The shards of the
     /// `readahead_buckets` buckets after the one being merged are read
     /// beside it, not once it is read to its end: each shard is one stream
-    /// (one page in flight keeps its pages in order), so four shards of one
-    /// bucket at a time left a chain's merge waiting on one shard's page
-    /// after another (one client following tokens under a 10 ms SLO through
-    /// 1,000,000 rows of 4 shards: 2.75-2.81 s instead of 3.38-3.44 s, side
-    /// by side). Rows are read as of their fetch.
+    /// (one page in flight keeps its pages in order), and reading one
+    /// bucket's shards at a time leaves the merge waiting on one shard's
+    /// page after another. Rows are read as of their fetch.
     pub(super) fn fetch_ahead(&mut self, max_bytes: usize) {
         if max_bytes == 0 {
             return;
