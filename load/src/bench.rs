@@ -351,7 +351,33 @@ fn machine() -> String {
             })
         })
         .unwrap_or(0);
-    format!("{cores} cores ({cpu}), {:.0} GiB RAM, Linux; Cassandra 5.0 single node on loopback, same machine", mem as f64 / 1_048_576.0)
+    format!(
+        "{cores} cores ({cpu}), {:.0} GiB RAM, Linux; Cassandra 5.0 single node on loopback, same machine, {}",
+        mem as f64 / 1_048_576.0,
+        cassandra_pid().map_or_else(|| "CPU priority unknown".to_string(), storage_priority)
+    )
+}
+
+/// The CPU scheduling of process `pid` as the benchmark's header states
+/// it: its policy and niceness, from `/proc/<pid>/stat` (fields 41 and 19).
+fn storage_priority(pid: u32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which may hold spaces, start at 3.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let field = |n: usize| fields.get(n - 3).copied();
+    let policy = match field(41) {
+        Some("0") => "SCHED_OTHER",
+        Some("3") => "SCHED_BATCH",
+        Some("5") => "SCHED_IDLE",
+        Some(_) => "a real-time policy",
+        None => return "CPU priority unknown".to_string(),
+    };
+    format!(
+        "{policy} at niceness {} (`scripts/cassandra`)",
+        field(19).unwrap_or("?")
+    )
 }
 
 /// Pause between load cells. Token followers still running when a cell
