@@ -142,19 +142,35 @@ impl Drop for ServerProcess {
 
 /// User + system CPU seconds of a process, from /proc (Linux).
 fn proc_cpu_secs(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Some(stat) = ProcStat::read(pid) else {
         return f64::NAN;
     };
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        f.get(i)
+    let ticks = |n: usize| {
+        stat.field(n)
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(f64::NAN)
     };
-    // /proc reports in USER_HZ, 100 on Linux.
-    (ticks(11) + ticks(12)) / 100.0
+    // utime and stime, in USER_HZ (100 on Linux).
+    (ticks(14) + ticks(15)) / 100.0
+}
+
+/// The fields of `/proc/<pid>/stat`.
+struct ProcStat(Vec<String>);
+
+impl ProcStat {
+    /// None when the process is gone.
+    fn read(pid: u32) -> Option<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) is parenthesised and may hold spaces:
+        // field 3 on follow its closing parenthesis.
+        let (_, rest) = stat.rsplit_once(')')?;
+        Some(Self(rest.split_whitespace().map(str::to_owned).collect()))
+    }
+
+    /// Field `n` as proc(5) numbers them (from 3, the state).
+    fn field(&self, n: usize) -> Option<&str> {
+        self.0.get(n.checked_sub(3)?).map(String::as_str)
+    }
 }
 
 /// The `hourglass` server binary built beside this one (`cargo build
@@ -361,13 +377,10 @@ fn machine() -> String {
 /// The CPU scheduling of process `pid` as the benchmark's header states
 /// it: its policy and niceness, from `/proc/<pid>/stat` (fields 41 and 19).
 fn storage_priority(pid: u32) -> String {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which may hold spaces, start at 3.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-    let field = |n: usize| fields.get(n - 3).copied();
-    let policy = match field(41) {
+    let Some(stat) = ProcStat::read(pid) else {
+        return "CPU priority unknown".to_string();
+    };
+    let policy = match stat.field(41) {
         Some("0") => "SCHED_OTHER",
         Some("3") => "SCHED_BATCH",
         Some("5") => "SCHED_IDLE",
@@ -376,7 +389,7 @@ fn storage_priority(pid: u32) -> String {
     };
     format!(
         "{policy} at niceness {} (`scripts/cassandra`)",
-        field(19).unwrap_or("?")
+        stat.field(19).unwrap_or("?")
     )
 }
 
@@ -914,4 +927,28 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     std::fs::write(&args.out, md)?;
     println!("wrote {}", args.out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_fields_are_numbered_as_proc_5_numbers_them() {
+        let stat = ProcStat::read(std::process::id()).expect("own /proc stat");
+        assert_eq!(stat.field(2), None, "the command name is not a field here");
+        // Field 3 is the state of the main thread (running or waiting on
+        // this test's), field 19 the niceness.
+        assert!(
+            matches!(stat.field(3), Some("R" | "S")),
+            "{:?}",
+            stat.field(3)
+        );
+        assert!(stat.field(19).is_some_and(|n| n.parse::<i8>().is_ok()));
+        // Field 41 is the policy: a test runs under SCHED_OTHER.
+        assert_eq!(stat.field(41), Some("0"));
+        let policy = storage_priority(std::process::id());
+        assert!(policy.starts_with("SCHED_OTHER at niceness "), "{policy}");
+        assert!(proc_cpu_secs(std::process::id()) >= 0.0);
+    }
 }
