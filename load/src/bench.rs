@@ -50,7 +50,8 @@ pub struct BenchArgs {
     /// Measured seconds per deadline-adherence cell.
     #[arg(long, default_value_t = 3.0)]
     pub seconds_per_cell: f64,
-    /// A/B alternations of the scan comparison and the token chains.
+    /// A/B alternations of the scan comparison, the token chains and the
+    /// overload cells.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
     /// SLOs, milliseconds, of the token chains through the largest series
@@ -329,7 +330,7 @@ impl ChainCell {
             median(self.secs.clone())
         };
         format!(
-            "| {slo} | {hot} | {secs:.2} | {:.2} | {:.3} | {} | {} | {:.1}% |",
+            "| {slo} | {hot} | {unbounded_s:.2} | {secs:.2} | {:.2} | {:.3} | {} | {} | {:.1}% |",
             secs / unbounded_s,
             self.scanned as f64 / self.rows.max(1) as f64,
             self.calls,
@@ -426,24 +427,36 @@ async fn overload_section(
     let mut table = String::new();
     for (name, clients, rate) in &loads {
         for &slo in &args.overload_slos {
-            let mut cells = Vec::new();
-            for (server, tag) in [(on, "on"), (off, "off")] {
-                settle().await;
-                let r = crate::run(&RunArgs {
-                    clients: *clients,
-                    rate: *rate,
-                    requests: None,
-                    duration_secs: Some(args.seconds_per_cell),
-                    warmup_secs: 0.5,
-                    slo_ms: Some(slo),
-                    ..run_args(
-                        &server.url,
-                        size,
-                        format!("overload-{}-{slo}-{tag}", name.replace([' ', '/'], "")),
-                    )
-                })
-                .await?;
-                cells.push(r);
+            // Side by side: each repeat runs the cell on both servers,
+            // taking turns to go first (the first cell after a heavier one
+            // meets what that one left behind); medians over the repeats.
+            let mut cells: [Vec<crate::report::Report>; 2] = [vec![], vec![]];
+            for rep in 0..args.repeats {
+                let mut order = [(on, "on", 0), (off, "off", 1)];
+                if rep % 2 == 1 {
+                    order.reverse();
+                }
+                for (server, tag, i) in order {
+                    settle().await;
+                    let r = crate::run(&RunArgs {
+                        clients: *clients,
+                        rate: *rate,
+                        requests: None,
+                        duration_secs: Some(args.seconds_per_cell),
+                        warmup_secs: 0.5,
+                        slo_ms: Some(slo),
+                        ..run_args(
+                            &server.url,
+                            size,
+                            format!(
+                                "overload-{}-{slo}-{tag}-{rep}",
+                                name.replace([' ', '/'], "")
+                            ),
+                        )
+                    })
+                    .await?;
+                    cells[i].push(r);
+                }
             }
             let slo_f = f64::from(slo);
             let refused = |r: &crate::report::Report| {
@@ -454,18 +467,20 @@ async fn overload_section(
                     / r.requests.max(1) as f64
                     * 100.0
             };
-            let (a, b) = (&cells[0], &cells[1]);
+            let m = |i: usize, f: &dyn Fn(&crate::report::Report) -> f64| {
+                median(cells[i].iter().map(f).collect())
+            };
             let line = format!(
                 "| {name} | {slo} | {:.2} | {:.2} | {:.1}% | {:.1} | {:.0} | {:.2} | {:.2} | {:.1}% | {:.0} |",
-                a.responses.p99_ms / slo_f,
-                a.responses.p999_ms / slo_f,
-                refused(a),
-                a.refusals.p99_ms,
-                a.good_rows_per_s,
-                b.responses.p99_ms / slo_f,
-                b.responses.p999_ms / slo_f,
-                refused(b),
-                b.good_rows_per_s,
+                m(0, &|r| r.responses.p99_ms / slo_f),
+                m(0, &|r| r.responses.p999_ms / slo_f),
+                m(0, &refused),
+                m(0, &|r| r.refusals.p99_ms),
+                m(0, &|r| r.good_rows_per_s),
+                m(1, &|r| r.responses.p99_ms / slo_f),
+                m(1, &|r| r.responses.p999_ms / slo_f),
+                m(1, &refused),
+                m(1, &|r| r.good_rows_per_s),
             );
             eprintln!("   {line}");
             table.push_str(&line);
@@ -778,13 +793,30 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let (svc_m, d1, d4) = (median(svc), median(direct1), median(direct4));
     let completion_tax = median(slo_chain) / (biggest as f64 / d1);
 
-    eprintln!("== token chains through {biggest} rows, hot continuations on / off");
-    let unbounded_s = biggest as f64 / svc_m;
+    eprintln!("== token chains through {biggest} rows, unbounded / hot continuations on / off");
     let mut chains = String::new();
     for &slo in &args.follow_slos {
-        for (server, hot) in [(&a, "on"), (&c, "off")] {
-            let mut cell = ChainCell::default();
-            for rep in 0..args.repeats {
+        // Side by side: each repeat reads the series unbounded, then
+        // follows it under the SLO on both servers, in turn first, so a
+        // machine that drifts during the run weighs on all three alike.
+        let (mut unbounded, mut on, mut off) = (vec![], ChainCell::default(), ChainCell::default());
+        for rep in 0..args.repeats {
+            let r = crate::run(&RunArgs {
+                page_size: SCAN_PAGE_SIZE,
+                ..run_args(&a.url, biggest, format!("chain-{slo}-unbounded-{rep}"))
+            })
+            .await?;
+            anyhow::ensure!(
+                r.rows == biggest,
+                "unbounded read returned {} rows of {biggest}",
+                r.rows
+            );
+            unbounded.push(r.reads.max_ms / 1000.0);
+            let mut cells = [(&a, "on", &mut on), (&c, "off", &mut off)];
+            if rep % 2 == 1 {
+                cells.reverse();
+            }
+            for (server, hot, cell) in cells {
                 let r = crate::run(&RunArgs {
                     slo_ms: Some(slo),
                     page_size: SCAN_PAGE_SIZE,
@@ -793,6 +825,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 .await?;
                 cell.add(&r, biggest);
             }
+        }
+        let unbounded_s = median(unbounded);
+        for (cell, hot) in [(&on, "on"), (&off, "off")] {
             let line = cell.row(slo, hot, unbounded_s);
             eprintln!("   {line}");
             chains.push_str(&line);
@@ -907,8 +942,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     )?;
     writeln!(md, "Rows/s on {biggest} rows: service {svc_m:.0}, direct single stream {d1:.0}, direct 4 streams {d4:.0}.\n")?;
     writeln!(md, "## Following tokens\n")?;
-    writeln!(md, "One client follows continuation tokens through the {biggest}-row series (page size {SCAN_PAGE_SIZE}) under each SLO, {} times per cell (medians; errors and calls summed), against the same server with hot continuations on (default) and off (`--continuation-bytes 0`). Completion tax: the chain's time ÷ one unbounded read of the series through the service ({unbounded_s:.2} s at the single-stream rate above). Amplification: rows the calls report scanned (`ReadStats.rows_scanned`, which for a continued call includes the rows its scan fetched while held) ÷ rows delivered: every row the chain read from storage. Hit rate: calls after the first that continued a held scan (`ReadStats.continued`). Targets: tax <= 1.2 at 50 ms and <= 1.5 at 10 ms, amplification <= 1.02 with the cache on, zero DEADLINE_EXCEEDED.\n", args.repeats)?;
-    writeln!(md, "| SLO ms | hot continuations | chain s | completion tax | amplification | calls | DEADLINE_EXCEEDED | hit rate |\n|---|---|---|---|---|---|---|---|")?;
+    writeln!(md, "One client follows continuation tokens through the {biggest}-row series (page size {SCAN_PAGE_SIZE}) under each SLO, {} times per cell (medians; errors and calls summed), against the same server with hot continuations on (default) and off (`--continuation-bytes 0`). Each repeat reads the series once unbounded (no SLO, same page size, hot continuations on) and then follows it on both servers, taking turns to go first. Completion tax: the chain's time ÷ that SLO's unbounded read (medians over the repeats). Amplification: rows the calls report scanned (`ReadStats.rows_scanned`, which for a continued call includes the rows its scan fetched while held) ÷ rows delivered: every row the chain read from storage. Hit rate: calls after the first that continued a held scan (`ReadStats.continued`). Targets: tax <= 1.2 at 50 ms and <= 1.5 at 10 ms, amplification <= 1.02 with the cache on, zero DEADLINE_EXCEEDED.\n", args.repeats)?;
+    writeln!(md, "| SLO ms | hot continuations | unbounded s | chain s | completion tax | amplification | calls | DEADLINE_EXCEEDED | hit rate |\n|---|---|---|---|---|---|---|---|---|")?;
     md.push_str(&chains);
     writeln!(md)?;
     writeln!(md, "## Deadline adherence\n")?;
@@ -917,7 +952,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     md.push_str(&table);
     writeln!(md)?;
     writeln!(md, "## Overload\n")?;
-    writeln!(md, "Whole-series reads following tokens (page size 10000) of the {overload_size}-row series, {} s per cell after 0.5 s of warm-up, cells 1 s apart (scans held for the last cell's followers finish fetching ahead), against the same server with adaptive admission on (default) and off (`--adaptive-admission false`: only the static bulkhead of 256 scans). `closed N`: N clients, each starting its next read when the last ended, and after a refused call waiting out its RetryInfo and going on from the last token; `open R/s`: reads started at R per second whatever happens. Latency is client-observed, over answered calls (refused calls are not answers). Refused: share of calls answered RESOURCE_EXHAUSTED; refusal p99: their latency; goodput: rows per second delivered in responses that came within the SLO. Targets: p99/SLO <= 1.0 and p99.9/SLO <= 1.05 with admission on, goodput not below off's.\n", args.seconds_per_cell)?;
+    writeln!(md, "Whole-series reads following tokens (page size 10000) of the {overload_size}-row series, {} s per cell after 0.5 s of warm-up, cells 1 s apart (scans held for the last cell's followers finish fetching ahead), each cell {} times per server with the servers taking turns to go first (medians over the repeats), against the same server with adaptive admission on (default) and off (`--adaptive-admission false`: only the static bulkhead of 256 scans). `closed N`: N clients, each starting its next read when the last ended, and after a refused call waiting out its RetryInfo and going on from the last token; `open R/s`: reads started at R per second whatever happens. Latency is client-observed, over answered calls (refused calls are not answers). Refused: share of calls answered RESOURCE_EXHAUSTED; refusal p99: their latency; goodput: rows per second delivered in responses that came within the SLO. Targets: p99/SLO <= 1.0 and p99.9/SLO <= 1.05 with admission on, goodput not below off's.\n", args.seconds_per_cell, args.repeats)?;
     writeln!(md, "| load | SLO ms | on p99/SLO | on p99.9/SLO | on refused | on refusal p99 ms | on goodput rows/s | off p99/SLO | off p99.9/SLO | off refused | off goodput rows/s |\n|---|---|---|---|---|---|---|---|---|---|---|")?;
     md.push_str(&overload);
     md.push_str(&faults);
