@@ -501,6 +501,8 @@ impl<S: Storage> Scan<S> {
             rows_out = self.rows_out,
             bytes_out = self.bytes_out,
             reserve = ?self.req.budget.deadline.saturating_duration_since(self.stop_at()),
+            fixed_reserve = ?self.fixed_reserve(),
+            cost_reserve = ?self.cost_reserve(self.rows_out, self.bytes_out),
             elapsed = ?self.req.budget.elapsed(),
             "budget ends the scan"
         );
