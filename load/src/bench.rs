@@ -341,9 +341,39 @@ impl ChainCell {
     }
 }
 
+/// The median: the middle value, or the mean of the two middle values of
+/// an even count (of two repeats, their mean, not the larger).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let mid = v.len() / 2;
+    if v.len() % 2 == 0 {
+        f64::midpoint(v[mid - 1], v[mid])
+    } else {
+        v[mid]
+    }
+}
+
+/// The two sides of an A/B comparison in the order repeat `rep` runs them:
+/// A first on even repeats, B first on odd ones, so neither always meets
+/// what the cell before it left behind.
+fn in_turn<T>(rep: usize, mut sides: [T; 2]) -> [T; 2] {
+    if rep % 2 == 1 {
+        sides.reverse();
+    }
+    sides
+}
+
+/// Runs one whole-series read and returns its seconds, after checking that
+/// it delivered all `rows` rows.
+async fn whole_read_secs(args: &RunArgs, rows: u64) -> anyhow::Result<f64> {
+    let r = crate::run(args).await?;
+    anyhow::ensure!(
+        r.rows == rows,
+        "{} returned {} rows of {rows}",
+        args.label,
+        r.rows
+    );
+    Ok(r.reads.max_ms / 1000.0)
 }
 
 fn machine() -> String {
@@ -432,11 +462,7 @@ async fn overload_section(
             // meets what that one left behind); medians over the repeats.
             let mut cells: [Vec<crate::report::Report>; 2] = [vec![], vec![]];
             for rep in 0..args.repeats {
-                let mut order = [(on, "on", 0), (off, "off", 1)];
-                if rep % 2 == 1 {
-                    order.reverse();
-                }
-                for (server, tag, i) in order {
+                for (server, tag, i) in in_turn(rep, [(on, "on", 0), (off, "off", 1)]) {
                     settle().await;
                     let r = crate::run(&RunArgs {
                         clients: *clients,
@@ -612,17 +638,11 @@ async fn replica_fault_section(args: &BenchArgs) -> anyhow::Result<String> {
         for _ in 0..3 {
             crate::run(&chain(&s.url, Some(SLO), format!("fault-warm-{name}"))).await?;
         }
-        let r = crate::run(&RunArgs {
+        let whole = RunArgs {
             page_size: SCAN_PAGE_SIZE,
             ..chain(&s.url, None, format!("fault-unbounded-{name}"))
-        })
-        .await?;
-        anyhow::ensure!(
-            r.rows == size,
-            "unbounded read of {size} rows gave {}",
-            r.rows
-        );
-        unbounded.push(r.reads.max_ms / 1000.0);
+        };
+        unbounded.push(whole_read_secs(&whole, size).await?);
     }
     let unbounded_s = median(unbounded);
 
@@ -801,22 +821,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         // machine that drifts during the run weighs on all three alike.
         let (mut unbounded, mut on, mut off) = (vec![], ChainCell::default(), ChainCell::default());
         for rep in 0..args.repeats {
-            let r = crate::run(&RunArgs {
+            let whole = RunArgs {
                 page_size: SCAN_PAGE_SIZE,
                 ..run_args(&a.url, biggest, format!("chain-{slo}-unbounded-{rep}"))
-            })
-            .await?;
-            anyhow::ensure!(
-                r.rows == biggest,
-                "unbounded read returned {} rows of {biggest}",
-                r.rows
-            );
-            unbounded.push(r.reads.max_ms / 1000.0);
-            let mut cells = [(&a, "on", &mut on), (&c, "off", &mut off)];
-            if rep % 2 == 1 {
-                cells.reverse();
-            }
-            for (server, hot, cell) in cells {
+            };
+            unbounded.push(whole_read_secs(&whole, biggest).await?);
+            for (server, hot, cell) in in_turn(rep, [(&a, "on", &mut on), (&c, "off", &mut off)]) {
                 let r = crate::run(&RunArgs {
                     slo_ms: Some(slo),
                     page_size: SCAN_PAGE_SIZE,
@@ -967,6 +977,25 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        // Exact in binary: halves of small integers.
+        for (v, m) in [
+            (vec![3.0, 1.0, 2.0], 2.0),
+            (vec![4.0, 1.0], 2.5),
+            (vec![5.0, 1.0, 3.0, 2.0], 2.5),
+        ] {
+            assert!((median(v.clone()) - m).abs() < 1e-12, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn sides_take_turns_to_go_first() {
+        assert_eq!(in_turn(0, ["a", "b"]), ["a", "b"]);
+        assert_eq!(in_turn(1, ["a", "b"]), ["b", "a"]);
+        assert_eq!(in_turn(2, ["a", "b"]), ["a", "b"]);
+    }
 
     #[test]
     fn proc_stat_fields_are_numbered_as_proc_5_numbers_them() {
