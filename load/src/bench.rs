@@ -401,27 +401,27 @@ fn machine() -> String {
     format!(
         "{cores} cores ({cpu}), {:.0} GiB RAM, Linux; Cassandra 5.0 single node on loopback, same machine, {}",
         mem as f64 / 1_048_576.0,
-        cassandra_pid().map_or_else(|| "CPU priority unknown".to_string(), storage_priority)
+        cassandra_pid()
+            .and_then(storage_priority)
+            .unwrap_or_else(|| "CPU priority unknown".to_string())
     )
 }
 
 /// The CPU scheduling of process `pid` as the benchmark's header states
-/// it: its policy and niceness, from `/proc/<pid>/stat` (fields 41 and 19).
-fn storage_priority(pid: u32) -> String {
-    let Some(stat) = ProcStat::read(pid) else {
-        return "CPU priority unknown".to_string();
+/// it: its policy and niceness, from `/proc/<pid>/stat` (fields 41 and 19);
+/// None when the process is gone.
+fn storage_priority(pid: u32) -> Option<String> {
+    let stat = ProcStat::read(pid)?;
+    let policy = match stat.field(41)? {
+        "0" => "SCHED_OTHER",
+        "3" => "SCHED_BATCH",
+        "5" => "SCHED_IDLE",
+        _ => "a real-time policy",
     };
-    let policy = match stat.field(41) {
-        Some("0") => "SCHED_OTHER",
-        Some("3") => "SCHED_BATCH",
-        Some("5") => "SCHED_IDLE",
-        Some(_) => "a real-time policy",
-        None => return "CPU priority unknown".to_string(),
-    };
-    format!(
+    Some(format!(
         "{policy} at niceness {} (`scripts/cassandra`)",
         stat.field(19).unwrap_or("?")
-    )
+    ))
 }
 
 /// Pause between load cells. Token followers still running when a cell
@@ -1011,7 +1011,7 @@ mod tests {
         assert!(stat.field(19).is_some_and(|n| n.parse::<i8>().is_ok()));
         // Field 41 is the policy: a test runs under SCHED_OTHER.
         assert_eq!(stat.field(41), Some("0"));
-        let policy = storage_priority(std::process::id());
+        let policy = storage_priority(std::process::id()).expect("own /proc stat");
         assert!(policy.starts_with("SCHED_OTHER at niceness "), "{policy}");
         assert!(proc_cpu_secs(std::process::id()) >= 0.0);
     }
