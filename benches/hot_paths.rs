@@ -84,6 +84,26 @@ fn conversion(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         );
     });
+    // What the server does instead: each row encoded as the scan delivers
+    // it (hourglass::response), then the response sent with those bytes.
+    c.bench_function("rows_encoded_as_delivered_1000", |b| {
+        use hourglass::engine::RowSink;
+        b.iter_batched(
+            || rows.clone(),
+            |rows| {
+                let mut sink = hourglass::response::EncodedEvents::new("series-1".into());
+                for row in rows {
+                    sink.push(row);
+                }
+                let response = hourglass::api::pb::ReadEventsResponse {
+                    encoded_events: sink.finish(),
+                    ..Default::default()
+                };
+                response.encode_to_vec().len()
+            },
+            criterion::BatchSize::SmallInput,
+        );
+    });
 }
 
 criterion_group!(benches, tokens, merge, conversion);

@@ -54,6 +54,7 @@ pub mod fuzzing;
 pub mod model;
 #[cfg(feature = "otel")]
 pub mod otel;
+pub mod response;
 pub mod server;
 pub mod storage;
 pub mod telemetry;

@@ -62,8 +62,8 @@ pub struct EngineConfig {
     /// Time kept back from the budget for handing the response to the
     /// transport and scheduling noise (at most an eighth of the budget):
     /// the scan stops this much before the deadline, plus the
-    /// time building and encoding the rows gathered is expected to take
-    /// (see [`reserve`]).
+    /// time sending the rows gathered and decoding them is expected to
+    /// take (see [`reserve`]).
     pub response_reserve: Duration,
     /// How much before its stop a scan sets its timer: tokio rounds a
     /// sleep's deadline up to its next 1 ms tick, so a timer set for the
@@ -72,10 +72,10 @@ pub struct EngineConfig {
     /// early (one without waits to its stop: a page may still land). Zero
     /// on a paused clock gives exact stops.
     pub timer_slack: Duration,
-    /// Expected building and encoding time per row gathered, until
+    /// Expected sending and decoding time per row gathered, until
     /// `response_cost` has measured it (or always, without one).
     pub response_reserve_per_row: Duration,
-    /// The measured cost of building and encoding responses per byte
+    /// The measured cost of encoding and sending responses per byte
     /// ([`reserve::RESPONSE_COST`] in a server); None keeps the per-row
     /// figure (engine tests, embedded engines).
     pub response_cost: Option<&'static reserve::ResponseCost>,

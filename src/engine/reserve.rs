@@ -1,18 +1,21 @@
 //! The response reserve: how long before its deadline a scan stops, so the
 //! response is built, sent and decoded by the client within the budget.
 //!
-//! The cost is measured where the server can see it: each response's
-//! building (rows into protobuf events, in the handler), its encoding (in
-//! the codec, [`crate::codec`]) and its sending (from the handler's answer
-//! until the transport took the last byte: the encoding, and the transfer
+//! The cost is measured where the server can see it: the encoding of the
+//! events (as the scan delivers them, in [`crate::response::EncodedEvents`];
+//! for other messages in the codec, [`crate::codec`]) and a unary read's
+//! sending (from the handler's answer until the transport took the last
+//! byte: copying the encoded events into the message and the transfer
 //! paced by the client's HTTP/2 flow control), each per encoded byte, in
-//! [`RESPONSE_COST`]. The client's decoding happens after the last byte and
-//! cannot be seen: it is taken as [`CLIENT_DECODE_PER_ENCODE`] times the
-//! server's encoding. A scan keeps back a fixed floor
-//! ([`super::EngineConfig::response_reserve`], for the hand-off to the
-//! transport) plus the bytes gathered so far at those costs, with a safety
-//! factor. Until building and encoding were measured, the configured
-//! per-row prior applies; until sending was, encoding stands for it.
+//! [`RESPONSE_COST`]. The events are encoded before the scan stops, so
+//! after it only the sending remains, and the client's decoding, which
+//! happens after the last byte and cannot be seen: it is taken as
+//! [`CLIENT_DECODE_PER_ENCODE`] times the server's encoding. A scan keeps
+//! back a fixed floor ([`super::EngineConfig::response_reserve`], for the
+//! hand-off to the transport) plus the bytes gathered so far at those
+//! costs, with a safety factor. Until encoding was measured, the
+//! configured per-row prior applies; until sending was, encoding stands
+//! for it.
 //!
 //! What happens after the stop also waits for the CPU: on a loaded
 //! machine the server's task wakes late at its stop, and the response's
@@ -69,12 +72,10 @@ const MAX_LATENESS: Duration = Duration::from_millis(20);
 /// The high estimate of the lateness: its mean plus this many deviations.
 const LATENESS_DEVIATIONS: f64 = 4.0;
 
-/// Where a response spends its time after the scan stops.
+/// What the server measures of a response's cost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
-    /// Rows converted into protobuf events.
-    Build,
-    /// Events encoded into the message body.
+    /// Events encoded for the message body (while the scan delivers them).
     Encode,
     /// From the handler's answer until the transport took the body's last
     /// byte (encoding included).
@@ -104,10 +105,10 @@ impl Ewma {
     }
 }
 
-/// The measured cost of building and encoding responses, per byte.
+/// The measured cost of encoding and sending responses, per byte.
 #[derive(Debug, Default)]
 pub struct ResponseCost {
-    stages: Mutex<[Ewma; 3]>,
+    stages: Mutex<[Ewma; 2]>,
     /// How late this process wakes (None before a sample).
     lateness: Mutex<Option<MeanDeviation>>,
     /// [`ResponseCost::lateness_allowance`] in nanoseconds, kept at each
@@ -118,7 +119,7 @@ pub struct ResponseCost {
     per_byte_bits: AtomicU64,
 }
 
-/// `per_byte_bits` before building and encoding are measured (a NaN
+/// `per_byte_bits` before encoding is measured (a NaN
 /// pattern no cost computes to).
 const UNMEASURED: u64 = u64::MAX;
 
@@ -129,7 +130,7 @@ pub static RESPONSE_COST: ResponseCost = ResponseCost::new();
 impl ResponseCost {
     pub const fn new() -> Self {
         Self {
-            stages: Mutex::new([Ewma::UNMEASURED; 3]),
+            stages: Mutex::new([Ewma::UNMEASURED; 2]),
             lateness: Mutex::new(None),
             allowance_nanos: AtomicU64::new(0),
             per_byte_bits: AtomicU64::new(UNMEASURED),
@@ -173,9 +174,9 @@ impl ResponseCost {
         self.per_byte_bits.store(bits, Ordering::Relaxed);
     }
 
-    /// Measured seconds per byte of a response, from building it to the
-    /// client having decoded it, once building and encoding have
-    /// [`MIN_SAMPLES`] samples each (see the module docs).
+    /// Measured seconds per byte of a response, from the scan's stop to
+    /// the client having decoded it, once encoding has [`MIN_SAMPLES`]
+    /// samples (see the module docs).
     pub fn secs_per_byte(&self) -> Option<f64> {
         match self.per_byte_bits.load(Ordering::Relaxed) {
             UNMEASURED => None,
@@ -194,17 +195,17 @@ impl ResponseCost {
 
 /// Seconds per byte from the stages' estimates (see
 /// [`ResponseCost::secs_per_byte`]).
-fn per_byte(stages: &[Ewma; 3]) -> Option<f64> {
-    let [build, encode, send] = *stages;
-    if build.samples < MIN_SAMPLES || encode.samples < MIN_SAMPLES {
+fn per_byte(stages: &[Ewma; 2]) -> Option<f64> {
+    let [encode, send] = *stages;
+    if encode.samples < MIN_SAMPLES {
         return None;
     }
     let sending = if send.samples >= MIN_SAMPLES {
-        send.secs_per_byte.max(encode.secs_per_byte)
+        send.secs_per_byte
     } else {
         encode.secs_per_byte
     };
-    Some(build.secs_per_byte + sending + encode.secs_per_byte * CLIENT_DECODE_PER_ENCODE)
+    Some(sending + encode.secs_per_byte * CLIENT_DECODE_PER_ENCODE)
 }
 
 #[cfg(test)]
@@ -214,26 +215,28 @@ mod tests {
     const US: Duration = Duration::from_micros(1);
 
     #[test]
-    fn prior_until_both_stages_are_measured() {
+    fn prior_until_encoding_is_measured() {
         let cost = ResponseCost::new();
         for _ in 0..MIN_SAMPLES {
-            cost.observe(Stage::Build, 100_000, 200 * US);
+            cost.observe(Stage::Send, 100_000, 50 * US);
         }
         assert_eq!(cost.reserve(100_000), None, "encoding not yet measured");
+        for _ in 0..MIN_SAMPLES - 1 {
+            cost.observe(Stage::Encode, 100_000, 100 * US);
+        }
+        assert_eq!(cost.reserve(100_000), None, "too few samples");
+        cost.observe(Stage::Encode, 100_000, 100 * US);
+        // Sending 0.5 ns per byte, the client's decoding 8 times the
+        // encoding's 1: 8.5 ns per byte, times 1.5: 1,275 µs for 100 kB.
+        let r = cost.reserve(100_000).expect("measured");
+        assert!((r.as_secs_f64() - 1275e-6).abs() < 1e-6, "{r:?}");
+        // Before sending is measured, encoding stands for it.
+        let cost = ResponseCost::new();
         for _ in 0..MIN_SAMPLES {
             cost.observe(Stage::Encode, 100_000, 100 * US);
         }
-        // Building 2 ns per byte, encoding 1 (standing for sending), the
-        // client's decoding 8: 11 ns per byte, times 1.5: 1,650 µs for
-        // 100 kB.
         let r = cost.reserve(100_000).expect("measured");
-        assert!((r.as_secs_f64() - 1650e-6).abs() < 1e-6, "{r:?}");
-        // A measured send slower than encoding replaces it.
-        for _ in 0..MIN_SAMPLES {
-            cost.observe(Stage::Send, 100_000, 500 * US);
-        }
-        let r = cost.reserve(100_000).expect("measured");
-        assert!((r.as_secs_f64() - 2250e-6).abs() < 1e-6, "{r:?}");
+        assert!((r.as_secs_f64() - 1350e-6).abs() < 1e-6, "{r:?}");
     }
 
     #[test]
@@ -275,7 +278,7 @@ mod tests {
     fn small_responses_are_not_samples() {
         let cost = ResponseCost::new();
         for _ in 0..100 {
-            cost.observe(Stage::Build, MIN_SAMPLE_BYTES - 1, 5000 * US);
+            cost.observe(Stage::Send, MIN_SAMPLE_BYTES - 1, 5000 * US);
             cost.observe(Stage::Encode, MIN_SAMPLE_BYTES - 1, 5000 * US);
         }
         assert_eq!(cost.secs_per_byte(), None);
@@ -285,24 +288,24 @@ mod tests {
     fn a_stalled_sample_moves_the_estimate_a_bounded_step() {
         let cost = ResponseCost::new();
         for _ in 0..20 {
-            cost.observe(Stage::Build, 100_000, 100 * US);
+            cost.observe(Stage::Send, 100_000, 100 * US);
             cost.observe(Stage::Encode, 100_000, 100 * US);
         }
         let before = cost.secs_per_byte().expect("measured");
         // One encode preempted for 50 ms: 500 times its usual cost.
         cost.observe(Stage::Encode, 100_000, 50_000 * US);
         let after = cost.secs_per_byte().expect("measured");
-        // Before: building 1 ns per byte, encoding 1 ns counted for sending
-        // and the client's decoding too.
-        let encoding = before / (2.0 + CLIENT_DECODE_PER_ENCODE);
-        let step = (after - before) / (1.0 + CLIENT_DECODE_PER_ENCODE) / encoding;
+        // Before: sending 1 ns per byte, encoding 1 ns counted for the
+        // client's decoding.
+        let encoding = before / (1.0 + CLIENT_DECODE_PER_ENCODE);
+        let step = (after - before) / CLIENT_DECODE_PER_ENCODE / encoding;
         assert!(
             (step - ALPHA * (MAX_SAMPLE_RATIO - 1.0)).abs() < 1e-9,
             "step {step}"
         );
         // And it follows a real, lasting change.
         for _ in 0..200 {
-            cost.observe(Stage::Build, 100_000, 300 * US);
+            cost.observe(Stage::Send, 100_000, 300 * US);
         }
         let slower = cost.secs_per_byte().expect("measured");
         assert!(slower > after + 1.5e-9, "{after} -> {slower}");

@@ -324,7 +324,7 @@ impl<S: Storage> Scan<S> {
         (floor + late).min(self.req.budget.total / 2)
     }
 
-    /// The time building, encoding and decoding a response of `rows` rows
+    /// The time sending and decoding a response of `rows` rows
     /// and `bytes` bytes takes, at the measured cost (or the per-row prior).
     fn cost_reserve(&self, rows: usize, bytes: usize) -> Duration {
         let cfg = &self.engine.config;

@@ -19,10 +19,10 @@ use crate::api::{self, pb, ReadParams};
 use crate::auth::{Access, Authenticator, Principal};
 use crate::bulkhead::{Bulkhead, Full};
 use crate::engine::budget::{parse_grpc_timeout, Budget, BudgetConfig};
-use crate::engine::reserve::{Stage, RESPONSE_COST};
 use crate::engine::{ReadEngine, ReadError, ReadRequest, RowSink};
 use crate::error::ServiceError;
 use crate::model::{Key, Namespace, Order, Row, Span};
+use crate::response::EncodedEvents;
 use crate::storage::{Created, Storage, StorageError};
 use crate::telemetry;
 use crate::token::{KeyRing, QueryFingerprint};
@@ -485,8 +485,9 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
                 ticket,
                 waited,
             } = self.prepare_read(request).await?;
-            let mut rows = Vec::new();
-            let mut sink = FirstRow::new(&mut rows);
+            // Rows are encoded as they come (see crate::response).
+            let mut encoded = EncodedEvents::new(req.series_id.clone());
+            let mut sink = FirstRow::new(&mut encoded);
             let outcome = self.engine.read(&req, &mut sink).await;
             let first_row = sink.at;
             observe_failed(&ticket, &req, &outcome);
@@ -496,23 +497,11 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             })?;
             let continued = outcome.stats.continued;
             let end = api::stream_end(outcome, |k| self.keys.issue(&fp, k));
-            // Building the events is timed for the response reserve (the
-            // codec times their encoding).
-            let building = std::time::Instant::now();
-            let mut bytes = 0;
-            let events = rows
-                .into_iter()
-                .map(|r| {
-                    bytes += r.weight(req.series_id.len());
-                    api::event_of(&req.series_id, r)
-                })
-                .collect();
-            RESPONSE_COST.observe(Stage::Build, bytes, building.elapsed());
             observe(&ticket, &req, first_row, continued);
-            Ok((events, end))
+            Ok((encoded.finish(), end))
         }
         .await;
-        let (events, end) = finish("ReadEvents", started, result, |(_, end)| {
+        let (encoded_events, end) = finish("ReadEvents", started, result, |(_, end)| {
             partial_or_complete(end)
         })?;
         let pb::StreamEnd {
@@ -523,7 +512,8 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             stats,
         } = end;
         Ok(Response::new(pb::ReadEventsResponse {
-            events,
+            events: Vec::new(),
+            encoded_events,
             partial,
             partial_reason,
             continuation_token,
