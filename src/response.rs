@@ -23,7 +23,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{
     self, encode_key, encode_varint, encoded_len_varint, key_len, DecodeContext, WireType,
 };
@@ -230,13 +230,13 @@ pub fn encode_event(series_id: &str, row: &Row, buf: &mut impl BufMut) {
 
 /// One row in this many has its encoding timed for the response reserve
 /// (reading the clock for every row would cost a tenth of the encoding).
-const TIME_EVERY: usize = 8;
+const TIME_EVERY: usize = 32;
 
 /// A [`RowSink`] that encodes each row into the response as it comes.
 #[derive(Debug)]
 pub struct EncodedEvents {
     series_id: Arc<str>,
-    buf: BytesMut,
+    buf: Vec<u8>,
     /// Where each row's entry ends in `buf`.
     ends: Vec<usize>,
     /// Bytes and time of the rows whose encoding was timed.
@@ -248,7 +248,7 @@ impl EncodedEvents {
     pub fn new(series_id: Arc<str>) -> Self {
         Self {
             series_id,
-            buf: BytesMut::new(),
+            buf: Vec::new(),
             ends: Vec::new(),
             timed_bytes: 0,
             timed: Duration::ZERO,
@@ -274,7 +274,7 @@ impl EncodedEvents {
             let took = self.timed.mul_f64(all as f64 / self.timed_bytes as f64);
             RESPONSE_COST.observe(Stage::Encode, all, took);
         }
-        self.buf.freeze()
+        Bytes::from(self.buf)
     }
 }
 
@@ -312,7 +312,7 @@ impl RowSink for EncodedEvents {
         }
         let keep = self.ends.len() - n;
         let cut = self.ends[keep - 1];
-        let mut back = self.buf.split_off(cut).freeze();
+        let mut back = Bytes::from(self.buf.split_off(cut));
         self.ends.truncate(keep);
         let mut rows = Vec::with_capacity(n);
         while back.has_remaining() {
@@ -426,7 +426,7 @@ mod tests {
     fn an_entry_weighs_what_the_page_byte_limit_counts() {
         for series in ["s", &"series".repeat(40)] {
             for row in rows() {
-                let mut buf = BytesMut::new();
+                let mut buf = Vec::new();
                 encode_event(series, &row, &mut buf);
                 assert_eq!(buf.len(), row.weight(series.len()), "{:?}", row.key);
             }
