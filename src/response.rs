@@ -261,15 +261,6 @@ impl EncodedEvents {
         }
     }
 
-    /// Rows held.
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
     /// The encoded events, for [`ReadEventsResponse::encoded_events`]; the
     /// encoding's cost per byte goes to [`RESPONSE_COST`].
     pub fn finish(self) -> Bytes {
@@ -445,7 +436,7 @@ mod tests {
         let (last, back) = sink.take_back(2).expect("two of four");
         assert_eq!(back, all[2..].to_vec());
         assert_eq!(last, all[1].key);
-        assert_eq!(sink.len(), 2);
+        assert_eq!(sink.ends.len(), 2);
         let response = ReadEventsResponse {
             encoded_events: sink.finish(),
             ..Default::default()
