@@ -355,25 +355,7 @@ async fn a_cold_call_fetches_only_what_its_response_can_take() {
         timer_slack: Duration::ZERO,
         ..cold()
     };
-    let engine = ReadEngine::new(Arc::new(store.clone()), config);
-    let (rows, calls) = fake::follow(&[&engine], &ns, Order::Ascending, 50 * MS, 1_000_000).await;
-    assert_rows(&rows, &all);
-    assert!(
-        calls.len() > 10,
-        "the budget ended most calls: {}",
-        calls.len()
-    );
-    let scanned: u64 = calls.iter().map(|c| c.stats.rows_scanned).sum();
-    assert_eq!(
-        scanned,
-        store.rows_served(),
-        "the calls count every row read"
-    );
-    let delivered = all.len() as u64;
-    assert!(
-        scanned <= delivered * 105 / 100,
-        "{scanned} rows read for {delivered} delivered"
-    );
+    follow_cold_to_the_end(config, &store, &ns, &all, 50 * MS, 105).await;
 }
 
 /// The same under a lateness allowance, which a call holds back only once
@@ -400,9 +382,23 @@ async fn a_cold_call_sizes_its_pages_to_the_stop_its_rows_bring() {
         timer_slack: Duration::ZERO,
         ..cold()
     };
+    follow_cold_to_the_end(config, &store, &ns, &all, 10 * MS, 102).await;
+}
+
+/// Follows the whole series through `config`'s engine under `budget`, cache
+/// off: every row once, in order, most calls ended by the budget, and at
+/// most `percent` rows read from storage per 100 delivered.
+async fn follow_cold_to_the_end(
+    config: EngineConfig,
+    store: &MemoryStore,
+    ns: &Arc<hourglass::model::Namespace>,
+    all: &[Row],
+    budget: Duration,
+    percent: u64,
+) {
     let engine = ReadEngine::new(Arc::new(store.clone()), config);
-    let (rows, calls) = fake::follow(&[&engine], &ns, Order::Ascending, 10 * MS, 1_000_000).await;
-    assert_rows(&rows, &all);
+    let (rows, calls) = fake::follow(&[&engine], ns, Order::Ascending, budget, 1_000_000).await;
+    assert_rows(&rows, all);
     assert!(
         calls.len() > 10,
         "the budget ended most calls: {}",
@@ -416,7 +412,7 @@ async fn a_cold_call_sizes_its_pages_to_the_stop_its_rows_bring() {
     );
     let delivered = all.len() as u64;
     assert!(
-        scanned <= delivered * 102 / 100,
+        scanned <= delivered * percent / 100,
         "{scanned} rows read for {delivered} delivered"
     );
 }
