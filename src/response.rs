@@ -110,8 +110,7 @@ impl Message for ReadEventsResponse {
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
-        let field = |e: DecodeError, name: &'static str| {
-            let mut e = e;
+        let field = |mut e: DecodeError, name: &'static str| {
             e.push("ReadEventsResponse", name);
             e
         };
