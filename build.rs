@@ -8,12 +8,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .bytes(".hourglass.v1.Event.payload")
-        // Hand-written, so a response can carry events encoded while the
-        // scan delivered them (see src/response.rs).
+        // Hand-written, so a response or a stream's batch can carry events
+        // encoded while the scan delivered them (see src/response.rs).
         .extern_path(
             ".hourglass.v1.ReadEventsResponse",
             "crate::response::ReadEventsResponse",
         )
+        .extern_path(".hourglass.v1.EventBatch", "crate::response::EventBatch")
         // prost's codec, with encoding timed for the response reserve.
         .codec_path("crate::codec::TimedCodec")
         .file_descriptor_set_path(out.join("hourglass_descriptor.bin"))

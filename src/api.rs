@@ -12,7 +12,7 @@ use crate::model::{self, Key, Namespace, NewEvent, Order, Row};
 #[allow(clippy::pedantic)]
 pub mod pb {
     tonic::include_proto!("hourglass.v1");
-    pub use crate::response::ReadEventsResponse;
+    pub use crate::response::{EventBatch, ReadEventsResponse};
 
     /// Encoded file descriptor set, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -48,12 +48,18 @@ where
 #[derive(Debug, Clone, Copy)]
 pub struct TimedEncoder<T>(PhantomData<T>);
 
-/// Whether `item` is a read response whose events were encoded before it
-/// got here ([`crate::response`]): copying them is no sample of encoding,
-/// whose cost the sink that encoded them recorded.
+/// Whether `item` is a read response or a stream's batch whose events were
+/// encoded before it got here ([`crate::response`]): copying them is no
+/// sample of encoding, whose cost the sink that encoded them recorded.
 fn pre_encoded(item: &dyn std::any::Any) -> bool {
-    item.downcast_ref::<crate::response::ReadEventsResponse>()
-        .is_some_and(|r| !r.encoded_events.is_empty())
+    use crate::api::pb::stream_events_response::Message;
+    if let Some(r) = item.downcast_ref::<crate::response::ReadEventsResponse>() {
+        return !r.encoded_events.is_empty();
+    }
+    item.downcast_ref::<crate::api::pb::StreamEventsResponse>()
+        .is_some_and(
+            |r| matches!(&r.message, Some(Message::Batch(b)) if !b.encoded_events.is_empty()),
+        )
 }
 
 impl<T: prost::Message + 'static> Encoder for TimedEncoder<T> {

@@ -22,7 +22,7 @@ use crate::engine::budget::{parse_grpc_timeout, Budget, BudgetConfig};
 use crate::engine::{ReadEngine, ReadError, ReadRequest, RowSink};
 use crate::error::ServiceError;
 use crate::model::{Key, Namespace, Order, Row, Span};
-use crate::response::EncodedEvents;
+use crate::response::{EncodedEvents, RowEncoder};
 use crate::storage::{Created, Storage, StorageError};
 use crate::telemetry;
 use crate::token::{KeyRing, QueryFingerprint};
@@ -684,15 +684,17 @@ type StreamMessage = Result<pb::StreamEventsResponse, Status>;
 /// Sends rows in batches as the engine merges them: a batch goes when the
 /// engine is about to wait on storage, when it holds
 /// [`STREAM_BATCH_BYTES`], or when its first row has waited
-/// [`STREAM_BATCH_DELAY`]; no row count bounds it. Batches the bounded
-/// queue to the transport cannot take wait in `held`, and the sink says it
-/// is backlogged until they went.
+/// [`STREAM_BATCH_DELAY`]; no row count bounds it. Rows are encoded as
+/// they come ([`RowEncoder`]), so a batch that goes is only copied to the
+/// transport. Batches the bounded queue to the transport cannot take wait
+/// in `held`, and the sink says it is backlogged until they went.
 struct StreamSink {
-    series_id: Arc<str>,
-    buf: Vec<pb::Event>,
-    /// Encoded bytes of `buf`'s events.
+    /// The batch being filled.
+    batch: RowEncoder,
+    series_len: usize,
+    /// Encoded bytes of the batch's events.
     bytes: usize,
-    /// When the first row of `buf` was pushed.
+    /// When the first row of the batch was pushed.
     since: Option<std::time::Instant>,
     tx: mpsc::Sender<StreamMessage>,
     /// Batches made while the queue was full, oldest first.
@@ -702,8 +704,8 @@ struct StreamSink {
 impl StreamSink {
     fn new(series_id: Arc<str>, tx: mpsc::Sender<StreamMessage>) -> Self {
         Self {
-            series_id,
-            buf: Vec::new(),
+            series_len: series_id.len(),
+            batch: RowEncoder::new(series_id),
             bytes: 0,
             since: None,
             tx,
@@ -714,15 +716,15 @@ impl StreamSink {
 
 impl RowSink for StreamSink {
     fn push(&mut self, row: Row) {
-        let weight = row.weight(self.series_id.len());
+        let weight = row.weight(self.series_len);
         if self.bytes + weight > STREAM_BATCH_BYTES {
             self.flush();
         }
         self.bytes += weight;
-        self.buf.push(api::event_of(&self.series_id, row));
+        self.batch.push(&row);
         let since = *self.since.get_or_insert_with(std::time::Instant::now);
         // Reading the clock every row would cost more than the rows.
-        if self.buf.len() % STREAM_CLOCK_EVERY == 0 && since.elapsed() >= STREAM_BATCH_DELAY {
+        if self.batch.rows() % STREAM_CLOCK_EVERY == 0 && since.elapsed() >= STREAM_BATCH_DELAY {
             self.flush();
         }
     }
@@ -732,15 +734,15 @@ impl RowSink for StreamSink {
     }
 
     fn flush(&mut self) {
-        if self.buf.is_empty() {
+        if self.batch.rows() == 0 {
             return;
         }
-        let events = std::mem::take(&mut self.buf);
         self.bytes = 0;
         self.since = None;
         let batch = Ok(pb::StreamEventsResponse {
             message: Some(pb::stream_events_response::Message::Batch(pb::EventBatch {
-                events,
+                encoded_events: self.batch.take(),
+                events: Vec::new(),
             })),
         });
         if !self.held.is_empty() {
@@ -790,9 +792,17 @@ mod tests {
         }
     }
 
+    /// The rows of a batch as its client decodes them.
+    fn events_of(b: &pb::EventBatch) -> Vec<pb::Event> {
+        use prost::Message as _;
+        pb::EventBatch::decode(b.encode_to_vec().as_slice())
+            .expect("a batch decodes")
+            .events
+    }
+
     fn batch_len(rx: &mut mpsc::Receiver<StreamMessage>) -> Option<usize> {
         match rx.try_recv().ok()?.expect("a batch").message? {
-            pb::stream_events_response::Message::Batch(b) => Some(b.events.len()),
+            pb::stream_events_response::Message::Batch(b) => Some(events_of(&b).len()),
             pb::stream_events_response::Message::End(_) => None,
         }
     }
@@ -867,7 +877,7 @@ mod tests {
 
     async fn batch_len_async(rx: &mut mpsc::Receiver<StreamMessage>) -> Option<usize> {
         match rx.recv().await?.expect("a batch").message? {
-            pb::stream_events_response::Message::Batch(b) => Some(b.events.len()),
+            pb::stream_events_response::Message::Batch(b) => Some(events_of(&b).len()),
             pb::stream_events_response::Message::End(_) => None,
         }
     }
