@@ -86,10 +86,7 @@ impl ReadEventsResponse {
 
 impl Message for ReadEventsResponse {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.encoded_events);
-        for e in &self.events {
-            encoding::message::encode(1, e, buf);
-        }
+        encode_events(&self.encoded_events, &self.events, buf);
         if self.partial {
             encoding::bool::encode(2, &self.partial, buf);
         }
@@ -141,8 +138,7 @@ impl Message for ReadEventsResponse {
     }
 
     fn encoded_len(&self) -> usize {
-        self.encoded_events.len()
-            + encoding::message::encoded_len_repeated(1, &self.events)
+        events_len(&self.encoded_events, &self.events)
             + if self.partial {
                 encoding::bool::encoded_len(2, &self.partial)
             } else {
@@ -197,10 +193,7 @@ impl std::fmt::Debug for EventBatch {
 
 impl Message for EventBatch {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.encoded_events);
-        for e in &self.events {
-            encoding::message::encode(1, e, buf);
-        }
+        encode_events(&self.encoded_events, &self.events, buf);
     }
 
     fn merge_field(
@@ -222,12 +215,26 @@ impl Message for EventBatch {
     }
 
     fn encoded_len(&self) -> usize {
-        self.encoded_events.len() + encoding::message::encoded_len_repeated(1, &self.events)
+        events_len(&self.encoded_events, &self.events)
     }
 
     fn clear(&mut self) {
         *self = Self::default();
     }
+}
+
+/// Writes the events of a message whose field 1 they are: the entries
+/// already `encoded`, then `events`.
+fn encode_events(encoded: &[u8], events: &[pb::Event], buf: &mut impl BufMut) {
+    buf.put_slice(encoded);
+    for e in events {
+        encoding::message::encode(1, e, buf);
+    }
+}
+
+/// Bytes [`encode_events`] writes.
+fn events_len(encoded: &[u8], events: &[pb::Event]) -> usize {
+    encoded.len() + encoding::message::encoded_len_repeated(1, events)
 }
 
 /// Bytes of a length-delimited field of `len` bytes.
