@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fake::{
-    assert_rows, cold, engine, frontier, namespace, read, request, run_paused, seeded, write_rows,
-    MS,
+    assert_rows, cold, engine, follow, frontier, namespace, read, request, run_paused, seeded,
+    write_rows, MS,
 };
 use hourglass::engine::budget::BudgetSource;
 use hourglass::engine::{
@@ -246,6 +246,34 @@ async fn no_progress_within_the_budget_is_an_error_not_an_empty_page() {
     }
     assert_eq!(began.elapsed(), 50 * MS);
     assert_eq!(store.in_flight(), 0);
+}
+
+/// The bucket index may list buckets that hold no rows (their rows
+/// expired, or a write failed after its index entry): a call whose budget
+/// ends while its scan walks them, before any row, answers with no row and
+/// a token past the buckets it found empty (the watermark moved), not
+/// DEADLINE_EXCEEDED, so following tokens gets past them and yields every
+/// row once.
+#[tokio::test(start_paused = true)]
+async fn a_call_that_only_passed_empty_buckets_answers_with_a_token_past_them() {
+    let width = 1_000_000;
+    let ns = namespace(width, 2);
+    let (store, all) = seeded(&ns, (0..100).map(|i| 500 * width + i)).await;
+    for bucket in 0..500 {
+        store.index_bucket(&ns, "s", bucket);
+    }
+    store.set_latency(|_| MS);
+    let engine = engine(&store);
+    let req = request(&ns, Order::Ascending, 5 * MS, 1000);
+    let (rows, out) = read(&engine, &req).await;
+    let out = out.expect("progress past empty buckets is an answer");
+    assert!(rows.is_empty(), "{} rows", rows.len());
+    let past = frontier(&out);
+    assert!(past.time > 0 && past.time <= 500 * width, "{past:?}");
+    assert!(past.time % width == 0, "a bucket boundary: {past:?}");
+    let (rows, outcomes) = follow(&[&engine], &ns, Order::Ascending, 5 * MS, 1000).await;
+    assert_rows(&rows, &all);
+    assert!(outcomes.len() > 2, "{} calls", outcomes.len());
 }
 
 #[tokio::test(start_paused = true)]

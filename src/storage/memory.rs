@@ -87,6 +87,19 @@ impl MemoryStore {
         self.inner.nodes.store(n, Ordering::SeqCst);
     }
 
+    /// Lists `bucket` in `series`' bucket index without writing rows to it,
+    /// as Cassandra's index does once the bucket's rows expired (its entry
+    /// outlives them) or when a write failed after making the entry.
+    pub fn index_bucket(&self, ns: &Namespace, series: &str, bucket: i64) {
+        self.inner
+            .buckets
+            .lock()
+            .expect("lock")
+            .entry((ns.name.clone(), series.to_string()))
+            .or_default()
+            .insert(bucket);
+    }
+
     pub fn fail_next(&self, errors: impl IntoIterator<Item = StorageError>) {
         self.inner.failures.lock().expect("lock").extend(errors);
     }
