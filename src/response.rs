@@ -306,7 +306,7 @@ const TIME_EVERY: usize = 32;
 
 /// Encodes rows of one series as the field 1 entries of a response (the
 /// `Event`s of a [`ReadEventsResponse`] or an [`EventBatch`]), timing one
-/// row in [`TIME_EVERY`] for the response reserve.
+/// row in `TIME_EVERY` (32) for the response reserve.
 #[derive(Debug)]
 pub struct RowEncoder {
     series_id: Arc<str>,
