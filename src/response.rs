@@ -334,7 +334,7 @@ impl RowEncoder {
         let before = self.buf.len();
         if self.rows % TIME_EVERY == 1 {
             // Room first: growing the buffer is no part of encoding.
-            self.buf.reserve(row.weight(self.series_id.len()));
+            self.buf.reserve(self.weight(row));
             let started = Instant::now();
             encode_event(&self.series_id, row, &mut self.buf);
             self.timed += started.elapsed();
@@ -348,6 +348,21 @@ impl RowEncoder {
     /// Rows encoded since the last [`RowEncoder::take`].
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// Bytes encoded since the last [`RowEncoder::take`].
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether nothing was encoded since the last [`RowEncoder::take`].
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The bytes `row`'s entry takes ([`Row::weight`] for this series).
+    pub fn weight(&self, row: &Row) -> usize {
+        row.weight(self.series_id.len())
     }
 
     /// The entries encoded so far, leaving the encoder empty; what timing

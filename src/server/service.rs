@@ -691,9 +691,6 @@ type StreamMessage = Result<pb::StreamEventsResponse, Status>;
 struct StreamSink {
     /// The batch being filled.
     batch: RowEncoder,
-    series_len: usize,
-    /// Encoded bytes of the batch's events.
-    bytes: usize,
     /// When the first row of the batch was pushed.
     since: Option<std::time::Instant>,
     tx: mpsc::Sender<StreamMessage>,
@@ -704,9 +701,7 @@ struct StreamSink {
 impl StreamSink {
     fn new(series_id: Arc<str>, tx: mpsc::Sender<StreamMessage>) -> Self {
         Self {
-            series_len: series_id.len(),
             batch: RowEncoder::new(series_id),
-            bytes: 0,
             since: None,
             tx,
             held: std::collections::VecDeque::new(),
@@ -716,11 +711,9 @@ impl StreamSink {
 
 impl RowSink for StreamSink {
     fn push(&mut self, row: Row) {
-        let weight = row.weight(self.series_len);
-        if self.bytes + weight > STREAM_BATCH_BYTES {
+        if self.batch.len() + self.batch.weight(&row) > STREAM_BATCH_BYTES {
             self.flush();
         }
-        self.bytes += weight;
         self.batch.push(&row);
         let since = *self.since.get_or_insert_with(std::time::Instant::now);
         // Reading the clock every row would cost more than the rows.
@@ -734,10 +727,9 @@ impl RowSink for StreamSink {
     }
 
     fn flush(&mut self) {
-        if self.batch.rows() == 0 {
+        if self.batch.is_empty() {
             return;
         }
-        self.bytes = 0;
         self.since = None;
         let batch = Ok(pb::StreamEventsResponse {
             message: Some(pb::stream_events_response::Message::Batch(pb::EventBatch {
