@@ -82,6 +82,8 @@ pub(super) struct ShardCursor {
     pub(super) probe_late_at: Option<Instant>,
     /// How long its last page took to land, from when it was sent.
     pub(super) took: Option<Duration>,
+    /// Rows this scan's pages (and probes) gave this shard.
+    pub(super) fetched: usize,
 }
 
 impl ShardCursor {
@@ -96,6 +98,17 @@ impl ShardCursor {
     fn low(&self, page: usize) -> bool {
         !self.done && self.requested == 0 && self.buf.len() < page
     }
+}
+
+/// Rows a shard with a page in flight is expected to hold still, once a
+/// sibling shard of its bucket reached the bucket's end after `sibling`
+/// rows: the bucket ends at one instant for all its shards and events
+/// spread evenly over them, so the shard ends near the same count. The
+/// estimate is generous (an eighth more, plus a small page), so the
+/// buckets after it are rarely asked for rows the response has no room
+/// for.
+fn expected_rest(sibling: usize, fetched: usize) -> usize {
+    (sibling + sibling / 8 + 16).saturating_sub(fetched)
 }
 
 pub(super) struct BucketCursor {
@@ -210,6 +223,7 @@ impl<S: Storage> Scan<S> {
                     probes: 0,
                     probe_late_at: None,
                     took: None,
+                    fetched: 0,
                 })
                 .collect(),
         }
@@ -746,16 +760,25 @@ impl<S: Storage> Scan<S> {
                     head_covered += self.buckets[i].shards[j].requested;
                 }
             }
-            for s in &self.buckets[i].shards {
+            let shards = &self.buckets[i].shards;
+            // Once one shard reached the bucket's end, the others' pages in
+            // flight are expected to end near the same count: the buckets
+            // after it get their share of the rows wanted now, not a probe
+            // that costs the call a round trip when the pages land short.
+            let sibling_end = shards.iter().filter(|s| s.done).map(|s| s.fetched).max();
+            for s in shards {
+                let expected = sibling_end
+                    .filter(|_| !s.done && s.requested > 0)
+                    .map(|end| s.buf.len() + s.requested.min(expected_rest(end, s.fetched)));
                 // A shard that returned a full page has more rows than we
                 // know of: read-ahead past it would be premature.
                 let known_more = !s.done && (s.pages >= 2 || (s.pages == 1 && s.requested == 0));
-                covered = if known_more {
-                    usize::MAX
-                } else {
-                    covered.saturating_add(s.buf.len() + s.requested)
+                covered = match expected {
+                    Some(rows) => covered.saturating_add(rows),
+                    None if known_more => usize::MAX,
+                    None => covered.saturating_add(s.buf.len() + s.requested),
                 };
-                probe_only |= !s.done;
+                probe_only |= !s.done && expected.is_none();
             }
         }
         true
@@ -1047,9 +1070,11 @@ impl<S: Storage> Scan<S> {
                 // Rows a probe already gave (a prefix of the page it raced)
                 // are dropped: each row goes to the merge once, in order.
                 let span = cursor.span.clone();
+                let before = cursor.buf.len();
                 cursor
                     .buf
                     .extend(rows.into_iter().filter(|r| span.contains(&r.key)));
+                cursor.fetched += cursor.buf.len() - before;
                 if let Some(last) = last.filter(|k| span.contains(k)) {
                     cursor.span = span.resume_from(&last, order);
                 }
