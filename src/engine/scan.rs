@@ -104,11 +104,11 @@ impl ShardCursor {
 /// sibling shard of its bucket reached the bucket's end after `sibling`
 /// rows: the bucket ends at one instant for all its shards and events
 /// spread evenly over them, so the shard ends near the same count. The
-/// estimate is generous (an eighth more, plus a small page), so the
+/// estimate is generous (an eighth more, plus `min_page` rows), so the
 /// buckets after it are rarely asked for rows the response has no room
 /// for.
-fn expected_rest(sibling: usize, fetched: usize) -> usize {
-    (sibling + sibling / 8 + 16).saturating_sub(fetched)
+fn expected_rest(sibling: usize, fetched: usize, min_page: usize) -> usize {
+    (sibling + sibling / 8 + min_page).saturating_sub(fetched)
 }
 
 pub(super) struct BucketCursor {
@@ -769,7 +769,10 @@ impl<S: Storage> Scan<S> {
             for s in shards {
                 let expected = sibling_end
                     .filter(|_| !s.done && s.requested > 0)
-                    .map(|end| s.buf.len() + s.requested.min(expected_rest(end, s.fetched)));
+                    .map(|end| {
+                        let rest = expected_rest(end, s.fetched, cfg.min_storage_page);
+                        s.buf.len() + s.requested.min(rest)
+                    });
                 // A shard that returned a full page has more rows than we
                 // know of: read-ahead past it would be premature.
                 let known_more = !s.done && (s.pages >= 2 || (s.pages == 1 && s.requested == 0));
