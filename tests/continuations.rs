@@ -327,7 +327,7 @@ async fn pages_in_flight_when_a_call_ends_land_for_the_next_call() {
 async fn a_continued_call_has_rows_even_while_a_page_outlasts_its_budget() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let ns = namespace(1_000, 4);
-    let (store, all) = seeded(&ns, (0..8_000).map(i64::from)).await;
+    let (store, all) = seeded(&ns, (0..20_000).map(i64::from)).await;
     let pages = Arc::new(AtomicUsize::new(0));
     store.set_latency(move |_| {
         // Every seventh page stalls for one and a half budgets.
