@@ -145,14 +145,14 @@ impl LatencyModel {
     }
 
     fn fit(&mut self, rows: usize, took: Duration) {
-        let (x, mut y) = (rows as f64, took.as_secs_f64());
+        let (x, took) = (rows as f64, took.as_secs_f64());
         let fitted = self.base + self.per_row * x;
+        let mut y = took;
         if fitted > 0.0 {
             // A page slower than the tail widens the tail; the line takes
             // it as a tail page (see the module docs).
-            y = y.min(fitted * self.tail_factor());
-            let ratio = (took.as_secs_f64() / fitted).min(MAX_RATIO);
-            self.ratio.observe(ratio);
+            y = took.min(fitted * self.tail_factor());
+            self.ratio.observe((took / fitted).min(MAX_RATIO));
         }
         self.mean_x += ALPHA * (x - self.mean_x);
         self.mean_y += ALPHA * (y - self.mean_y);
@@ -283,6 +283,17 @@ mod tests {
         assert!(m.affordable_rows(Duration::from_millis(7)) > 1000);
     }
 
+    /// A model fitted on 400 pages of 100-2000 rows that each took 0.5 ms
+    /// plus 1 µs a row.
+    fn on_the_line() -> LatencyModel {
+        let mut m = LatencyModel::default();
+        for i in 0..400 {
+            let rows = [100, 1000, 500, 2000][i % 4];
+            m.observe(rows, Duration::from_micros(500 + rows as u64));
+        }
+        m
+    }
+
     /// Pages that land on the line keep the tail near the safety factor;
     /// pages that stray (one in five five times slower) widen it, so a call
     /// with no row yet asks for pages that land even when slow; once pages
@@ -290,11 +301,7 @@ mod tests {
     #[test]
     fn the_tail_follows_how_far_pages_stray_from_the_line() {
         let ms = Duration::from_millis(1);
-        let mut m = LatencyModel::default();
-        for i in 0..400 {
-            let rows = [100, 1000, 500, 2000][i % 4];
-            m.observe(rows, Duration::from_micros(500 + rows as u64));
-        }
+        let mut m = on_the_line();
         let steady = m.tail_factor();
         assert!(steady < 1.5, "steady tail {steady}");
         let steady_rows = m.affordable_rows_tail(10 * ms);
@@ -321,11 +328,7 @@ mod tests {
     #[test]
     fn one_stalled_page_does_not_shrink_the_pages_after_it() {
         let ms = Duration::from_millis(1);
-        let mut m = LatencyModel::default();
-        for i in 0..400 {
-            let rows = [100, 1000, 500, 2000][i % 4];
-            m.observe(rows, Duration::from_micros(500 + rows as u64));
-        }
+        let mut m = on_the_line();
         let before = m.affordable_rows(5 * ms);
         let tail = m.tail_factor();
         m.observe(1000, 30 * ms);
