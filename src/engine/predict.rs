@@ -77,6 +77,12 @@ impl MeanDeviation {
         self.mean += SPREAD_ALPHA * (x - self.mean);
     }
 
+    /// Scales the measure's estimate by `factor` (mean and deviation).
+    pub fn scale(&mut self, factor: f64) {
+        self.mean *= factor;
+        self.deviation *= factor;
+    }
+
     /// The mean plus `deviations` mean deviations.
     pub fn high(&self, deviations: f64) -> f64 {
         self.mean + deviations * self.deviation

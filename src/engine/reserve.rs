@@ -23,17 +23,16 @@
 //! timer measures how late this process wakes ([`ResponseCost::
 //! observe_lateness`]); the reserve adds [`LATENESS_COVER`] times a high
 //! estimate of it (a moving mean plus four mean deviations, as TCP's RTO),
-//! one for the server's wake and one for each hop after it. A scan's stop
-//! timer alone cannot keep that estimate current: a scan whose reserve is
-//! large stops by its plan (the next page cannot land before its stop)
-//! before its timer goes off, so one late wake could leave the estimate
-//! high for good. A one-client token chain under a 10 ms SLO had its first
-//! sample (0.4 ms: the allowance then capped the reserve at half the
-//! budget) and no other in 1,300 calls, each of which stopped at 2.5 ms
-//! instead of 4. [`ResponseCost::watch_lateness`] samples how late a
-//! plain timer of the process wakes, every [`LATENESS_SAMPLE_EVERY`], so
-//! the estimate follows the process's load in both directions whatever
-//! its scans do.
+//! one for the server's wake and one for each hop after it. Evidence of
+//! lateness ages: the estimate halves for every [`LATENESS_HALF_LIFE`]
+//! without a sample. Stop timers alone cannot keep it current: a scan whose
+//! reserve is large stops by its plan (the next page cannot land before its
+//! stop) before its timer goes off, so without ageing one late wake left the
+//! estimate high for good (a one-client token chain under a 10 ms SLO took
+//! its first sample, 0.4 ms, which capped the reserve at half the budget,
+//! and no other in 1,300 calls, each of which stopped at 2.5 ms instead of
+//! 4). Under load scans stop by their timers many times a second, and the
+//! estimate follows them.
 //!
 //! Invariants: one sample never moves the estimate by more than
 //! [`MAX_SAMPLE_RATIO`] of it (a preempted thread on a loaded machine makes
@@ -49,8 +48,10 @@
 //! delivered.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::predict::MeanDeviation;
 
@@ -99,11 +100,8 @@ pub const CLIENT_DECODE_PER_ENCODE: f64 = 13.0;
 /// The reserve holds this many times the estimate of how late this process
 /// wakes: the scan's own stop, the transport's send, the client's read.
 pub const LATENESS_COVER: u32 = 3;
-/// How often a server samples how late its timers wake
-/// ([`ResponseCost::watch_lateness`]): the estimate follows a change of load
-/// within a few dozen samples, and a wake every few milliseconds costs
-/// nothing a reader can see.
-pub const LATENESS_SAMPLE_EVERY: Duration = Duration::from_millis(5);
+/// The lateness estimate halves for every this long without a sample.
+pub const LATENESS_HALF_LIFE: Duration = Duration::from_secs(1);
 /// A lateness sample counts as at most this long (a stalled process is not
 /// the machine's usual state).
 const MAX_LATENESS: Duration = Duration::from_millis(20);
@@ -150,9 +148,14 @@ pub struct ResponseCost {
     stages: Mutex<[Ewma; 2]>,
     /// How late this process wakes (None before a sample).
     lateness: Mutex<Option<MeanDeviation>>,
-    /// [`ResponseCost::lateness_allowance`] in nanoseconds, kept at each
-    /// sample: scans read it for every row they emit, without a lock.
+    /// [`ResponseCost::lateness_allowance`] in nanoseconds as of the last
+    /// sample, kept at each sample: scans read it for every row they emit,
+    /// without a lock.
     allowance_nanos: AtomicU64,
+    /// When the last lateness sample came, in nanoseconds since `epoch`.
+    sampled_nanos: AtomicU64,
+    /// The instant lateness samples are dated from (the first one's).
+    epoch: OnceLock<Instant>,
     /// [`ResponseCost::secs_per_byte`] as f64 bits ([`UNMEASURED`] for
     /// None), kept at each sample for the same reason.
     per_byte_bits: AtomicU64,
@@ -172,18 +175,25 @@ impl ResponseCost {
             stages: Mutex::new([Ewma::UNMEASURED; 2]),
             lateness: Mutex::new(None),
             allowance_nanos: AtomicU64::new(0),
+            sampled_nanos: AtomicU64::new(0),
+            epoch: OnceLock::new(),
             per_byte_bits: AtomicU64::new(UNMEASURED),
         }
     }
 
     /// Records that a timer of this process woke its task `late` after it
     /// was due.
+    /// The estimate ages first (see [`LATENESS_HALF_LIFE`]).
     pub fn observe_lateness(&self, late: Duration) {
         let x = late.min(MAX_LATENESS).as_secs_f64();
+        let now = Instant::now();
         let high = {
             let mut lateness = self.lateness.lock().expect("lateness");
             match lateness.as_mut() {
-                Some(l) => l.observe(x),
+                Some(l) => {
+                    l.scale(self.ageing(now));
+                    l.observe(x);
+                }
                 None => *lateness = Some(MeanDeviation::first(x)),
             }
             lateness.map_or(0.0, |l| l.high(LATENESS_DEVIATIONS).max(0.0))
@@ -191,25 +201,42 @@ impl ResponseCost {
         let allowance = Duration::from_secs_f64(high) * LATENESS_COVER;
         let nanos = u64::try_from(allowance.as_nanos()).unwrap_or(u64::MAX);
         self.allowance_nanos.store(nanos, Ordering::Relaxed);
+        self.sampled_nanos
+            .store(self.since_epoch(now), Ordering::Relaxed);
     }
 
-    /// Samples forever how late a timer of this process wakes, one due
-    /// `every` from the last wake; tokio fires a timer at its next `tick`
-    /// after its deadline, so a wake within the tick is on time (as a
-    /// scan's stop timer is judged).
-    pub async fn watch_lateness(&self, every: Duration, tick: Duration) {
-        loop {
-            let due = tokio::time::Instant::now() + every;
-            tokio::time::sleep_until(due).await;
-            self.observe_lateness((due + tick).elapsed());
-        }
+    /// Nanoseconds from the first lateness sample to `now`.
+    fn since_epoch(&self, now: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_init(|| now);
+        u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// What is left at `now` of the last sample's estimate: a half for every
+    /// [`LATENESS_HALF_LIFE`] since it came.
+    fn ageing(&self, now: Instant) -> f64 {
+        let age = self
+            .since_epoch(now)
+            .saturating_sub(self.sampled_nanos.load(Ordering::Relaxed));
+        #[allow(clippy::cast_precision_loss)] // ages far below 2^52 ns
+        let half_lives = age as f64 / LATENESS_HALF_LIFE.as_nanos() as f64;
+        0.5f64.powf(half_lives)
     }
 
     /// The time to keep back for this process and its client waking late:
     /// [`LATENESS_COVER`] times a high estimate of the lateness (zero
-    /// before any sample).
+    /// before any sample), aged since the last sample.
     pub fn lateness_allowance(&self) -> Duration {
-        Duration::from_nanos(self.allowance_nanos.load(Ordering::Relaxed))
+        let nanos = self.allowance_nanos.load(Ordering::Relaxed);
+        if nanos == 0 {
+            return Duration::ZERO;
+        }
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
+        let aged = (nanos as f64 * self.ageing(Instant::now())) as u64;
+        Duration::from_nanos(aged)
     }
 
     /// Records that `stage` of a response of `bytes` encoded bytes took `took`.
@@ -305,8 +332,9 @@ mod tests {
         assert!((r.as_secs_f64() - 2100e-6).abs() < 1e-6, "{r:?}");
     }
 
-    #[test]
-    fn the_lateness_allowance_follows_how_late_the_process_wakes() {
+    // A paused clock: no time passes between samples, nothing ages.
+    #[tokio::test(start_paused = true)]
+    async fn the_lateness_allowance_follows_how_late_the_process_wakes() {
         let cost = ResponseCost::new();
         assert_eq!(cost.lateness_allowance(), Duration::ZERO);
         for _ in 0..100 {
@@ -340,27 +368,36 @@ mod tests {
         assert!(cost.lateness_allowance() < cover * 3 / 2);
     }
 
-    /// The trap the sampler gets out of: one late wake makes the allowance
-    /// large, and scans that stop by plan before their timers never bring
-    /// it down; a process whose timers wake on time does.
+    /// The trap ageing gets out of: one late wake makes the allowance
+    /// large, and scans that stop by their plan before their timers bring
+    /// no sample to bring it down; without samples it fades, and so does
+    /// the estimate the next sample is folded into.
     #[tokio::test(start_paused = true)]
-    async fn the_sampler_brings_the_allowance_down_once_timers_wake_on_time() {
-        let cost: &'static ResponseCost = Box::leak(Box::new(ResponseCost::new()));
+    async fn the_allowance_fades_without_samples() {
+        let cost = ResponseCost::new();
         cost.observe_lateness(Duration::from_millis(2));
-        let stuck = cost.lateness_allowance();
         // The first sample's deviation is half of it: three times its
         // mean plus four deviations.
-        assert_eq!(stuck, Duration::from_millis(18));
-        let sampler =
-            tokio::spawn(cost.watch_lateness(LATENESS_SAMPLE_EVERY, Duration::from_millis(1)));
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        // A paused clock wakes timers on time: nothing to allow for.
+        assert_eq!(cost.lateness_allowance(), Duration::from_millis(18));
+        tokio::time::advance(LATENESS_HALF_LIFE).await;
+        let half = cost.lateness_allowance();
+        assert!(half.abs_diff(Duration::from_millis(9)) < US, "{half:?}");
+        tokio::time::advance(LATENESS_HALF_LIFE * 20).await;
+        assert!(cost.lateness_allowance() < US);
+        // A wake on time now finds an estimate that faded too.
+        cost.observe_lateness(Duration::ZERO);
         assert!(
-            cost.lateness_allowance() < 10 * US,
+            cost.lateness_allowance() < US,
             "{:?}",
             cost.lateness_allowance()
         );
-        sampler.abort();
+        // Samples that keep coming keep it up.
+        for _ in 0..100 {
+            tokio::time::advance(Duration::from_millis(5)).await;
+            cost.observe_lateness(Duration::from_millis(1));
+        }
+        let kept = cost.lateness_allowance();
+        assert!(kept > Duration::from_millis(2), "{kept:?}");
     }
 
     #[test]

@@ -26,7 +26,6 @@ use crate::api::{self, pb};
 use crate::auth::Authenticator;
 use crate::bulkhead::{Bulkhead, DEFAULT_MAX_SCANS, DEFAULT_MAX_SCANS_PER_NAMESPACE};
 use crate::engine::budget::BudgetConfig;
-use crate::engine::reserve::LATENESS_SAMPLE_EVERY;
 use crate::engine::{EngineConfig, ReadEngine};
 use crate::storage::breaker::{Breaker, BreakerConfig};
 use crate::storage::cassandra::{CassandraConfig, CassandraStore};
@@ -163,7 +162,6 @@ pub async fn run(
     );
     let drain = CancellationToken::new();
     let breaker = Breaker::new(store.clone(), config.breaker);
-    let (response_cost, timer_slack) = (config.engine.response_cost, config.engine.timer_slack);
     let engine =
         Arc::new(ReadEngine::new(Arc::new(breaker), config.engine).with_drain(drain.clone()));
     let mut service =
@@ -196,8 +194,6 @@ pub async fn run(
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, true).await;
     let process_metrics = tokio::spawn(crate::telemetry::sample_process_metrics());
-    let lateness = response_cost
-        .map(|cost| tokio::spawn(cost.watch_lateness(LATENESS_SAMPLE_EVERY, timer_slack)));
     let probe = tokio::spawn(probe_storage(
         store,
         reporter.clone(),
@@ -239,9 +235,6 @@ pub async fn run(
     };
     probe.abort();
     process_metrics.abort();
-    if let Some(lateness) = lateness {
-        lateness.abort();
-    }
     tracing::info!("stopped");
     served
 }
