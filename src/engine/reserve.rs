@@ -182,8 +182,7 @@ impl ResponseCost {
     }
 
     /// Records that a timer of this process woke its task `late` after it
-    /// was due.
-    /// The estimate ages first (see [`LATENESS_HALF_LIFE`]).
+    /// was due, into the estimate aged to now (see [`LATENESS_HALF_LIFE`]).
     pub fn observe_lateness(&self, late: Duration) {
         let x = late.min(MAX_LATENESS).as_secs_f64();
         let now = Instant::now();
