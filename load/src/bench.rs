@@ -179,11 +179,7 @@ impl ProcStat {
 }
 
 /// The niceness of process `pid` (0 when unknown). `scripts/bench` runs the
-/// load generator at `HOURGLASS_BENCH_NICE` (default -5), above the servers
-/// (0) and the Cassandra nodes (10): its clients' receiving and decoding
-/// then wait on neither, as on a client machine of their own, and the
-/// latency they observe is the service's (at 0, 16 followers under a 50 ms
-/// SLO saw 17-19 late answers per 4 s; at -5, 5).
+/// load generator above the servers (README, Benchmarks).
 fn niceness(pid: u32) -> i32 {
     ProcStat::read(pid)
         .and_then(|s| s.field(19).and_then(|n| n.parse().ok()))
