@@ -388,7 +388,9 @@ async fn whole_read_secs(args: &RunArgs, rows: u64) -> anyhow::Result<f64> {
     Ok(r.reads.max_ms / 1000.0)
 }
 
-fn machine() -> String {
+/// The machine, the node's CPU priority and the niceness `server` and this
+/// load generator ran at, as read from `/proc`.
+fn machine(server: &ServerProcess) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -411,11 +413,12 @@ fn machine() -> String {
         })
         .unwrap_or(0);
     format!(
-        "{cores} cores ({cpu}), {:.0} GiB RAM, Linux; Cassandra 5.0 single node on loopback, same machine, {}; servers at niceness 0, the load generator (clients) at niceness {} (`HOURGLASS_BENCH_NICE`)",
+        "{cores} cores ({cpu}), {:.0} GiB RAM, Linux; Cassandra 5.0 single node on loopback, same machine, {}; servers at niceness {}, the load generator (clients) at niceness {} (`HOURGLASS_BENCH_NICE`)",
         mem as f64 / 1_048_576.0,
         cassandra_pid()
             .and_then(storage_priority)
             .unwrap_or_else(|| "CPU priority unknown".to_string()),
+        niceness(server.child.id()),
         niceness(std::process::id())
     )
 }
@@ -936,7 +939,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     writeln!(
         md,
         "Produced by `scripts/bench` (`{command}`), on {}.\n",
-        machine()
+        machine(&a)
     )?;
     writeln!(md, "Series are seeded through `WriteEvents` ({ROWS_PER_SEC} rows per second of event time, {BUCKET_SECS} s buckets, {SHARDS} shards, 64-byte payloads). Whole-series service scans use page size {SCAN_PAGE_SIZE} (deadline cells 10000); the direct scan reads the same partitions with the scylla driver (page size 5000). Service and direct runs alternate A B A B, {} times; medians are reported.\n", args.repeats)?;
     writeln!(md, "## Summary\n")?;

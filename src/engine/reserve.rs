@@ -149,8 +149,8 @@ pub struct ResponseCost {
     /// How late this process wakes (None before a sample).
     lateness: Mutex<Option<MeanDeviation>>,
     /// [`ResponseCost::lateness_allowance`] in nanoseconds as of the last
-    /// sample, kept at each sample: scans read it for every row they emit,
-    /// without a lock.
+    /// sample, kept at each sample: scans read it (aged to the moment)
+    /// whenever they weigh their stop, without a lock.
     allowance_nanos: AtomicU64,
     /// When the last lateness sample came, in nanoseconds since `epoch`.
     sampled_nanos: AtomicU64,
