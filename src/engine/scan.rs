@@ -620,12 +620,24 @@ impl<S: Storage> Scan<S> {
             self.deliver(row, weight, sink);
         }
         while let Some(head) = self.buckets.front_mut() {
+            let head_bucket = head.bucket;
             match pick(&head.shards, |s| (&s.buf, s.done), order) {
                 Pick::NeedData => return None,
                 Pick::Exhausted => {
-                    let b = head.bucket;
                     self.buckets.pop_front();
-                    let boundary = position::bucket_exit(b, width, &self.span, order);
+                    // The buckets queued after the head were listed by the
+                    // bucket index, so those between it and the next one
+                    // are empty: the frontier passes them too. A call that
+                    // stops here then resumes at the next listed bucket,
+                    // not the next empty one (a cold read from long before
+                    // a series' first row, against storage too slow for
+                    // two pages in a budget, crossed one empty bucket a call).
+                    let passed = match (self.buckets.front(), order) {
+                        (Some(next), Order::Ascending) => next.bucket - 1,
+                        (Some(next), Order::Descending) => next.bucket + 1,
+                        (None, _) => head_bucket,
+                    };
+                    let boundary = position::bucket_exit(passed, width, &self.span, order);
                     let forward = position::is_beyond(&boundary, &self.frontier, order);
                     if forward {
                         self.frontier = boundary;
