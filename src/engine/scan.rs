@@ -620,10 +620,10 @@ impl<S: Storage> Scan<S> {
             self.deliver(row, weight, sink);
         }
         while let Some(head) = self.buckets.front_mut() {
-            let head_bucket = head.bucket;
             match pick(&head.shards, |s| (&s.buf, s.done), order) {
                 Pick::NeedData => return None,
                 Pick::Exhausted => {
+                    let b = head.bucket;
                     self.buckets.pop_front();
                     // The buckets queued after the head were listed by the
                     // bucket index, so those between it and the next one
@@ -635,7 +635,7 @@ impl<S: Storage> Scan<S> {
                     let passed = match (self.buckets.front(), order) {
                         (Some(next), Order::Ascending) => next.bucket - 1,
                         (Some(next), Order::Descending) => next.bucket + 1,
-                        (None, _) => head_bucket,
+                        (None, _) => b,
                     };
                     let boundary = position::bucket_exit(passed, width, &self.span, order);
                     let forward = position::is_beyond(&boundary, &self.frontier, order);
