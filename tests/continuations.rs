@@ -70,7 +70,7 @@ async fn continuing_a_held_scan_gives_the_rows_of_a_cold_resume_reading_each_row
 #[tokio::test(start_paused = true)]
 async fn a_miss_on_another_replica_or_after_expiry_resumes_from_the_token_alone() {
     let ns = namespace(1_000, 4);
-    let (store, all) = seeded(&ns, (0..3_000).map(i64::from)).await;
+    let (store, all) = seeded(&ns, (0..12_000).map(i64::from)).await;
     store.set_latency(|q| MS * (3 + 2 * q.shard));
 
     // Two replicas behind a balancer that alternates: every call misses.

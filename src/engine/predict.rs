@@ -171,6 +171,12 @@ impl LatencyModel {
         self.base = (self.mean_y - self.per_row * self.mean_x).max(0.0);
     }
 
+    /// The mean deviation of observed ÷ fitted latency: how far pages
+    /// stray from the line (0.25 before any page).
+    pub fn fit_spread(&self) -> f64 {
+        self.ratio.deviation
+    }
+
     /// Expected latency of a page of `rows`, with a safety factor.
     pub fn predict(&self, rows: usize) -> Duration {
         Duration::from_secs_f64((self.base + self.per_row * rows as f64) * SAFETY)

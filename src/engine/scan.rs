@@ -718,7 +718,7 @@ impl<S: Storage> Scan<S> {
         }
         let need = pages::rows_needed(self.req.row_limit, self.rows_out, wanted);
         self.list_more_buckets();
-        let pace = self.model.affordable_rows(sizing / 2);
+        let pace = pages::pace(&self.model, sizing / 2, cfg);
         let mut covered = 0usize;
         let mut probe_only = false;
         // Before the first row, under a budget too tight for slow start to
@@ -846,10 +846,9 @@ impl<S: Storage> Scan<S> {
         }
         let engine = self.engine.clone();
         let cfg = &engine.config;
-        // Twice what lands within half the last call's budget.
-        let page = self
-            .model
-            .affordable_rows(self.req.budget.total / 2)
+        // Twice what lands within half the last call's budget (or more
+        // where rows are cheap: see `pages::pace`).
+        let page = pages::pace(&self.model, self.req.budget.total / 2, cfg)
             .clamp(cfg.min_storage_page, cfg.max_storage_page)
             .saturating_mul(2)
             .min(cfg.max_storage_page);
