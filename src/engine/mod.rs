@@ -47,7 +47,8 @@ pub struct EngineConfig {
     /// Smallest storage page, in rows.
     pub min_storage_page: usize,
     /// First page of each shard, in rows; later pages double up to the
-    /// maximum, so the first rows arrive quickly (slow start).
+    /// maximum, so the first rows arrive quickly (slow start). Also the
+    /// page pacing raises pages to when storage queues (`pages::pace`).
     pub initial_storage_page: usize,
     /// Buckets fetched ahead of the one being merged.
     pub readahead_buckets: usize,
