@@ -509,12 +509,7 @@ async fn follow_cold_to_the_end(
 async fn a_cold_call_does_not_spend_round_trips_on_rows_it_holds() {
     let ns = namespace(1_000_000, 4);
     let (store, all) = seeded(&ns, 0..100_000).await;
-    let limits: Arc<std::sync::Mutex<Vec<usize>>> = Arc::default();
-    let seen = limits.clone();
-    store.set_latency(move |q| {
-        seen.lock().unwrap().push(q.limit);
-        2 * MS + Duration::from_micros(2 * q.limit as u64)
-    });
+    let limits = fake::record_page_limits(&store, 2 * MS);
     let config = EngineConfig {
         response_reserve: 2 * MS,
         response_reserve_per_row: Duration::from_micros(8),
@@ -886,15 +881,16 @@ fn a_model_fitted_on_small_pages_never_starves_a_read() {
     });
 }
 
-/// A read from long before a series' first row (here 1,000 empty buckets
-/// of a second) against storage too slow for two pages in a budget (4.5 ms
-/// a page, 10 ms budgets): a call reads the start's bucket beside the
-/// bucket index and stops before the first listed bucket's pages land. Its
-/// token resumes at that bucket, since the index said the ones between are
-/// empty; it resumed at the next empty bucket, and a chain without held
-/// scans crossed one empty bucket a call (1,034 calls here ascending, over
-/// 2,000 descending; 28 now). Both orders, with scans held between calls
-/// and not.
+/// A read from the start of time (the series' rows lie in two buckets a
+/// thousand seconds in) against storage too slow for two pages in a
+/// budget (4.5 ms a page, 10 ms budgets): a call reads the start's bucket
+/// beside the bucket index and stops before the first listed bucket's
+/// pages land. Its token resumes at that bucket, since the index said the
+/// ones between are empty; it resumed at the next empty bucket, and a
+/// chain without held scans crossed one empty bucket a call (from a
+/// thousand empty buckets before the rows, 1,034 calls ascending and over
+/// 2,000 descending; from the start of time, never done). Both orders,
+/// with scans held between calls and not.
 #[tokio::test(start_paused = true)]
 async fn a_token_passes_the_empty_buckets_the_index_skipped() {
     let ns = namespace(1_000_000, 4);
@@ -915,23 +911,12 @@ async fn a_token_passes_the_empty_buckets_the_index_skipped() {
             }
         };
         let engine = ReadEngine::new(Arc::new(store.clone()), config);
-        let (mut rows, mut calls, mut resume) = (vec![], 0, None);
-        loop {
-            calls += 1;
-            assert!(calls <= 40, "{order:?} held {held}: {calls} calls");
-            let mut req = request(&ns, order, 10 * MS, 1_000_000);
-            (req.start, req.end) = match order {
-                Order::Ascending => (0, i64::MAX),
-                Order::Descending => (i64::MIN, 3_000_000_000),
-            };
-            req.resume_after = resume.clone();
-            let (got, out) = read(&engine, &req).await;
-            rows.extend(got);
-            match out.expect("progress in every call").ending {
-                Ending::Complete => break,
-                Ending::Partial { frontier, .. } => resume = Some(frontier),
-            }
-        }
+        let (mut rows, calls) = fake::follow(&[&engine], &ns, order, 10 * MS, 1_000_000).await;
+        assert!(
+            calls.len() <= 40,
+            "{order:?} held {held}: {} calls",
+            calls.len()
+        );
         if order == Order::Descending {
             rows.reverse();
         }
@@ -952,12 +937,7 @@ async fn a_token_passes_the_empty_buckets_the_index_skipped() {
 async fn queued_storage_gets_pages_of_the_pace_floor_not_the_smallest() {
     let ns = namespace(1_000_000, 4);
     let (store, all) = seeded(&ns, 0..40_000).await;
-    let limits: Arc<std::sync::Mutex<Vec<usize>>> = Arc::default();
-    let seen = limits.clone();
-    store.set_latency(move |q| {
-        seen.lock().unwrap().push(q.limit);
-        4 * MS + Duration::from_micros(2 * q.limit as u64)
-    });
+    let limits = fake::record_page_limits(&store, 4 * MS);
     for (held, base) in [(true, EngineConfig::default()), (false, cold())] {
         limits.lock().unwrap().clear();
         let config = EngineConfig {
@@ -967,23 +947,8 @@ async fn queued_storage_gets_pages_of_the_pace_floor_not_the_smallest() {
         let floor = hourglass::engine::pages::pace_floor(&config);
         assert_eq!(floor, 128);
         let engine = ReadEngine::new(Arc::new(store.clone()), config);
-        // From the series' first bucket: a read from the start of time
-        // would spend each call on an empty bucket (a page of it cannot
-        // land in half the time left either).
-        let (mut rows, mut calls, mut resume) = (vec![], 0, None);
-        loop {
-            calls += 1;
-            assert!(calls < 10_000, "held {held}: the read did not finish");
-            let mut req = request(&ns, Order::Ascending, 10 * MS, 1_000_000);
-            req.start = 0;
-            req.resume_after = resume.clone();
-            let (got, out) = read(&engine, &req).await;
-            rows.extend(got);
-            match out.expect("progress in every call").ending {
-                Ending::Complete => break,
-                Ending::Partial { frontier, .. } => resume = Some(frontier),
-            }
-        }
+        let (rows, calls) =
+            fake::follow(&[&engine], &ns, Order::Ascending, 10 * MS, 1_000_000).await;
         assert_rows(&rows, &all);
         // Probes (beside pages that are late: all are here, by a model
         // that has not learnt the queue) are of the smallest page.
@@ -991,8 +956,9 @@ async fn queued_storage_gets_pages_of_the_pace_floor_not_the_smallest() {
         let paced = limits.iter().filter(|&&l| l >= floor).count();
         assert!(
             paced * 3 >= limits.len(),
-            "held {held}: {paced} of {} pages asked for {floor} rows or more ({calls} calls)",
+            "held {held}: {paced} of {} pages asked for {floor} rows or more ({} calls)",
             limits.len(),
+            calls.len(),
         );
     }
 }

@@ -191,3 +191,18 @@ pub fn hot_engine(store: &MemoryStore, held: ContinuationConfig) -> ReadEngine<M
     };
     ReadEngine::new(Arc::new(store.clone()), config)
 }
+
+/// Gives every later shard query of `store` the latency `fixed` plus 2 µs
+/// a row asked for, and records the rows each asked for.
+pub fn record_page_limits(
+    store: &MemoryStore,
+    fixed: Duration,
+) -> Arc<std::sync::Mutex<Vec<usize>>> {
+    let limits: Arc<std::sync::Mutex<Vec<usize>>> = Arc::default();
+    let seen = limits.clone();
+    store.set_latency(move |q| {
+        seen.lock().unwrap().push(q.limit);
+        fixed + Duration::from_micros(2 * q.limit as u64)
+    });
+    limits
+}
