@@ -68,11 +68,11 @@ pub fn shard_page(
 pub fn pace(model: &LatencyModel, within: Duration, cfg: &EngineConfig) -> usize {
     let paced = model.affordable_rows(within);
     let floor = pace_floor(cfg).min(model.trusted_rows());
-    let smallest = model.predict(cfg.min_storage_page);
-    if paced < floor
-        && model.fit_spread() <= MAX_FIT_SPREAD
-        && model.predict(floor) <= smallest.mul_f64(CHEAP_PAGE_SLOWDOWN)
-    {
+    let cheap = || {
+        let smallest = model.predict(cfg.min_storage_page);
+        model.predict(floor) <= smallest.mul_f64(CHEAP_PAGE_SLOWDOWN)
+    };
+    if paced < floor && model.fit_spread() <= MAX_FIT_SPREAD && cheap() {
         floor
     } else {
         paced
@@ -162,7 +162,7 @@ mod tests {
 
     #[test]
     fn time_is_ample_when_the_smallest_page_takes_an_eighth_of_it() {
-        let mut model = super::super::predict::LatencyModel::default();
+        let mut model = LatencyModel::default();
         for _ in 0..50 {
             model.observe(16, 2 * MS);
             model.observe(1000, 4 * MS);
@@ -232,7 +232,7 @@ mod tests {
         };
         assert_eq!(pace_floor(&bounded), 16, "within the bounds");
         let fitted = |base_us: u64, per_row_us: u64| {
-            let mut model = super::super::predict::LatencyModel::default();
+            let mut model = LatencyModel::default();
             for _ in 0..200 {
                 for rows in [16, 200, 1000] {
                     let us = base_us + per_row_us * rows as u64;
@@ -254,7 +254,7 @@ mod tests {
             "the pace where it is larger"
         );
         // No page beyond the evidence: twice the largest seen to land.
-        let mut small = super::super::predict::LatencyModel::default();
+        let mut small = LatencyModel::default();
         for _ in 0..50 {
             small.observe(16, 4 * MS);
         }
