@@ -14,7 +14,9 @@
 //!   tenth per window, when the time to a read's first row rises past
 //!   [`TOLERANCE`] times its long-run average (and by a tenth in a window
 //!   with a late read while more than [`LATE_TARGET`] of recent reads were
-//!   late: see [`Ticket::observe`]), and grows back by about a fifth of
+//!   late: see [`Ticket::observe`]; that cut is a half where more than a
+//!   quarter of the window's reads failed for want of budget, see
+//!   [`FLOODED_BACKOFF`]), and grows back by about a fifth of
 //!   √limit per window while latency is flat and the limit is in use.
 //!
 //! The signal is the time from a call's arrival to its first row: it
@@ -42,8 +44,12 @@ pub const BATCH_SHARE: f64 = 0.75;
 /// about the same, sixteen 160-250k with client p99 1.1-1.2 times the SLO.
 /// With 8 per core the limit could not fall to where answers come on time.
 pub const MIN_LIMIT_PER_CORE: usize = 2;
-/// Default starting limit.
-pub const DEFAULT_INITIAL_LIMIT: usize = 32;
+/// Starting limit per core of this machine. A replica starts where a few
+/// reads per core already saturate it and its storage (see
+/// [`MIN_LIMIT_PER_CORE`]) and grows while latency stays flat: flooded at
+/// 32 on the 2-core benchmark machine, a fresh replica admitted reads that
+/// failed DEADLINE_EXCEEDED until its limit came down.
+pub const INITIAL_LIMIT_PER_CORE: usize = 8;
 /// A window of samples closes after this long (once it holds a sample) ...
 const WINDOW: Duration = Duration::from_millis(50);
 /// ... or once it holds this many samples.
@@ -58,6 +64,19 @@ const SMOOTHING: f64 = 0.2;
 /// A window with a late answer cuts the limit to at most this share, when
 /// late answers are more than [`LATE_TARGET`] of recent reads.
 const LATE_BACKOFF: f64 = 0.9;
+/// A window in which more than a quarter of the reads failed for want of
+/// budget (not one row by their stop: the replica is flooded) cuts the
+/// limit to at most this share at once, as an AIMD limit halves on a
+/// drop. Cut by a tenth a window, a fresh replica flooded at its starting
+/// limit took about half a second to come down to where answers are on
+/// time, failing the reads it admitted meanwhile: with 2,000 reads a
+/// second under a 10 ms SLO against the local node, 323-360 of about 1,700
+/// in the first 1.5 s failed DEADLINE_EXCEEDED; with this cut 113-126, and
+/// with the lower start ([`INITIAL_LIMIT_PER_CORE`]) too 53-59 of about
+/// 1,250. Late answers alone do not halve it (with a cut at half a window
+/// late, goodput under steady overload fell in two cells of four); nor do
+/// failures in a window of mostly good reads.
+pub const FLOODED_BACKOFF: f64 = 0.5;
 /// The share of late reads the limit tolerates: the promise is p99 within
 /// budget, so one late read in a few hundred is not saturation, while a
 /// cut at each one pinned the limit at its floor under a 200 ms SLO (a
@@ -112,11 +131,11 @@ pub struct AdmissionConfig {
 
 impl Default for AdmissionConfig {
     fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         Self {
             adaptive: true,
-            min_limit: MIN_LIMIT_PER_CORE
-                * std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-            initial_limit: DEFAULT_INITIAL_LIMIT,
+            min_limit: MIN_LIMIT_PER_CORE * cores,
+            initial_limit: INITIAL_LIMIT_PER_CORE * cores,
         }
     }
 }
@@ -134,6 +153,8 @@ pub struct GradientLimit {
     count: usize,
     timed: usize,
     late: bool,
+    /// Reads in the window that failed for want of budget.
+    failed: usize,
     /// Moving share of late reads (see [`LATE_TARGET`]).
     late_share: f64,
     /// Most reads in flight seen in this window.
@@ -155,6 +176,7 @@ impl GradientLimit {
             count: 0,
             timed: 0,
             late: false,
+            failed: 0,
             late_share: 0.0,
             busiest: 0,
         }
@@ -184,6 +206,13 @@ impl GradientLimit {
         if self.count >= WINDOW_SAMPLES || now - self.window_start >= WINDOW {
             self.close_window(now);
         }
+    }
+
+    /// Records one read that failed for want of budget after `elapsed`: a
+    /// late read, and evidence of a flood (see [`FLOODED_BACKOFF`]).
+    pub fn sample_failed(&mut self, elapsed: Duration, in_flight: usize) {
+        self.failed += 1;
+        self.sample(Some(elapsed), true, in_flight);
     }
 
     fn close_window(&mut self, now: Instant) {
@@ -216,7 +245,12 @@ impl GradientLimit {
             limit * (1.0 - SMOOTHING) + estimate * SMOOTHING
         };
         if self.late && self.late_share > LATE_TARGET {
-            next = next.min(limit * LATE_BACKOFF);
+            let backoff = if 4 * self.failed > self.count {
+                FLOODED_BACKOFF
+            } else {
+                LATE_BACKOFF
+            };
+            next = next.min(limit * backoff);
         }
         self.limit = next.clamp(self.min, self.max);
         self.window_start = now;
@@ -224,6 +258,7 @@ impl GradientLimit {
         self.count = 0;
         self.timed = 0;
         self.late = false;
+        self.failed = 0;
         self.busiest = 0;
         metrics::gauge!(telemetry::ADMISSION_LIMIT).set(self.limit.floor());
     }
@@ -347,16 +382,26 @@ impl Ticket {
         }
     }
 
-    /// Records the read's time from arrival to its first row (or to its
-    /// answer, when it had none) and whether it was late: answered after
-    /// its budget, got its first row only in the second half of it, or
-    /// failed for want of budget (the service decides; see
-    /// `server::service::observe`).
+    /// Records an answered read's time from arrival to its first row and
+    /// whether it was late: answered after its budget, or got its first row
+    /// only in the second half of it (the service decides; see
+    /// `server::service::observe`). A read that failed for want of budget
+    /// goes to [`Ticket::observe_failed`].
     pub fn observe(&self, to_first_row: Option<Duration>, late: bool) {
+        self.with_limit(|limit, in_flight| limit.sample(to_first_row, late, in_flight));
+    }
+
+    /// Records that the read failed for want of budget (not one row by its
+    /// stop) after `elapsed`: see [`GradientLimit::sample_failed`].
+    pub fn observe_failed(&self, elapsed: Duration) {
+        self.with_limit(|limit, in_flight| limit.sample_failed(elapsed, in_flight));
+    }
+
+    fn with_limit(&self, f: impl FnOnce(&mut GradientLimit, usize)) {
         if let Some((a, _)) = &self.adaptive {
             let mut a = a.lock().expect("admission");
             let in_flight = a.in_flight;
-            a.limit.sample(to_first_row, late, in_flight);
+            f(&mut a.limit, in_flight);
         }
     }
 }
@@ -438,6 +483,66 @@ mod tests {
             tokio::time::advance(WINDOW).await;
         }
         assert_eq!(l.limit(), 4, "never below the minimum");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_of_failed_reads_halves_the_limit_late_answers_cut_a_tenth() {
+        // Windows close every 64 samples; latency flat, limit in use.
+        let window = |l: &mut GradientLimit, failed: usize, late: usize| {
+            let busy = l.limit();
+            for i in 0..WINDOW_SAMPLES {
+                if i < failed {
+                    l.sample_failed(10 * MS, busy);
+                } else {
+                    l.sample(Some(MS), i < failed + late, busy);
+                }
+            }
+        };
+        // The limit itself (not floored): each cut is exact.
+        let flooded = |failed: usize, late: usize| {
+            let mut l = GradientLimit::new(64, 2, 256);
+            window(&mut l, 0, 0);
+            let before = l.limit;
+            window(&mut l, failed, late);
+            l.limit / before
+        };
+        let cut = flooded(WINDOW_SAMPLES / 4 + 1, 0);
+        assert!(
+            (cut - FLOODED_BACKOFF).abs() < 1e-9,
+            "over a quarter failed: {cut}"
+        );
+        let cut = flooded(WINDOW_SAMPLES / 4, 0);
+        assert!((cut - LATE_BACKOFF).abs() < 1e-9, "a quarter failed: {cut}");
+        // As many late answers, with their rows: a tenth.
+        let cut = flooded(0, WINDOW_SAMPLES / 2);
+        assert!((cut - LATE_BACKOFF).abs() < 1e-9, "late answers: {cut}");
+        // Halving stops at the minimum.
+        let mut l = GradientLimit::new(64, 4, 256);
+        for _ in 0..10 {
+            window(&mut l, WINDOW_SAMPLES, 0);
+        }
+        assert_eq!(l.limit(), 4);
+        // A failure in a window of a few reads after a long spell of reads
+        // on time is no flood (only its latency counts, in the gradient).
+        let mut l = GradientLimit::new(64, 2, 256);
+        for _ in 0..10 {
+            window(&mut l, 0, 0);
+        }
+        let (before, busy) = (l.limit, l.limit());
+        l.sample_failed(10 * MS, busy);
+        l.sample(Some(MS), false, busy);
+        tokio::time::advance(WINDOW).await;
+        l.sample(Some(MS), false, busy);
+        let cut = l.limit / before;
+        assert!(cut > LATE_BACKOFF, "{cut}");
+    }
+
+    #[test]
+    fn the_default_limits_scale_with_the_cores() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let cfg = AdmissionConfig::default();
+        assert_eq!(cfg.min_limit, MIN_LIMIT_PER_CORE * cores);
+        assert_eq!(cfg.initial_limit, INITIAL_LIMIT_PER_CORE * cores);
     }
 
     #[tokio::test(start_paused = true)]
