@@ -375,9 +375,11 @@ async fn logical_read(
             }
             s.total.responses.record(latency);
             if let Some(st) = page.stats {
+                let server = Duration::from_micros(st.elapsed_micros);
+                s.total.server_elapsed.record(server);
                 s.total
-                    .server_elapsed
-                    .record(Duration::from_micros(st.elapsed_micros));
+                    .outside_server
+                    .record(latency.saturating_sub(server));
             }
             s.interval.record(latency);
             s.total.rows += rows;
@@ -614,6 +616,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         client_cpu_s: cpu0.elapsed().as_secs_f64(),
         refusals: s.total.refusals.summary(),
         server_elapsed: s.total.server_elapsed.summary(),
+        outside_server: s.total.outside_server.summary(),
         good_rows_per_s: s.total.good_rows as f64 / elapsed.as_secs_f64().max(1e-9),
         interrupted,
     };

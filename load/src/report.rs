@@ -39,6 +39,9 @@ pub struct Report {
     /// The server's own elapsed time of each response, from its stats.
     #[serde(default)]
     pub server_elapsed: Summary,
+    /// Per response, client-observed latency less the server's elapsed time.
+    #[serde(default)]
+    pub outside_server: Summary,
     /// Rows per second delivered in responses that came within the SLO (or
     /// the deadline): goodput.
     #[serde(default)]
@@ -93,6 +96,7 @@ impl Report {
         for (name, s) in [
             ("response latency", &self.responses),
             ("server elapsed", &self.server_elapsed),
+            ("outside the server", &self.outside_server),
             ("logical read latency", &self.reads),
             ("refusal latency", &self.refusals),
         ] {

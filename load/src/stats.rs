@@ -134,6 +134,11 @@ pub struct RunStats {
     /// the call's arrival to the end of its scan): what the client saw
     /// beyond it was spent outside the server's clock.
     pub server_elapsed: Latencies,
+    /// Per response, the client-observed latency less the server's elapsed
+    /// time: the time spent outside the server's clock (the request on its
+    /// way in before the server saw it, the response's sending and
+    /// decoding, each side waiting for a CPU).
+    pub outside_server: Latencies,
     /// Rows of responses that came within the SLO (or deadline).
     pub good_rows: u64,
 }
