@@ -666,8 +666,8 @@ fn observe(ticket: &Ticket, req: &ReadRequest, first_row: Option<Instant>, conti
 /// Feeds a read that failed for want of budget (not one row by its stop)
 /// to the admission limit as a late answer and a failure: on a saturated
 /// replica that is how reads fail, and the limit must fall for it (by half
-/// when they are many). Other failures (bad
-/// input, storage errors) say nothing about this replica's load.
+/// when they are many). Other failures (bad input, storage errors) say
+/// nothing about this replica's load.
 fn observe_failed<T>(ticket: &Ticket, req: &ReadRequest, result: &Result<T, ReadError>) {
     if matches!(result, Err(ReadError::NoProgress { .. })) {
         ticket.observe_failed(req.budget.elapsed());
