@@ -33,7 +33,8 @@ pub const SCANS_IN_FLIGHT: &str = "hourglass_scans_in_flight";
 pub const ADMISSION_LIMIT: &str = "hourglass_admission_limit";
 /// Storage requests retried (counter).
 pub const STORAGE_RETRIES: &str = "hourglass_storage_retries_total";
-/// Probe pages sent beside a straggling shard page (counter).
+/// Probes sent beside a straggling shard page or bucket-index query
+/// (counter).
 pub const STORAGE_PROBES: &str = "hourglass_storage_probes_total";
 /// Storage read requests (pages, probes, index queries), hedges not
 /// included (counter).
@@ -148,7 +149,7 @@ fn describe() {
     );
     describe_gauge!(
         ADMISSION_LIMIT,
-        "Adaptive limit on concurrent reads (absent with --admission static)"
+        "Adaptive limit on concurrent reads (absent with --adaptive-admission false)"
     );
     describe_counter!(
         STORAGE_RETRIES,
@@ -156,7 +157,7 @@ fn describe() {
     );
     describe_counter!(
         STORAGE_PROBES,
-        "Small pages sent beside a shard page that came late and held up the merge"
+        "Small pages (or copies) sent beside a late shard page, and copies of a late bucket-index query, while a call had no row yet"
     );
     describe_counter!(
         STORAGE_READS,

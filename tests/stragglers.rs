@@ -1,8 +1,8 @@
-//! Straggling storage pages on the fake store under tokio's paused clock: a
-//! shard page that comes late costs a call some rows, never the whole call,
-//! and the probe sent beside it never makes a row come twice or out of
-//! order, whether the late page is dropped with its call or lands later for
-//! a held scan.
+//! Straggling storage requests on the fake store under tokio's paused
+//! clock: a shard page or bucket-index query that comes late costs a call
+//! some rows, never the whole call, and the probe sent beside it never
+//! makes a row come twice or out of order, whether the late request is
+//! dropped with its call or lands later for a held scan.
 
 mod fake;
 
@@ -195,4 +195,143 @@ async fn a_straggling_page_fetched_ahead_does_not_shrink_the_chain() {
         stall.store(false, Ordering::Relaxed);
     }
     assert_rows(&rows, &all);
+}
+
+/// A call waiting on its bucket-index query alone, whose query stalls (as
+/// on a coordinator that froze), sends the same query again beside it and
+/// answers with rows. Before, a 50 ms call whose index query went to a
+/// frozen replica, with no hedge credit left, waited to its deadline and
+/// answered BUDGET_TOO_SMALL. An index query on time gets no probe.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_index_query_gets_a_probe_beside_it() {
+    let ns = namespace(1_000, 4);
+    let (store, all) = seeded(&ns, (0..20_000).map(i64::from)).await;
+    store.set_latency(|_| MS);
+    store.set_index_latency(MS);
+    // Copies go where another node may answer.
+    store.set_nodes(3);
+    let engine = hot_engine(&store, ContinuationConfig::off());
+    // A first read teaches the model what pages take; its index query is
+    // on time.
+    let req = request(&ns, Order::Ascending, 50 * MS, 100_000);
+    let (_, out) = read(&engine, &req).await;
+    assert_eq!(out.expect("a first read").stats.probes, 0, "nothing late");
+    assert_eq!(store.index_queries(), 1);
+    // A new read's index query stalls for a second.
+    store.stall_next_index(1, 1_000 * MS);
+    let (rows, out) = read(&engine, &req).await;
+    let out = out.expect("rows listed by the probe, not BUDGET_TOO_SMALL");
+    assert_eq!(
+        out.stats.probes, 1,
+        "one probe, beside the index query: {:?}",
+        out.stats
+    );
+    assert_eq!(store.index_queries(), 3, "the stalled query and its probe");
+    assert!(!rows.is_empty(), "the call gave rows");
+    assert_rows(&rows, &all[..rows.len()]);
+}
+
+/// The stalled index query of a held scan lands after its probe listed the
+/// buckets (and the scan went on to list the next ones): its answer is
+/// dropped, so no bucket is queued twice and every row comes once, in
+/// order, through a chain where each call's next index query stalls.
+#[tokio::test(start_paused = true)]
+async fn an_index_answer_landing_after_its_probe_is_dropped() {
+    use hourglass::engine::{EngineConfig, ReadEngine};
+    // 200 buckets, listed 4 at a time.
+    let ns = namespace(100, 4);
+    for order in [Order::Ascending, Order::Descending] {
+        let (store, mut all) = seeded(&ns, (0..20_000).map(i64::from)).await;
+        if order == Order::Descending {
+            all.reverse();
+        }
+        store.set_latency(|q| MS + Duration::from_micros(q.limit as u64));
+        store.set_index_latency(MS);
+        store.set_nodes(3);
+        let config = EngineConfig {
+            index_page: 4,
+            response_reserve: Duration::ZERO,
+            response_reserve_per_row: Duration::ZERO,
+            timer_slack: Duration::ZERO,
+            continuations: ContinuationConfig::default(),
+            ..EngineConfig::default()
+        };
+        let engine = ReadEngine::new(Arc::new(store.clone()), config);
+        let mut rows = Vec::new();
+        let mut resume = None;
+        let mut probes = 0;
+        for call in 0.. {
+            assert!(call < 1_000, "{order:?}: the read did not finish");
+            // The next index query stalls 30 ms: within the call, and
+            // within the time a held scan's requests may run.
+            store.stall_next_index(1, 30 * MS);
+            let mut req = request(&ns, order, 50 * MS, 2_000);
+            req.resume_after = resume.clone();
+            let (got, out) = read(&engine, &req).await;
+            let out = out.unwrap_or_else(|e| panic!("{order:?} call {call}: {e}"));
+            if call == 0 {
+                assert_eq!(
+                    out.stats.probes, 1,
+                    "{order:?}: the first call's index probe"
+                );
+            }
+            probes += out.stats.probes;
+            rows.extend(got);
+            match out.ending {
+                Ending::Complete => break,
+                Ending::Partial { frontier, .. } => resume = Some(frontier),
+            }
+        }
+        assert_rows(&rows, &all);
+        assert!(probes >= 1, "{order:?}: probes {probes}");
+    }
+}
+
+/// A smallest page that stalls gets a copy of itself as its probe where
+/// storage has more than one node (the copy may find a coordinator that
+/// answers), and none on one node, where it would wait behind the same
+/// stall. Before, a 50 ms call on a three-node cluster whose first pages
+/// were the smallest, two of them sent to a frozen coordinator, answered
+/// BUDGET_TOO_SMALL with the other shards' rows in hand.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_smallest_page_gets_a_copy_where_another_node_may_answer() {
+    use hourglass::engine::{EngineConfig, ReadEngine, ReadError};
+    let ns = namespace(1_000_000, 4);
+    for nodes in [3, 1] {
+        let (store, all) = seeded(&ns, (0..1_000).map(i64::from)).await;
+        store.set_nodes(nodes);
+        // Every page is the smallest; the first request to shard 3 stalls
+        // for a second, every other takes 1 ms.
+        let stalled = Arc::new(AtomicBool::new(true));
+        let s = stalled.clone();
+        store.set_latency(move |q| {
+            if q.shard == 3 && s.swap(false, Ordering::Relaxed) {
+                1_000 * MS
+            } else {
+                MS
+            }
+        });
+        let config = EngineConfig {
+            min_storage_page: 16,
+            max_storage_page: 16,
+            response_reserve: Duration::ZERO,
+            response_reserve_per_row: Duration::ZERO,
+            timer_slack: Duration::ZERO,
+            continuations: ContinuationConfig::off(),
+            ..EngineConfig::default()
+        };
+        let engine = ReadEngine::new(Arc::new(store.clone()), config);
+        let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 10 * MS, 100_000)).await;
+        if nodes == 1 {
+            assert!(
+                matches!(out, Err(ReadError::NoProgress { .. })),
+                "one node: no copy, the call waits on the stalled page: {out:?}"
+            );
+            continue;
+        }
+        let out = out.expect("rows from the copy, not BUDGET_TOO_SMALL");
+        assert!(out.stats.probes >= 1, "{:?}", out.stats);
+        assert!(!rows.is_empty(), "the call gave rows");
+        assert_rows(&rows, &all[..rows.len()]);
+    }
 }

@@ -20,6 +20,12 @@ use crate::telemetry;
 pub(super) enum Fetched {
     /// A page of the series' bucket index.
     Index {
+        /// The bucket range it listed: an answer for a range the scan
+        /// no longer waits on (its copy landed first) is dropped.
+        range: (i64, i64),
+        /// A probe sent beside the late index query (see
+        /// `Scan::probe_late_index`), not the query itself.
+        probe: bool,
         attempt: u32,
         started: Instant,
         result: Result<Vec<i64>, StorageError>,
@@ -42,7 +48,10 @@ pub(super) enum Fetched {
 /// What a failed fetch asked for, to send it again.
 #[derive(Clone, Copy)]
 pub(super) enum Resend {
-    Index,
+    Index {
+        range: (i64, i64),
+        probe: bool,
+    },
     Shard {
         bucket: i64,
         shard: u32,
@@ -62,7 +71,7 @@ impl Fetched {
     /// What this fetch asked for.
     fn resend(&self) -> Resend {
         match *self {
-            Self::Index { .. } => Resend::Index,
+            Self::Index { range, probe, .. } => Resend::Index { range, probe },
             Self::Shard {
                 bucket,
                 shard,
@@ -102,7 +111,10 @@ impl<S: Storage> Scan<S> {
     /// Marks a request as no longer in flight.
     fn forget(&mut self, failed: Resend) {
         match failed {
-            Resend::Index => self.index_pending = false,
+            // An answer for a range listed already (its copy landed first).
+            Resend::Index { range, .. } if self.index_todo != Some(range) => {}
+            Resend::Index { probe: true, .. } => self.index_probe_late_at = None,
+            Resend::Index { probe: false, .. } => self.index_pending = false,
             Resend::Shard {
                 bucket,
                 shard,
@@ -124,10 +136,37 @@ impl<S: Storage> Scan<S> {
 
     /// Sends the next bucket-index query after `delay` (a retry's backoff).
     pub(super) fn launch_index(&mut self, attempt: u32, delay: Duration) {
+        if self.index_todo.is_none() {
+            return;
+        }
+        self.index_pending = true;
+        self.index_sent = Some(Instant::now() + delay);
+        self.index_probes = 0;
+        self.index_probe_late_at = None;
+        self.send_index(false, attempt, delay);
+    }
+
+    /// Sends a probe beside the late bucket-index query: the same query
+    /// again (the driver picks its coordinator afresh, so it may go around
+    /// a stalled one); whichever lands first lists the buckets. It is late
+    /// in turn after `late_after`.
+    pub(super) fn launch_index_probe(&mut self, late_after: Duration) {
+        self.index_probes += 1;
+        self.index_probe_late_at = Some(Instant::now() + late_after);
+        tracing::debug!(
+            probes = self.index_probes,
+            "probe sent beside a late index query"
+        );
+        metrics::counter!(telemetry::STORAGE_PROBES).increment(1);
+        self.stats.probes += 1;
+        self.send_index(true, 0, Duration::ZERO);
+    }
+
+    /// Sends one bucket-index query (after `delay`) as a future of the scan.
+    fn send_index(&mut self, probe: bool, attempt: u32, delay: Duration) {
         let Some((first, last)) = self.index_todo else {
             return;
         };
-        self.index_pending = true;
         self.stats.index_pages += 1;
         let q = BucketQuery {
             namespace: self.req.namespace.clone(),
@@ -145,12 +184,20 @@ impl<S: Storage> Scan<S> {
                 let started = Instant::now();
                 let result = storage.list_buckets(q).await;
                 Fetched::Index {
+                    range: (first, last),
+                    probe,
                     attempt,
                     started,
                     result,
                 }
             }
-            .instrument(tracing::debug_span!("bucket_index", first, last, attempt))
+            .instrument(tracing::debug_span!(
+                "bucket_index",
+                first,
+                last,
+                probe,
+                attempt
+            ))
             .boxed(),
         );
     }
@@ -305,6 +352,14 @@ impl<S: Storage> Scan<S> {
         // Not in flight any more, whether sent again below or not: a scan
         // held after this stop must send it again.
         self.forget(failed);
+        if let Resend::Index { range, probe } = failed {
+            // A failed probe costs nothing (the query it raced is still on
+            // its way, and retried if it fails), nor does a failed copy of
+            // a query whose buckets another copy listed.
+            if probe || self.index_todo != Some(range) {
+                return None;
+            }
+        }
         if let Resend::Shard {
             bucket,
             shard,
@@ -329,7 +384,7 @@ impl<S: Storage> Scan<S> {
         let next = attempt + 1;
         let delay = self.backoff(next);
         let page = match &failed {
-            Resend::Index => self.engine.config.index_page,
+            Resend::Index { .. } => self.engine.config.index_page,
             Resend::Shard { requested, .. } => *requested,
         };
         let fits = delay + self.model.predict(page) < self.remaining();
@@ -342,7 +397,7 @@ impl<S: Storage> Scan<S> {
         self.last_error = Some(err.clone());
         tracing::debug!(cause = %crate::storage::chain(&err), attempt = next, ?delay, "retrying storage request");
         match failed {
-            Resend::Index => self.launch_index(next, delay),
+            Resend::Index { .. } => self.launch_index(next, delay),
             Resend::Shard {
                 bucket,
                 shard,

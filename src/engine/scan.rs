@@ -131,6 +131,13 @@ pub(super) struct Scan<S> {
     /// Bucket range still to list from the index; None when listed.
     pub(super) index_todo: Option<(i64, i64)>,
     pub(super) index_pending: bool,
+    /// When the pending index query was sent (after any backoff).
+    pub(super) index_sent: Option<Instant>,
+    /// Probes sent beside the pending index query (see
+    /// [`Scan::probe_late_index`]).
+    pub(super) index_probes: u8,
+    /// When the newest index probe in flight is late in turn.
+    pub(super) index_probe_late_at: Option<Instant>,
     pub(super) in_flight: FuturesUnordered<BoxFuture<'static, Fetched>>,
     pub(super) model: LatencyModel,
     pub(super) rows_out: usize,
@@ -166,6 +173,9 @@ impl<S: Storage> Scan<S> {
             req: req.clone(),
             buckets: VecDeque::new(),
             index_pending: false,
+            index_sent: None,
+            index_probes: 0,
+            index_probe_late_at: None,
             in_flight: FuturesUnordered::new(),
             model: engine.models.get(&req.namespace.name),
             rows_out: 0,
@@ -560,7 +570,10 @@ impl<S: Storage> Scan<S> {
                 let ahead = self.engine.config.continuations.ahead_bytes();
                 self.fetch_ahead(self.engine.pressure.ahead(ahead));
             }
-            let next_probe = self.probe_stragglers();
+            let next_probe = match (self.probe_stragglers(), self.probe_late_index()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             debug_assert!(!self.in_flight.is_empty(), "waiting on nothing");
             sink.flush();
             // Timers go off at the tick after their deadline: the stop's is
@@ -881,7 +894,8 @@ impl<S: Storage> Scan<S> {
     /// bucket's slowest shard took for its last page, or, before any
     /// landed, twice the model's prediction for a page within its
     /// evidence), a probe of a quarter of its rows (at least the smallest
-    /// page) goes beside it: a straggling storage request then costs a call
+    /// page, at most the page: a late smallest page gets a copy when
+    /// storage has more than one node) goes beside it: a straggling storage request then costs a call
     /// a few rows, not all of them (a cold call whose three shards answered
     /// in 3 ms waited on the fourth past its 10 ms budget and answered
     /// BUDGET_TOO_SMALL). Only a call with no row yet probes: one with rows
@@ -972,7 +986,12 @@ impl<S: Storage> Scan<S> {
             } else {
                 min_page
             };
-            if probe < s.requested {
+            // A late smallest page gets a copy of itself where storage has
+            // more than one node: the copy may find a coordinator that
+            // answers where the page's stalls (on one node it would wait
+            // behind the same stall).
+            let probe = probe.min(s.requested);
+            if probe < s.requested || self.engine.storage.nodes() > 1 {
                 let late_after = expected.unwrap_or_else(|| self.model.predict_tail(probe));
                 due.push((j, probe, late_after));
             }
@@ -981,6 +1000,48 @@ impl<S: Storage> Scan<S> {
             self.launch_probe(j, probe, late_after * PROBE_LATE_FACTOR);
         }
         next
+    }
+
+    /// A call with no row yet that waits on the bucket-index query alone
+    /// (no bucket queued: the head did not go beside it), on storage of
+    /// more than one node, sends the same query again beside it when it is
+    /// late: twice what a slow smallest
+    /// page takes, from when it (or its newest probe) went, at most
+    /// [`MAX_PROBES`] times. The first probe goes sooner when the budget
+    /// is short: at the last moment the index and then a first page can
+    /// both land, slow, twice over, though never before the query is due
+    /// at the model's pace. The driver picks each copy's coordinator
+    /// afresh, so a copy may go around a node that stalls: without it, a
+    /// 50 ms call whose index query went to a frozen replica, with no hedge
+    /// credit left, waited to its deadline and answered BUDGET_TOO_SMALL.
+    /// Whichever copy lands first lists the buckets; the others' answers
+    /// are dropped. Returns when the next probe could be due.
+    fn probe_late_index(&mut self) -> Option<Instant> {
+        if !self.index_pending
+            || self.engine.storage.nodes() < 2
+            || self.rows_out > 0
+            || !self.buckets.is_empty()
+            || self.index_probes >= MAX_PROBES
+        {
+            return None;
+        }
+        let sent = self.index_sent?;
+        let min_page = self.engine.config.min_storage_page;
+        let slow = self.model.predict_tail(min_page) * PROBE_LATE_FACTOR;
+        let late_at = self.index_probe_late_at.unwrap_or_else(|| {
+            let last_chance = self
+                .stop_at()
+                .checked_sub(slow * 2)
+                .unwrap_or(sent)
+                .max(sent + self.model.predict(min_page));
+            (sent + slow).min(last_chance)
+        });
+        if late_at > Instant::now() {
+            return Some(late_at);
+        }
+        self.launch_index_probe(slow);
+        self.index_probe_late_at
+            .filter(|_| self.index_probes < MAX_PROBES)
     }
 
     /// Sends the next bucket-index query when the listed buckets run short
@@ -1014,10 +1075,21 @@ impl<S: Storage> Scan<S> {
         let took = fetched.started().elapsed();
         match fetched {
             Fetched::Index {
-                result: Ok(found), ..
+                range,
+                probe,
+                result: Ok(found),
+                ..
             } => {
+                if self.index_todo != Some(range) {
+                    // Another copy of this query (or probe) listed its
+                    // buckets first.
+                    return None;
+                }
+                tracing::debug!(probe, buckets = found.len(), ?took, "index page landed");
                 self.index_pending = false;
-                let (first, last) = self.index_todo.expect("index range while pending");
+                self.index_sent = None;
+                self.index_probe_late_at = None;
+                let (first, last) = range;
                 let limit = self.engine.config.index_page;
                 self.index_todo = match (found.last(), self.req.order) {
                     _ if found.len() < limit => None,
@@ -1095,10 +1167,12 @@ impl<S: Storage> Scan<S> {
                 None
             }
             Fetched::Index {
+                range,
+                probe,
                 attempt,
                 result: Err(err),
                 ..
-            } => self.retry_or_stop(Resend::Index, attempt, err),
+            } => self.retry_or_stop(Resend::Index { range, probe }, attempt, err),
             Fetched::Shard {
                 bucket,
                 shard,

@@ -29,6 +29,9 @@ struct Inner {
     latency: Mutex<Option<LatencyFn>>,
     namespace_latency: Mutex<Duration>,
     index_latency: Mutex<Duration>,
+    /// Latencies of the next bucket-index queries, one each, before
+    /// `index_latency` applies again.
+    index_stalls: Mutex<VecDeque<Duration>>,
     /// Nodes the fake claims to have (0: the default of one).
     nodes: std::sync::atomic::AtomicUsize,
     namespace_lookups: AtomicU64,
@@ -74,6 +77,17 @@ impl MemoryStore {
     /// fails transiently at its timeout if that comes first.
     pub fn set_index_latency(&self, latency: Duration) {
         *self.inner.index_latency.lock().expect("lock") = latency;
+    }
+
+    /// The next `n` bucket-index queries take `latency` (or fail
+    /// transiently at their timeout if that comes first), as from a
+    /// coordinator that stalls; later ones take the set latency again.
+    pub fn stall_next_index(&self, n: usize, latency: Duration) {
+        self.inner
+            .index_stalls
+            .lock()
+            .expect("lock")
+            .extend(std::iter::repeat_n(latency, n));
     }
 
     /// Namespace lookups started so far.
@@ -181,7 +195,8 @@ impl Storage for MemoryStore {
     async fn list_buckets(&self, q: BucketQuery) -> Result<Vec<i64>, StorageError> {
         let _guard = InFlight::enter(&self.inner.in_flight);
         self.inner.index_queries.fetch_add(1, Ordering::SeqCst);
-        let latency = *self.inner.index_latency.lock().expect("lock");
+        let stalled = self.inner.index_stalls.lock().expect("lock").pop_front();
+        let latency = stalled.unwrap_or(*self.inner.index_latency.lock().expect("lock"));
         if latency > q.timeout {
             tokio::time::sleep(q.timeout).await;
             return Err(StorageError::Transient("request timeout".into()));
