@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fake::{assert_rows, follow, hot_engine, namespace, read, request, seeded, MS};
+use fake::{assert_rows, follow, hot_config, hot_engine, namespace, read, request, seeded, MS};
 use hourglass::engine::{ContinuationConfig, Ending};
 use hourglass::model::Order;
 
@@ -250,11 +250,7 @@ async fn an_index_answer_landing_after_its_probe_is_dropped() {
         store.set_nodes(3);
         let config = EngineConfig {
             index_page: 4,
-            response_reserve: Duration::ZERO,
-            response_reserve_per_row: Duration::ZERO,
-            timer_slack: Duration::ZERO,
-            continuations: ContinuationConfig::default(),
-            ..EngineConfig::default()
+            ..hot_config(ContinuationConfig::default())
         };
         let engine = ReadEngine::new(Arc::new(store.clone()), config);
         let mut rows = Vec::new();
@@ -314,11 +310,7 @@ async fn a_stalled_smallest_page_gets_a_copy_where_another_node_may_answer() {
         let config = EngineConfig {
             min_storage_page: 16,
             max_storage_page: 16,
-            response_reserve: Duration::ZERO,
-            response_reserve_per_row: Duration::ZERO,
-            timer_slack: Duration::ZERO,
-            continuations: ContinuationConfig::off(),
-            ..EngineConfig::default()
+            ..hot_config(ContinuationConfig::off())
         };
         let engine = ReadEngine::new(Arc::new(store.clone()), config);
         let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 10 * MS, 100_000)).await;

@@ -255,8 +255,9 @@ pub struct ReadStats {
     pub rows_delivered: u64,
     /// Shard pages requested, probes included.
     pub storage_pages: u64,
-    /// Probes: smallest pages sent beside a late page while the call had
-    /// no row (not in the proto's `ReadStats`).
+    /// Probes sent while the call had no row: pages beside a late page,
+    /// copies of a late bucket-index query (not in the proto's
+    /// `ReadStats`).
     pub probes: u64,
     pub index_pages: u64,
     pub buckets_visited: u64,

@@ -890,27 +890,26 @@ impl<S: Storage> Scan<S> {
     }
 
     /// A shard of the head bucket whose buffer is empty holds up the merge
-    /// until its page lands. When that page is late (twice what the
-    /// bucket's slowest shard took for its last page, or, before any
-    /// landed, twice the model's prediction for a page within its
-    /// evidence), a probe of a quarter of its rows (at least the smallest
-    /// page, at most the page: a late smallest page gets a copy when
-    /// storage has more than one node) goes beside it: a straggling storage request then costs a call
-    /// a few rows, not all of them (a cold call whose three shards answered
-    /// in 3 ms waited on the fourth past its 10 ms budget and answered
-    /// BUDGET_TOO_SMALL). Only a call with no row yet probes: one with rows
-    /// answers with them, and probes read rows twice. Another probe goes
-    /// only when the newest is late in turn, at most [`MAX_PROBES`] per
-    /// page. And whatever the evidence, a shard of a call with no row yet
-    /// whose page is still out gets a smallest page as a probe at the last
-    /// moment one can land, slow, twice over, before the scan must stop;
-    /// where that moment comes before the page is even due (at its
-    /// siblings' or the model's pace), the probe waits until it is due or
-    /// until a smallest page can only just land at its usual pace, whichever
-    /// is sooner: a probe beside a page on time only adds to the load the
-    /// page waits behind. Whichever lands first gives the rows; the
-    /// others' copies are dropped. Returns when the next page or probe that could need one
-    /// becomes late.
+    /// until its page lands. When that page is late (twice what the bucket's
+    /// slowest shard took for its last page, or, before any landed, twice the
+    /// model's prediction for a page within its evidence), a probe of a quarter
+    /// of its rows (at least the smallest page, at most the page: a late
+    /// smallest page gets a copy when storage has more than one node) goes
+    /// beside it: a straggling storage request then costs a call a few rows,
+    /// not all of them (a cold call whose three shards answered in 3 ms waited
+    /// on the fourth past its 10 ms budget and answered BUDGET_TOO_SMALL). Only
+    /// a call with no row yet probes: one with rows answers with them, and
+    /// probes read rows twice. Another probe goes only when the newest is late
+    /// in turn, at most [`MAX_PROBES`] per page. And whatever the evidence, a
+    /// shard of a call with no row yet whose page is still out gets a smallest
+    /// page as a probe at the last moment one can land, slow, twice over,
+    /// before the scan must stop; where that moment comes before the page is
+    /// even due (at its siblings' or the model's pace), the probe waits until
+    /// it is due or until a smallest page can only just land at its usual pace,
+    /// whichever is sooner: a probe beside a page on time only adds to the load
+    /// the page waits behind. Whichever lands first gives the rows; the others'
+    /// copies are dropped. Returns when the next page or probe that could need
+    /// one becomes late.
     fn probe_stragglers(&mut self) -> Option<Instant> {
         if self.rows_out > 0 {
             // The call has rows to answer with: a late page costs it more
@@ -1005,9 +1004,8 @@ impl<S: Storage> Scan<S> {
     /// A call with no row yet that waits on the bucket-index query alone
     /// (no bucket queued: the head did not go beside it), on storage of
     /// more than one node, sends the same query again beside it when it is
-    /// late: twice what a slow smallest
-    /// page takes, from when it (or its newest probe) went, at most
-    /// [`MAX_PROBES`] times. The first probe goes sooner when the budget
+    /// late: twice what a slow smallest page takes, from when it (or its
+    /// newest probe) went, at most [`MAX_PROBES`] times. The first probe goes sooner when the budget
     /// is short: at the last moment the index and then a first page can
     /// both land, slow, twice over, though never before the query is due
     /// at the model's pace. The driver picks each copy's coordinator
@@ -1018,10 +1016,10 @@ impl<S: Storage> Scan<S> {
     /// are dropped. Returns when the next probe could be due.
     fn probe_late_index(&mut self) -> Option<Instant> {
         if !self.index_pending
-            || self.engine.storage.nodes() < 2
             || self.rows_out > 0
             || !self.buckets.is_empty()
             || self.index_probes >= MAX_PROBES
+            || self.engine.storage.nodes() < 2
         {
             return None;
         }

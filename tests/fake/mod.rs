@@ -182,14 +182,19 @@ pub async fn follow(
 
 /// The engine of [`engine`] with hot continuations bounded by `held`.
 pub fn hot_engine(store: &MemoryStore, held: ContinuationConfig) -> ReadEngine<MemoryStore> {
-    let config = EngineConfig {
+    ReadEngine::new(Arc::new(store.clone()), hot_config(held))
+}
+
+/// The configuration of [`hot_engine`]: no response reserve or timer
+/// slack, hot continuations bounded by `held`.
+pub fn hot_config(held: ContinuationConfig) -> EngineConfig {
+    EngineConfig {
         response_reserve: Duration::ZERO,
         response_reserve_per_row: Duration::ZERO,
         timer_slack: Duration::ZERO,
         continuations: held,
         ..EngineConfig::default()
-    };
-    ReadEngine::new(Arc::new(store.clone()), config)
+    }
 }
 
 /// Gives every later shard query of `store` the latency `fixed` plus 2 µs
