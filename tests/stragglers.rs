@@ -327,3 +327,41 @@ async fn a_stalled_smallest_page_gets_a_copy_where_another_node_may_answer() {
         assert_rows(&rows, &all[..rows.len()]);
     }
 }
+
+/// A held scan's page that stays stuck across calls (its node stopped
+/// answering; without hedging nothing resends it) gets probes in every
+/// call, not only in the first calls that met it: the probe cap is per
+/// call. Before, once three probes had gone beside the stuck page, later
+/// calls of the chain waited on it to their deadlines and answered
+/// BUDGET_TOO_SMALL (a three-node cluster with a frozen node and hedging
+/// off, 50 ms calls: 1 to 150 rows a call, then none).
+#[tokio::test(start_paused = true)]
+async fn a_page_stuck_across_calls_gets_probes_in_every_call() {
+    let ns = namespace(1_000_000, 4);
+    for order in [Order::Ascending, Order::Descending] {
+        let (store, mut all) = seeded(&ns, (0..20_000).map(i64::from)).await;
+        if order == Order::Descending {
+            all.reverse();
+        }
+        // From the third request on, the first page asked of shard 3 after
+        // its first stalls for 400 ms (forty budgets, within the time a
+        // held scan's requests may run); every other takes 1 ms.
+        let requests = Arc::new(AtomicU32::new(0));
+        let stalled = Arc::new(AtomicBool::new(false));
+        let (n, s) = (requests.clone(), stalled.clone());
+        store.set_latency(move |q| {
+            let nth = n.fetch_add(1, Ordering::Relaxed);
+            if q.shard == 3 && nth > 4 && q.limit > 16 && !s.swap(true, Ordering::Relaxed) {
+                400 * MS
+            } else {
+                MS
+            }
+        });
+        let engine = hot_engine(&store, ContinuationConfig::default());
+        let (rows, calls) = follow(&[&engine], &ns, order, 10 * MS, 100_000).await;
+        assert_rows(&rows, &all);
+        assert!(stalled.load(Ordering::Relaxed), "{order:?}: a page stalled");
+        let probed = calls.iter().filter(|c| c.stats.probes > 0).count();
+        assert!(probed > 3, "{order:?}: calls that probed: {probed}");
+    }
+}

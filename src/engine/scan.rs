@@ -38,7 +38,8 @@ const PROBE_SHARE: usize = 4;
 /// A page (or probe) is late once it took this many times what its
 /// bucket's pages take (see [`Scan::probe_stragglers`]).
 const PROBE_LATE_FACTOR: u32 = 2;
-/// Probes sent beside one page at most (a probe late in turn gets one).
+/// Probes sent beside one page in one call at most (a probe late in turn
+/// gets one).
 const MAX_PROBES: u8 = 3;
 
 /// Rows emitted between two readings of the clock: emitting rows in hand
@@ -75,7 +76,8 @@ pub(super) struct ShardCursor {
     pub(super) pages: u32,
     /// When the fetch in flight was sent.
     pub(super) sent: Option<Instant>,
-    /// Probes sent beside the page in flight (see [`Scan::probe_stragglers`]).
+    /// Probes sent beside the page in flight in this call (see
+    /// [`Scan::probe_stragglers`]).
     pub(super) probes: u8,
     /// When the newest probe in flight is late in turn; None when another
     /// may go at once.
@@ -252,6 +254,14 @@ impl<S: Storage> Scan<S> {
         self.rows_out = 0;
         self.bytes_out = 0;
         self.last_error = None;
+        // The probe cap is per call: a page stuck since an earlier call
+        // (its node stopped answering) may get probes in this one too, or
+        // the call would wait on it to its deadline with no row. A probe
+        // still in flight and not late keeps its time.
+        for s in self.buckets.iter_mut().flat_map(|b| &mut b.shards) {
+            s.probes = 0;
+        }
+        self.index_probes = 0;
         // Storage work done while the scan was held is this call's: a
         // chain's stats add up to every row it read.
         let held = std::mem::take(&mut self.stats);
