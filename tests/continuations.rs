@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use fake::{
     assert_rows, engine, follow, frontier, hot_engine, namespace, read, request, resumed, seeded,
-    write_rows, MS,
+    seeded_in, write_rows, MS,
 };
 use hourglass::engine::{ContinuationConfig, Ending, ReadEngine, ReadError, ReadRequest};
 use hourglass::model::{Namespace, Order, Row};
@@ -22,10 +22,7 @@ async fn continuing_a_held_scan_gives_the_rows_of_a_cold_resume_reading_each_row
     // 24 buckets of 4 shards; pages take 3 to 9 ms depending on the shard.
     let ns = namespace(1_000, 4);
     for order in [Order::Ascending, Order::Descending] {
-        let (store, mut all) = seeded(&ns, (0..24_000).map(i64::from)).await;
-        if order == Order::Descending {
-            all.reverse();
-        }
+        let (store, all) = seeded_in(&ns, (0..24_000).map(i64::from), order).await;
         store.set_latency(|q| MS * (3 + 2 * q.shard));
 
         let cold = engine(&store);

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fake::{assert_rows, follow, hot_config, hot_engine, namespace, read, request, seeded, MS};
+use fake::{
+    assert_rows, follow, hot_config, hot_engine, namespace, read, request, seeded, seeded_in, MS,
+};
 use hourglass::engine::{ContinuationConfig, Ending};
 use hourglass::model::Order;
 
@@ -19,10 +21,7 @@ async fn a_late_shard_page_costs_a_call_rows_not_the_call() {
     let ns = namespace(1_000_000, 4);
     for held in [ContinuationConfig::off(), ContinuationConfig::default()] {
         for order in [Order::Ascending, Order::Descending] {
-            let (store, mut all) = seeded(&ns, (0..100_000).map(i64::from)).await;
-            if order == Order::Descending {
-                all.reverse();
-            }
+            let (store, all) = seeded_in(&ns, (0..100_000).map(i64::from), order).await;
             // In every third call after the first (the latency model has seen
             // pages land), the first request to shard 3 straggles:
             // 30 ms, three budgets. Every other request takes 1 ms plus
@@ -241,10 +240,7 @@ async fn an_index_answer_landing_after_its_probe_is_dropped() {
     // 200 buckets, listed 4 at a time.
     let ns = namespace(100, 4);
     for order in [Order::Ascending, Order::Descending] {
-        let (store, mut all) = seeded(&ns, (0..20_000).map(i64::from)).await;
-        if order == Order::Descending {
-            all.reverse();
-        }
+        let (store, all) = seeded_in(&ns, (0..20_000).map(i64::from), order).await;
         store.set_latency(|q| MS + Duration::from_micros(q.limit as u64));
         store.set_index_latency(MS);
         store.set_nodes(3);
@@ -339,13 +335,11 @@ async fn a_stalled_smallest_page_gets_a_copy_where_another_node_may_answer() {
 async fn a_page_stuck_across_calls_gets_probes_in_every_call() {
     let ns = namespace(1_000_000, 4);
     for order in [Order::Ascending, Order::Descending] {
-        let (store, mut all) = seeded(&ns, (0..20_000).map(i64::from)).await;
-        if order == Order::Descending {
-            all.reverse();
-        }
-        // From the third request on, the first page asked of shard 3 after
-        // its first stalls for 400 ms (forty budgets, within the time a
-        // held scan's requests may run); every other takes 1 ms.
+        let (store, all) = seeded_in(&ns, (0..20_000).map(i64::from), order).await;
+        // After the first five requests, the first page of more than the
+        // smallest size asked of shard 3 stalls for 400 ms (forty budgets,
+        // within the time a held scan's requests may run); every other
+        // request takes 1 ms.
         let requests = Arc::new(AtomicU32::new(0));
         let stalled = Arc::new(AtomicBool::new(false));
         let (n, s) = (requests.clone(), stalled.clone());

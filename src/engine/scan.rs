@@ -910,16 +910,16 @@ impl<S: Storage> Scan<S> {
     /// on the fourth past its 10 ms budget and answered BUDGET_TOO_SMALL). Only
     /// a call with no row yet probes: one with rows answers with them, and
     /// probes read rows twice. Another probe goes only when the newest is late
-    /// in turn, at most [`MAX_PROBES`] per page. And whatever the evidence, a
-    /// shard of a call with no row yet whose page is still out gets a smallest
-    /// page as a probe at the last moment one can land, slow, twice over,
-    /// before the scan must stop; where that moment comes before the page is
-    /// even due (at its siblings' or the model's pace), the probe waits until
-    /// it is due or until a smallest page can only just land at its usual pace,
-    /// whichever is sooner: a probe beside a page on time only adds to the load
-    /// the page waits behind. Whichever lands first gives the rows; the others'
-    /// copies are dropped. Returns when the next page or probe that could need
-    /// one becomes late.
+    /// in turn, at most [`MAX_PROBES`] per page in a call. And whatever the
+    /// evidence, a shard of a call with no row yet whose page is still out gets
+    /// a smallest page as a probe at the last moment one can land, slow, twice
+    /// over, before the scan must stop; where that moment comes before the page
+    /// is even due (at its siblings' or the model's pace), the probe waits
+    /// until it is due or until a smallest page can only just land at its usual
+    /// pace, whichever is sooner: a probe beside a page on time only adds to
+    /// the load the page waits behind. Whichever lands first gives the rows;
+    /// the others' copies are dropped. Returns when the next page or probe that
+    /// could need one becomes late.
     fn probe_stragglers(&mut self) -> Option<Instant> {
         if self.rows_out > 0 {
             // The call has rows to answer with: a late page costs it more
@@ -1011,19 +1011,19 @@ impl<S: Storage> Scan<S> {
         next
     }
 
-    /// A call with no row yet that waits on the bucket-index query alone
-    /// (no bucket queued: the head did not go beside it), on storage of
-    /// more than one node, sends the same query again beside it when it is
-    /// late: twice what a slow smallest page takes, from when it (or its
-    /// newest probe) went, at most [`MAX_PROBES`] times. The first probe goes sooner when the budget
-    /// is short: at the last moment the index and then a first page can
-    /// both land, slow, twice over, though never before the query is due
-    /// at the model's pace. The driver picks each copy's coordinator
-    /// afresh, so a copy may go around a node that stalls: without it, a
-    /// 50 ms call whose index query went to a frozen replica, with no hedge
-    /// credit left, waited to its deadline and answered BUDGET_TOO_SMALL.
-    /// Whichever copy lands first lists the buckets; the others' answers
-    /// are dropped. Returns when the next probe could be due.
+    /// A call with no row yet that waits on the bucket-index query alone (no
+    /// bucket queued: the head did not go beside it), on storage of more than
+    /// one node, sends the same query again beside it when it is late: twice
+    /// what a slow smallest page takes, from when it (or its newest probe)
+    /// went, at most [`MAX_PROBES`] times in a call. The first probe goes
+    /// sooner when the budget is short: at the last moment the index and then a
+    /// first page can both land, slow, twice over, though never before the
+    /// query is due at the model's pace. The driver picks each copy's
+    /// coordinator afresh, so a copy may go around a node that stalls: without
+    /// it, a 50 ms call whose index query went to a frozen replica, with no
+    /// hedge credit left, waited to its deadline and answered BUDGET_TOO_SMALL.
+    /// Whichever copy lands first lists the buckets; the others' answers are
+    /// dropped. Returns when the next probe could be due.
     fn probe_late_index(&mut self) -> Option<Instant> {
         if !self.index_pending
             || self.rows_out > 0

@@ -45,6 +45,19 @@ pub async fn seeded(
     (store, rows)
 }
 
+/// [`seeded`], with the rows in `order`: what a read in that order gives.
+pub async fn seeded_in(
+    ns: &Namespace,
+    times: impl IntoIterator<Item = i64>,
+    order: Order,
+) -> (MemoryStore, Vec<Row>) {
+    let (store, mut rows) = seeded(ns, times).await;
+    if order == Order::Descending {
+        rows.reverse();
+    }
+    (store, rows)
+}
+
 /// Default settings without hot continuations: every read starts from its
 /// position alone (tests/continuations.rs covers the held scans).
 pub fn cold() -> EngineConfig {
