@@ -12,7 +12,8 @@ use crate::api::pb;
 use crate::api::pb::hourglass_client::HourglassClient;
 
 /// Calls repeated when the server could not return a single row in the
-/// budget (DEADLINE_EXCEEDED, reason BUDGET_TOO_SMALL) before giving up.
+/// budget (DEADLINE_EXCEEDED, reason BUDGET_TOO_SMALL or STORAGE_LATE)
+/// before giving up.
 pub const NO_PROGRESS_RETRIES: u32 = 5;
 /// Pause before the first repeat; it grows linearly with each attempt.
 pub const NO_PROGRESS_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
@@ -35,14 +36,16 @@ fn overload_wait(status: &Status) -> Option<Duration> {
         .map(|d| d.min(MAX_OVERLOAD_WAIT))
 }
 
-/// Whether `status` says not one row fit in the call's budget: the same
-/// call may well succeed when storage is warmer or less loaded.
+/// Whether `status` says not one row came in the call's budget (reason
+/// BUDGET_TOO_SMALL or STORAGE_LATE): the same call may well succeed when
+/// storage is warmer, less loaded or past a stall.
 pub fn is_no_progress(status: &Status) -> bool {
+    use crate::error::{REASON_BUDGET_TOO_SMALL, REASON_STORAGE_LATE};
     use tonic_types::StatusExt;
     status.code() == tonic::Code::DeadlineExceeded
         && status
             .get_details_error_info()
-            .is_some_and(|i| i.reason == crate::error::REASON_BUDGET_TOO_SMALL)
+            .is_some_and(|i| i.reason == REASON_BUDGET_TOO_SMALL || i.reason == REASON_STORAGE_LATE)
 }
 
 /// What the helpers need of a client's transport: a plain
@@ -76,8 +79,8 @@ pub struct FollowOptions {
     /// The gRPC deadline of each call, if any.
     pub per_call: Option<Duration>,
     /// Repeats of a call that made no progress at all (DEADLINE_EXCEEDED,
-    /// BUDGET_TOO_SMALL) before its error ends the stream; 0 passes the
-    /// first such error on.
+    /// BUDGET_TOO_SMALL or STORAGE_LATE) before its error ends the stream;
+    /// 0 passes the first such error on.
     pub no_progress_retries: u32,
     /// Pause before the first repeat; it grows linearly with each one.
     pub no_progress_backoff: Duration,

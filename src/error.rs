@@ -11,7 +11,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::auth::AuthError;
 use crate::bulkhead::Full;
 use crate::engine::budget::BudgetSource;
-use crate::engine::ReadError;
+use crate::engine::{Overdue, ReadError};
 use crate::model::Namespace;
 use crate::storage::StorageError;
 use crate::token::TokenError;
@@ -20,6 +20,9 @@ use crate::token::TokenError;
 pub const ERROR_DOMAIN: &str = "hourglass.v1";
 /// ErrorInfo reason of DEADLINE_EXCEEDED when not one row fit in the budget.
 pub const REASON_BUDGET_TOO_SMALL: &str = "BUDGET_TOO_SMALL";
+/// ErrorInfo reason of DEADLINE_EXCEEDED when not one row came in the
+/// budget because storage answered later than it usually does.
+pub const REASON_STORAGE_LATE: &str = "STORAGE_LATE";
 /// Suggested wait before retrying after storage trouble.
 pub const STORAGE_RETRY_DELAY: Duration = Duration::from_millis(200);
 /// Mean suggested wait before retrying a read refused for load; each
@@ -46,6 +49,7 @@ pub const REASONS: &[&str] = &[
     "NAMESPACE_NOT_FOUND",
     "NAMESPACE_CONFLICT",
     REASON_BUDGET_TOO_SMALL,
+    REASON_STORAGE_LATE,
     "STORAGE_CIRCUIT_OPEN",
     "STORAGE_UNAVAILABLE",
     "NAMESPACE_INVALID",
@@ -77,11 +81,13 @@ pub enum ServiceError {
     /// A namespace of that name exists with other settings.
     #[error("namespace {:?} already exists with bucket_width_micros={}, shards={}, retention_seconds={}", .0.name, .0.bucket_width_micros, .0.shards, .0.retention_seconds)]
     NamespaceConflict(Namespace),
-    /// Nothing fit in the read's budget.
-    #[error("no row could be read within the {budget:?} budget (set by {set_by:?}); retry with a longer deadline or SLO")]
+    /// Nothing fit in the read's budget: it was too small for what storage
+    /// usually takes, or (`overdue`) storage was later than that.
+    #[error("{}", no_progress_message(*.budget, *.set_by, .overdue.as_ref()))]
     NoProgress {
         budget: Duration,
         set_by: BudgetSource,
+        overdue: Option<Overdue>,
     },
     /// Storage is unreachable or overloaded for now.
     #[error(transparent)]
@@ -109,9 +115,11 @@ impl ServiceError {
         }
     }
 
-    /// Whether the caller caused the error (bad input, no permission, a
-    /// budget too small, load shed) rather than the server or storage. Such
-    /// errors are routine under load and are logged at DEBUG, not INFO.
+    /// Whether the error is the caller's or routine (bad input, no
+    /// permission, no row within the budget, load shed) rather than a fault
+    /// of the server or storage. Such errors are routine under load (a call
+    /// that found storage late too: under load that is most of them) and
+    /// are logged at DEBUG, not INFO.
     pub fn is_caller_error(&self) -> bool {
         match self {
             Self::InvalidArgument { .. }
@@ -137,7 +145,10 @@ impl ServiceError {
             Self::Token(TokenError::QueryMismatch) => "TOKEN_QUERY_MISMATCH",
             Self::NamespaceNotFound(_) => "NAMESPACE_NOT_FOUND",
             Self::NamespaceConflict(_) => "NAMESPACE_CONFLICT",
-            Self::NoProgress { .. } => REASON_BUDGET_TOO_SMALL,
+            Self::NoProgress { overdue: None, .. } => REASON_BUDGET_TOO_SMALL,
+            Self::NoProgress {
+                overdue: Some(_), ..
+            } => REASON_STORAGE_LATE,
             Self::Unavailable(StorageError::CircuitOpen { .. }) => "STORAGE_CIRCUIT_OPEN",
             Self::Unavailable(_) => "STORAGE_UNAVAILABLE",
             Self::Storage(StorageError::InvalidNamespace { .. }) => "NAMESPACE_INVALID",
@@ -156,6 +167,24 @@ impl ServiceError {
     }
 }
 
+/// What a call that read nothing says: that its budget was too small, or
+/// that storage was late and a retry should do.
+fn no_progress_message(
+    budget: Duration,
+    set_by: BudgetSource,
+    overdue: Option<&Overdue>,
+) -> String {
+    match overdue {
+        None => format!(
+            "no row could be read within the {budget:?} budget (set by {set_by:?}); retry with a longer deadline or SLO"
+        ),
+        Some(o) => format!(
+            "no row could be read within the {budget:?} budget (set by {set_by:?}): storage was late ({} requests in flight, one waited {:?} where at most {:?} was expected); retry",
+            o.in_flight, o.waited, o.expected
+        ),
+    }
+}
+
 impl From<StorageError> for ServiceError {
     fn from(e: StorageError) -> Self {
         if e.is_unavailable() {
@@ -169,7 +198,15 @@ impl From<StorageError> for ServiceError {
 impl From<ReadError> for ServiceError {
     fn from(e: ReadError) -> Self {
         match e {
-            ReadError::NoProgress { budget, set_by } => Self::NoProgress { budget, set_by },
+            ReadError::NoProgress {
+                budget,
+                set_by,
+                overdue,
+            } => Self::NoProgress {
+                budget,
+                set_by,
+                overdue,
+            },
             ReadError::Storage(s) => s.into(),
             ReadError::ShuttingDown => Self::Draining,
         }
@@ -200,8 +237,15 @@ impl From<ServiceError> for tonic::Status {
                 info.insert("namespace".into(), ns.name.clone());
                 Code::AlreadyExists
             }
-            ServiceError::NoProgress { budget, .. } => {
+            ServiceError::NoProgress {
+                budget, overdue, ..
+            } => {
                 info.insert("budget_micros".into(), budget.as_micros().to_string());
+                if let Some(o) = overdue {
+                    info.insert("in_flight".into(), o.in_flight.to_string());
+                    info.insert("waited_micros".into(), o.waited.as_micros().to_string());
+                    info.insert("expected_micros".into(), o.expected.as_micros().to_string());
+                }
                 Code::DeadlineExceeded
             }
             ServiceError::Unavailable(StorageError::CircuitOpen { retry_after }) => {
@@ -272,6 +316,19 @@ impl From<ServiceError> for tonic::Status {
 mod tests {
     use super::*;
 
+    /// A 10 ms read that waited 8.9 ms on a request expected in 3.1 ms.
+    fn storage_late() -> ServiceError {
+        ServiceError::NoProgress {
+            budget: Duration::from_millis(10),
+            set_by: BudgetSource::Slo,
+            overdue: Some(Overdue {
+                in_flight: 4,
+                waited: Duration::from_micros(8_900),
+                expected: Duration::from_micros(3_100),
+            }),
+        }
+    }
+
     #[test]
     fn every_error_maps_to_its_code_with_details() {
         let cases: Vec<(ServiceError, Code, &str)> = vec![
@@ -294,10 +351,12 @@ mod tests {
                 ServiceError::NoProgress {
                     budget: Duration::from_millis(3),
                     set_by: BudgetSource::Slo,
+                    overdue: None,
                 },
                 Code::DeadlineExceeded,
                 "BUDGET_TOO_SMALL",
             ),
+            (storage_late(), Code::DeadlineExceeded, "STORAGE_LATE"),
             (
                 StorageError::Transient("overloaded".into()).into(),
                 Code::Unavailable,
@@ -356,6 +415,17 @@ mod tests {
                 _ => {}
             }
         }
+        let late = tonic::Status::from(storage_late());
+        let info = late.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.metadata["budget_micros"], "10000");
+        assert_eq!(info.metadata["in_flight"], "4");
+        assert_eq!(info.metadata["waited_micros"], "8900");
+        assert_eq!(info.metadata["expected_micros"], "3100");
+        assert_eq!(
+            late.message(),
+            "no row could be read within the 10ms budget (set by Slo): storage was late \
+             (4 requests in flight, one waited 8.9ms where at most 3.1ms was expected); retry"
+        );
         let status = tonic::Status::from(ServiceError::invalid(
             "events[2].event_id",
             "must not be empty",

@@ -248,9 +248,14 @@ async fn a_frozen_node_is_hedged_around() {
         "without hedging most reads go partial or find no row in time: {plain:?}"
     );
     // One node of three frozen is not an outage: the breaker stays closed
-    // (no STORAGE_CIRCUIT_OPEN); a call that got no row in time says so.
+    // (no STORAGE_CIRCUIT_OPEN); a call that got no row in time says so
+    // (storage late where it waited on the frozen node past what pages
+    // usually take).
     assert!(
-        plain.failed.iter().all(|r| r == "BUDGET_TOO_SMALL"),
+        plain
+            .failed
+            .iter()
+            .all(|r| r == "BUDGET_TOO_SMALL" || r == "STORAGE_LATE"),
         "{plain:?}"
     );
 }

@@ -238,14 +238,68 @@ async fn no_progress_within_the_budget_is_an_error_not_an_empty_page() {
     let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 50 * MS, 10)).await;
     assert!(rows.is_empty());
     match out {
-        Err(ReadError::NoProgress { budget, set_by }) => {
+        Err(ReadError::NoProgress {
+            budget,
+            set_by,
+            overdue,
+        }) => {
             assert_eq!(budget, 50 * MS);
             assert_eq!(set_by, BudgetSource::Slo);
+            // The engine's prior expects pages of a few milliseconds: the
+            // 100 ms ones were late, the budget was not too small for them.
+            let late = overdue.expect("storage late");
+            assert!(late.in_flight >= 1, "{late:?}");
+            assert!(late.expected < 10 * MS, "{late:?}");
+            assert!(late.waited > 40 * MS && late.waited <= 50 * MS, "{late:?}");
         }
         other => panic!("expected NoProgress, got {other:?}"),
     }
     assert_eq!(began.elapsed(), 50 * MS);
     assert_eq!(store.in_flight(), 0);
+}
+
+/// Once the engine has seen pages take 100 ms, a 20 ms budget cannot cover
+/// one: the call fails as a budget too small (no request overdue), not as
+/// storage late; a request slower than what storage has been taking is.
+#[tokio::test(start_paused = true)]
+async fn a_budget_below_what_storage_takes_is_too_small_and_a_stall_is_storage_late() {
+    let ns = namespace(1_000_000, 2);
+    let (store, all) = seeded(&ns, 0..100).await;
+    store.set_latency(|_| 100 * MS);
+    let engine = engine(&store);
+    let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 1_000 * MS, 1_000)).await;
+    out.expect("a second is enough");
+    assert_rows(&rows, &all);
+
+    let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 20 * MS, 10)).await;
+    assert!(rows.is_empty());
+    match out {
+        Err(ReadError::NoProgress {
+            overdue: None,
+            budget,
+            ..
+        }) => assert_eq!(budget, 20 * MS),
+        other => panic!("expected NoProgress without an overdue request, got {other:?}"),
+    }
+
+    // Storage back to its pace, then one stall far past it.
+    store.set_latency(|_| MS);
+    for _ in 0..20 {
+        read(&engine, &request(&ns, Order::Ascending, 1_000 * MS, 1_000))
+            .await
+            .1
+            .expect("fast storage");
+    }
+    store.set_latency(|_| 500 * MS);
+    let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 20 * MS, 10)).await;
+    assert!(rows.is_empty());
+    match out {
+        Err(ReadError::NoProgress {
+            overdue: Some(late),
+            ..
+        }) => assert!(late.waited > late.expected, "{late:?}"),
+        other => panic!("expected NoProgress with a late request, got {other:?}"),
+    }
 }
 
 /// The bucket index may list buckets that hold no rows (their rows

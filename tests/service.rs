@@ -173,17 +173,24 @@ async fn reads_failing_for_want_of_budget_cut_the_admission_limit() {
             initial_limit: 20,
         },
     ));
+    let mut reasons = Vec::new();
     for _ in 0..100 {
         let e = svc
             .read_events(read("n"))
             .await
             .expect_err("no row in time");
         assert_eq!(e.code(), Code::DeadlineExceeded);
-        assert_eq!(
-            e.get_details_error_info().expect("ErrorInfo").reason,
-            "BUDGET_TOO_SMALL"
-        );
+        reasons.push(e.get_details_error_info().expect("ErrorInfo").reason);
     }
+    // The first reads' pages were late for the engine's prior (storage
+    // late); once it learnt from them that pages take a second, none could
+    // land in the budget (too small). Both cut the limit.
+    let late = reasons.iter().take_while(|r| *r == "STORAGE_LATE").count();
+    assert!((1..=5).contains(&late), "{reasons:?}");
+    assert!(
+        reasons[late..].iter().all(|r| r == "BUDGET_TOO_SMALL"),
+        "{reasons:?}"
+    );
     let limit = svc.admission_limit().expect("adaptive");
     assert!(limit < 10, "the limit stayed at {limit}");
 }

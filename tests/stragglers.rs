@@ -312,8 +312,14 @@ async fn a_stalled_smallest_page_gets_a_copy_where_another_node_may_answer() {
         let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 10 * MS, 100_000)).await;
         if nodes == 1 {
             assert!(
-                matches!(out, Err(ReadError::NoProgress { .. })),
-                "one node: no copy, the call waits on the stalled page: {out:?}"
+                matches!(
+                    out,
+                    Err(ReadError::NoProgress {
+                        overdue: Some(_),
+                        ..
+                    })
+                ),
+                "one node: no copy, the call waits on the stalled page, and says storage was late: {out:?}"
             );
             continue;
         }

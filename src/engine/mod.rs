@@ -277,14 +277,33 @@ pub struct ReadOutcome {
     pub stats: ReadStats,
 }
 
+/// A storage request a call without progress waited on longer than the
+/// latency model expected of it: the call failed because storage was late
+/// (the budget was not too small for what storage usually takes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Overdue {
+    /// Storage requests (pages, probes, index queries) in flight when the
+    /// call stopped.
+    pub in_flight: usize,
+    /// How long the most overdue request had waited.
+    pub waited: Duration,
+    /// What the model expected of it at most: a slow page of its size
+    /// ([`predict::LatencyModel::predict_tail`]).
+    pub expected: Duration,
+}
+
 /// Why a read produced no response at all.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    /// Not even one row or bucket fit in the budget.
-    #[error("no progress possible within the {budget:?} budget ({set_by:?})")]
+    /// Not even one row or bucket fit in the budget. `overdue` names the
+    /// request that was late when storage was slower than the latency
+    /// model expected; None when no request in flight was (the budget could
+    /// not cover what storage usually takes).
+    #[error("no progress possible within the {budget:?} budget ({set_by:?}){}", overdue.map_or(String::new(), |o| format!(": storage late ({o:?})")))]
     NoProgress {
         budget: Duration,
         set_by: BudgetSource,
+        overdue: Option<Overdue>,
     },
     /// Storage failed before any progress.
     #[error(transparent)]

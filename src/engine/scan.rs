@@ -17,7 +17,9 @@ use super::fetch::{Fetched, Resend};
 use super::merge::{pick, Pick};
 use super::predict::LatencyModel;
 use super::{pages, position};
-use super::{Core, Ending, PartialReason, ReadError, ReadOutcome, ReadRequest, ReadStats, RowSink};
+use super::{
+    Core, Ending, Overdue, PartialReason, ReadError, ReadOutcome, ReadRequest, ReadStats, RowSink,
+};
 use crate::model::{Key, Order, Row, Span};
 use crate::storage::{Storage, StorageError};
 use crate::telemetry;
@@ -494,8 +496,42 @@ impl<S: Storage> Scan<S> {
             None => ReadError::NoProgress {
                 budget: self.req.budget.total,
                 set_by: self.req.budget.source,
+                overdue: self.overdue(Instant::now()),
             },
         })
+    }
+
+    /// The storage request in flight that has waited longest past what the
+    /// latency model expects of a slow request of its size (a bucket-index
+    /// query counts as a smallest page), if one has: a call that stops
+    /// without progress then failed because storage was late, not because
+    /// its budget could not cover what storage usually takes.
+    pub(super) fn overdue(&self, now: Instant) -> Option<Overdue> {
+        let pages = self
+            .buckets
+            .iter()
+            .flat_map(|b| &b.shards)
+            .filter(|s| s.requested > 0)
+            .filter_map(|s| Some((s.sent?, s.requested)));
+        let index = self
+            .index_sent
+            .filter(|_| self.index_pending)
+            .map(|sent| (sent, self.engine.config.min_storage_page));
+        pages
+            .chain(index)
+            .map(|(sent, rows)| {
+                (
+                    now.saturating_duration_since(sent),
+                    self.model.predict_tail(rows),
+                )
+            })
+            .filter(|(waited, expected)| waited > expected)
+            .max_by_key(|(waited, expected)| waited.saturating_sub(*expected))
+            .map(|(waited, expected)| Overdue {
+                in_flight: self.in_flight.len(),
+                waited,
+                expected,
+            })
     }
 
     /// Pages still in flight when a scan is dropped took at least this long:

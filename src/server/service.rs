@@ -174,6 +174,7 @@ impl<S: Storage> HourglassService<S> {
                 .map_err(|_| ServiceError::NoProgress {
                     budget: b.total,
                     set_by: b.source,
+                    overdue: None,
                 })??,
         };
         let Some(ns) = found else {
