@@ -354,6 +354,9 @@ async fn logical_read(
                         .errors_by_code
                         .entry(format!("{:?}", status.code()))
                         .or_default() += 1;
+                    if let Some(info) = status.get_details_error_info() {
+                        *s.total.errors_by_reason.entry(info.reason).or_default() += 1;
+                    }
                     if refused {
                         s.total.refusals.record(latency_since_intended(sent, now));
                     }
@@ -613,6 +616,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         partial_rate: s.total.partial_rate(),
         partial_by_reason: s.total.partial_by_reason.clone(),
         errors_by_code: s.total.errors_by_code.clone(),
+        errors_by_reason: s.total.errors_by_reason.clone(),
         client_cpu_s: cpu0.elapsed().as_secs_f64(),
         refusals: s.total.refusals.summary(),
         server_elapsed: s.total.server_elapsed.summary(),

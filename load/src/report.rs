@@ -32,6 +32,9 @@ pub struct Report {
     pub partial_rate: f64,
     pub partial_by_reason: BTreeMap<String, u64>,
     pub errors_by_code: BTreeMap<String, u64>,
+    /// Errors by ErrorInfo reason (e.g. `BUDGET_TOO_SMALL`, `STORAGE_LATE`).
+    #[serde(default)]
+    pub errors_by_reason: BTreeMap<String, u64>,
     pub client_cpu_s: f64,
     /// Latency of calls refused for load (RESOURCE_EXHAUSTED).
     #[serde(default)]
@@ -135,6 +138,13 @@ impl Report {
             ),
         );
         line(&mut out, "errors", format!("{:?}", self.errors_by_code));
+        if !self.errors_by_reason.is_empty() {
+            line(
+                &mut out,
+                "errors by reason",
+                format!("{:?}", self.errors_by_reason),
+            );
+        }
         line(
             &mut out,
             "client CPU",

@@ -123,6 +123,9 @@ pub struct RunStats {
     pub reads: Latencies,
     pub partial_by_reason: BTreeMap<String, u64>,
     pub errors_by_code: BTreeMap<String, u64>,
+    /// Errors by their ErrorInfo reason (errors without one are not
+    /// counted here).
+    pub errors_by_reason: BTreeMap<String, u64>,
     pub rows: u64,
     pub bytes: u64,
     pub rows_scanned: u64,
