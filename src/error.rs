@@ -11,7 +11,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::auth::AuthError;
 use crate::bulkhead::Full;
 use crate::engine::budget::BudgetSource;
-use crate::engine::{Overdue, ReadError};
+use crate::engine::{ReadError, Waited};
 use crate::model::Namespace;
 use crate::storage::StorageError;
 use crate::token::TokenError;
@@ -82,12 +82,14 @@ pub enum ServiceError {
     #[error("namespace {:?} already exists with bucket_width_micros={}, shards={}, retention_seconds={}", .0.name, .0.bucket_width_micros, .0.shards, .0.retention_seconds)]
     NamespaceConflict(Namespace),
     /// Nothing fit in the read's budget: it was too small for what storage
-    /// usually takes, or (`overdue`) storage was later than that.
-    #[error("{}", no_progress_message(*.budget, *.set_by, .overdue.as_ref()))]
+    /// usually takes, or storage was later than that (`waited_on` late).
+    /// `waited_on` is the request in flight judged against the latency
+    /// model, if one was.
+    #[error("{}", no_progress_message(*.budget, *.set_by, .waited_on.as_ref()))]
     NoProgress {
         budget: Duration,
         set_by: BudgetSource,
-        overdue: Option<Overdue>,
+        waited_on: Option<Waited>,
     },
     /// Storage is unreachable or overloaded for now.
     #[error(transparent)]
@@ -145,10 +147,10 @@ impl ServiceError {
             Self::Token(TokenError::QueryMismatch) => "TOKEN_QUERY_MISMATCH",
             Self::NamespaceNotFound(_) => "NAMESPACE_NOT_FOUND",
             Self::NamespaceConflict(_) => "NAMESPACE_CONFLICT",
-            Self::NoProgress { overdue: None, .. } => REASON_BUDGET_TOO_SMALL,
-            Self::NoProgress {
-                overdue: Some(_), ..
-            } => REASON_STORAGE_LATE,
+            Self::NoProgress { waited_on, .. } if waited_on.is_some_and(|w| w.late()) => {
+                REASON_STORAGE_LATE
+            }
+            Self::NoProgress { .. } => REASON_BUDGET_TOO_SMALL,
             Self::Unavailable(StorageError::CircuitOpen { .. }) => "STORAGE_CIRCUIT_OPEN",
             Self::Unavailable(_) => "STORAGE_UNAVAILABLE",
             Self::Storage(StorageError::InvalidNamespace { .. }) => "NAMESPACE_INVALID",
@@ -167,20 +169,23 @@ impl ServiceError {
     }
 }
 
-/// What a call that read nothing says: that its budget was too small, or
-/// that storage was late and a retry should do.
+/// What a call that read nothing says: that storage was late and a retry
+/// should do, or that its budget was too small for what storage takes.
 fn no_progress_message(
     budget: Duration,
     set_by: BudgetSource,
-    overdue: Option<&Overdue>,
+    waited_on: Option<&Waited>,
 ) -> String {
-    match overdue {
-        None => format!(
-            "no row could be read within the {budget:?} budget (set by {set_by:?}); retry with a longer deadline or SLO"
+    let head = format!("no row could be read within the {budget:?} budget (set by {set_by:?})");
+    match waited_on {
+        None => format!("{head}; retry with a longer deadline or SLO"),
+        Some(w) if w.late() => format!(
+            "{head}: storage was late ({} requests in flight, one waited {:?} where at most {:?} was expected); retry",
+            w.in_flight, w.waited, w.expected
         ),
-        Some(o) => format!(
-            "no row could be read within the {budget:?} budget (set by {set_by:?}): storage was late ({} requests in flight, one waited {:?} where at most {:?} was expected); retry",
-            o.in_flight, o.waited, o.expected
+        Some(w) => format!(
+            "{head}: {} requests in flight, none late (the most waited {:?} of the up to {:?} storage may take); retry with a longer deadline or SLO",
+            w.in_flight, w.waited, w.expected
         ),
     }
 }
@@ -201,11 +206,11 @@ impl From<ReadError> for ServiceError {
             ReadError::NoProgress {
                 budget,
                 set_by,
-                overdue,
+                waited_on,
             } => Self::NoProgress {
                 budget,
                 set_by,
-                overdue,
+                waited_on,
             },
             ReadError::Storage(s) => s.into(),
             ReadError::ShuttingDown => Self::Draining,
@@ -238,13 +243,13 @@ impl From<ServiceError> for tonic::Status {
                 Code::AlreadyExists
             }
             ServiceError::NoProgress {
-                budget, overdue, ..
+                budget, waited_on, ..
             } => {
                 info.insert("budget_micros".into(), budget.as_micros().to_string());
-                if let Some(o) = overdue {
-                    info.insert("in_flight".into(), o.in_flight.to_string());
-                    info.insert("waited_micros".into(), o.waited.as_micros().to_string());
-                    info.insert("expected_micros".into(), o.expected.as_micros().to_string());
+                if let Some(w) = waited_on {
+                    info.insert("in_flight".into(), w.in_flight.to_string());
+                    info.insert("waited_micros".into(), w.waited.as_micros().to_string());
+                    info.insert("expected_micros".into(), w.expected.as_micros().to_string());
                 }
                 Code::DeadlineExceeded
             }
@@ -316,15 +321,17 @@ impl From<ServiceError> for tonic::Status {
 mod tests {
     use super::*;
 
-    /// A 10 ms read that waited 8.9 ms on a request expected in 3.1 ms.
-    fn storage_late() -> ServiceError {
+    /// A 10 ms read that stopped without a row while 4 requests were in
+    /// flight, the one waited on most for `waited_us` where slow ones take
+    /// `expected_us`.
+    fn no_row(waited_us: u64, expected_us: u64) -> ServiceError {
         ServiceError::NoProgress {
             budget: Duration::from_millis(10),
             set_by: BudgetSource::Slo,
-            overdue: Some(Overdue {
+            waited_on: Some(Waited {
                 in_flight: 4,
-                waited: Duration::from_micros(8_900),
-                expected: Duration::from_micros(3_100),
+                waited: Duration::from_micros(waited_us),
+                expected: Duration::from_micros(expected_us),
             }),
         }
     }
@@ -351,12 +358,17 @@ mod tests {
                 ServiceError::NoProgress {
                     budget: Duration::from_millis(3),
                     set_by: BudgetSource::Slo,
-                    overdue: None,
+                    waited_on: None,
                 },
                 Code::DeadlineExceeded,
                 "BUDGET_TOO_SMALL",
             ),
-            (storage_late(), Code::DeadlineExceeded, "STORAGE_LATE"),
+            (no_row(8_900, 3_100), Code::DeadlineExceeded, "STORAGE_LATE"),
+            (
+                no_row(4_300, 6_100),
+                Code::DeadlineExceeded,
+                "BUDGET_TOO_SMALL",
+            ),
             (
                 StorageError::Transient("overloaded".into()).into(),
                 Code::Unavailable,
@@ -415,7 +427,7 @@ mod tests {
                 _ => {}
             }
         }
-        let late = tonic::Status::from(storage_late());
+        let late = tonic::Status::from(no_row(8_900, 3_100));
         let info = late.get_details_error_info().expect("ErrorInfo");
         assert_eq!(info.metadata["budget_micros"], "10000");
         assert_eq!(info.metadata["in_flight"], "4");
@@ -425,6 +437,16 @@ mod tests {
             late.message(),
             "no row could be read within the 10ms budget (set by Slo): storage was late \
              (4 requests in flight, one waited 8.9ms where at most 3.1ms was expected); retry"
+        );
+        let small = tonic::Status::from(no_row(4_300, 6_100));
+        let info = small.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.metadata["waited_micros"], "4300");
+        assert_eq!(info.metadata["expected_micros"], "6100");
+        assert_eq!(
+            small.message(),
+            "no row could be read within the 10ms budget (set by Slo): 4 requests in flight, \
+             none late (the most waited 4.3ms of the up to 6.1ms storage may take); retry with \
+             a longer deadline or SLO"
         );
         let status = tonic::Status::from(ServiceError::invalid(
             "events[2].event_id",

@@ -241,13 +241,14 @@ async fn no_progress_within_the_budget_is_an_error_not_an_empty_page() {
         Err(ReadError::NoProgress {
             budget,
             set_by,
-            overdue,
+            waited_on,
         }) => {
             assert_eq!(budget, 50 * MS);
             assert_eq!(set_by, BudgetSource::Slo);
             // The engine's prior expects pages of a few milliseconds: the
             // 100 ms ones were late, the budget was not too small for them.
-            let late = overdue.expect("storage late");
+            let late = waited_on.expect("a page in flight");
+            assert!(late.late(), "{late:?}");
             assert!(late.in_flight >= 1, "{late:?}");
             assert!(late.expected < 10 * MS, "{late:?}");
             assert!(late.waited > 40 * MS && late.waited <= 50 * MS, "{late:?}");
@@ -259,8 +260,9 @@ async fn no_progress_within_the_budget_is_an_error_not_an_empty_page() {
 }
 
 /// Once the engine has seen pages take 100 ms, a 20 ms budget cannot cover
-/// one: the call fails as a budget too small (no request overdue), not as
-/// storage late; a request slower than what storage has been taking is.
+/// one: the call fails as a budget too small (no request in flight is
+/// late), not as storage late; a request slower than what storage has been
+/// taking is.
 #[tokio::test(start_paused = true)]
 async fn a_budget_below_what_storage_takes_is_too_small_and_a_stall_is_storage_late() {
     let ns = namespace(1_000_000, 2);
@@ -275,11 +277,12 @@ async fn a_budget_below_what_storage_takes_is_too_small_and_a_stall_is_storage_l
     assert!(rows.is_empty());
     match out {
         Err(ReadError::NoProgress {
-            overdue: None,
-            budget,
-            ..
-        }) => assert_eq!(budget, 20 * MS),
-        other => panic!("expected NoProgress without an overdue request, got {other:?}"),
+            waited_on, budget, ..
+        }) => {
+            assert_eq!(budget, 20 * MS);
+            assert!(!waited_on.is_some_and(|w| w.late()), "{waited_on:?}");
+        }
+        other => panic!("expected NoProgress without a late request, got {other:?}"),
     }
 
     // Storage back to its pace, then one stall far past it.
@@ -295,9 +298,9 @@ async fn a_budget_below_what_storage_takes_is_too_small_and_a_stall_is_storage_l
     assert!(rows.is_empty());
     match out {
         Err(ReadError::NoProgress {
-            overdue: Some(late),
+            waited_on: Some(late),
             ..
-        }) => assert!(late.waited > late.expected, "{late:?}"),
+        }) => assert!(late.late(), "{late:?}"),
         other => panic!("expected NoProgress with a late request, got {other:?}"),
     }
 }

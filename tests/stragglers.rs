@@ -315,9 +315,9 @@ async fn a_stalled_smallest_page_gets_a_copy_where_another_node_may_answer() {
                 matches!(
                     out,
                     Err(ReadError::NoProgress {
-                        overdue: Some(_),
+                        waited_on: Some(w),
                         ..
-                    })
+                    }) if w.late()
                 ),
                 "one node: no copy, the call waits on the stalled page, and says storage was late: {out:?}"
             );

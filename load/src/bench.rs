@@ -859,6 +859,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     ..run_args(&server.url, biggest, format!("chain-{slo}-{hot}-{rep}"))
                 })
                 .await?;
+                for (reason, message) in &r.first_error_by_reason {
+                    eprintln!("   chain {slo} ms, cache {hot}, repeat {rep}: {reason}: {message}");
+                }
                 cell.add(&r, biggest);
             }
         }

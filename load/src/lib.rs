@@ -355,6 +355,10 @@ async fn logical_read(
                         .entry(format!("{:?}", status.code()))
                         .or_default() += 1;
                     if let Some(info) = status.get_details_error_info() {
+                        s.total
+                            .first_error_by_reason
+                            .entry(info.reason.clone())
+                            .or_insert_with(|| status.message().to_string());
                         *s.total.errors_by_reason.entry(info.reason).or_default() += 1;
                     }
                     if refused {
@@ -617,6 +621,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         partial_by_reason: s.total.partial_by_reason.clone(),
         errors_by_code: s.total.errors_by_code.clone(),
         errors_by_reason: s.total.errors_by_reason.clone(),
+        first_error_by_reason: s.total.first_error_by_reason.clone(),
         client_cpu_s: cpu0.elapsed().as_secs_f64(),
         refusals: s.total.refusals.summary(),
         server_elapsed: s.total.server_elapsed.summary(),

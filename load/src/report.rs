@@ -35,6 +35,9 @@ pub struct Report {
     /// Errors by ErrorInfo reason (e.g. `BUDGET_TOO_SMALL`, `STORAGE_LATE`).
     #[serde(default)]
     pub errors_by_reason: BTreeMap<String, u64>,
+    /// The message of the first error of each reason.
+    #[serde(default)]
+    pub first_error_by_reason: BTreeMap<String, String>,
     pub client_cpu_s: f64,
     /// Latency of calls refused for load (RESOURCE_EXHAUSTED).
     #[serde(default)]

@@ -126,6 +126,9 @@ pub struct RunStats {
     /// Errors by their ErrorInfo reason (errors without one are not
     /// counted here).
     pub errors_by_reason: BTreeMap<String, u64>,
+    /// The message of the first error of each reason (what it says of the
+    /// budget and of the storage request it waited on, for one).
+    pub first_error_by_reason: BTreeMap<String, String>,
     pub rows: u64,
     pub bytes: u64,
     pub rows_scanned: u64,

@@ -277,33 +277,43 @@ pub struct ReadOutcome {
     pub stats: ReadStats,
 }
 
-/// A storage request a call without progress waited on longer than the
-/// latency model expected of it: the call failed because storage was late
-/// (the budget was not too small for what storage usually takes).
+/// The storage request a call that stopped without progress waited on
+/// most, judged against the latency model: when it had waited longer than
+/// the model expects of a slow request of its size ([`Waited::late`]),
+/// storage was late; otherwise the budget could not cover what storage
+/// usually takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Overdue {
+pub struct Waited {
     /// Storage requests (pages, probes, index queries) in flight when the
     /// call stopped.
     pub in_flight: usize,
-    /// How long the most overdue request had waited.
+    /// How long the request had waited.
     pub waited: Duration,
-    /// What the model expected of it at most: a slow page of its size
+    /// What the model expects of a slow request of its size
     /// ([`predict::LatencyModel::predict_tail`]).
     pub expected: Duration,
+}
+
+impl Waited {
+    /// Whether the request waited longer than the model expects.
+    pub fn late(&self) -> bool {
+        self.waited > self.expected
+    }
 }
 
 /// Why a read produced no response at all.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    /// Not even one row or bucket fit in the budget. `overdue` names the
-    /// request that was late when storage was slower than the latency
-    /// model expected; None when no request in flight was (the budget could
-    /// not cover what storage usually takes).
-    #[error("no progress possible within the {budget:?} budget ({set_by:?}){}", overdue.map_or(String::new(), |o| format!(": storage late ({o:?})")))]
+    /// Not even one row or bucket fit in the budget. `waited_on` is the
+    /// request in flight that waited most past (or least short of) what
+    /// the model expects, if one was in flight.
+    #[error(
+        "no progress possible within the {budget:?} budget ({set_by:?}); waited on {waited_on:?}"
+    )]
     NoProgress {
         budget: Duration,
         set_by: BudgetSource,
-        overdue: Option<Overdue>,
+        waited_on: Option<Waited>,
     },
     /// Storage failed before any progress.
     #[error(transparent)]

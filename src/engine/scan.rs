@@ -18,7 +18,7 @@ use super::merge::{pick, Pick};
 use super::predict::LatencyModel;
 use super::{pages, position};
 use super::{
-    Core, Ending, Overdue, PartialReason, ReadError, ReadOutcome, ReadRequest, ReadStats, RowSink,
+    Core, Ending, PartialReason, ReadError, ReadOutcome, ReadRequest, ReadStats, RowSink, Waited,
 };
 use crate::model::{Key, Order, Row, Span};
 use crate::storage::{Storage, StorageError};
@@ -496,17 +496,18 @@ impl<S: Storage> Scan<S> {
             None => ReadError::NoProgress {
                 budget: self.req.budget.total,
                 set_by: self.req.budget.source,
-                overdue: self.overdue(Instant::now()),
+                waited_on: self.waited_on(Instant::now()),
             },
         })
     }
 
-    /// The storage request in flight that has waited longest past what the
-    /// latency model expects of a slow request of its size (a bucket-index
-    /// query counts as a smallest page), if one has: a call that stops
-    /// without progress then failed because storage was late, not because
-    /// its budget could not cover what storage usually takes.
-    pub(super) fn overdue(&self, now: Instant) -> Option<Overdue> {
+    /// Of the storage requests in flight, the one that has waited longest
+    /// past (or least short of) what the latency model expects of a slow
+    /// request of its size (a bucket-index query counts as a smallest
+    /// page): a call that stops without progress failed because storage was
+    /// late when that one is ([`Waited::late`]), because its budget could
+    /// not cover what storage usually takes when it is not.
+    fn waited_on(&self, now: Instant) -> Option<Waited> {
         let pages = self
             .buckets
             .iter()
@@ -519,19 +520,12 @@ impl<S: Storage> Scan<S> {
             .map(|sent| (sent, self.engine.config.min_storage_page));
         pages
             .chain(index)
-            .map(|(sent, rows)| {
-                (
-                    now.saturating_duration_since(sent),
-                    self.model.predict_tail(rows),
-                )
-            })
-            .filter(|(waited, expected)| waited > expected)
-            .max_by_key(|(waited, expected)| waited.saturating_sub(*expected))
-            .map(|(waited, expected)| Overdue {
+            .map(|(sent, rows)| Waited {
                 in_flight: self.in_flight.len(),
-                waited,
-                expected,
+                waited: now.saturating_duration_since(sent),
+                expected: self.model.predict_tail(rows),
             })
+            .max_by(|a, b| (a.waited + b.expected).cmp(&(b.waited + a.expected)))
     }
 
     /// Pages still in flight when a scan is dropped took at least this long:

@@ -174,7 +174,7 @@ impl<S: Storage> HourglassService<S> {
                 .map_err(|_| ServiceError::NoProgress {
                     budget: b.total,
                     set_by: b.source,
-                    overdue: None,
+                    waited_on: None,
                 })??,
         };
         let Some(ns) = found else {
