@@ -307,9 +307,7 @@ pub enum ReadError {
     /// Not even one row or bucket fit in the budget. `waited_on` is the
     /// request in flight that waited most past (or least short of) what
     /// the model expects, if one was in flight.
-    #[error(
-        "no progress possible within the {budget:?} budget ({set_by:?}); waited on {waited_on:?}"
-    )]
+    #[error("no progress possible within the {budget:?} budget ({set_by:?}){}", waited_on.map_or(String::new(), |w| format!("; waited on {w:?}")))]
     NoProgress {
         budget: Duration,
         set_by: BudgetSource,
