@@ -299,6 +299,20 @@ impl CassandraStore {
         ] {
             session.query_unpaged(ddl, ()).await.map_err(classify)?;
         }
+        // A DDL that finds its table already there (another replica made it)
+        // changes nothing, so the driver does not wait for agreement after
+        // it; yet the table may not have reached every node. A statement is
+        // prepared as soon as one node knows it, and a write coordinated by
+        // a node that does not would fail "unconfigured table". Wait until
+        // every reachable node has the same schema (bounded: a node that
+        // never agrees is reported, not waited on forever).
+        match tokio::time::timeout(WRITE_TIMEOUT, session.await_schema_agreement()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "schema agreement failed; preparing anyway"),
+            Err(_) => {
+                tracing::warn!(timeout = ?WRITE_TIMEOUT, "no schema agreement; preparing anyway");
+            }
+        }
         let prepare = |cql: String| {
             let session = &session;
             async move {
