@@ -439,6 +439,21 @@ impl<S: Storage> ReadEngine<S> {
             .predict(self.core.config.min_storage_page)
     }
 
+    /// A namespace lookup for a read of `namespace` that waited `waited`
+    /// and was given up, judged like a bucket-index query: against what
+    /// the namespace's latency model expects of a slow smallest page.
+    pub fn judge_lookup(&self, namespace: &str, waited: Duration) -> Waited {
+        Waited {
+            in_flight: 1,
+            waited,
+            expected: self
+                .core
+                .models
+                .get(namespace)
+                .predict_tail(self.core.config.min_storage_page),
+        }
+    }
+
     /// Scans held for hot continuations now, and their estimated bytes.
     pub fn held(&self) -> (usize, usize) {
         self.continuations.held()

@@ -152,7 +152,9 @@ impl<S: Storage> HourglassService<S> {
     /// The namespace `name`, from the cache or storage. With `budget`, a
     /// read's, the storage lookup waits no longer than the budget's time
     /// left: past it the read ends as one that fit no row (a cold cache
-    /// never costs a read more than its budget). An unknown name is
+    /// never costs a read more than its budget), `STORAGE_LATE` when the
+    /// lookup waited longer than the latency model expects of a slow
+    /// smallest page ([`crate::engine::ReadEngine::judge_lookup`]). An unknown name is
     /// remembered for [`NAMESPACE_MISS_TTL`], so repeated reads of it do not
     /// each ask storage.
     async fn namespace(
@@ -169,13 +171,16 @@ impl<S: Storage> HourglassService<S> {
         let lookup = self.engine.storage().get_namespace(name);
         let found = match budget {
             None => lookup.await?,
-            Some(b) => tokio::time::timeout(b.remaining(), lookup)
-                .await
-                .map_err(|_| ServiceError::NoProgress {
-                    budget: b.total,
-                    set_by: b.source,
-                    waited_on: None,
-                })??,
+            Some(b) => {
+                let sent = Instant::now();
+                tokio::time::timeout(b.remaining(), lookup)
+                    .await
+                    .map_err(|_| ServiceError::NoProgress {
+                        budget: b.total,
+                        set_by: b.source,
+                        waited_on: Some(self.engine.judge_lookup(name, sent.elapsed())),
+                    })??
+            }
         };
         let Some(ns) = found else {
             self.misses.remember(name);
