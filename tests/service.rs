@@ -76,6 +76,26 @@ async fn a_slow_namespace_lookup_ends_the_read_within_its_budget() {
         "waited {waited} us, expected at most {expected} us"
     );
 
+    // A lookup given up before a slow small page is due is a budget too
+    // small for storage, not storage being late.
+    create(&store, "short").await;
+    let status = svc
+        .read_events(Request::new(pb::ReadEventsRequest {
+            slo_millis: 1,
+            ..read("short").into_inner()
+        }))
+        .await
+        .expect_err("no time left");
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    let info = status.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "BUDGET_TOO_SMALL", "{status:?}");
+    let waited: u64 = info.metadata["waited_micros"].parse().expect("micros");
+    let expected: u64 = info.metadata["expected_micros"].parse().expect("micros");
+    assert!(
+        waited <= expected,
+        "waited {waited} us, expected at most {expected} us"
+    );
+
     // Once storage answers in time the namespace is cached: no lookup waits.
     store.set_namespace_latency(Duration::from_millis(1));
     svc.read_events(read("slow")).await.expect("read");
@@ -88,7 +108,8 @@ async fn a_slow_namespace_lookup_ends_the_read_within_its_budget() {
         .into_inner();
     assert!(!page.partial);
     assert!(began.elapsed() < Duration::from_millis(SLO_MS as u64));
-    assert_eq!(store.namespace_lookups(), 2);
+    // "slow" twice (given up, then answered), "short" once.
+    assert_eq!(store.namespace_lookups(), 3);
 }
 
 /// A replica caches the namespaces storage holds as it starts: its first

@@ -154,9 +154,9 @@ impl<S: Storage> HourglassService<S> {
     /// left: past it the read ends as one that fit no row (a cold cache
     /// never costs a read more than its budget), `STORAGE_LATE` when the
     /// lookup waited longer than the latency model expects of a slow
-    /// smallest page ([`crate::engine::ReadEngine::judge_lookup`]). An unknown name is
-    /// remembered for [`NAMESPACE_MISS_TTL`], so repeated reads of it do not
-    /// each ask storage.
+    /// smallest page ([`crate::engine::ReadEngine::judge_lookup`]). An
+    /// unknown name is remembered for [`NAMESPACE_MISS_TTL`], so repeated
+    /// reads of it do not each ask storage.
     async fn namespace(
         &self,
         name: &str,
