@@ -295,6 +295,22 @@ pub struct Waited {
 }
 
 impl Waited {
+    /// A request of `rows` rows (a bucket-index or namespace query counts
+    /// as a smallest page) that has waited `waited`, one of `in_flight`,
+    /// judged against `model`.
+    fn judged(
+        model: &predict::LatencyModel,
+        rows: usize,
+        waited: Duration,
+        in_flight: usize,
+    ) -> Self {
+        Self {
+            in_flight,
+            waited,
+            expected: model.predict_tail(rows),
+        }
+    }
+
     /// Whether the request waited longer than the model expects.
     pub fn late(&self) -> bool {
         self.waited > self.expected
@@ -443,15 +459,8 @@ impl<S: Storage> ReadEngine<S> {
     /// and was given up, judged like a bucket-index query: against what
     /// the namespace's latency model expects of a slow smallest page.
     pub fn judge_lookup(&self, namespace: &str, waited: Duration) -> Waited {
-        Waited {
-            in_flight: 1,
-            waited,
-            expected: self
-                .core
-                .models
-                .get(namespace)
-                .predict_tail(self.core.config.min_storage_page),
-        }
+        let model = self.core.models.get(namespace);
+        Waited::judged(&model, self.core.config.min_storage_page, waited, 1)
     }
 
     /// Scans held for hot continuations now, and their estimated bytes.

@@ -520,10 +520,9 @@ impl<S: Storage> Scan<S> {
             .map(|sent| (sent, self.engine.config.min_storage_page));
         pages
             .chain(index)
-            .map(|(sent, rows)| Waited {
-                in_flight: self.in_flight.len(),
-                waited: now.saturating_duration_since(sent),
-                expected: self.model.predict_tail(rows),
+            .map(|(sent, rows)| {
+                let waited = now.saturating_duration_since(sent);
+                Waited::judged(&self.model, rows, waited, self.in_flight.len())
             })
             .max_by(|a, b| (a.waited + b.expected).cmp(&(b.waited + a.expected)))
     }
