@@ -318,7 +318,16 @@ async fn the_client_helper_waits_out_refusals_for_load() {
             let r = req();
             tokio::spawn(async move { c.read_events(r).await })
         };
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The holder has the slot once its read asks storage (a fixed sleep
+        // here lost the race on a busy machine: the follower got the slot).
+        let began = std::time::Instant::now();
+        while store.in_flight() == 0 {
+            assert!(
+                began.elapsed() < Duration::from_secs(10),
+                "the holder never read"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let options = FollowOptions {
             overload_retries: retries,
             ..FollowOptions::default()
