@@ -358,12 +358,15 @@ const ENVOY_TIMEOUT: &str = "x-envoy-expected-rq-timeout-ms";
 
 /// How long the client (or a proxy in front of us) waits for the answer:
 /// the shorter of the `grpc-timeout` and Envoy's expected request timeout.
-/// Values that do not parse are ignored, as gRPC servers do.
+/// Values that do not parse are ignored, as gRPC servers do. Envoy's 0 is
+/// no timeout, as in Envoy (a route timeout of 0 disables it, and a proxy
+/// whose timeout has run out sends 1, never 0), not a spent one.
 fn client_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
     let header = |name| metadata.get(name).and_then(|v| v.to_str().ok());
     let grpc = header("grpc-timeout").and_then(parse_grpc_timeout);
     let envoy = header(ENVOY_TIMEOUT)
         .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
         .map(Duration::from_millis);
     grpc.into_iter().chain(envoy).min()
 }
