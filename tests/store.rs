@@ -557,4 +557,55 @@ async fn a_default_client_streams_large_rows_in_batches_it_can_take() {
         req.continuation_token = end.continuation_token;
     }
     assert_eq!(got, written);
+
+    // The byte limit bounds the whole stream, as it bounds one response:
+    // unset, its default (4 MiB - 64 KiB) ends this stream partial, and the
+    // token resumes right after its last row.
+    let req = pb::ReadEventsRequest {
+        page_size: Some(100_000),
+        ..read_request("big", "s", 0, i64::MAX)
+    };
+    let mut stream = client
+        .stream_events(req)
+        .await
+        .expect("stream")
+        .into_inner();
+    let (mut streamed, mut end) = (Vec::new(), None);
+    while let Some(msg) = stream.next().await {
+        match msg.expect("a batch").message {
+            Some(pb::stream_events_response::Message::Batch(b)) => streamed.extend(b.events),
+            Some(pb::stream_events_response::Message::End(e)) => end = Some(e),
+            None => panic!("empty message"),
+        }
+    }
+    let end = end.expect("an end message");
+    // Each event as the response's field 1 carries it: tag, length, body.
+    let entry = |e: &pb::Event| {
+        let body = prost::Message::encoded_len(e);
+        1 + prost::length_delimiter_len(body) + body
+    };
+    let bytes: usize = streamed.iter().map(entry).sum();
+    assert!(end.partial, "{end:?}");
+    assert_eq!(end.partial_reason, pb::PartialReason::ByteLimit as i32);
+    assert!(
+        bytes <= hourglass::api::DEFAULT_PAGE_BYTES,
+        "{} events, {bytes} bytes",
+        streamed.len()
+    );
+    assert!(
+        bytes + entry(&written[streamed.len()]) > hourglass::api::DEFAULT_PAGE_BYTES,
+        "one more row would have fit: {} events, {bytes} bytes",
+        streamed.len()
+    );
+    assert_eq!(streamed, written[..streamed.len()]);
+    let rest = client
+        .read_events(pb::ReadEventsRequest {
+            page_size: Some(1),
+            continuation_token: end.continuation_token,
+            ..read_request("big", "s", 0, i64::MAX)
+        })
+        .await
+        .expect("resume")
+        .into_inner();
+    assert_eq!(rest.events, written[streamed.len()..=streamed.len()]);
 }
