@@ -185,6 +185,29 @@ async fn grpcurl_works_through_reflection_alone() {
     assert_eq!(v["events"].as_array().map(Vec::len), Some(5));
     assert_eq!(v["partial"], true);
     assert_eq!(v["partialReason"], "PARTIAL_REASON_ROW_LIMIT");
+
+    // An error's details decode through reflection too, not as raw bytes.
+    let refused = Command::new(grpcurl())
+        .args([
+            "-plaintext",
+            "-d",
+            r#"{"namespace":"curl","series_id":"s","start_time_micros":"0","end_time_micros":"100000","page_size":0}"#,
+            &addr,
+            "hourglass.v1.Hourglass/ReadEvents",
+        ])
+        .output()
+        .expect("run grpcurl");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("Code: InvalidArgument"), "{said}");
+    for decoded in [
+        r#""@type": "type.googleapis.com/google.rpc.ErrorInfo""#,
+        r#""reason": "INVALID_FIELD""#,
+        r#""@type": "type.googleapis.com/google.rpc.BadRequest""#,
+        r#""field": "page_size""#,
+    ] {
+        assert!(said.contains(decoded), "{decoded} missing from {said}");
+    }
 }
 
 fn python() -> String {

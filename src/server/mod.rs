@@ -254,10 +254,14 @@ async fn serve<S: Storage, H: tonic_health::pb::health_server::Health>(
     let svc = pb::hourglass_server::HourglassServer::new(service)
         .max_decoding_message_size(api::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(api::MAX_MESSAGE_BYTES);
+    // The error details our statuses carry (`google.rpc.ErrorInfo`,
+    // `RetryInfo`, `QuotaFailure`, `BadRequest`) are described too, so
+    // reflection clients such as grpcurl decode them.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
     // Hostile or broken clients: bound streams per connection and drop
     // connections whose peer stopped answering pings.
