@@ -25,12 +25,21 @@
 //!   drains.
 //! * Held memory is bounded: at most `max_entries` scans, `per_client` of
 //!   them per client, and an estimated `max_bytes` of rows (buffered rows
-//!   plus pages in flight at the rows' mean size, when the scan is held),
-//!   oldest evicted first. A scan that will be held (during its calls) and
-//!   a held scan keep every shard of the bucket being merged with its next
-//!   page on the way until the scan holds [`ContinuationConfig::ahead_bytes`]
-//!   (an eighth of `max_bytes`, at most 4 MiB): storage works while the
-//!   client is away, so a chain of calls reads at the speed of one scan.
+//!   plus pages in flight at the rows' mean size, counted when the scan is
+//!   held and again whenever its task lands or asks for pages), oldest
+//!   evicted first. A scan that will be held (during its calls) and a held
+//!   scan keep every shard of the bucket being merged with its next page on
+//!   the way until the scan holds [`ContinuationConfig::ahead_bytes`] (an
+//!   eighth of `max_bytes`, at most 4 MiB): storage works while the client
+//!   is away, so a chain of calls reads at the speed of one scan. A held
+//!   scan fetches ahead only into the room the others leave, and asks for
+//!   no page past it, so the estimate stays within `max_bytes` (rows that
+//!   land larger than the mean their page was asked at aside). A new hold
+//!   evicts the oldest scans; a scan held less than [`STALE_FOR_ROOM`] ago
+//!   makes room to fetch ahead by evicting only scans held longer than that
+//!   before it (clients that went away), so a cache full of those does not
+//!   starve a chain being read, and chains being read do not evict each
+//!   other.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +56,10 @@ use super::ReadRequest;
 use crate::model::{Key, Order};
 use crate::storage::Storage;
 use crate::telemetry;
+
+/// A scan held this long makes room for a newer one fetching ahead (see
+/// [`Table::account`]).
+pub const STALE_FOR_ROOM: Duration = Duration::from_secs(1);
 
 /// How long a refused read keeps held scans from fetching ahead.
 pub const PRESSURE_HOLD: Duration = Duration::from_millis(250);
@@ -184,6 +197,8 @@ impl HeldKey {
 /// dropped).
 struct Held<S> {
     seq: u64,
+    /// When it was held.
+    since: Instant,
     bytes: usize,
     client: Arc<str>,
     claim: Arc<Notify>,
@@ -191,6 +206,8 @@ struct Held<S> {
 }
 
 struct Table<S> {
+    /// Bytes the held scans may hold together.
+    max_bytes: usize,
     entries: HashMap<HeldKey, Held<S>>,
     /// Insertion order, oldest first; entries since taken are skipped.
     queue: VecDeque<(u64, HeldKey)>,
@@ -210,6 +227,47 @@ impl<S> Table<S> {
             }
         }
         Some(held)
+    }
+
+    /// Records that the scan held as `key` (entry `seq`) now holds an
+    /// estimated `bytes`, and returns how many it may hold through fetching
+    /// ahead: `want`, but no more than its `bytes` and the room the other
+    /// held scans leave in the cache. None once its entry is gone
+    /// (taken or evicted).
+    fn account(&mut self, key: &HeldKey, seq: u64, bytes: usize, want: usize) -> Option<usize> {
+        let held = self.entries.get_mut(key).filter(|h| h.seq == seq)?;
+        self.bytes = self.bytes - held.bytes + bytes;
+        held.bytes = bytes;
+        // A scan held less than STALE_FOR_ROOM ago (its client is reading)
+        // makes room by evicting scans held longer than that before it
+        // (their clients went away); scans continued call after call are
+        // never that old.
+        let fresh = held.since.elapsed() <= STALE_FOR_ROOM;
+        while fresh
+            && bytes.saturating_add(self.max_bytes.saturating_sub(self.bytes)) < want
+            && self.evict_stale(seq)
+        {}
+        let room = self.max_bytes.saturating_sub(self.bytes);
+        Some(want.min(bytes.saturating_add(room)))
+    }
+
+    /// Drops the oldest scan held before entry `seq` if it was held longer
+    /// than [`STALE_FOR_ROOM`] ago; false when there is none.
+    fn evict_stale(&mut self, seq: u64) -> bool {
+        let now = Instant::now();
+        let found = self.queue.iter().position(|(s, key)| {
+            *s < seq
+                && self.entries.get(key).is_some_and(|h| {
+                    h.seq == *s && now.saturating_duration_since(h.since) > STALE_FOR_ROOM
+                })
+        });
+        let Some(i) = found else {
+            return false;
+        };
+        let (_, key) = self.queue.remove(i).expect("position found");
+        self.remove(&key);
+        metrics::counter!(telemetry::CONTINUATION_EVICTIONS, "cause" => "capacity").increment(1);
+        true
     }
 
     /// Drops the oldest held scan (of `client`, if given); false when none.
@@ -252,14 +310,15 @@ pub(super) struct Continuations<S> {
 impl<S: Storage> Continuations<S> {
     pub(super) fn new(config: ContinuationConfig) -> Self {
         Self {
-            config,
             table: Arc::new(Mutex::new(Table {
+                max_bytes: config.max_bytes,
                 entries: HashMap::new(),
                 queue: VecDeque::new(),
                 bytes: 0,
                 per_client: HashMap::new(),
                 next_seq: 0,
             })),
+            config,
         }
     }
 
@@ -309,6 +368,7 @@ impl<S: Storage> Continuations<S> {
                 key.clone(),
                 Held {
                     seq,
+                    since: Instant::now(),
                     bytes,
                     client,
                     claim: claim.clone(),
@@ -321,25 +381,18 @@ impl<S: Storage> Continuations<S> {
             seq
         };
         let expiry = Instant::now() + self.config.max_age;
-        let table = self.table.clone();
-        let drain = drain.clone();
-        let ahead_bytes = self.config.ahead_bytes();
+        let entry = Entry {
+            table: self.table.clone(),
+            key,
+            seq,
+        };
         tokio::spawn(keep(
             scan,
             claim,
             tx,
-            expiry,
-            drain,
-            ahead_bytes,
-            move || {
-                let mut t = table.lock().expect("continuation table");
-                if t.entries.get(&key).is_some_and(|h| h.seq == seq) {
-                    t.remove(&key);
-                    metrics::counter!(telemetry::CONTINUATION_EVICTIONS, "cause" => "age")
-                        .increment(1);
-                    t.publish();
-                }
-            },
+            (expiry, drain.clone()),
+            self.config.ahead_bytes(),
+            entry,
         ));
     }
 
@@ -381,26 +434,67 @@ impl<S: Storage> Continuations<S> {
 /// Most bytes one held scan holds through fetching ahead.
 const MAX_FETCH_AHEAD_BYTES: usize = 4 << 20;
 
+/// A held scan's entry in the table, as its task sees it.
+struct Entry<S> {
+    table: Arc<Mutex<Table<S>>>,
+    key: HeldKey,
+    seq: u64,
+}
+
+impl<S> Entry<S> {
+    /// Records that the scan holds an estimated `bytes` and returns how many
+    /// it may hold, at most `want` (see [`Table::account`]). Once its entry
+    /// is gone, `want`: a call took it and is about to be handed it (its
+    /// fetching ahead is the call's, as in any call), or it was evicted and
+    /// its task ends at the next turn (the handoff closed).
+    fn account(&self, bytes: usize, want: usize) -> usize {
+        let mut t = self.table.lock().expect("continuation table");
+        let allowed = t.account(&self.key, self.seq, bytes, want);
+        t.publish();
+        allowed.unwrap_or(want)
+    }
+
+    /// Drops the entry at its age, unless a call took it or a newer scan
+    /// replaced it.
+    fn expire(&self) {
+        let mut t = self.table.lock().expect("continuation table");
+        if t.entries.get(&self.key).is_some_and(|h| h.seq == self.seq) {
+            t.remove(&self.key);
+            metrics::counter!(telemetry::CONTINUATION_EVICTIONS, "cause" => "age").increment(1);
+            t.publish();
+        }
+    }
+}
+
 /// The task of a held scan: lands its pages in flight and fetches ahead
-/// (up to `ahead_bytes` held) until a call claims it (then hands it over), it expires
-/// (`expire` removes its entry), its entry is evicted (the handoff closes),
-/// or the server drains.
+/// (up to `ahead_bytes` held) until a call claims it (then hands it over),
+/// it expires at `until.0` ([`Entry::expire`] drops its entry), its entry
+/// is evicted (the handoff closes), or `until.1` is cancelled (the server
+/// drains). It fetches ahead only into room the other held scans leave
+/// ([`Entry::account`]), so what held scans fetch while their clients are
+/// away stays within the cache's bytes: a scan held with a few rows
+/// otherwise grew to the fetch-ahead bound unaccounted (245 scans held
+/// after one-row reads grew a server by 800 MiB while it counted 1.5 MB
+/// held).
 async fn keep<S: Storage>(
     mut scan: Scan<S>,
     claim: Arc<Notify>,
     mut tx: oneshot::Sender<Scan<S>>,
-    expiry: Instant,
-    drain: CancellationToken,
+    until: (Instant, CancellationToken),
     ahead_bytes: usize,
-    expire: impl FnOnce(),
+    entry: Entry<S>,
 ) {
+    let (expiry, drain) = until;
     let pressure = scan.engine.pressure.clone();
     loop {
-        let ahead = pressure.ahead(ahead_bytes);
+        let ahead = entry.account(scan.held_bytes(), pressure.ahead(ahead_bytes));
         scan.fetch_ahead(ahead);
+        // The pages just asked for count from now.
+        entry.account(scan.held_bytes(), 0);
         let landing = !scan.in_flight.is_empty();
-        // Kept from fetching with nothing landing: look again later.
-        let idle = !landing && ahead < ahead_bytes;
+        // Kept from fetching (by load or by the others' bytes) with
+        // nothing landing and room to want: look again later.
+        let idle = !landing && ahead < ahead_bytes && scan.held_bytes() < ahead_bytes;
         tokio::select! {
             biased;
             () = claim.notified() => {
@@ -410,7 +504,7 @@ async fn keep<S: Storage>(
             () = tx.closed() => return,
             () = drain.cancelled() => return,
             () = tokio::time::sleep_until(expiry) => {
-                expire();
+                entry.expire();
                 return;
             }
             Some(fetched) = scan.in_flight.next(), if landing => scan.land(fetched),

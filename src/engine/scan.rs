@@ -878,7 +878,9 @@ impl<S: Storage> Scan<S> {
     /// at the speed of one scan: while the scan is held between calls, and
     /// during a call of a scan that will be held, every shard of the bucket
     /// being merged whose buffer runs below a page has its next page on the
-    /// way, until the rows held and asked for reach `max_bytes`. Pages are
+    /// way, as long as the rows held and asked for stay within `max_bytes`
+    /// (at the mean row size seen; a last page is cut to fit, and none
+    /// smaller than the smallest page goes). Pages are
     /// sized to land within half the last call's budget and asked for twice
     /// over (one page drains while the next is on its way); slow start
     /// bounds them by the model's evidence. The shards of the
@@ -911,7 +913,13 @@ impl<S: Storage> Scan<S> {
                     return;
                 }
                 if self.buckets[i].shards[j].low(page) {
-                    self.launch_shard(i, j, page, 0, Duration::ZERO);
+                    // No page past the bound: what held scans hold is the
+                    // continuation cache's to bound.
+                    let fits = (max_bytes - held) / row_bytes;
+                    if fits < cfg.min_storage_page {
+                        return;
+                    }
+                    self.launch_shard(i, j, page.min(fits), 0, Duration::ZERO);
                     held += self.buckets[i].shards[j].requested * row_bytes;
                 }
             }
