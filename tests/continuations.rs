@@ -189,6 +189,24 @@ async fn held_scans_are_evicted_oldest_first_within_their_bounds() {
     assert!(!continued(&off, &x).await);
 }
 
+/// Continues `req` on `hot` under a 50 ms budget while storage answers too
+/// late for any page to land, so the call returns what its held scan holds
+/// (up to `row_limit` rows); asserts it continued a held scan.
+async fn held_rows(
+    hot: &ReadEngine<MemoryStore>,
+    store: &MemoryStore,
+    ns: &Arc<Namespace>,
+    mut req: ReadRequest,
+    row_limit: usize,
+) -> Vec<Row> {
+    store.set_latency(|_| 10 * MS * 1_000);
+    req.row_limit = row_limit;
+    req.budget = request(ns, Order::Ascending, 50 * MS, 1).budget;
+    let (rows, out) = read(hot, &req).await;
+    assert!(out.expect("partial").stats.continued, "a held scan");
+    rows
+}
+
 /// Held scans fetch ahead within the cache's bytes together: reads held
 /// with a row each fetch ahead while their clients are away (alone, each
 /// would fetch up to its bound; together that is twice the cache), yet what
@@ -239,20 +257,14 @@ async fn held_scans_fetch_ahead_within_the_cache_bytes_together() {
         "held scans hold {held_bytes} bytes, past the {max_bytes}-byte cache"
     );
     // Each continues with what it holds (the calls take their scans
-    // together; storage now answers too late for any page to land).
-    store.set_latency(|_| 10 * MS * 1_000);
-    let next: Vec<ReadRequest> = next
-        .into_iter()
-        .map(|mut req| {
-            req.row_limit = SPAN;
-            req.budget = request(&ns, Order::Ascending, 50 * MS, 1).budget;
-            req
-        })
-        .collect();
-    let seconds = futures::future::join_all(next.iter().map(|req| read(&hot, req))).await;
+    // together).
+    let seconds = futures::future::join_all(
+        next.into_iter()
+            .map(|req| held_rows(&hot, &store, &ns, req, SPAN)),
+    )
+    .await;
     let share = max_bytes / (READS + 1);
-    for (i, (rows, out)) in seconds.into_iter().enumerate() {
-        assert!(out.expect("partial").stats.continued, "read {i}");
+    for (i, rows) in seconds.into_iter().enumerate() {
         assert!(
             rows.len() * weight >= share / 4,
             "read {i} held {} rows, less than a quarter of an even share of the cache",
@@ -302,12 +314,7 @@ async fn stale_held_scans_make_room_for_one_being_read() {
     req.resume_after = Some(frontier(&out.expect("partial")));
     tokio::time::sleep(500 * MS).await; // its client is away briefly
     assert!(hot.held().0 < IDLE + 1, "stale scans were evicted");
-    // It continues with what it holds (storage now answers too late).
-    store.set_latency(|_| 10 * MS * 1_000);
-    req.row_limit = SPAN;
-    req.budget = request(&ns, Order::Ascending, 50 * MS, 1).budget;
-    let (rows, out) = read(&hot, &req).await;
-    assert!(out.expect("partial").stats.continued);
+    let rows = held_rows(&hot, &store, &ns, req, SPAN).await;
     assert!(
         rows.len() * weight >= ahead / 2,
         "it held {} rows, under half its fetch-ahead bound",
