@@ -255,27 +255,23 @@ impl<S> Table<S> {
     /// than [`STALE_FOR_ROOM`] ago; false when there is none.
     fn evict_stale(&mut self, seq: u64) -> bool {
         let now = Instant::now();
-        let found = self.queue.iter().position(|(s, key)| {
-            *s < seq
-                && self.entries.get(key).is_some_and(|h| {
-                    h.seq == *s && now.saturating_duration_since(h.since) > STALE_FOR_ROOM
-                })
-        });
-        let Some(i) = found else {
-            return false;
-        };
-        let (_, key) = self.queue.remove(i).expect("position found");
-        self.remove(&key);
-        metrics::counter!(telemetry::CONTINUATION_EVICTIONS, "cause" => "capacity").increment(1);
-        true
+        self.evict_first("capacity", |h| {
+            h.seq < seq && now.saturating_duration_since(h.since) > STALE_FOR_ROOM
+        })
     }
 
     /// Drops the oldest held scan (of `client`, if given); false when none.
     fn evict_oldest(&mut self, client: Option<&Arc<str>>, cause: &'static str) -> bool {
+        self.evict_first(cause, |h| client.is_none_or(|c| *c == h.client))
+    }
+
+    /// Drops the oldest held scan that `pick` accepts, counting it as an
+    /// eviction for `cause`; false when there is none.
+    fn evict_first(&mut self, cause: &'static str, pick: impl Fn(&Held<S>) -> bool) -> bool {
         let found = self.queue.iter().position(|(seq, key)| {
             self.entries
                 .get(key)
-                .is_some_and(|h| h.seq == *seq && client.is_none_or(|c| *c == h.client))
+                .is_some_and(|h| h.seq == *seq && pick(h))
         });
         let Some(i) = found else {
             return false;
