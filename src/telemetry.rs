@@ -56,7 +56,8 @@ pub const CONTINUATIONS: &str = "hourglass_continuations_total";
 /// Held scans dropped unused, by `cause` = `age`, `capacity` or `client`
 /// (counter).
 pub const CONTINUATION_EVICTIONS: &str = "hourglass_continuation_evictions_total";
-/// Estimated bytes of rows held for hot continuations (gauge).
+/// Estimated bytes of rows held for hot continuations, by held scans and
+/// by calls fetching ahead (gauge).
 pub const CONTINUATION_BYTES: &str = "hourglass_continuation_bytes";
 /// Scans held for hot continuations (gauge).
 pub const CONTINUATION_ENTRIES: &str = "hourglass_continuation_entries";
@@ -184,7 +185,7 @@ fn describe() {
     describe_gauge!(
         CONTINUATION_BYTES,
         Unit::Bytes,
-        "Estimated bytes held for hot continuations"
+        "Estimated bytes held for hot continuations (held scans and calls fetching ahead)"
     );
     describe_gauge!(CONTINUATION_ENTRIES, "Scans held for hot continuations");
     describe_gauge!(

@@ -274,6 +274,115 @@ async fn held_scans_fetch_ahead_within_the_cache_bytes_together() {
     }
 }
 
+/// Counts the rows a call has emitted so far, for a test to see while the
+/// call runs.
+struct Counted {
+    rows: Vec<Row>,
+    emitted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl hourglass::engine::RowSink for Counted {
+    fn push(&mut self, row: Row) {
+        self.rows.push(row);
+        self.emitted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn take_back(&mut self, n: usize) -> Option<(hourglass::model::Key, Vec<Row>)> {
+        let back = self.rows.take_back(n)?;
+        self.emitted
+            .fetch_sub(back.1.len(), std::sync::atomic::Ordering::Relaxed);
+        Some(back)
+    }
+}
+
+/// Calls whose scans will be held fetch ahead within the cache's bytes too:
+/// 16 calls at once, each waiting on a slow page of its second bucket while
+/// the rest of that bucket and the buckets after it are fetched ahead (each
+/// call would fetch up to its bound; together that is twice the cache), hold
+/// no more than the cache while they run, and each answers exactly its rows
+/// and continues with exactly its next ones.
+#[tokio::test(start_paused = true)]
+async fn calls_fetch_ahead_within_the_cache_bytes_together() {
+    const READS: usize = 16;
+    const BUCKET: usize = 5_000;
+    const SPAN: usize = 4 * BUCKET;
+    let ns = namespace(i64::try_from(BUCKET).expect("small"), 4);
+    let at = |i: usize| i64::try_from(i).expect("small");
+    let (store, all) = seeded(&ns, (0..READS * SPAN).map(at)).await;
+    // Each read's first bucket is quick; shard 0 of the buckets after it
+    // is slow, so the merge waits on it while the other shards are fetched
+    // ahead.
+    store.set_latency(|q| {
+        if q.shard == 0 && q.bucket % 4 != 0 {
+            150 * MS
+        } else {
+            MS
+        }
+    });
+    let held = ContinuationConfig {
+        max_bytes: 8 * (256 << 10),
+        ..ContinuationConfig::default()
+    };
+    let (max_bytes, ahead) = (held.max_bytes, held.ahead_bytes());
+    assert_eq!(READS * ahead, 2 * max_bytes);
+    let config = EngineConfig {
+        max_storage_page: 2_048,
+        ..hot_config(held)
+    };
+    let hot = Arc::new(ReadEngine::new(Arc::new(store.clone()), config));
+    let emitted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reqs: Vec<ReadRequest> = (0..READS)
+        .map(|i| {
+            let mut req = request(&ns, Order::Ascending, 200 * MS, BUCKET + 500);
+            (req.start, req.end) = (at(i * SPAN), at((i + 1) * SPAN));
+            req
+        })
+        .collect();
+    let calls: Vec<_> = reqs
+        .iter()
+        .map(|req| {
+            let (hot, req) = (hot.clone(), req.clone());
+            let mut sink = Counted {
+                rows: Vec::new(),
+                emitted: emitted.clone(),
+            };
+            tokio::spawn(async move {
+                let out = hot.read(&req, &mut sink).await;
+                (sink.rows, out)
+            })
+        })
+        .collect();
+    tokio::time::sleep(100 * MS).await; // every call waits on its slow page
+    let weight = all[0].weight(1);
+    let fetched = usize::try_from(store.rows_served()).unwrap();
+    let in_calls = (fetched - emitted.load(std::sync::atomic::Ordering::Relaxed)) * weight;
+    assert!(
+        in_calls <= max_bytes,
+        "calls in flight hold {in_calls} bytes, past the {max_bytes}-byte cache"
+    );
+    assert!(
+        in_calls >= max_bytes / 2,
+        "calls in flight hold {in_calls} bytes: they fetch ahead into the room they share"
+    );
+    for (i, call) in calls.into_iter().enumerate() {
+        let (rows, out) = call.await.expect("read task");
+        let out = out.expect("rows");
+        assert!(
+            matches!(out.ending, Ending::Partial { .. }),
+            "read {i} ended"
+        );
+        assert!(!rows.is_empty(), "read {i} answered no row");
+        assert_rows(&rows, &all[i * SPAN..i * SPAN + rows.len()]);
+        let mut next = reqs[i].clone();
+        next.resume_after = Some(frontier(&out));
+        next.budget = request(&ns, Order::Ascending, 200 * MS, 1).budget;
+        let start = i * SPAN + rows.len();
+        let (more, _) = read(&hot, &next).await;
+        assert_rows(&more, &all[start..start + more.len()]);
+    }
+}
+
 /// A scan read call after call makes room for its fetching ahead by
 /// evicting scans held over a second ago whose clients went away: a cache
 /// full of them does not starve it.

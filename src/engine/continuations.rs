@@ -40,6 +40,12 @@
 //!   before it (clients that went away), so a cache full of those does not
 //!   starve a chain being read, and chains being read do not evict each
 //!   other.
+//! * A call whose scan will be held fetches ahead under the same bound: from
+//!   its first fetch ahead to its end, what its scan holds counts against
+//!   `max_bytes` as a [`Lease`] (handed over to the entry when the scan is
+//!   held), so what calls in flight and held scans fetch ahead together
+//!   stays within it. (What a call fetches for its own response is bounded
+//!   by its row and byte limits, not by the cache.)
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -212,11 +218,19 @@ struct Table<S> {
     /// Insertion order, oldest first; entries since taken are skipped.
     queue: VecDeque<(u64, HeldKey)>,
     bytes: usize,
+    /// Bytes the scans of calls in flight hold through their [`Lease`]s.
+    leased: usize,
     per_client: HashMap<Arc<str>, usize>,
     next_seq: u64,
 }
 
 impl<S> Table<S> {
+    /// Bytes neither held scans nor calls' leases take.
+    fn room(&self) -> usize {
+        self.max_bytes
+            .saturating_sub(self.bytes.saturating_add(self.leased))
+    }
+
     fn remove(&mut self, key: &HeldKey) -> Option<Held<S>> {
         let held = self.entries.remove(key)?;
         self.bytes -= held.bytes;
@@ -243,12 +257,8 @@ impl<S> Table<S> {
         // (their clients went away); scans continued call after call are
         // never that old.
         let fresh = held.since.elapsed() <= STALE_FOR_ROOM;
-        while fresh
-            && bytes.saturating_add(self.max_bytes.saturating_sub(self.bytes)) < want
-            && self.evict_stale(seq)
-        {}
-        let room = self.max_bytes.saturating_sub(self.bytes);
-        Some(want.min(bytes.saturating_add(room)))
+        while fresh && bytes.saturating_add(self.room()) < want && self.evict_stale(seq) {}
+        Some(want.min(bytes.saturating_add(self.room())))
     }
 
     /// Drops the oldest scan held before entry `seq` if it was held longer
@@ -292,7 +302,7 @@ impl<S> Table<S> {
     }
 
     fn publish(&self) {
-        metrics::gauge!(telemetry::CONTINUATION_BYTES).set(self.bytes as f64);
+        metrics::gauge!(telemetry::CONTINUATION_BYTES).set((self.bytes + self.leased) as f64);
         metrics::gauge!(telemetry::CONTINUATION_ENTRIES).set(self.entries.len() as f64);
     }
 }
@@ -311,6 +321,7 @@ impl<S: Storage> Continuations<S> {
                 entries: HashMap::new(),
                 queue: VecDeque::new(),
                 bytes: 0,
+                leased: 0,
                 per_client: HashMap::new(),
                 next_seq: 0,
             })),
@@ -323,9 +334,24 @@ impl<S: Storage> Continuations<S> {
         self.config.enabled()
     }
 
+    /// A lease for a call's scan to fetch ahead into (see [`Lease`]).
+    pub(super) fn lease(&self) -> Lease<S> {
+        Lease {
+            table: self.table.clone(),
+            bytes: 0,
+        }
+    }
+
     /// Holds `scan`, which stopped partial at `frontier`, for the call that
-    /// presents its token. Needs a tokio runtime (a task lands its pages).
-    pub(super) fn hold(&self, scan: Scan<S>, frontier: &Key, drain: &CancellationToken) {
+    /// presents its token; the bytes of its call's `lease` pass to it. Needs
+    /// a tokio runtime (a task lands its pages).
+    pub(super) fn hold(
+        &self,
+        scan: Scan<S>,
+        frontier: &Key,
+        drain: &CancellationToken,
+        mut lease: Lease<S>,
+    ) {
         if !self.config.enabled() || drain.is_cancelled() {
             return;
         }
@@ -341,6 +367,7 @@ impl<S: Storage> Continuations<S> {
         let (tx, handoff) = oneshot::channel();
         let seq = {
             let mut t = self.table.lock().expect("continuation table");
+            t.leased -= std::mem::take(&mut lease.bytes);
             // A scan at the same position (two clients reading alike) is
             // replaced: either is right, the newer is fresher.
             t.remove(&key);
@@ -349,6 +376,10 @@ impl<S: Storage> Continuations<S> {
                     break;
                 }
             }
+            // Held scans alone make room for it: calls' leases bound what
+            // is fetched ahead, not which scans stay held (a call leaving
+            // rows for the next one holds more than it leased, and a full
+            // cache then evicted chains being read).
             while t.entries.len() >= self.config.max_entries
                 || t.bytes + bytes > self.config.max_bytes
             {
@@ -392,7 +423,7 @@ impl<S: Storage> Continuations<S> {
         ));
     }
 
-    /// Scans held and their estimated bytes.
+    /// Scans held and their estimated bytes (calls' leases aside).
     pub(super) fn held(&self) -> (usize, usize) {
         let t = self.table.lock().expect("continuation table");
         (t.entries.len(), t.bytes)
@@ -429,6 +460,45 @@ impl<S: Storage> Continuations<S> {
 
 /// Most bytes one held scan holds through fetching ahead.
 const MAX_FETCH_AHEAD_BYTES: usize = 4 << 20;
+
+/// What the scan of a call in flight holds, counted against the cache's
+/// bytes from its first fetch ahead ([`Lease::account`]) until the call
+/// ends: the lease is released then, or handed over to the scan's entry
+/// when it is held ([`Continuations::hold`]). Without it a call fetched
+/// ahead up to [`ContinuationConfig::ahead_bytes`] uncounted, so calls in
+/// flight could hold their number times that beside the cache.
+pub(super) struct Lease<S> {
+    table: Arc<Mutex<Table<S>>>,
+    bytes: usize,
+}
+
+impl<S> Lease<S> {
+    /// Records that the call's scan holds an estimated `bytes` and returns
+    /// how many it may hold through fetching ahead: `want`, but no more
+    /// than its `bytes` and the room held scans and other calls leave. A
+    /// call is being read, so like a scan held less than
+    /// [`STALE_FOR_ROOM`] ago it makes room by evicting scans held longer
+    /// than that.
+    pub(super) fn account(&mut self, bytes: usize, want: usize) -> usize {
+        let mut t = self.table.lock().expect("continuation table");
+        t.leased = t.leased - self.bytes + bytes;
+        self.bytes = bytes;
+        while bytes.saturating_add(t.room()) < want && t.evict_stale(u64::MAX) {}
+        let allowed = want.min(bytes.saturating_add(t.room()));
+        t.publish();
+        allowed
+    }
+}
+
+impl<S> Drop for Lease<S> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            let mut t = self.table.lock().expect("continuation table");
+            t.leased -= self.bytes;
+            t.publish();
+        }
+    }
+}
 
 /// A held scan's entry in the table, as its task sees it.
 struct Entry<S> {

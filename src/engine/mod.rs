@@ -490,7 +490,8 @@ impl<S: Storage> ReadEngine<S> {
             }
             None => Scan::new(&self.core, req),
         };
-        let mut result = scan.run(sink).await;
+        let mut lease = self.continuations.lease();
+        let mut result = scan.run(sink, &mut lease).await;
         if let Ok(ending) = &mut result {
             let budget_ended = matches!(ending, Ending::Partial { reason, .. }
                 if reason.holds_scan() && reason.is_budget());
@@ -512,7 +513,8 @@ impl<S: Storage> ReadEngine<S> {
                 metrics::counter!(telemetry::PARTIAL_RESPONSES, "reason" => reason.as_str())
                     .increment(1);
                 if reason.holds_scan() && self.continuations.holds() {
-                    self.continuations.hold(scan, frontier, &self.core.drain);
+                    self.continuations
+                        .hold(scan, frontier, &self.core.drain, lease);
                     return outcome;
                 }
             }

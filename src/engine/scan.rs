@@ -13,6 +13,7 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio::time::Instant;
 
+use super::continuations::Lease;
 use super::fetch::{Fetched, Resend};
 use super::merge::{pick, Pick};
 use super::predict::LatencyModel;
@@ -582,7 +583,14 @@ impl<S: Storage> Scan<S> {
         self.stop(self.req.budget.source.into(), self.last_error.clone())
     }
 
-    pub(super) async fn run(&mut self, sink: &mut impl RowSink) -> Result<Ending, ReadError> {
+    /// Runs the call: merges rows into `sink` until its range, a limit or
+    /// its budget ends it. What the scan holds once it fetches ahead counts
+    /// against the continuation cache through `lease`.
+    pub(super) async fn run(
+        &mut self,
+        sink: &mut impl RowSink,
+        lease: &mut Lease<S>,
+    ) -> Result<Ending, ReadError> {
         loop {
             if let Some(limit) = self.emit(sink) {
                 return self.stop(limit, None);
@@ -605,9 +613,12 @@ impl<S: Storage> Scan<S> {
             // calls too (rows fetched past this call's end are the next
             // call's), once it has rows: before them, under a tight budget,
             // the head bucket's pages go alone.
-            if self.progressed() || self.stats.continued {
-                let ahead = self.engine.config.continuations.ahead_bytes();
-                self.fetch_ahead(self.engine.pressure.ahead(ahead));
+            let ahead = self.engine.config.continuations.ahead_bytes();
+            if ahead > 0 && (self.progressed() || self.stats.continued) {
+                let ahead = lease.account(self.held_bytes(), self.engine.pressure.ahead(ahead));
+                self.fetch_ahead(ahead);
+                // The pages just asked for count from now.
+                lease.account(self.held_bytes(), 0);
             }
             let next_probe = match (self.probe_stragglers(), self.probe_late_index()) {
                 (Some(a), Some(b)) => Some(a.min(b)),
