@@ -334,9 +334,11 @@ impl Admission {
             return Err(Full::Adaptive { limit });
         }
         if class == Class::Batch {
-            // Floor, at least 1: with a limit of 1 a batch read may run alone.
+            // Admitted while fewer than BATCH_SHARE of the limit run: with a
+            // limit of 5, while fewer than 3.75 (so 3 running admits a
+            // fourth); with a limit of 1 a batch read may run alone.
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let share = ((limit as f64 * BATCH_SHARE).floor() as usize).max(1);
+            let share = ((limit as f64 * BATCH_SHARE).ceil() as usize).max(1);
             if a.in_flight >= share {
                 return Err(Full::Batch { limit: share });
             }
@@ -586,6 +588,47 @@ mod tests {
             .map(|_| a.try_admit("c", Class::Interactive).unwrap())
             .collect();
         assert_eq!(all.len(), 8, "slots come back on drop");
+    }
+
+    #[test]
+    fn classes_are_read_in_any_case_and_nothing_else() {
+        assert_eq!(Class::parse("batch"), Some(Class::Batch));
+        assert_eq!(Class::parse("BATCH"), Some(Class::Batch));
+        assert_eq!(Class::parse("Interactive"), Some(Class::Interactive));
+        for bad in ["", " batch", "batch ", "bulk", "batches"] {
+            assert_eq!(Class::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batch_reads_run_while_fewer_than_three_quarters_of_the_limit_do() {
+        for (limit, admitted) in [(1, 1), (4, 3), (5, 4), (6, 5), (8, 6)] {
+            let a = Admission::new(
+                Bulkhead::new(100, 100),
+                AdmissionConfig {
+                    adaptive: true,
+                    min_limit: 1,
+                    initial_limit: limit,
+                },
+            );
+            let batch: Vec<_> = (0..admitted)
+                .map(|i| {
+                    a.try_admit("a", Class::Batch)
+                        .unwrap_or_else(|e| panic!("limit {limit}: read {i} refused: {e:?}"))
+                })
+                .collect();
+            let full = if admitted == limit {
+                Full::Adaptive { limit } // a batch read alone under a limit of 1
+            } else {
+                Full::Batch { limit: admitted }
+            };
+            assert_eq!(
+                a.try_admit("a", Class::Batch).unwrap_err(),
+                full,
+                "limit {limit}: {} running",
+                batch.len()
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]
