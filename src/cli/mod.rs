@@ -478,15 +478,32 @@ fn apply_config_file(command: clap::Command, path: &Path) -> anyhow::Result<clap
         .find_subcommand("serve")
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no serve subcommand"))?;
+    // Global flags (`log-format`) are the root command's; `config` names
+    // the file itself.
+    let mut global = Vec::new();
     for (key, value) in &table {
         let flag = key.replace('_', "-");
-        let id = serve
+        let named = |a: &&clap::Arg| a.get_long() == Some(flag.as_str());
+        let in_serve = serve
             .get_arguments()
-            .find(|a| a.get_long() == Some(flag.as_str()))
-            .map(|a| a.get_id().clone())
-            .ok_or_else(|| {
-                anyhow::anyhow!("config file {}: unknown key {key:?}", path.display())
-            })?;
+            .find(named)
+            .map(|a| a.get_id().clone());
+        let in_root = || {
+            command
+                .get_arguments()
+                .filter(|a| a.is_global_set() && a.get_long() != Some("config"))
+                .find(named)
+                .map(|a| a.get_id().clone())
+        };
+        let (id, is_global) = match in_serve {
+            Some(id) => (id, false),
+            None => (
+                in_root().ok_or_else(|| {
+                    anyhow::anyhow!("config file {}: unknown key {key:?}", path.display())
+                })?,
+                true,
+            ),
+        };
         let value = match value {
             toml::Value::String(s) => s.clone(),
             toml::Value::Integer(i) => i.to_string(),
@@ -502,9 +519,17 @@ fn apply_config_file(command: clap::Command, path: &Path) -> anyhow::Result<clap
                 path.display()
             ),
         };
-        serve = serve.mut_arg(id, |a| a.default_value(value));
+        if is_global {
+            global.push((id, value));
+        } else {
+            serve = serve.mut_arg(id, |a| a.default_value(value));
+        }
     }
-    Ok(command.mut_subcommand("serve", |_| serve))
+    let mut command = command.mut_subcommand("serve", |_| serve);
+    for (id, value) in global {
+        command = command.mut_arg(id, |a| a.default_value(value));
+    }
+    Ok(command)
 }
 
 /// `config check`: the effective `serve` configuration, one `key = value`
@@ -516,6 +541,9 @@ pub fn check_config(config: Option<&Path>) -> anyhow::Result<String> {
         args.extend(["--config".to_string(), path.display().to_string()]);
     }
     let cli = parse(&args).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let log_format = clap::ValueEnum::to_possible_value(&cli.log_format)
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default();
     let Command::Serve(args) = cli.command else {
         anyhow::bail!("parsed the serve subcommand as another")
     };
@@ -523,14 +551,13 @@ pub fn check_config(config: Option<&Path>) -> anyhow::Result<String> {
     let serde_json::Value::Object(fields) = serde_json::to_value(&*args)? else {
         anyhow::bail!("serve arguments did not serialize as a map")
     };
-    Ok(fields
-        .iter()
-        .map(|(k, v)| match v {
-            serde_json::Value::Null => format!("{k} = (none)\n"),
-            serde_json::Value::String(s) => format!("{k} = {s}\n"),
-            other => format!("{k} = {other}\n"),
-        })
-        .collect())
+    let mut out = format!("log-format = {log_format}\n");
+    out.extend(fields.iter().map(|(k, v)| match v {
+        serde_json::Value::Null => format!("{k} = (none)\n"),
+        serde_json::Value::String(s) => format!("{k} = {s}\n"),
+        other => format!("{k} = {other}\n"),
+    }));
+    Ok(out)
 }
 
 #[cfg(test)]

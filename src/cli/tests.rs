@@ -98,6 +98,29 @@ fn the_config_file_sits_between_variables_and_defaults() {
     assert_eq!(a.readahead_buckets, 7);
     let a = serve_args(&["hourglass", "serve", "--config", f, "--max-budget", "9s"]);
     assert_eq!(a.max_budget.0, Duration::from_secs(9), "the flag wins");
+    // A global flag is a key too; `config` is not (it names the file).
+    std::fs::write(
+        &file,
+        "log-format = \"json\"\ntoken-keys = \"k1:0123456789abcdef\"\n",
+    )
+    .unwrap();
+    let cli = parse(&args(&["hourglass", "serve", "--config", f])).unwrap();
+    assert_eq!(cli.log_format, LogFormat::Json);
+    let cli = parse(&args(&[
+        "hourglass",
+        "--log-format",
+        "text",
+        "--config",
+        f,
+        "serve",
+    ]))
+    .unwrap();
+    assert_eq!(cli.log_format, LogFormat::Text, "the flag wins");
+    let shown = check_config(Some(&file)).unwrap();
+    assert!(shown.contains("log-format = json\n"), "{shown}");
+    std::fs::write(&file, "config = \"other.toml\"\n").unwrap();
+    let err = parse(&args(&["hourglass", "serve", "--config", f])).unwrap_err();
+    assert!(err.to_string().contains("unknown key \"config\""), "{err}");
     std::fs::write(&file, "max_budgit = \"5s\"\n").unwrap();
     let err = parse(&args(&["hourglass", "serve", "--config", f])).unwrap_err();
     assert!(
