@@ -14,6 +14,7 @@ use hourglass::api::pb;
 use hourglass::error::ERROR_DOMAIN;
 use hourglass::model::{Key, Namespace, Order};
 use hourglass::token::{KeyRing, QueryFingerprint};
+use tonic::codec::CompressionEncoding::{Deflate, Gzip};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -24,6 +25,73 @@ enum Call {
     Stream(pb::ReadEventsRequest),
     Create(pb::CreateNamespaceRequest),
     Get(pb::GetNamespaceRequest),
+    /// These bytes as the request message of the method at this path, as
+    /// a client with an encoder of its own might send them.
+    Raw(&'static str, Vec<u8>),
+}
+
+/// Sends a message's bytes as they are and decodes none (see [`Call::Raw`]).
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(buf);
+        Ok(Some(bytes::Buf::copy_to_bytes(buf, n).to_vec()))
+    }
+}
+
+async fn raw_call(
+    server: &TestServer,
+    path: &'static str,
+    message: Vec<u8>,
+) -> Result<(), tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .expect("address")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    grpc.unary(tonic::Request::new(message), path, RawCodec)
+        .await
+        .map(|_| ())
 }
 
 struct Case {
@@ -56,6 +124,10 @@ fn case(
 }
 
 const NS: &str = "bad";
+const READ_EVENTS: &str = "/hourglass.v1.Hourglass/ReadEvents";
+const STREAM_EVENTS: &str = "/hourglass.v1.Hourglass/StreamEvents";
+const WRITE_EVENTS: &str = "/hourglass.v1.Hourglass/WriteEvents";
+const CREATE_NAMESPACE: &str = "/hourglass.v1.Hourglass/CreateNamespace";
 
 fn read(f: impl FnOnce(&mut pb::ReadEventsRequest)) -> pb::ReadEventsRequest {
     let mut r = read_request(NS, "s", 0, 1_000_000);
@@ -112,6 +184,7 @@ async fn status_of(server: &mut TestServer, call: Call) -> tonic::Status {
         },
         Call::Create(r) => c.create_namespace(r).await.map(|_| ()),
         Call::Get(r) => c.get_namespace(r).await.map(|_| ()),
+        Call::Raw(path, message) => raw_call(server, path, message).await,
     }
     .expect_err("the request must be refused")
 }
@@ -580,6 +653,48 @@ async fn every_bad_request_gets_its_code_reason_field_and_message() {
             None,
             "not found",
         ),
+        // Messages that are no valid encoding of their type: a varint that
+        // never ends, a string that is not UTF-8, a length past the end.
+        case(
+            "read: a broken varint",
+            Call::Raw(READ_EVENTS, vec![0xff, 0xff, 0xff]),
+            InvalidArgument,
+            "INVALID_FIELD",
+            Some("request"),
+            "not a valid protobuf encoding",
+        ),
+        case(
+            "read: series_id not UTF-8",
+            Call::Raw(READ_EVENTS, vec![0x12, 2, 0xc3, 0x28]),
+            InvalidArgument,
+            "INVALID_FIELD",
+            Some("series_id"),
+            "UTF-8",
+        ),
+        case(
+            "stream: namespace cut short",
+            Call::Raw(STREAM_EVENTS, vec![0x0a, 5, b'a', b'b']),
+            InvalidArgument,
+            "INVALID_FIELD",
+            Some("namespace"),
+            "not a valid protobuf encoding",
+        ),
+        case(
+            "write: an event id not UTF-8",
+            Call::Raw(WRITE_EVENTS, vec![0x12, 4, 0x1a, 2, 0xc3, 0x28]),
+            InvalidArgument,
+            "INVALID_FIELD",
+            Some("events.event_id"),
+            "UTF-8",
+        ),
+        case(
+            "create: a broken varint",
+            Call::Raw(CREATE_NAMESPACE, vec![0x0a, 0xff]),
+            InvalidArgument,
+            "INVALID_FIELD",
+            Some("namespace"),
+            "not a valid protobuf encoding",
+        ),
     ];
     assert!(cases.len() >= 25);
     let mut failures = Vec::new();
@@ -638,7 +753,14 @@ async fn every_bad_request_gets_its_code_reason_field_and_message() {
     )
     .await;
     assert_eq!(status.code(), NotFound);
-    // The good data is untouched.
-    let (events, _) = read_to_end(&mut server.client, read_request(NS, "s", 0, 1_000_000)).await;
-    assert_eq!(events.len(), good.len());
+    // The good data is untouched, and reads to the end with requests
+    // compressed by gzip or deflate as without.
+    for encoding in [None, Some(Gzip), Some(Deflate)] {
+        let mut client = server.client.clone();
+        if let Some(e) = encoding {
+            client = client.send_compressed(e);
+        }
+        let (events, _) = read_to_end(&mut client, read_request(NS, "s", 0, 1_000_000)).await;
+        assert_eq!(events.len(), good.len(), "{encoding:?}");
+    }
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::ServerTlsConfig;
 
@@ -251,7 +252,13 @@ async fn serve<S: Storage, H: tonic_health::pb::health_server::Health>(
     health: tonic_health::pb::health_server::HealthServer<H>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    // Requests may come compressed with gzip or deflate (a client
+    // compressing by default is served, not refused UNIMPLEMENTED); the
+    // decompressed message is bounded like any other. Responses go
+    // uncompressed: the response reserve times sending, not compressing.
     let svc = pb::hourglass_server::HourglassServer::new(service)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Deflate)
         .max_decoding_message_size(api::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(api::MAX_MESSAGE_BYTES);
     // The error details our statuses carry (`google.rpc.ErrorInfo`,
