@@ -5,11 +5,14 @@
 
 mod fake;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fake::{assert_rows, engine, namespace, request, resumed, seeded, MS};
-use hourglass::engine::{Ending, RowSink};
+use hourglass::engine::{ContinuationConfig, Ending, EngineConfig, ReadEngine, RowSink};
 use hourglass::model::{Key, Order, Row};
+use hourglass::storage::memory::MemoryStore;
+use tokio::time::Instant;
 
 /// Takes rows like a stream; backlogged from its `stall_after`th row on,
 /// until `release` is awaited by the engine (never, here).
@@ -81,4 +84,119 @@ async fn a_backlogged_sink_stops_the_scan_until_the_budget_ends() {
     let mut got = sink.rows;
     got.extend(rest);
     assert_rows(&got, &all);
+}
+
+/// Takes rows like a stream whose client keeps up.
+#[derive(Default)]
+struct Stream {
+    rows: Vec<Row>,
+}
+
+impl RowSink for Stream {
+    fn push(&mut self, row: Row) {
+        self.rows.push(row);
+    }
+
+    fn sends_as_it_goes(&self) -> bool {
+        true
+    }
+}
+
+/// An engine whose responses cost `per_row` a row to send and decode, with
+/// hot continuations on and no other reserve.
+fn costed(store: &MemoryStore, per_row: Duration) -> ReadEngine<MemoryStore> {
+    let config = EngineConfig {
+        response_reserve: Duration::ZERO,
+        response_reserve_per_row: per_row,
+        timer_slack: Duration::ZERO,
+        ..EngineConfig::default()
+    };
+    ReadEngine::new(Arc::new(store.clone()), config)
+}
+
+/// A stream sends no more rows than its client can read by the deadline:
+/// continued with many rows fetched ahead in hand, it sends at once only
+/// as many as fit in its budget at 10 µs a row (it sent them all, and its
+/// client read them long after its deadline), and leaves the rest held.
+#[tokio::test(start_paused = true)]
+async fn a_stream_sends_rows_in_hand_only_as_far_as_its_client_can_read_them() {
+    let ns = namespace(1_000_000, 4);
+    let (store, all) = seeded(&ns, (0..100_000).map(i64::from)).await;
+    store.set_latency(|_| MS);
+    let per_row = Duration::from_micros(10);
+    let hot = costed(&store, per_row);
+    let budget = 5 * MS;
+    let mut first = Stream::default();
+    let mut out = hot
+        .read(&request(&ns, Order::Ascending, budget, 100_000), &mut first)
+        .await
+        .expect("partial");
+    let mut got = first.rows;
+    let fit = usize::try_from(budget.as_micros() / per_row.as_micros()).unwrap();
+    for call in 1..=3 {
+        tokio::time::sleep(100 * MS).await; // many rows land meanwhile
+        let req = resumed(request(&ns, Order::Ascending, budget, 100_000), &out);
+        let began = Instant::now();
+        let mut sink = Stream::default();
+        out = hot.read(&req, &mut sink).await.expect("partial");
+        assert!(out.stats.continued);
+        // The clock is read every 32 rows.
+        assert!(
+            !sink.rows.is_empty() && sink.rows.len() < fit + 32,
+            "call {call}: {} rows, at most {fit} fit",
+            sink.rows.len()
+        );
+        assert!(began.elapsed() <= budget);
+        got.extend(sink.rows);
+    }
+    assert!(matches!(out.ending, Ending::Partial { .. }));
+    assert_rows(&got, &all[..got.len()]);
+}
+
+/// A stream's client reads its rows as they come, so a stream whose rows
+/// trickle in uses its whole budget: at 200 µs a row, 128-row pages landing
+/// every 20 ms (25.6 ms of reading each) keep its client busy from the
+/// first page on, and a 1 s stream sends nearly the 5,000 rows its client
+/// can read in that time, none that it would still be reading at the
+/// deadline. (Counted as one response read after the scan, the rows held
+/// the scan to under half of that: about 2,700.)
+#[tokio::test(start_paused = true)]
+async fn a_streams_client_reads_as_the_rows_come() {
+    let ns = namespace(1_000_000_000, 1);
+    let (store, all) = seeded(&ns, (0..100_000).map(i64::from)).await;
+    store.set_latency(|_| 20 * MS);
+    let per_row = Duration::from_micros(200);
+    let config = EngineConfig {
+        response_reserve: Duration::ZERO,
+        response_reserve_per_row: per_row,
+        timer_slack: Duration::ZERO,
+        max_storage_page: 128,
+        initial_storage_page: 128,
+        continuations: ContinuationConfig::off(),
+        ..EngineConfig::default()
+    };
+    let engine = ReadEngine::new(Arc::new(store.clone()), config);
+    let budget = 1_000 * MS;
+    let began = Instant::now();
+    let mut sink = Stream::default();
+    let out = engine
+        .read(&request(&ns, Order::Ascending, budget, 100_000), &mut sink)
+        .await
+        .expect("partial");
+    let fit = usize::try_from(budget.as_micros() / per_row.as_micros()).unwrap();
+    let rows = sink.rows.len();
+    assert!(
+        rows >= fit * 9 / 10,
+        "{rows} rows of the {fit} its client can read"
+    );
+    // Read from the first page's landing on, the client is done by the
+    // deadline.
+    let reading = per_row * u32::try_from(rows).unwrap();
+    assert!(
+        20 * MS + reading <= budget,
+        "{rows} rows take {reading:?} to read"
+    );
+    assert!(began.elapsed() <= budget);
+    assert!(matches!(out.ending, Ending::Partial { .. }));
+    assert_rows(&sink.rows, &all[..rows]);
 }

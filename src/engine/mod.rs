@@ -344,9 +344,10 @@ pub trait RowSink: Send {
     /// sends what it holds.
     fn flush(&mut self) {}
     /// Whether rows go to the client as they come (a stream): then the
-    /// rows already sent need no more time of the budget, and emitting
-    /// rows in hand is bounded by the scan's stop, not by the time their
-    /// response would take to build (see `Scan::emit`).
+    /// client reads them while the scan goes on, and of the rows sent only
+    /// what it has not had time to read (at the response cost per byte,
+    /// from the first row on) needs time of the budget (see
+    /// `Scan::cost_reserve`).
     fn sends_as_it_goes(&self) -> bool {
         false
     }

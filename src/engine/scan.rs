@@ -156,6 +156,25 @@ pub(super) struct Scan<S> {
     pub(super) carry: VecDeque<Row>,
     /// Mean bytes of the rows of the last page that landed (0 before any).
     pub(super) row_bytes: usize,
+    /// For a call whose sink sends as it goes (a stream), once it has a
+    /// row: how far behind its client is taken to be (see
+    /// [`StreamClock`]); None for a response built at the end.
+    pub(super) stream: Option<StreamClock>,
+}
+
+/// How far a stream's client is behind, as a queue it works off at the
+/// response cost per byte ([`Scan::cost_reserve`]): at `mark` it had
+/// `backlog` of rows sent still to read, and the rows sent since, past the
+/// first `rows` and `bytes` of the call, all come on top. Rows counted as
+/// sent at the last mark rather than when they went can only make the
+/// backlog larger than it is, never smaller; the scan marks it every
+/// [`EMIT_CLOCK_EVERY`] rows.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct StreamClock {
+    mark: Instant,
+    backlog: Duration,
+    rows: usize,
+    bytes: usize,
 }
 
 impl<S: Storage> Scan<S> {
@@ -192,6 +211,7 @@ impl<S: Storage> Scan<S> {
             last_error: None,
             carry: VecDeque::new(),
             row_bytes: 0,
+            stream: None,
         };
         // The first bucket's shards are fetched at once, beside (not after)
         // the bucket-index query, when it surely holds rows (resuming after
@@ -256,6 +276,7 @@ impl<S: Storage> Scan<S> {
         self.start_frontier = self.frontier.clone();
         self.rows_out = 0;
         self.bytes_out = 0;
+        self.stream = None;
         self.last_error = None;
         // The probe cap is per call: a page stuck since an earlier call
         // (its node stopped answering) may get probes in this one too, or
@@ -371,9 +392,23 @@ impl<S: Storage> Scan<S> {
         (floor + late).min(self.req.budget.total / 2)
     }
 
-    /// The time sending and decoding a response of `rows` rows
-    /// and `bytes` bytes takes, at the measured cost (or the per-row prior).
+    /// The time, from now, sending and decoding a response of `rows` rows
+    /// and `bytes` bytes (the call's so far, and any to come) still takes,
+    /// at the measured cost (or the per-row prior). A stream's client reads
+    /// its rows as they come, so for a stream only its backlog counts (see
+    /// [`StreamClock`]).
     fn cost_reserve(&self, rows: usize, bytes: usize) -> Duration {
+        match &self.stream {
+            Some(c) => {
+                c.backlog.saturating_sub(c.mark.elapsed())
+                    + self.response_cost(rows.saturating_sub(c.rows), bytes.saturating_sub(c.bytes))
+            }
+            None => self.response_cost(rows, bytes),
+        }
+    }
+
+    /// The time sending and decoding `rows` rows of `bytes` bytes takes.
+    fn response_cost(&self, rows: usize, bytes: usize) -> Duration {
         let cfg = &self.engine.config;
         cfg.response_cost
             .and_then(|cost| cost.reserve(bytes))
@@ -381,6 +416,19 @@ impl<S: Storage> Scan<S> {
                 cfg.response_reserve_per_row
                     .saturating_mul(u32::try_from(rows).unwrap_or(u32::MAX))
             })
+    }
+
+    /// Marks a stream's clock now (see [`StreamClock`]).
+    fn mark_stream(&mut self) {
+        if self.stream.is_some() {
+            let backlog = self.cost_reserve(self.rows_out, self.bytes_out);
+            self.stream = Some(StreamClock {
+                mark: Instant::now(),
+                backlog,
+                rows: self.rows_out,
+                bytes: self.bytes_out,
+            });
+        }
     }
 
     /// When the scan must stop for the response to land within the budget.
@@ -626,6 +674,7 @@ impl<S: Storage> Scan<S> {
             };
             debug_assert!(!self.in_flight.is_empty(), "waiting on nothing");
             sink.flush();
+            self.mark_stream();
             // Timers go off at the tick after their deadline: the stop's is
             // set early once the call has rows to answer with (before, an
             // early stop only gives up the time a first page may still land
@@ -673,10 +722,9 @@ impl<S: Storage> Scan<S> {
         let order = self.req.order;
         let width = self.req.namespace.bucket_width_micros;
         let series_len = self.req.series_id.len();
-        let timed = !sink.sends_as_it_goes();
         while let Some(row) = self.carry.front() {
             let weight = row.weight(series_len);
-            if let Some(limit) = self.limit_before(weight, timed) {
+            if let Some(limit) = self.limit_before(weight) {
                 return Some(limit);
             }
             let row = self.carry.pop_front().expect("a front row");
@@ -711,7 +759,7 @@ impl<S: Storage> Scan<S> {
                         .buf
                         .front()
                         .map_or(0, |r| r.weight(series_len));
-                    if let Some(limit) = self.limit_before(weight, timed) {
+                    if let Some(limit) = self.limit_before(weight) {
                         return Some(limit);
                     }
                     let row = self.buckets[0].shards[i]
@@ -726,21 +774,33 @@ impl<S: Storage> Scan<S> {
     }
 
     /// The limit that stops the call before a next row of `weight` bytes:
-    /// a row or byte limit, or, when `timed` (a response built once the
-    /// scan stops, not a stream), the budget once the rows emitted need
-    /// the rest of it for their response (rows in hand are many when a
-    /// held scan fetched ahead; the clock is read every
-    /// [`EMIT_CLOCK_EVERY`] rows, and a first row always goes).
-    fn limit_before(&self, weight: usize, timed: bool) -> Option<PartialReason> {
+    /// a row or byte limit, or the budget once the rows emitted need the
+    /// rest of it for their client to have them (rows in hand are many when
+    /// a held scan fetched ahead; a stream's client reads its rows as they
+    /// come, so only what it has not had time for counts, see
+    /// [`Scan::cost_reserve`]; the clock is read every [`EMIT_CLOCK_EVERY`]
+    /// rows, and a first row always goes).
+    fn limit_before(&mut self, weight: usize) -> Option<PartialReason> {
         if let Some(limit) = limit_before(self.rows_out, self.bytes_out, weight, &self.req) {
             return Some(limit);
         }
-        let clock_due = timed && self.rows_out > 0 && self.rows_out % EMIT_CLOCK_EVERY == 0;
+        let clock_due = self.rows_out > 0 && self.rows_out % EMIT_CLOCK_EVERY == 0;
+        if clock_due {
+            self.mark_stream();
+        }
         (clock_due && !self.row_fits(weight)).then(|| self.req.budget.source.into())
     }
 
     /// Hands `row` (of `weight` bytes) to the sink; the frontier follows.
     fn deliver(&mut self, row: Row, weight: usize, sink: &mut impl RowSink) {
+        if self.stream.is_none() && sink.sends_as_it_goes() {
+            self.stream = Some(StreamClock {
+                mark: Instant::now(),
+                backlog: Duration::ZERO,
+                rows: self.rows_out,
+                bytes: self.bytes_out,
+            });
+        }
         self.frontier = row.key.clone();
         self.rows_out += 1;
         self.bytes_out += weight;
