@@ -237,6 +237,37 @@ async fn tls_and_bearer_tokens_guard_every_namespace() {
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
+    // The permission comes before the rest of the request is looked at:
+    // what is wrong with a request on alpha is none of beta's business.
+    let mut bad_settings = create("alpha");
+    bad_settings.namespace.as_mut().unwrap().shards = 1000;
+    assert_refused(
+        beta.create_namespace(bad_settings).await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    assert_refused(
+        beta.read_events(read_request("alpha", "", 10, 10)).await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    let mut bad_class = tonic::Request::new(read_request("alpha", "s", 0, 1));
+    bad_class
+        .metadata_mut()
+        .insert("x-hourglass-class", "urgent".parse().unwrap());
+    assert_refused(
+        beta.read_events(bad_class).await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    let mut stream = beta.stream_events(read_request("alpha", "s", 10, 10)).await;
+    if let Ok(s) = &mut stream {
+        let first = s.get_mut().message().await;
+        let err = first.expect_err("a bad stream of alpha for beta");
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    } else {
+        assert_refused(stream, Code::PermissionDenied, "PERMISSION_DENIED");
+    }
     assert_refused(
         beta.get_namespace(pb::GetNamespaceRequest {
             name: "alpha".into(),

@@ -225,7 +225,6 @@ impl<S: Storage> HourglassService<S> {
             .map_or_else(Instant::now, |a| a.0);
         let waited = arrived.elapsed();
         let deadline = client_deadline(request.metadata());
-        let class = class_of(request.metadata())?;
         let principal = self.authenticate(request.metadata())?;
         // Who reads, for the per-client bound on held continuations.
         let client: Arc<str> = match (&principal, request.remote_addr()) {
@@ -233,8 +232,16 @@ impl<S: Storage> HourglassService<S> {
             (None, Some(addr)) => addr.ip().to_string().into(),
             (None, None) => "".into(),
         };
+        // The permission first: a client learns nothing of a namespace it
+        // may not read, not even what is wrong with its request.
+        api::check_namespace_name("namespace", &request.get_ref().namespace)?;
+        permit(
+            principal.as_ref(),
+            Access::Read,
+            &request.get_ref().namespace,
+        )?;
+        let class = class_of(request.metadata())?;
         let p = ReadParams::try_from(request.into_inner())?;
-        permit(principal.as_ref(), Access::Read, &p.namespace)?;
         let budget = if self.partial_reads {
             Budget::starting_at(&self.budget, p.slo, deadline, arrived)
         } else {
@@ -421,8 +428,10 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             let principal = self.authenticate(request.metadata())?;
             let pb::CreateNamespaceRequest { namespace } = request.into_inner();
             let ns = namespace.ok_or_else(|| ServiceError::invalid("namespace", "is required"))?;
-            let ns = Namespace::try_from(ns)?;
+            // The permission before the settings (see `prepare_read`).
+            api::check_namespace_name("namespace.name", &ns.name)?;
             permit(principal.as_ref(), Access::Write, &ns.name)?;
+            let ns = Namespace::try_from(ns)?;
             tracing::Span::current().record("namespace", ns.name.as_str());
             self.misses.forget(&ns.name);
             let ns = match self.engine.storage().create_namespace(&ns).await? {
