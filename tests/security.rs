@@ -357,6 +357,14 @@ async fn tls_and_bearer_tokens_guard_every_namespace() {
         log.contains("client=\"beta\"") || log.contains("client=beta"),
         "calls are attributed to clients"
     );
+    // The spans carry each call's outcome.
+    for outcome in ["ok", "partial", "error"] {
+        assert!(
+            log.contains(&format!("outcome=\"{outcome}\""))
+                || log.contains(&format!("outcome={outcome}")),
+            "no span with outcome {outcome}"
+        );
+    }
     let signing_secret = TEST_KEYS.split_once(':').unwrap().1;
     for secret in [ALPHA, BETA, READER, "not-a-known-token", signing_secret] {
         assert!(!log.contains(secret), "the log holds a secret");
