@@ -128,6 +128,31 @@ async fn health_metrics_and_graceful_shutdown() {
 
     let status = server.terminate();
     assert!(status.success(), "graceful exit on SIGTERM: {status}");
+
+    // With hot continuations off, each token read resumes from the token
+    // alone: a miss.
+    let off = ServerProcess::start(&["--continuation-bytes", "0"]).await;
+    let mut client = off.client().await;
+    let req = pb::ReadEventsRequest {
+        page_size: Some(100),
+        ..read_request("ops", "s", 0, i64::MAX)
+    };
+    let (events, pages) = read_to_end(&mut client, req).await;
+    assert_eq!(events.len(), 500);
+    assert!(pages
+        .iter()
+        .all(|p| !p.stats.as_ref().expect("stats").continued));
+    let scrape = off.scrape().await;
+    let misses = metric(&scrape, "hourglass_continuations_total{result=\"miss\"}");
+    let hits = metric(&scrape, "hourglass_continuations_total{result=\"hit\"}");
+    #[allow(clippy::float_cmp)]
+    let four_misses = misses == 4.0 && hits == 0.0;
+    assert!(
+        four_misses,
+        "four misses counted with the cache off ({misses}, {hits} hits)"
+    );
+    let status = off.terminate();
+    assert!(status.success(), "graceful exit on SIGTERM: {status}");
 }
 
 /// grpcurl, installed by scripts/test (GRPCURL or $(go env GOPATH)/bin).

@@ -434,6 +434,8 @@ impl<S: Storage> Continuations<S> {
     pub(super) async fn take(&self, req: &ReadRequest, until: Instant) -> Option<Scan<S>> {
         let frontier = req.resume_after.as_ref()?;
         if !self.config.enabled() {
+            // Off, every token read resumes from the token alone.
+            metrics::counter!(telemetry::CONTINUATIONS, "result" => "miss").increment(1);
             return None;
         }
         let held = {
