@@ -292,10 +292,12 @@ impl Admission {
                 by_namespace: HashMap::new(),
             }))
         });
-        if let Some(a) = &adaptive {
-            let limit = a.lock().expect("admission").limit.limit();
-            metrics::gauge!(telemetry::ADMISSION_LIMIT).set(limit as f64);
-        }
+        // Off, the static bound is the limit (and replaces what an earlier
+        // admission of this process published).
+        let limit = adaptive.as_ref().map_or(bulkhead.limit(), |a| {
+            a.lock().expect("admission").limit.limit()
+        });
+        metrics::gauge!(telemetry::ADMISSION_LIMIT).set(limit as f64);
         Self {
             bulkhead,
             adaptive,

@@ -29,7 +29,8 @@ pub const ROWS_SCANNED: &str = "hourglass_rows_scanned_total";
 pub const ROWS_DELIVERED: &str = "hourglass_rows_delivered_total";
 /// Scans running now (gauge).
 pub const SCANS_IN_FLIGHT: &str = "hourglass_scans_in_flight";
-/// The adaptive concurrency limit of reads on this replica.
+/// The concurrency limit of reads on this replica: the adaptive one, or the
+/// static bound when adaptive admission is off.
 pub const ADMISSION_LIMIT: &str = "hourglass_admission_limit";
 /// Storage requests retried (counter).
 pub const STORAGE_RETRIES: &str = "hourglass_storage_retries_total";
@@ -150,7 +151,7 @@ fn describe() {
     );
     describe_gauge!(
         ADMISSION_LIMIT,
-        "Adaptive limit on concurrent reads (absent with --adaptive-admission false)"
+        "Limit on concurrent reads: the adaptive one, or --max-scans with --adaptive-admission false"
     );
     describe_counter!(
         STORAGE_RETRIES,

@@ -130,8 +130,17 @@ async fn health_metrics_and_graceful_shutdown() {
     assert!(status.success(), "graceful exit on SIGTERM: {status}");
 
     // With hot continuations off, each token read resumes from the token
-    // alone: a miss.
-    let off = ServerProcess::start(&["--continuation-bytes", "0"]).await;
+    // alone: a miss. With adaptive admission off, the limit published is
+    // the static bound.
+    let off = ServerProcess::start(&[
+        "--continuation-bytes",
+        "0",
+        "--adaptive-admission",
+        "false",
+        "--max-scans",
+        "7",
+    ])
+    .await;
     let mut client = off.client().await;
     let req = pb::ReadEventsRequest {
         page_size: Some(100),
@@ -151,6 +160,10 @@ async fn health_metrics_and_graceful_shutdown() {
         four_misses,
         "four misses counted with the cache off ({misses}, {hits} hits)"
     );
+    let limit = metric(&scrape, "hourglass_admission_limit");
+    #[allow(clippy::float_cmp)]
+    let static_bound = limit == 7.0;
+    assert!(static_bound, "the limit published is --max-scans ({limit})");
     let status = off.terminate();
     assert!(status.success(), "graceful exit on SIGTERM: {status}");
 }
