@@ -128,7 +128,9 @@ pub struct ServeArgs {
         hide = true
     )]
     pub token_keys: Option<Secret>,
-    /// File holding the token keys (same format), instead of --token-keys.
+    /// File holding the token keys `id:secret[,id:secret]` (the first
+    /// signs, all verify), instead of HOURGLASS_TOKEN_KEYS or the config
+    /// file's `token-keys` (secrets are refused on the command line).
     #[arg(long, env = "HOURGLASS_TOKEN_KEYS_FILE", conflicts_with = "token_keys")]
     pub token_keys_file: Option<PathBuf>,
     /// How long a continuation token stays valid.
@@ -160,9 +162,11 @@ pub struct ServeArgs {
     /// turns hot continuations off: every token resumes from its position).
     #[arg(long, env = "HOURGLASS_CONTINUATION_BYTES", default_value_t = ContinuationConfig::default().max_bytes)]
     pub continuation_bytes: usize,
-    /// Reads held for hot continuations, in all and per client.
+    /// Reads held for hot continuations, all clients together.
     #[arg(long, env = "HOURGLASS_CONTINUATION_ENTRIES", default_value_t = ContinuationConfig::default().max_entries)]
     pub continuation_entries: usize,
+    /// Reads held for hot continuations per client (the authenticated
+    /// principal, else the peer IP).
     #[arg(long, env = "HOURGLASS_CONTINUATION_PER_CLIENT", default_value_t = ContinuationConfig::default().per_client)]
     pub continuation_per_client: usize,
     /// How long a partial read's state is held for the call presenting its token.
@@ -232,7 +236,9 @@ pub struct ServeArgs {
         hide = true
     )]
     pub cassandra_password: Option<Secret>,
-    /// File holding the Cassandra password.
+    /// File holding the Cassandra password, instead of
+    /// HOURGLASS_CASSANDRA_PASSWORD or the config file's `cassandra-password`
+    /// (secrets are refused on the command line).
     #[arg(
         long,
         env = "HOURGLASS_CASSANDRA_PASSWORD_FILE",
@@ -274,8 +280,8 @@ impl ServeArgs {
                 String::from_utf8_lossy(&read_file("--token-keys-file", path)?).into_owned()
             }
             (None, None) => anyhow::bail!(
-                "no token signing key: set --token-keys / HOURGLASS_TOKEN_KEYS (id:secret, secret \
-                 at least 16 bytes) or --token-keys-file"
+                "no token signing key: set HOURGLASS_TOKEN_KEYS or the config file's token-keys \
+                 (id:secret, secret at least 16 bytes), or --token-keys-file"
             ),
         };
         KeyRing::parse(spec.trim(), self.token_ttl.0)
