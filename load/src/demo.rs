@@ -47,9 +47,11 @@ const DEMO_SHARDS: u32 = 4;
 /// 2026-01-01T00:00:00Z.
 const DEMO_EPOCH_MICROS: i64 = 1_767_225_600_000_000;
 
-/// Connects to `server`, retrying while it starts.
+/// Connects to `server`, retrying while it starts (for up to `wait`,
+/// saying so on stderr after the first failure).
 pub async fn connect(server: &str, wait: Duration) -> anyhow::Result<HourglassClient<Channel>> {
     let began = Instant::now();
+    let mut said = false;
     loop {
         match HourglassClient::connect(server.to_string()).await {
             Ok(c) => {
@@ -58,9 +60,22 @@ pub async fn connect(server: &str, wait: Duration) -> anyhow::Result<HourglassCl
                     .max_encoding_message_size(hourglass::api::MAX_MESSAGE_BYTES))
             }
             Err(e) if began.elapsed() > wait => {
-                anyhow::bail!("cannot reach the Hourglass server at {server}: {e}")
+                anyhow::bail!(
+                    "cannot reach the Hourglass server at {server}: {:#}",
+                    anyhow::Error::from(e)
+                )
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) => {
+                if !said {
+                    eprintln!(
+                        "waiting up to {} s for the Hourglass server at {server} ({:#})",
+                        wait.as_secs(),
+                        anyhow::Error::from(e)
+                    );
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     }
 }
