@@ -266,6 +266,27 @@ fn comma_separated<S: Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error>
     s.serialize_str(&v.join(","))
 }
 
+/// Reads a PEM file named by a flag, which must hold a block whose
+/// `-----BEGIN ` line ends in `label` (the transport otherwise takes a key
+/// for a certificate and fails only at the first connection).
+fn read_pem(flag: &str, path: &Path, label: &str) -> anyhow::Result<Vec<u8>> {
+    let pem = read_file(flag, path)?;
+    let begin = format!("-----BEGIN {label}");
+    let text = String::from_utf8_lossy(&pem);
+    let holds = text.lines().any(|l| {
+        l.trim_end()
+            .strip_prefix("-----BEGIN ")
+            .is_some_and(|rest| rest.ends_with(label))
+    });
+    if !holds {
+        anyhow::bail!(
+            "{flag} {} holds no PEM block like {begin:?}",
+            path.display()
+        );
+    }
+    Ok(pem)
+}
+
 /// Reads a file named by a flag, naming the flag and path on failure.
 fn read_file(flag: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {flag} {}: {e}", path.display()))
@@ -333,11 +354,15 @@ impl ServeArgs {
             return Ok(None);
         };
         let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
-            read_file("--tls-cert", cert)?,
-            read_file("--tls-key", key)?,
+            read_pem("--tls-cert", cert, "CERTIFICATE-----")?,
+            read_pem("--tls-key", key, "PRIVATE KEY-----")?,
         ));
         if let Some(ca) = &self.tls_client_ca {
-            tls = tls.client_ca_root(Certificate::from_pem(read_file("--tls-client-ca", ca)?));
+            tls = tls.client_ca_root(Certificate::from_pem(read_pem(
+                "--tls-client-ca",
+                ca,
+                "CERTIFICATE-----",
+            )?));
         }
         Ok(Some(tls))
     }

@@ -128,3 +128,29 @@ fn the_config_file_sits_between_variables_and_defaults() {
         "{err}"
     );
 }
+
+#[test]
+fn tls_files_must_hold_what_their_flag_names() {
+    let dir = std::env::temp_dir().join(format!("hourglass-cli-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let block = |label: &str| format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n");
+    std::fs::write(&cert, block("CERTIFICATE")).unwrap();
+    std::fs::write(&key, block("EC PRIVATE KEY")).unwrap();
+    let (c, k) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let a = serve_args(&["hourglass", "serve", "--tls-cert", c, "--tls-key", k]);
+    assert!(a.tls_config().unwrap().is_some());
+    // The two swapped: each is named.
+    let a = serve_args(&["hourglass", "serve", "--tls-cert", k, "--tls-key", c]);
+    let err = a.tls_config().unwrap_err().to_string();
+    assert!(
+        err.contains("--tls-cert") && err.contains("CERTIFICATE"),
+        "{err}"
+    );
+    let a = serve_args(&["hourglass", "serve", "--tls-cert", c, "--tls-key", c]);
+    let err = a.tls_config().unwrap_err().to_string();
+    assert!(
+        err.contains("--tls-key") && err.contains("PRIVATE KEY"),
+        "{err}"
+    );
+}
