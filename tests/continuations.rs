@@ -207,6 +207,15 @@ async fn held_rows(
     rows
 }
 
+/// A 2 MiB cache: each scan fetches ahead up to 256 KiB (an eighth), so 16
+/// scans fetching ahead at once would fill it twice over.
+fn small_cache() -> ContinuationConfig {
+    ContinuationConfig {
+        max_bytes: 8 * (256 << 10),
+        ..ContinuationConfig::default()
+    }
+}
+
 /// Held scans fetch ahead within the cache's bytes together: reads held
 /// with a row each fetch ahead while their clients are away (alone, each
 /// would fetch up to its bound; together that is twice the cache), yet what
@@ -222,10 +231,7 @@ async fn held_scans_fetch_ahead_within_the_cache_bytes_together() {
     let at = |i: usize| i64::try_from(i).expect("small");
     let (store, all) = seeded(&ns, (0..READS * SPAN).map(at)).await;
     store.set_latency(|_| MS);
-    let held = ContinuationConfig {
-        max_bytes: 8 * (256 << 10),
-        ..ContinuationConfig::default()
-    };
+    let held = small_cache();
     let (max_bytes, ahead) = (held.max_bytes, held.ahead_bytes());
     assert_eq!(READS * ahead, 2 * max_bytes);
     let config = EngineConfig {
@@ -320,10 +326,7 @@ async fn calls_fetch_ahead_within_the_cache_bytes_together() {
             MS
         }
     });
-    let held = ContinuationConfig {
-        max_bytes: 8 * (256 << 10),
-        ..ContinuationConfig::default()
-    };
+    let held = small_cache();
     let (max_bytes, ahead) = (held.max_bytes, held.ahead_bytes());
     assert_eq!(READS * ahead, 2 * max_bytes);
     let config = EngineConfig {
@@ -394,10 +397,7 @@ async fn stale_held_scans_make_room_for_one_being_read() {
     let at = |i: usize| i64::try_from(i).expect("small");
     let (store, all) = seeded(&ns, (0..(IDLE + 1) * SPAN).map(at)).await;
     store.set_latency(|_| MS);
-    let held = ContinuationConfig {
-        max_bytes: 8 * (256 << 10),
-        ..ContinuationConfig::default()
-    };
+    let held = small_cache();
     let (max_bytes, ahead) = (held.max_bytes, held.ahead_bytes());
     let hot = hot_engine(&store, held);
     let one_row = |i: usize| {
@@ -625,10 +625,7 @@ async fn a_held_scan_fills_its_pipeline_to_the_fetch_ahead_bound_while_the_clien
     let ns = namespace(1_000_000, 4);
     let (store, all) = seeded(&ns, (0..200_000).map(i64::from)).await;
     store.set_latency(|_| MS);
-    let held = ContinuationConfig {
-        max_bytes: 8 * (256 << 10),
-        ..ContinuationConfig::default()
-    };
+    let held = small_cache();
     let ahead = held.ahead_bytes();
     assert_eq!(ahead, 256 << 10);
     let hot = hot_engine(&store, held);

@@ -402,16 +402,15 @@ fn finish<T>(
     // Recorded before the events below, so they carry it.
     tracing::Span::current().record("outcome", outcome);
     match &result {
-        Err(e) if e.is_caller_error() => {
-            tracing::debug!(cause = %crate::storage::chain(e), reason = e.reason(), "request refused");
-        }
-        Err(e) => {
-            tracing::warn!(cause = %crate::storage::chain(e), reason = e.reason(), "request failed");
-        }
         Ok(_) => tracing::debug!(elapsed_ms = started.elapsed().as_millis(), "request done"),
-    }
-    if let Err(e) = &result {
-        metrics::counter!(telemetry::REJECTED, "reason" => e.reason()).increment(1);
+        Err(e) => {
+            metrics::counter!(telemetry::REJECTED, "reason" => e.reason()).increment(1);
+            if e.is_caller_error() {
+                tracing::debug!(cause = %crate::storage::chain(e), reason = e.reason(), "request refused");
+            } else {
+                tracing::warn!(cause = %crate::storage::chain(e), reason = e.reason(), "request failed");
+            }
+        }
     }
     telemetry::request(method, outcome, started.elapsed());
     result.map_err(Status::from)
