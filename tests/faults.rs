@@ -337,8 +337,18 @@ impl Drop for Thaw {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_the_client_does_not_read_keeps_its_scan_slot() {
     let _node = NODE.lock().await;
-    let mut server =
-        TestServer::start_config(|c| (c.max_scans, c.max_scans_per_namespace) = (1, 1)).await;
+    // A stream sends only what its client, read at the measured response
+    // cost, can have by the deadline; this client stops reading after one
+    // message. Costed at nothing, the stream sends as a fast client would
+    // have it (a debug build measures encoding so slowly that a 1 s stream
+    // sent about 24,000 rows, which the transport's buffers took whole, so
+    // the stream gave back its slot).
+    let mut server = TestServer::start_config(|c| {
+        (c.max_scans, c.max_scans_per_namespace) = (1, 1);
+        c.engine.response_cost = None;
+        c.engine.response_reserve_per_row = Duration::ZERO;
+    })
+    .await;
     create_namespace(&mut server.client, "unread", 10_000_000, 2).await;
     // 100,000 rows of ~100 bytes in 1,000-row messages: far more than
     // HTTP/2 windows and send buffers hold for one stream.
