@@ -8,10 +8,9 @@ mod fake;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fake::{assert_rows, engine, namespace, request, resumed, seeded, MS};
+use fake::{assert_rows, costed_engine, engine, namespace, request, resumed, seeded, MS};
 use hourglass::engine::{ContinuationConfig, Ending, EngineConfig, ReadEngine, RowSink};
 use hourglass::model::{Key, Order, Row};
-use hourglass::storage::memory::MemoryStore;
 use tokio::time::Instant;
 
 /// Takes rows like a stream; backlogged from its `stall_after`th row on,
@@ -102,18 +101,6 @@ impl RowSink for Stream {
     }
 }
 
-/// An engine whose responses cost `per_row` a row to send and decode, with
-/// hot continuations on and no other reserve.
-fn costed(store: &MemoryStore, per_row: Duration) -> ReadEngine<MemoryStore> {
-    let config = EngineConfig {
-        response_reserve: Duration::ZERO,
-        response_reserve_per_row: per_row,
-        timer_slack: Duration::ZERO,
-        ..EngineConfig::default()
-    };
-    ReadEngine::new(Arc::new(store.clone()), config)
-}
-
 /// A stream sends no more rows than its client can read by the deadline:
 /// continued with many rows fetched ahead in hand, it sends at once only
 /// as many as fit in its budget at 10 µs a row (it sent them all, and its
@@ -124,7 +111,7 @@ async fn a_stream_sends_rows_in_hand_only_as_far_as_its_client_can_read_them() {
     let (store, all) = seeded(&ns, (0..100_000).map(i64::from)).await;
     store.set_latency(|_| MS);
     let per_row = Duration::from_micros(10);
-    let hot = costed(&store, per_row);
+    let hot = costed_engine(&store, per_row);
     let budget = 5 * MS;
     let mut first = Stream::default();
     let mut out = hot

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fake::{
-    assert_rows, engine, follow, frontier, hot_config, hot_engine, namespace, read, request,
-    resumed, seeded, seeded_in, write_rows, MS,
+    assert_rows, costed_engine, engine, follow, frontier, hot_config, hot_engine, namespace, read,
+    request, resumed, seeded, seeded_in, write_rows, MS,
 };
 use hourglass::engine::{
     ContinuationConfig, Ending, EngineConfig, ReadEngine, ReadError, ReadRequest,
@@ -752,12 +752,7 @@ async fn rows_fetched_ahead_fill_a_response_only_as_far_as_its_budget() {
     let (store, all) = seeded(&ns, (0..100_000).map(i64::from)).await;
     store.set_latency(|_| MS);
     let per_row = Duration::from_micros(10);
-    let config = hourglass::engine::EngineConfig {
-        response_reserve: Duration::ZERO,
-        response_reserve_per_row: per_row,
-        ..hourglass::engine::EngineConfig::default()
-    };
-    let hot = ReadEngine::new(Arc::new(store.clone()), config);
+    let hot = costed_engine(&store, per_row);
     let budget = 5 * MS;
     let (first, out) = read(&hot, &request(&ns, Order::Ascending, budget, 100_000)).await;
     let mut out = out.expect("partial");

@@ -193,6 +193,17 @@ pub async fn follow(
     (rows, outcomes)
 }
 
+/// An engine whose responses cost `per_row` a row to send and decode, with
+/// no other reserve and hot continuations on (their defaults).
+pub fn costed_engine(store: &MemoryStore, per_row: Duration) -> ReadEngine<MemoryStore> {
+    let config = EngineConfig {
+        response_reserve: Duration::ZERO,
+        response_reserve_per_row: per_row,
+        ..EngineConfig::default()
+    };
+    ReadEngine::new(Arc::new(store.clone()), config)
+}
+
 /// The engine of [`engine`] with hot continuations bounded by `held`.
 pub fn hot_engine(store: &MemoryStore, held: ContinuationConfig) -> ReadEngine<MemoryStore> {
     ReadEngine::new(Arc::new(store.clone()), hot_config(held))
