@@ -398,14 +398,73 @@ impl EncodedEvents {
         self.encoder.take()
     }
 
-    /// The key of the last row held (there is one).
-    fn last_key(&self) -> Key {
-        let start = match self.ends.as_slice() {
-            [.., before, _] => *before,
-            _ => 0,
-        };
-        let end = *self.ends.last().expect("a row stays");
-        decode_entry(&mut &self.encoder.buf[start..end])
+    /// The encoded events so far, leaving the sink empty (a stream's batch
+    /// going); the encoding's cost per byte goes to [`RESPONSE_COST`].
+    pub fn take(&mut self) -> Bytes {
+        self.ends.clear();
+        self.encoder.take()
+    }
+
+    /// The encoded events but those of the last `keep` rows, which stay
+    /// held (a stream's batch going before a wait, see
+    /// [`RowSink::flush_but`]); empty when no more than `keep` rows are
+    /// held.
+    pub fn take_but(&mut self, keep: usize) -> Bytes {
+        if keep == 0 {
+            return self.take();
+        }
+        if self.ends.len() <= keep {
+            return Bytes::new();
+        }
+        let cut = self.ends[self.ends.len() - keep - 1];
+        let tail = self.encoder.buf.split_off(cut);
+        let sent = self.encoder.take();
+        self.encoder.buf = tail;
+        self.encoder.rows = keep;
+        self.ends = self.ends.split_off(self.ends.len() - keep);
+        for end in &mut self.ends {
+            *end -= cut;
+        }
+        sent
+    }
+
+    /// Rows held.
+    pub fn rows(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        self.encoder.len()
+    }
+
+    /// Whether no row is held.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The bytes `row`'s entry takes ([`Row::weight`] for this series).
+    pub fn weight(&self, row: &Row) -> usize {
+        self.encoder.weight(row)
+    }
+
+    /// Gives back every row held, in order (the sink is left empty).
+    pub fn take_all(&mut self) -> Vec<Row> {
+        let mut back = self.take();
+        let mut rows = Vec::new();
+        while back.has_remaining() {
+            rows.push(decode_entry(&mut back).expect("entries this sink encoded decode"));
+        }
+        rows
+    }
+
+    /// The key of the `i`th row held.
+    ///
+    /// # Panics
+    /// If fewer than `i + 1` rows are held.
+    pub fn key_of(&self, i: usize) -> Key {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        decode_entry(&mut &self.encoder.buf[start..self.ends[i]])
             .expect("entries this sink encoded decode")
             .key
     }
@@ -430,7 +489,7 @@ impl RowSink for EncodedEvents {
             let entry = decode_entry(&mut back).expect("entries this sink encoded decode");
             rows.push(entry);
         }
-        Some((self.last_key(), rows))
+        Some((self.key_of(keep - 1), rows))
     }
 }
 
@@ -594,5 +653,34 @@ mod tests {
         let decoded =
             ReadEventsResponse::decode(response.encode_to_vec().as_slice()).expect("decodes");
         assert_eq!(decoded.events, built("s", &all[..2]).events);
+    }
+
+    #[test]
+    fn taking_all_but_the_last_rows_keeps_them_whole_and_in_order() {
+        let all = rows();
+        let events = |bytes: Bytes| {
+            let batch = EventBatch {
+                encoded_events: bytes,
+                events: vec![],
+            };
+            EventBatch::decode(batch.encode_to_vec().as_slice())
+                .expect("decodes")
+                .events
+        };
+        let mut sink = EncodedEvents::new("s".into());
+        for row in all.clone() {
+            sink.push(row);
+        }
+        assert!(sink.take_but(4).is_empty(), "no more than 4 rows: all stay");
+        assert_eq!(sink.rows(), 4);
+        assert_eq!(events(sink.take_but(1)), built("s", &all[..3]).events);
+        assert_eq!(sink.rows(), 1);
+        assert_eq!(sink.key_of(0), all[3].key);
+        sink.push(all[0].clone());
+        // The row kept and the one pushed after it go on as one.
+        let (last, back) = sink.take_back(1).expect("one of two");
+        assert_eq!((last, back), (all[3].key.clone(), vec![all[0].clone()]));
+        assert_eq!(sink.take_all(), vec![all[3].clone()]);
+        assert!(sink.is_empty() && sink.take_but(0).is_empty());
     }
 }

@@ -344,3 +344,122 @@ async fn the_client_helper_waits_out_refusals_for_load() {
         }
     }
 }
+
+/// Follows StreamEvents of series "s" in `namespace` through `service` to
+/// its end, each stream under `slo_ms`. Returns the events and, per
+/// stream, how many it sent and whether it continued a held scan; panics
+/// on a stream that fails.
+async fn follow_streams(
+    service: &HourglassService<MemoryStore>,
+    namespace: &str,
+    slo_ms: i64,
+) -> (Vec<pb::Event>, Vec<(usize, bool)>) {
+    use tokio_stream::StreamExt as _;
+    let mut events = Vec::new();
+    let mut streams = Vec::new();
+    let mut token = String::new();
+    loop {
+        let req = Request::new(pb::ReadEventsRequest {
+            namespace: namespace.into(),
+            series_id: "s".into(),
+            start_time_micros: i64::MIN,
+            end_time_micros: i64::MAX,
+            slo_millis: slo_ms,
+            page_size: Some(100_000),
+            continuation_token: token.clone(),
+            ..Default::default()
+        });
+        let n = streams.len();
+        let mut stream = match service.stream_events(req).await {
+            Ok(s) => s.into_inner(),
+            Err(e) => panic!("stream {n} refused: {e:?}"),
+        };
+        let mut sent = 0;
+        let end = loop {
+            let msg = match stream.next().await {
+                Some(Ok(msg)) => msg,
+                Some(Err(e)) => panic!("stream {n} failed after {sent} events: {e:?}"),
+                None => panic!("stream {n} ended without its end message"),
+            };
+            match msg.message.expect("a message") {
+                pb::stream_events_response::Message::Batch(b) => {
+                    // As a client decodes it: encoded events are events.
+                    use prost::Message as _;
+                    let b = pb::EventBatch::decode(b.encode_to_vec().as_slice()).expect("decodes");
+                    sent += b.events.len();
+                    events.extend(b.events);
+                }
+                pb::stream_events_response::Message::End(end) => break end,
+            }
+        };
+        let continued = end.stats.as_ref().is_some_and(|s| s.continued);
+        streams.push((sent, continued));
+        if !end.partial {
+            return (events, streams);
+        }
+        token = end.continuation_token;
+    }
+}
+
+/// A stream stopped by its budget leaves its last rows to the next stream
+/// of its held scan, as a ReadEvents call does: it sends them only once a
+/// later page lands, so when the budget ends first they are still its
+/// own. A continued stream then has rows to send at once, even while the
+/// page it waits on outlasts its whole budget (a storage GC pause).
+/// Without them, the stream after each slow page failed
+/// DEADLINE_EXCEEDED on a healthy scan.
+#[tokio::test(start_paused = true)]
+async fn a_continued_stream_has_rows_even_while_a_page_outlasts_its_budget() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let store = MemoryStore::new();
+    let ns = Namespace::checked("streams".into(), 1_000, 4, 0).expect("valid");
+    store.create_namespace(&ns).await.expect("create");
+    let written: Vec<hourglass::model::NewEvent> = (0..20_000)
+        .map(|i| hourglass::model::NewEvent {
+            series_id: "s".into(),
+            row: hourglass::model::Row {
+                key: hourglass::model::Key::new(i, format!("e{i:06}")),
+                payload: vec![b'x'; 8].into(),
+                tags: Default::default(),
+            },
+        })
+        .collect();
+    store.write_events(&ns, &written).await.expect("write");
+    let pages = Arc::new(AtomicUsize::new(0));
+    store.set_latency(move |_| {
+        // Every seventh page stalls for two and a half budgets.
+        if pages.fetch_add(1, Ordering::Relaxed) % 7 == 6 {
+            Duration::from_millis(25)
+        } else {
+            Duration::from_millis(1)
+        }
+    });
+    let config = EngineConfig {
+        response_reserve: Duration::ZERO,
+        response_reserve_per_row: Duration::ZERO,
+        response_cost: None,
+        timer_slack: Duration::ZERO,
+        ..EngineConfig::default()
+    };
+    let engine = Arc::new(ReadEngine::new(Arc::new(store.clone()), config));
+    let keys = KeyRing::parse("t:0123456789abcdef0123", Duration::from_secs(60)).expect("keys");
+    let service = HourglassService::new(engine, keys, BudgetConfig::default());
+
+    let (events, streams) = follow_streams(&service, "streams", 10).await;
+    let keys: Vec<(i64, &str)> = events
+        .iter()
+        .map(|e| (e.event_time_micros, e.event_id.as_str()))
+        .collect();
+    let want: Vec<(i64, String)> = (0..20_000).map(|i| (i, format!("e{i:06}"))).collect();
+    let want: Vec<(i64, &str)> = want.iter().map(|(t, id)| (*t, id.as_str())).collect();
+    assert!(
+        keys == want,
+        "{} events, not each of 20,000 once in order",
+        keys.len()
+    );
+    assert!(streams.len() > 10, "the budget ended most streams");
+    for (i, (sent, continued)) in streams.iter().enumerate().skip(1) {
+        assert!(continued, "stream {i} continued the held scan");
+        assert!(*sent > 0, "stream {i} sent nothing");
+    }
+}

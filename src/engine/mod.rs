@@ -340,9 +340,17 @@ pub enum ReadError {
 /// Receives the rows of a read, in order.
 pub trait RowSink: Send {
     fn push(&mut self, row: Row);
-    /// Called when the engine is about to wait on storage: a streaming sink
-    /// sends what it holds.
+    /// Called when the read ends, and by a streaming sink itself: a
+    /// streaming sink sends what it holds.
     fn flush(&mut self) {}
+    /// Called when the engine is about to wait on storage: a streaming sink
+    /// sends what it holds but its last `keep` rows, which the call leaves
+    /// to the next ([`RowSink::take_back`]) should its budget end during
+    /// the wait, and which go with the next rows otherwise.
+    fn flush_but(&mut self, keep: usize) {
+        let _ = keep;
+        self.flush();
+    }
     /// Whether rows go to the client as they come (a stream): then the
     /// client reads them while the scan goes on, and of the rows sent only
     /// what it has not had time to read (at the response cost per byte,
@@ -364,7 +372,8 @@ pub trait RowSink: Send {
     }
     /// Gives back the last `n` rows pushed, if they were not sent yet and
     /// at least one more row stays, with the key of the last row that
-    /// stays. A sink that sends as it goes gives nothing back.
+    /// stays. A sink that sends as it goes gives back only rows it has not
+    /// sent (fewer than `n`, when rows sent before stay).
     fn take_back(&mut self, n: usize) -> Option<(Key, Vec<Row>)> {
         let _ = n;
         None
@@ -497,7 +506,7 @@ impl<S: Storage> ReadEngine<S> {
             let budget_ended = matches!(ending, Ending::Partial { reason, .. }
                 if reason.holds_scan() && reason.is_budget());
             if budget_ended && self.continuations.holds() {
-                let rows = (scan.rows_out / LEFT_FOR_NEXT_SHARE).max(1);
+                let rows = scan.left_for_next();
                 scan.leave_for_next(rows, sink, ending);
             }
         }

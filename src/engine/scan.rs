@@ -347,6 +347,17 @@ impl<S: Storage> Scan<S> {
         *frontier = last;
     }
 
+    /// The rows a call stopped by its budget now would leave to the next
+    /// call of its held scan (a sixteenth of its rows, at least one; none
+    /// when scans are not held).
+    pub(super) fn left_for_next(&self) -> usize {
+        if self.engine.config.continuations.enabled() {
+            (self.rows_out / super::LEFT_FOR_NEXT_SHARE).max(1)
+        } else {
+            0
+        }
+    }
+
     /// Estimated memory of the rows this scan holds: rows buffered and
     /// left for the next call, plus pages in flight, at the mean size of
     /// the rows seen (counting rows, not weighing each: a held scan asks
@@ -673,7 +684,7 @@ impl<S: Storage> Scan<S> {
                 (a, b) => a.or(b),
             };
             debug_assert!(!self.in_flight.is_empty(), "waiting on nothing");
-            sink.flush();
+            sink.flush_but(self.left_for_next());
             self.mark_stream();
             // Timers go off at the tick after their deadline: the stop's is
             // set early once the call has rows to answer with (before, an

@@ -22,7 +22,7 @@ use crate::engine::budget::{parse_grpc_timeout, Budget, BudgetConfig};
 use crate::engine::{ReadEngine, ReadError, ReadRequest, RowSink};
 use crate::error::ServiceError;
 use crate::model::{Key, Namespace, Order, Row, Span};
-use crate::response::{EncodedEvents, RowEncoder};
+use crate::response::EncodedEvents;
 use crate::storage::{Created, Storage, StorageError};
 use crate::telemetry;
 use crate::token::{KeyRing, QueryFingerprint};
@@ -652,6 +652,10 @@ impl<K: RowSink> RowSink for FirstRow<'_, K> {
         self.sink.flush();
     }
 
+    fn flush_but(&mut self, keep: usize) {
+        self.sink.flush_but(keep);
+    }
+
     fn sends_as_it_goes(&self) -> bool {
         self.sink.sends_as_it_goes()
     }
@@ -708,12 +712,14 @@ type StreamMessage = Result<pb::StreamEventsResponse, Status>;
 /// engine is about to wait on storage, when it holds
 /// [`STREAM_BATCH_BYTES`], or when its first row has waited
 /// [`STREAM_BATCH_DELAY`]; no row count bounds it. Rows are encoded as
-/// they come ([`RowEncoder`]), so a batch that goes is only copied to the
+/// they come ([`EncodedEvents`]), so a batch that goes is only copied to the
 /// transport. Batches the bounded queue to the transport cannot take wait
 /// in `held`, and the sink says it is backlogged until they went.
 struct StreamSink {
     /// The batch being filled.
-    batch: RowEncoder,
+    batch: EncodedEvents,
+    /// The key of the last row sent (went to the queue or `held`).
+    sent_last: Option<Key>,
     /// When the first row of the batch was pushed.
     since: Option<std::time::Instant>,
     tx: mpsc::Sender<StreamMessage>,
@@ -724,7 +730,8 @@ struct StreamSink {
 impl StreamSink {
     fn new(series_id: Arc<str>, tx: mpsc::Sender<StreamMessage>) -> Self {
         Self {
-            batch: RowEncoder::new(series_id),
+            batch: EncodedEvents::new(series_id),
+            sent_last: None,
             since: None,
             tx,
             held: std::collections::VecDeque::new(),
@@ -737,7 +744,7 @@ impl RowSink for StreamSink {
         if self.batch.len() + self.batch.weight(&row) > STREAM_BATCH_BYTES {
             self.flush();
         }
-        self.batch.push(&row);
+        self.batch.push(row);
         let since = *self.since.get_or_insert_with(std::time::Instant::now);
         // Reading the clock every row would cost more than the rows.
         if self.batch.rows() % STREAM_CLOCK_EVERY == 0 && since.elapsed() >= STREAM_BATCH_DELAY {
@@ -750,13 +757,18 @@ impl RowSink for StreamSink {
     }
 
     fn flush(&mut self) {
-        if self.batch.is_empty() {
+        self.flush_but(0);
+    }
+
+    fn flush_but(&mut self, keep: usize) {
+        let Some(last) = self.batch.rows().checked_sub(keep + 1) else {
             return;
-        }
+        };
         self.since = None;
+        self.sent_last = Some(self.batch.key_of(last));
         let batch = Ok(pb::StreamEventsResponse {
             message: Some(pb::stream_events_response::Message::Batch(pb::EventBatch {
-                encoded_events: self.batch.take(),
+                encoded_events: self.batch.take_but(keep),
                 events: Vec::new(),
             })),
         });
@@ -772,6 +784,19 @@ impl RowSink for StreamSink {
 
     fn backlogged(&self) -> bool {
         !self.held.is_empty()
+    }
+
+    /// Gives back rows of the batch not sent yet: the last `n`, or all of
+    /// them when rows sent before stay.
+    fn take_back(&mut self, n: usize) -> Option<(Key, Vec<Row>)> {
+        if n == 0 || self.batch.is_empty() {
+            return None;
+        }
+        if self.batch.rows() > n {
+            return self.batch.take_back(n);
+        }
+        let last = self.sent_last.clone()?;
+        Some((last, self.batch.take_all()))
     }
 
     /// Cancel-safe (the engine drops it when its budget ends first): a
@@ -895,6 +920,28 @@ mod tests {
             pb::stream_events_response::Message::Batch(b) => Some(events_of(&b).len()),
             pb::stream_events_response::Message::End(_) => None,
         }
+    }
+
+    #[test]
+    fn a_stream_gives_back_only_rows_it_has_not_sent() {
+        let (mut sink, mut rx) = sink();
+        assert!(sink.take_back(1).is_none(), "nothing pushed");
+        for i in 0..10 {
+            sink.push(row(i, 10));
+        }
+        // Before a wait: all but the last 3 go.
+        sink.flush_but(3);
+        assert_eq!(batch_len(&mut rx), Some(7));
+        sink.push(row(10, 10));
+        let (last, back) = sink.take_back(2).expect("two unsent rows");
+        assert_eq!(last, row(8, 10).key);
+        assert_eq!(back, vec![row(9, 10), row(10, 10)]);
+        // Fewer unsent rows than asked: those, after the last row sent.
+        let (last, back) = sink.take_back(5).expect("the unsent rows");
+        assert_eq!((last, back), (row(6, 10).key, vec![row(7, 10), row(8, 10)]));
+        assert!(sink.take_back(1).is_none(), "every row left was sent");
+        sink.flush();
+        assert!(rx.try_recv().is_err(), "nothing is left to send");
     }
 
     #[test]
