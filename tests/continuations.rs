@@ -775,3 +775,42 @@ async fn rows_fetched_ahead_fill_a_response_only_as_far_as_its_budget() {
     }
     assert_rows(&got, &all[..got.len()]);
 }
+
+/// A held scan whose pages fail at once (as they do while the storage
+/// circuit is open) rests before it asks again. One that asked again at
+/// once never waited: it held its worker thread, and with it the runtime's
+/// timers and sockets, until a request got through (two seconds later,
+/// the circuit's cool-down), and every read of the replica answered
+/// seconds past its budget. Here 5,000 failures in a row come at once;
+/// they took no time at all, all asked for before the clock moved.
+#[tokio::test(start_paused = true)]
+async fn a_held_scan_whose_pages_fail_at_once_rests_before_asking_again() {
+    use hourglass::storage::StorageError;
+    let ns = namespace(1_000, 4);
+    let (store, all) = seeded(&ns, (0..20_000).map(i64::from)).await;
+    let hot = hot_engine(&store, ContinuationConfig::default());
+    let req = request(&ns, Order::Ascending, 100 * MS, 100);
+    let (first, out) = read(&hot, &req).await;
+    let out = out.expect("partial");
+    assert!(matches!(out.ending, Ending::Partial { .. }));
+    let asked = || store.shard_queries() + store.index_queries();
+    store.fail_next((0..5_000).map(|_| StorageError::Transient("circuit open".into())));
+    let before = asked();
+    let began = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let failed = asked() - before;
+    assert!(
+        failed <= 64,
+        "{failed} requests in {:?} of a held scan whose pages fail",
+        began.elapsed()
+    );
+    // The scan is still held and whole: the next call continues it.
+    let (second, out) = read(
+        &hot,
+        &resumed(request(&ns, Order::Ascending, 100 * MS, 100), &out),
+    )
+    .await;
+    assert!(out.expect("partial").stats.continued);
+    let got: Vec<Row> = first.into_iter().chain(second).collect();
+    assert_rows(&got, &all[..got.len()]);
+}

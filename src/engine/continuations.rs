@@ -71,6 +71,10 @@ pub const STALE_FOR_ROOM: Duration = Duration::from_secs(1);
 pub const PRESSURE_HOLD: Duration = Duration::from_millis(250);
 /// How often a held scan kept from fetching ahead looks again.
 const PRESSURE_RECHECK: Duration = Duration::from_millis(50);
+/// A held scan whose page failed fetches nothing more for this long,
+/// doubled for each failure in a row up to [`FAILED_REST_MAX`].
+const FAILED_REST: Duration = Duration::from_millis(20);
+const FAILED_REST_MAX: Duration = Duration::from_secs(1);
 
 /// Whether this replica is refusing reads for load. Fetching ahead is work
 /// no caller waits on: while reads are refused, held scans fetch nothing
@@ -544,6 +548,13 @@ impl<S> Entry<S> {
 /// otherwise grew to the fetch-ahead bound unaccounted (245 scans held
 /// after one-row reads grew a server by 800 MiB while it counted 1.5 MB
 /// held).
+///
+/// A page that fails makes it rest before it fetches again
+/// ([`FAILED_REST`], doubling): a failure can come at once (the storage
+/// circuit open), and a scan that asked again at once looped without ever
+/// waiting, holding its worker thread, and with it the runtime's timers
+/// and sockets, until the circuit let a request through two seconds later:
+/// every read of the replica answered seconds past its budget.
 async fn keep<S: Storage>(
     mut scan: Scan<S>,
     claim: Arc<Notify>,
@@ -554,15 +565,27 @@ async fn keep<S: Storage>(
 ) {
     let (expiry, drain) = until;
     let pressure = scan.engine.pressure.clone();
+    let mut failures = 0u32;
+    let mut rest_until: Option<Instant> = None;
     loop {
-        let ahead = entry.account(scan.held_bytes(), pressure.ahead(ahead_bytes));
-        scan.fetch_ahead(ahead);
-        // The pages just asked for count from now.
-        entry.account(scan.held_bytes(), 0);
+        let resting = rest_until.is_some_and(|t| Instant::now() < t);
+        let ahead = if resting {
+            entry.account(scan.held_bytes(), 0)
+        } else {
+            let ahead = entry.account(scan.held_bytes(), pressure.ahead(ahead_bytes));
+            scan.fetch_ahead(ahead);
+            // The pages just asked for count from now.
+            entry.account(scan.held_bytes(), 0);
+            ahead
+        };
         let landing = !scan.in_flight.is_empty();
-        // Kept from fetching (by load or by the others' bytes) with
-        // nothing landing and room to want: look again later.
+        // Kept from fetching (by load, by the others' bytes or by a
+        // failure) with nothing landing and room to want: look again later.
         let idle = !landing && ahead < ahead_bytes && scan.held_bytes() < ahead_bytes;
+        let recheck = match rest_until {
+            Some(t) if resting => t.min(Instant::now() + PRESSURE_RECHECK),
+            _ => Instant::now() + PRESSURE_RECHECK,
+        };
         tokio::select! {
             biased;
             () = claim.notified() => {
@@ -575,8 +598,16 @@ async fn keep<S: Storage>(
                 entry.expire();
                 return;
             }
-            Some(fetched) = scan.in_flight.next(), if landing => scan.land(fetched),
-            () = tokio::time::sleep(PRESSURE_RECHECK), if idle => {}
+            Some(fetched) = scan.in_flight.next(), if landing => {
+                if scan.land(fetched) {
+                    failures = failures.saturating_add(1);
+                    let rest = FAILED_REST.saturating_mul(1 << (failures - 1).min(16));
+                    rest_until = Some(Instant::now() + rest.min(FAILED_REST_MAX));
+                } else {
+                    failures = 0;
+                }
+            }
+            () = tokio::time::sleep_until(recheck), if idle => {}
         }
     }
 }

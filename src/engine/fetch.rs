@@ -98,14 +98,17 @@ impl Fetched {
 impl<S: Storage> Scan<S> {
     /// Takes in a fetch that landed while the scan was held between calls:
     /// rows and buckets are kept; a failure only marks the request as no
-    /// longer in flight (the next call sends it again).
-    pub(super) fn land(&mut self, fetched: Fetched) {
-        if fetched.failed() {
+    /// longer in flight (the next call sends it again). Returns whether
+    /// the request failed.
+    pub(super) fn land(&mut self, fetched: Fetched) -> bool {
+        let failed = fetched.failed();
+        if failed {
             self.forget(fetched.resend());
         } else {
             let end = self.absorb(fetched);
             debug_assert!(end.is_none(), "a landed page never ends a read");
         }
+        failed
     }
 
     /// Marks a request as no longer in flight.
