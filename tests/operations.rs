@@ -6,6 +6,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 use hourglass::api::pb;
@@ -374,4 +375,99 @@ fn config_check_validates_and_masks_secrets() {
     let out = check(&bad, &[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("max-budget"));
+}
+
+/// Forwards connections from a free loopback port to `to`, passing what
+/// the server sends at `bytes_per_sec` at most (a slow or distant
+/// client). Returns the port.
+async fn throttling_proxy(to: std::net::SocketAddr, bytes_per_sec: usize) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind proxy");
+    let port = listener.local_addr().expect("proxy addr").port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(to).await else {
+                continue;
+            };
+            let (mut from_client, mut to_client) = client.into_split();
+            let (mut from_server, mut to_server) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+            });
+            tokio::spawn(async move {
+                let tick = Duration::from_millis(10);
+                let mut buf = vec![0u8; bytes_per_sec / 100];
+                loop {
+                    let n = match from_server.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if to_client.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(tick).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A response still on its way to a slow client when the server is told
+/// to stop reaches it whole: the drain waits until what the calls sent
+/// has left, not only until the calls returned. (It stopped 100 ms after
+/// the last call returned, and the client, 4 MB of its response still to
+/// come at 1 MB/s, got UNAVAILABLE "connection reset".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_gets_its_whole_response_when_the_server_stops() {
+    let server = ServerProcess::start(&[]).await;
+    let mut client = server.client().await;
+    create_namespace(&mut client, "slowdrain", 1_000_000, 1).await;
+    let rows: i32 = 40_000;
+    let events: Vec<_> = (0..rows)
+        .map(|i| pb::Event {
+            payload: vec![7u8; 64].into(),
+            ..event("s", i64::from(i) * 10, &format!("{i:06}"))
+        })
+        .collect();
+    write_all(&client, "slowdrain", events).await;
+    let port = throttling_proxy(server.grpc, 1 << 20).await;
+    let mut slow =
+        pb::hourglass_client::HourglassClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("connect through the proxy")
+            .max_decoding_message_size(64 << 20);
+    let read = tokio::spawn(async move {
+        slow.read_events(pb::ReadEventsRequest {
+            page_size: Some(100_000),
+            page_bytes_limit: Some(32 << 20),
+            ..read_request("slowdrain", "s", 0, i64::MAX)
+        })
+        .await
+    });
+    // The server reads the 40,000 rows in well under a second; their
+    // 4 MB response then takes 4 s through the proxy.
+    let mut served = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let scrape = server.scrape().await;
+        if metric(&scrape, "hourglass_rows_delivered_total") >= f64::from(rows) {
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "the server answered the read");
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .expect("terminate");
+    assert!(status.success(), "graceful exit on SIGTERM: {status}");
+    let response = read
+        .await
+        .expect("read task")
+        .expect("the whole response, though the server stopped")
+        .into_inner();
+    assert_eq!(response.events.len(), usize::try_from(rows).expect("rows"));
+    assert!(!response.partial);
 }

@@ -141,3 +141,44 @@ async fn an_idle_client_connection_does_not_hold_up_shutdown() {
         .expect("run returns at once: no call is in flight");
     drop((client, bare));
 }
+
+/// A health Watch sees NOT_SERVING as the drain begins, then ends
+/// UNAVAILABLE once connections close; it does not hold the drain (the
+/// drain timeout here is far beyond the hang guard).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_watch_sees_not_serving_then_ends_and_does_not_hold_up_shutdown() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let server = TestServer::start_config(|c| c.drain_timeout = 10 * HANG).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: "hourglass.v1.Hourglass".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.expect("a status").expect("one");
+    assert_eq!(first.status(), ServingStatus::Serving);
+    let stopped = tokio::spawn(tokio::time::timeout(HANG, server.stop()));
+    let mut statuses = Vec::new();
+    let end = loop {
+        match watch.message().await {
+            Ok(Some(m)) => statuses.push(m.status()),
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    assert_eq!(statuses, [ServingStatus::NotServing]);
+    let end = end.expect("the stream ends with a status");
+    assert_eq!(end.code(), tonic::Code::Unavailable, "{end:?}");
+    stopped
+        .await
+        .expect("stop task")
+        .expect("run returns at once: no call is in flight");
+}

@@ -3,18 +3,25 @@
 //! so a drain waits for calls and not for idle connections.
 //!
 //! Health and reflection calls are not counted: a health `Watch` never
-//! ends by itself and serves no data.
+//! ends by itself and serves no data. Once the drain closes connections
+//! (the `goaway` token), a `Watch` ends UNAVAILABLE "server shutting down"
+//! (it has seen NOT_SERVING by then), so it does not hold its connection
+//! open until the drain timeout.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::codegen::http;
 
 /// Path prefix of the calls counted.
 const COUNTED_PREFIX: &str = "/hourglass.v1.Hourglass/";
+/// The health stream that ends when connections close.
+const WATCH_PATH: &str = "/grpc.health.v1.Health/Watch";
 
 /// The number of calls in flight; cheap to clone.
 #[derive(Clone, Debug)]
@@ -50,9 +57,13 @@ impl Drop for CallGuard {
     }
 }
 
-/// The tower layer that counts calls into a [`CallTracker`].
+/// The tower layer that counts calls into a [`CallTracker`] and ends
+/// health `Watch` streams once `goaway` is cancelled.
 #[derive(Clone, Debug)]
-pub struct TrackCallsLayer(pub CallTracker);
+pub struct TrackCallsLayer {
+    pub calls: CallTracker,
+    pub goaway: CancellationToken,
+}
 
 impl<S> tower_layer::Layer<S> for TrackCallsLayer {
     type Service = TrackCalls<S>;
@@ -60,7 +71,8 @@ impl<S> tower_layer::Layer<S> for TrackCallsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         TrackCalls {
             inner,
-            tracker: self.0.clone(),
+            tracker: self.calls.clone(),
+            goaway: self.goaway.clone(),
         }
     }
 }
@@ -70,6 +82,7 @@ impl<S> tower_layer::Layer<S> for TrackCallsLayer {
 pub struct TrackCalls<S> {
     inner: S,
     tracker: CallTracker,
+    goaway: CancellationToken,
 }
 
 impl<S, B> tower_service::Service<http::Request<B>> for TrackCalls<S>
@@ -86,25 +99,74 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let guard = request
-            .uri()
-            .path()
+        let path = request.uri().path();
+        let guard = path
             .starts_with(COUNTED_PREFIX)
             .then(|| self.tracker.enter());
+        let goaway = (path == WATCH_PATH).then(|| self.goaway.clone().cancelled_owned());
         let response = self.inner.call(request);
         async move {
             let response = response.await?;
-            Ok(match guard {
-                None => response,
-                Some(guard) => response.map(|body| {
+            Ok(match (guard, goaway) {
+                (Some(guard), _) => response.map(|body| {
                     tonic::body::Body::new(GuardedBody {
                         body,
                         _guard: guard,
                     })
                 }),
+                (None, Some(goaway)) => response.map(|body| {
+                    tonic::body::Body::new(EndsAtGoaway {
+                        body,
+                        goaway: Box::pin(goaway),
+                        ended: false,
+                    })
+                }),
+                (None, None) => response,
             })
         }
         .boxed()
+    }
+}
+
+/// A stream's body that ends, with UNAVAILABLE, once `goaway` completes.
+struct EndsAtGoaway {
+    body: tonic::body::Body,
+    goaway: Pin<Box<WaitForCancellationFutureOwned>>,
+    ended: bool,
+}
+
+impl http_body::Body for EndsAtGoaway {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        // What the stream has ready (NOT_SERVING, as the drain began) goes
+        // first.
+        if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if self.goaway.as_mut().poll(cx).is_ready() {
+            self.ended = true;
+            let mut trailers = http::HeaderMap::new();
+            let code = tonic::Code::Unavailable as i32;
+            trailers.insert("grpc-status", http::HeaderValue::from(code));
+            trailers.insert(
+                "grpc-message",
+                http::HeaderValue::from_static("server shutting down"),
+            );
+            return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.body.is_end_stream()
     }
 }
 

@@ -3,12 +3,15 @@
 //! gRPC handlers live in `service`.
 //!
 //! Shutdown: when the `shutdown` future given to [`run`] completes, health
-//! turns NOT_SERVING, running reads end partially at once (reason
-//! `SHUTDOWN`), new calls are refused, and in-flight calls get at most
-//! [`ServerConfig::drain_timeout`] to finish before `run` returns.
+//! turns NOT_SERVING, the listener closes, running reads end partially at
+//! once (reason `SHUTDOWN`), new calls are refused, and in-flight calls get
+//! at most [`ServerConfig::drain_timeout`] to finish, their responses
+//! included (sent as the clients' flow control lets them), before `run`
+//! returns.
 
 mod arrival;
 mod calls;
+mod connections;
 mod service;
 
 use std::future::Future;
@@ -34,6 +37,7 @@ use crate::storage::{Storage, StorageError};
 use crate::token::KeyRing;
 use arrival::ArrivalLayer;
 use calls::{CallTracker, TrackCallsLayer};
+use connections::Lingering;
 
 pub use arrival::Arrival;
 pub use service::{
@@ -54,9 +58,6 @@ const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TCP keepalive of accepted connections.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
-/// Once no call is in flight after shutdown began, connections get this
-/// long to flush their last responses and close before `run` returns.
-const FLUSH_GRACE: Duration = Duration::from_millis(100);
 /// The health probe of storage waits at least this long for an answer.
 const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Namespaces a replica caches as it starts, at most.
@@ -202,38 +203,81 @@ pub async fn run(
         drain.clone(),
     ));
     tracing::info!(listen = ?listener.local_addr().ok(), tls = config.tls.is_some(), "serving");
-    let shutdown = {
-        let (drain, reporter) = (drain.clone(), reporter.clone());
+    // The drain: at the shutdown signal health turns NOT_SERVING, the
+    // listener closes and running reads end partial; connections stay
+    // open (health checks see NOT_SERVING, new calls are refused
+    // SERVER_DRAINING) until no call is in flight, then get GOAWAY and
+    // close once their streams' last frames went (a health Watch ends
+    // then; a connection with no call closes at once), each lingering
+    // until its client has read what was sent (see `connections`). The
+    // drain ends when they all closed, at the latest after the drain
+    // timeout.
+    let calls = CallTracker::default();
+    let goaway = CancellationToken::new();
+    let lingering = Lingering::new(goaway.clone());
+    let drain_timeout = config.drain_timeout;
+    let drain_deadline = Arc::new(std::sync::OnceLock::new());
+    let drained = {
+        let (drain, reporter, calls, goaway, deadline) = (
+            drain.clone(),
+            reporter.clone(),
+            calls.clone(),
+            goaway.clone(),
+            drain_deadline.clone(),
+        );
         async move {
             shutdown.await;
             tracing::info!("shutting down; finishing in-flight calls");
+            let _ = deadline.set(tokio::time::Instant::now() + drain_timeout);
             set_health(&reporter, false).await;
             drain.cancel();
-        }
-    };
-    // Serving ends when every connection closed; a connection that stays
-    // open without a call (a client that keeps its channel, a bare TCP
-    // connection) must not hold the drain, so the drain ends as soon as no
-    // call is in flight, and at the latest after the drain timeout.
-    let calls = CallTracker::default();
-    let drain_timeout = config.drain_timeout;
-    let drained = async {
-        drain.cancelled().await;
-        tokio::select! {
-            () = calls.idle() => {
-                tokio::time::sleep(FLUSH_GRACE).await;
-                tracing::debug!("no call in flight; closing remaining connections");
-            }
-            () = tokio::time::sleep(drain_timeout) => {
-                tracing::warn!(?drain_timeout, "in-flight calls outlived the drain timeout; stopping");
+            let finished = async {
+                calls.idle().await;
+                tracing::debug!("no call in flight; closing connections");
+                goaway.cancel();
+                // `serve` returns once every connection closed.
+                std::future::pending::<()>().await;
+            };
+            tokio::select! {
+                () = finished => {}
+                () = tokio::time::sleep(drain_timeout) => {
+                    tracing::warn!(?drain_timeout, "in-flight calls outlived the drain timeout; stopping");
+                }
             }
         }
     };
-    let layer = TrackCallsLayer(calls.clone());
+    let incoming = {
+        use futures::StreamExt as _;
+        // Without TCP_NODELAY, Nagle's algorithm and the client's delayed
+        // ACK hold a response's last segment for tens of milliseconds.
+        TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(TCP_KEEPALIVE))
+            .map({
+                let lingering = lingering.clone();
+                move |accepted| accepted.map(|stream| lingering.track(stream))
+            })
+            // Dropped at the drain, which closes the listening socket; the
+            // transport's own shutdown (GOAWAY) comes later.
+            .take_until(drain.clone().cancelled_owned())
+            .chain(futures::stream::pending())
+    };
+    let layer = TrackCallsLayer {
+        calls: calls.clone(),
+        goaway: goaway.clone(),
+    };
     let served = tokio::select! {
-        served = serve(listener, config.tls, layer, service, health, shutdown) => served,
+        served = serve(incoming, config.tls, layer, service, health, goaway.cancelled()) => served,
         () = drained => Ok(()),
     };
+    if let Some(deadline) = drain_deadline.get() {
+        if tokio::time::timeout_at(*deadline, lingering.settled())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still sending at the drain timeout; closing them");
+        }
+    }
     probe.abort();
     process_metrics.abort();
     tracing::info!("stopped");
@@ -241,11 +285,11 @@ pub async fn run(
 }
 
 /// Serves `service` with gRPC health (`health`) and server reflection (v1
-/// and v1alpha) on `listener`, over TLS when `tls` is given, until
-/// `shutdown` completes; then lets in-flight calls finish. `calls` counts
-/// them.
+/// and v1alpha) on the connections of `incoming`, over TLS when `tls` is
+/// given, until `shutdown` completes; then lets in-flight calls finish.
+/// `calls` counts them.
 async fn serve<S: Storage, H: tonic_health::pb::health_server::Health>(
-    listener: TcpListener,
+    incoming: impl futures::Stream<Item = std::io::Result<connections::TrackedStream>> + Send + 'static,
     tls: Option<ServerTlsConfig>,
     calls: TrackCallsLayer,
     service: HourglassService<S>,
@@ -288,14 +332,7 @@ async fn serve<S: Storage, H: tonic_health::pb::health_server::Health>(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(svc)
-        // Without TCP_NODELAY, Nagle's algorithm and the client's delayed
-        // ACK hold a response's last segment for tens of milliseconds.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(TCP_KEEPALIVE)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }
