@@ -131,7 +131,7 @@ pub struct ServeArgs {
     /// File holding the token keys `id:secret[,id:secret]` (the first
     /// signs, all verify), instead of HOURGLASS_TOKEN_KEYS or the config
     /// file's `token-keys` (secrets are refused on the command line).
-    #[arg(long, env = "HOURGLASS_TOKEN_KEYS_FILE", conflicts_with = "token_keys")]
+    #[arg(long, env = "HOURGLASS_TOKEN_KEYS_FILE")]
     pub token_keys_file: Option<PathBuf>,
     /// How long a continuation token stays valid.
     #[arg(long, env = "HOURGLASS_TOKEN_TTL", default_value_t = HumanDuration(DEFAULT_TOKEN_TTL))]
@@ -209,14 +209,14 @@ pub struct ServeArgs {
     #[arg(long, env = "HOURGLASS_ADAPTIVE_ADMISSION", default_value_t = true, action = clap::ArgAction::Set)]
     pub adaptive_admission: bool,
     /// PEM certificate chain: serve gRPC over TLS (needs --tls-key).
-    #[arg(long, env = "HOURGLASS_TLS_CERT", requires = "tls_key")]
+    #[arg(long, env = "HOURGLASS_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
-    #[arg(long, env = "HOURGLASS_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, env = "HOURGLASS_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// PEM CA certificates: also require client certificates signed by them
-    /// (mutual TLS).
-    #[arg(long, env = "HOURGLASS_TLS_CLIENT_CA", requires = "tls_cert")]
+    /// (mutual TLS; needs --tls-cert).
+    #[arg(long, env = "HOURGLASS_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
     /// TOML file of bearer-token clients and their per-namespace read/write
     /// permissions (see `auth` in the docs); without it nobody is
@@ -239,11 +239,7 @@ pub struct ServeArgs {
     /// File holding the Cassandra password, instead of
     /// HOURGLASS_CASSANDRA_PASSWORD or the config file's `cassandra-password`
     /// (secrets are refused on the command line).
-    #[arg(
-        long,
-        env = "HOURGLASS_CASSANDRA_PASSWORD_FILE",
-        conflicts_with = "cassandra_password"
-    )]
+    #[arg(long, env = "HOURGLASS_CASSANDRA_PASSWORD_FILE")]
     pub cassandra_password_file: Option<PathBuf>,
     /// PEM CA of the Cassandra nodes' certificates: connect over TLS.
     #[arg(long, env = "HOURGLASS_CASSANDRA_TLS_CA")]
@@ -296,7 +292,12 @@ impl ServeArgs {
     /// The signing keys from the variable, the config file or the keys file.
     pub fn key_ring(&self) -> anyhow::Result<KeyRing> {
         let spec = match (&self.token_keys, &self.token_keys_file) {
-            (Some(s), _) => s.expose().to_string(),
+            (Some(_), Some(_)) => anyhow::bail!(
+                "token keys are given twice: as token-keys (HOURGLASS_TOKEN_KEYS or the config \
+                 file) and as --token-keys-file (the flag, HOURGLASS_TOKEN_KEYS_FILE or the \
+                 config file); give one"
+            ),
+            (Some(s), None) => s.expose().to_string(),
             (None, Some(path)) => {
                 String::from_utf8_lossy(&read_file("--token-keys-file", path)?).into_owned()
             }
@@ -312,7 +313,12 @@ impl ServeArgs {
     /// The Cassandra connection settings; reads the password file.
     pub fn cassandra_config(&self) -> anyhow::Result<CassandraConfig> {
         let password = match (&self.cassandra_password, &self.cassandra_password_file) {
-            (Some(p), _) => Some(p.expose().to_string()),
+            (Some(_), Some(_)) => anyhow::bail!(
+                "the Cassandra password is given twice: as cassandra-password \
+                 (HOURGLASS_CASSANDRA_PASSWORD or the config file) and as \
+                 --cassandra-password-file; give one"
+            ),
+            (Some(p), None) => Some(p.expose().to_string()),
             (None, Some(path)) => Some(
                 String::from_utf8_lossy(&read_file("--cassandra-password-file", path)?)
                     .trim_end_matches(['\r', '\n'])
@@ -327,12 +333,15 @@ impl ServeArgs {
             }),
             (None, None) => None,
             (Some(_), None) => anyhow::bail!(
-                "--cassandra-username needs a password: set HOURGLASS_CASSANDRA_PASSWORD or \
-                 --cassandra-password-file"
+                "--cassandra-username needs a password: set HOURGLASS_CASSANDRA_PASSWORD, the \
+                 config file's cassandra-password or --cassandra-password-file"
             ),
             (None, Some(_)) => anyhow::bail!("a Cassandra password needs --cassandra-username"),
         };
-        Ok(CassandraConfig {
+        if let Some(ca) = &self.cassandra_tls_ca {
+            read_pem("--cassandra-tls-ca", ca, "CERTIFICATE-----")?;
+        }
+        let config = CassandraConfig {
             contact_points: self.cassandra.clone(),
             keyspace: self.keyspace.clone(),
             replication: self.replication.clone(),
@@ -345,13 +354,30 @@ impl ServeArgs {
                 max_extra: self.hedge_max_extra,
                 ..HedgeConfig::default()
             },
-        })
+        };
+        config.validate().map_err(anyhow::Error::msg)?;
+        Ok(config)
     }
 
     /// The gRPC server's TLS settings, if TLS is on; reads the PEM files.
     pub fn tls_config(&self) -> anyhow::Result<Option<ServerTlsConfig>> {
-        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
-            return Ok(None);
+        // Checked here, not by clap: the settings may come from different
+        // sources (a flag, a variable, the config file), and a file that
+        // names a certificate but no key must not serve plaintext.
+        let (cert, key) = match (&self.tls_cert, &self.tls_key, &self.tls_client_ca) {
+            (Some(cert), Some(key), _) => (cert, key),
+            (None, None, None) => return Ok(None),
+            (Some(_), None, _) => anyhow::bail!(
+                "--tls-cert needs --tls-key (the flag, HOURGLASS_TLS_KEY or the config file's \
+                 tls-key)"
+            ),
+            (None, Some(_), _) => anyhow::bail!(
+                "--tls-key needs --tls-cert (the flag, HOURGLASS_TLS_CERT or the config file's \
+                 tls-cert)"
+            ),
+            (None, None, Some(_)) => {
+                anyhow::bail!("--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS")
+            }
         };
         let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
             read_pem("--tls-cert", cert, "CERTIFICATE-----")?,
@@ -399,6 +425,32 @@ impl ServeArgs {
     /// The server configuration these arguments describe; reads every file
     /// they name, so a bad file is an error before anything starts.
     pub fn server_config(&self) -> anyhow::Result<ServerConfig> {
+        for (flag, value) in [
+            ("--token-ttl", self.token_ttl),
+            ("--max-budget", self.max_budget),
+            ("--default-budget", self.default_budget),
+            ("--health-interval", self.health_interval),
+        ] {
+            if value.0.is_zero() {
+                anyhow::bail!("{flag} must be more than 0");
+            }
+        }
+        if self.default_budget.0 > self.max_budget.0 {
+            anyhow::bail!(
+                "--default-budget ({}) is more than --max-budget ({}), which bounds every budget",
+                self.default_budget,
+                self.max_budget
+            );
+        }
+        for (flag, value) in [
+            ("--max-scans", self.max_scans),
+            ("--max-scans-per-namespace", self.max_scans_per_namespace),
+            ("--breaker-failures", self.breaker_failures as usize),
+        ] {
+            if value == 0 {
+                anyhow::bail!("{flag} must be at least 1");
+            }
+        }
         let mut config = ServerConfig::new(self.cassandra_config()?, self.key_ring()?);
         config.budget = BudgetConfig {
             default: self.default_budget.0,
@@ -407,7 +459,7 @@ impl ServeArgs {
         };
         config.engine = self.engine_config()?;
         config.breaker = BreakerConfig {
-            failure_threshold: self.breaker_failures.max(1),
+            failure_threshold: self.breaker_failures,
             cool_down: self.breaker_cool_down.0,
         };
         config.max_scans = self.max_scans;
@@ -502,9 +554,18 @@ fn config_path_from(args: &[String]) -> Option<PathBuf> {
 fn apply_config_file(command: clap::Command, path: &Path) -> anyhow::Result<clap::Command> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e| anyhow::anyhow!("config file {} is not valid TOML: {e}", path.display()))?;
+    // The error's message alone: its usual rendering quotes the line, which
+    // may hold a secret (`token-keys = "...`).
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let (line, column) = e
+            .span()
+            .map_or((0, 0), |span| line_and_column(&text, span.start));
+        anyhow::anyhow!(
+            "config file {} is not valid TOML at line {line}, column {column}: {}",
+            path.display(),
+            e.message()
+        )
+    })?;
     let mut serve = command
         .find_subcommand("serve")
         .cloned()
@@ -512,8 +573,15 @@ fn apply_config_file(command: clap::Command, path: &Path) -> anyhow::Result<clap
     // Global flags (`log-format`) are the root command's; `config` names
     // the file itself.
     let mut global = Vec::new();
+    let mut seen: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
     for (key, value) in &table {
         let flag = key.replace('_', "-");
+        if let Some(other) = seen.insert(flag.clone(), key) {
+            anyhow::bail!(
+                "config file {}: {flag} is given twice (as {other:?} and {key:?})",
+                path.display()
+            );
+        }
         let named = |a: &&clap::Arg| a.get_long() == Some(flag.as_str());
         let in_serve = serve
             .get_arguments()
@@ -563,6 +631,14 @@ fn apply_config_file(command: clap::Command, path: &Path) -> anyhow::Result<clap
     Ok(command)
 }
 
+/// The 1-based line and column of byte `at` in `text`.
+fn line_and_column(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
 /// `config check`: the effective `serve` configuration, one `key = value`
 /// line per flag, secrets masked; fails as `serve` would on a bad setting
 /// or an unreadable file.
@@ -571,7 +647,15 @@ pub fn check_config(config: Option<&Path>) -> anyhow::Result<String> {
     if let Some(path) = config {
         args.extend(["--config".to_string(), path.display().to_string()]);
     }
-    let cli = parse(&args).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cli = parse(&args).map_err(|e| match e {
+        // clap's message starts with its own "error: ".
+        CliError::Clap(e) => {
+            let message = e.to_string();
+            let message = message.trim_start_matches("error: ").trim_end().to_string();
+            anyhow::anyhow!("{message}")
+        }
+        other => anyhow::anyhow!("{other}"),
+    })?;
     let log_format = clap::ValueEnum::to_possible_value(&cli.log_format)
         .map(|v| v.get_name().to_string())
         .unwrap_or_default();

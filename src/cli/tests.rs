@@ -154,3 +154,118 @@ fn tls_files_must_hold_what_their_flag_names() {
         "{err}"
     );
 }
+
+/// A config file `name` in a directory of this test process, holding `text`.
+fn config_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hourglass-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("c.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+#[test]
+fn tls_settings_pair_up_whatever_their_sources() {
+    let dir = std::env::temp_dir().join(format!("hourglass-cli-pair-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let block = |label: &str| format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n");
+    std::fs::write(&cert, block("CERTIFICATE")).unwrap();
+    std::fs::write(&key, block("EC PRIVATE KEY")).unwrap();
+    let (c, k) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    // A certificate in the file and no key anywhere: refused, not plaintext.
+    let keys = "token-keys = \"k1:0123456789abcdef\"\n";
+    let file = config_file("tls1", &format!("{keys}tls-cert = {c:?}\n"));
+    let a = serve_args(&["hourglass", "serve", "--config", file.to_str().unwrap()]);
+    let err = a.tls_config().unwrap_err().to_string();
+    assert!(err.contains("--tls-cert needs --tls-key"), "{err}");
+    let err = check_config(Some(&file)).unwrap_err().to_string();
+    assert!(err.contains("needs --tls-key"), "{err}");
+    // A client CA alone: refused.
+    let file = config_file("tls2", &format!("tls-client-ca = {c:?}\n"));
+    let a = serve_args(&["hourglass", "serve", "--config", file.to_str().unwrap()]);
+    let err = a.tls_config().unwrap_err().to_string();
+    assert!(err.contains("--tls-client-ca needs --tls-cert"), "{err}");
+    // The key in the file, the certificate as a flag: TLS.
+    let file = config_file("tls3", &format!("tls-key = {k:?}\n"));
+    let f = file.to_str().unwrap();
+    let a = serve_args(&["hourglass", "serve", "--config", f, "--tls-cert", c]);
+    assert!(a.tls_config().unwrap().is_some());
+}
+
+#[test]
+fn secrets_given_twice_are_refused_naming_both_sources() {
+    let keys = std::env::temp_dir().join(format!("hourglass-cli-keys-{}", std::process::id()));
+    std::fs::write(&keys, "k2:fedcba9876543210fedcba").unwrap();
+    let file = config_file(
+        "twice",
+        &format!(
+            "token-keys = \"k1:0123456789abcdef\"\ntoken-keys-file = {:?}\n",
+            keys.to_str().unwrap()
+        ),
+    );
+    let a = serve_args(&["hourglass", "serve", "--config", file.to_str().unwrap()]);
+    let err = a.key_ring().unwrap_err().to_string();
+    assert!(err.contains("given twice"), "{err}");
+    assert!(!err.contains("0123456789abcdef"), "{err}");
+}
+
+#[test]
+fn settings_that_could_never_serve_are_refused_naming_their_flag() {
+    let keys = "token-keys = \"k1:0123456789abcdef\"\n";
+    for (setting, want) in [
+        (
+            "health-interval = \"0s\"",
+            "--health-interval must be more than 0",
+        ),
+        ("token-ttl = \"0s\"", "--token-ttl must be more than 0"),
+        ("max-budget = \"0s\"", "--max-budget must be more than 0"),
+        ("max-scans = 0", "--max-scans must be at least 1"),
+        (
+            "breaker-failures = 0",
+            "--breaker-failures must be at least 1",
+        ),
+        (
+            "default-budget = \"2m\"",
+            "--default-budget (2m) is more than --max-budget",
+        ),
+        (
+            "connect-timeout = \"0s\"",
+            "--connect-timeout must be more than 0",
+        ),
+        (
+            "keyspace = \"bad-name!\"",
+            "--keyspace \"bad-name!\" must be",
+        ),
+        ("replication = \"not a map\"", "--replication \"not a map\""),
+        (
+            "cassandra-tls-ca = \"/nonexistent.pem\"",
+            "cannot read --cassandra-tls-ca",
+        ),
+    ] {
+        let file = config_file("never", &format!("{keys}{setting}\n"));
+        let err = check_config(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains(want), "{setting}: {err}");
+    }
+}
+
+#[test]
+fn config_file_errors_show_neither_secrets_nor_a_key_twice() {
+    let file = config_file(
+        "syntax",
+        "cassandra-username = \"u\"\ncassandra-password = \"TOPSECRET-PW-1\n",
+    );
+    let err = check_config(Some(&file)).unwrap_err().to_string();
+    assert!(err.contains("not valid TOML at line 2"), "{err}");
+    assert!(!err.contains("TOPSECRET"), "{err}");
+    let file = config_file("spellings", "max_budget = \"7s\"\nmax-budget = \"8s\"\n");
+    let err = check_config(Some(&file)).unwrap_err().to_string();
+    assert!(err.contains("max-budget is given twice"), "{err}");
+    // A bad value says so once, without clap's own prefix twice over.
+    let file = config_file("value", "max-budget = \"soon\"\n");
+    let err = check_config(Some(&file)).unwrap_err().to_string();
+    assert!(
+        !err.starts_with("error:") && err.contains("--max-budget"),
+        "{err}"
+    );
+}

@@ -103,6 +103,39 @@ impl Default for CassandraConfig {
     }
 }
 
+/// Cassandra's longest keyspace name.
+const MAX_KEYSPACE_CHARS: usize = 48;
+
+impl CassandraConfig {
+    /// Checks what can be checked without a node; the error names the
+    /// setting by its `serve` flag.
+    pub fn validate(&self) -> Result<(), String> {
+        let ks = &self.keyspace;
+        if ks.is_empty()
+            || ks.len() > MAX_KEYSPACE_CHARS
+            || !ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(format!(
+                "--keyspace {ks:?} must be 1 to {MAX_KEYSPACE_CHARS} characters of [A-Za-z0-9_]"
+            ));
+        }
+        let map = self.replication.trim();
+        if !(map.starts_with('{') && map.ends_with('}') && map.contains("'class'")) {
+            return Err(format!(
+                "--replication {:?} is not a CQL replication map like {DEFAULT_REPLICATION:?}",
+                self.replication
+            ));
+        }
+        if self.contact_points.iter().all(|p| p.trim().is_empty()) {
+            return Err("--cassandra names no contact point (host:port)".into());
+        }
+        if self.connect_timeout.is_zero() {
+            return Err("--connect-timeout must be more than 0".into());
+        }
+        Ok(())
+    }
+}
+
 /// CQL login. The password never appears in Debug output or logs.
 #[derive(Clone)]
 pub struct Credentials {
@@ -176,6 +209,7 @@ type EventRow = (
 impl CassandraStore {
     /// Connects, creates the keyspace and tables if needed and prepares statements.
     pub async fn connect(cfg: &CassandraConfig) -> Result<Self, StorageError> {
+        cfg.validate().map_err(|e| StorageError::Fatal(e.into()))?;
         let address = cfg.contact_points.join(",");
         let connect_err = |cause: Cause| StorageError::Connect {
             address: address.clone(),
@@ -229,12 +263,6 @@ impl CassandraStore {
             .await
             .map_err(|_| connect_err(format!("no answer within {:?}", cfg.connect_timeout).into()))?
             .map_err(|e| connect_err(Cause::new(e)))?;
-        let ks = &cfg.keyspace;
-        if ks.is_empty() || !ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(StorageError::Fatal(
-                format!("keyspace {ks:?} must be non-empty [A-Za-z0-9_]").into(),
-            ));
-        }
         // Replicas starting at once on a new cluster race to create the
         // schema through different coordinators ("Keyspace ... doesn't
         // exist" while the other's keyspace propagates): wait for schema
