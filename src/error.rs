@@ -220,6 +220,16 @@ impl From<ReadError> for ServiceError {
 
 impl From<ServiceError> for tonic::Status {
     fn from(err: ServiceError) -> Self {
+        // The wait a refusal suggests is at least STORAGE_RETRY_DELAY, in
+        // its message as in its RetryInfo.
+        let err = match err {
+            ServiceError::Unavailable(StorageError::CircuitOpen { retry_after }) => {
+                ServiceError::Unavailable(StorageError::CircuitOpen {
+                    retry_after: retry_after.max(STORAGE_RETRY_DELAY),
+                })
+            }
+            other => other,
+        };
         let message = err.to_string();
         let mut details = ErrorDetails::new();
         let mut info: HashMap<String, String> = HashMap::new();
@@ -254,7 +264,7 @@ impl From<ServiceError> for tonic::Status {
                 Code::DeadlineExceeded
             }
             ServiceError::Unavailable(StorageError::CircuitOpen { retry_after }) => {
-                details.set_retry_info(Some((*retry_after).max(STORAGE_RETRY_DELAY)));
+                details.set_retry_info(Some(*retry_after));
                 Code::Unavailable
             }
             ServiceError::Unavailable(_) => {
@@ -333,6 +343,26 @@ mod tests {
                 waited: Duration::from_micros(waited_us),
                 expected: Duration::from_micros(expected_us),
             }),
+        }
+    }
+
+    #[test]
+    fn an_open_circuit_suggests_one_wait_in_its_message_and_retry_info() {
+        for (left, want) in [
+            (Duration::from_millis(22), STORAGE_RETRY_DELAY),
+            (Duration::from_secs(2), Duration::from_secs(2)),
+        ] {
+            let status =
+                tonic::Status::from(ServiceError::Unavailable(StorageError::CircuitOpen {
+                    retry_after: left,
+                }));
+            let retry = status.get_details_retry_info().expect("RetryInfo");
+            assert_eq!(retry.retry_delay, Some(want));
+            assert!(
+                status.message().ends_with(&format!("retry in {want:?}")),
+                "{}",
+                status.message()
+            );
         }
     }
 

@@ -163,9 +163,9 @@ pub async fn run(
         "connected to storage"
     );
     let drain = CancellationToken::new();
-    let breaker = Breaker::new(store.clone(), config.breaker);
+    let breaker = Arc::new(Breaker::new(store.clone(), config.breaker));
     let engine =
-        Arc::new(ReadEngine::new(Arc::new(breaker), config.engine).with_drain(drain.clone()));
+        Arc::new(ReadEngine::new(breaker.clone(), config.engine).with_drain(drain.clone()));
     let mut service =
         HourglassService::new(engine, config.keys, config.budget).with_admission(Admission::new(
             Bulkhead::new(config.max_scans, config.max_scans_per_namespace),
@@ -198,6 +198,7 @@ pub async fn run(
     let process_metrics = tokio::spawn(crate::telemetry::sample_process_metrics());
     let probe = tokio::spawn(probe_storage(
         store,
+        breaker,
         reporter.clone(),
         config.health_interval,
         drain.clone(),
@@ -341,6 +342,7 @@ async fn serve<S: Storage, H: tonic_health::pb::health_server::Health>(
 /// answers, NOT_SERVING while it does not or once draining began.
 async fn probe_storage(
     store: Arc<CassandraStore>,
+    breaker: Arc<Breaker<Arc<CassandraStore>>>,
     reporter: tonic_health::server::HealthReporter,
     interval: Duration,
     drain: CancellationToken,
@@ -353,6 +355,9 @@ async fn probe_storage(
             () = drain.cancelled() => return,
         }
         let up = store.probe(interval.max(MIN_PROBE_TIMEOUT)).await.is_ok();
+        if up {
+            breaker.storage_answered();
+        }
         metrics::gauge!(crate::telemetry::STORAGE_UP).set(if up { 1.0 } else { 0.0 });
         if last != Some(up) && !drain.is_cancelled() {
             tracing::info!(up, "storage health changed");

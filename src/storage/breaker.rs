@@ -128,6 +128,19 @@ impl<S: Storage> Breaker<S> {
         metrics::gauge!(telemetry::CIRCUIT_STATE).set(next.gauge());
     }
 
+    /// Storage answered a request made outside the breaker (the health
+    /// probe): a circuit open past its cool-down closes, as after a good
+    /// probe, instead of showing open until the next request passes.
+    pub fn storage_answered(&self) {
+        let mut state = self.state.lock().expect("breaker lock");
+        if let CircuitState::Open { until } = *state {
+            if Instant::now() >= until {
+                self.failing.lock().expect("breaker lock").clear();
+                self.set(&mut state, CircuitState::Closed { failures: 0 });
+            }
+        }
+    }
+
     /// Admits a request, fails it fast, or tells it to wait for the probe.
     fn admit(&self) -> Result<Admit, StorageError> {
         let mut state = self.state.lock().expect("breaker lock");
@@ -306,6 +319,29 @@ mod tests {
             limit: 10,
             timeout: Duration::from_secs(1),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_circuit_closes_when_storage_answers_the_health_probe_after_its_cool_down() {
+        let store = MemoryStore::new();
+        let breaker = Breaker::new(
+            store.clone(),
+            BreakerConfig {
+                failure_threshold: 1,
+                cool_down: Duration::from_secs(2),
+            },
+        );
+        store.fail_next([StorageError::Transient("unavailable".into())]);
+        assert!(breaker.read_shard(query()).await.is_err());
+        assert!(matches!(breaker.state(), CircuitState::Open { .. }));
+        breaker.storage_answered();
+        assert!(
+            matches!(breaker.state(), CircuitState::Open { .. }),
+            "the cool-down holds"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        breaker.storage_answered();
+        assert_eq!(breaker.state(), CircuitState::Closed { failures: 0 });
     }
 
     #[tokio::test(start_paused = true)]
