@@ -231,6 +231,22 @@ pub async fn main(cmd: LoadCommand) -> anyhow::Result<()> {
             let report = run(&args).await?;
             print!("{}", report.table());
             println!("report: {}", args.report.display());
+            // A run in which no call got an answer measured nothing: say
+            // so in the exit status too (a server refusing every call for
+            // credentials, a wrong namespace).
+            if report.requests > 0 && report.responses.count == 0 {
+                let first = report
+                    .first_error_by_reason
+                    .iter()
+                    .next()
+                    .map(|(reason, message)| format!("{reason}: {message}"))
+                    .unwrap_or_default();
+                anyhow::bail!(
+                    "no call of {} got a response ({:?}); first error {first}",
+                    report.requests,
+                    report.errors_by_code
+                );
+            }
             Ok(())
         }
         LoadCommand::Compare { a, b } => {
