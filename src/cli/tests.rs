@@ -129,14 +129,21 @@ fn the_config_file_sits_between_variables_and_defaults() {
     );
 }
 
-#[test]
-fn tls_files_must_hold_what_their_flag_names() {
-    let dir = std::env::temp_dir().join(format!("hourglass-cli-tls-{}", std::process::id()));
+/// A certificate and a key file (PEM blocks of the right kinds, not
+/// usable keys) in a directory named after `name` and this process.
+fn pem_files(name: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("hourglass-cli-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let block = |label: &str| format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n");
     std::fs::write(&cert, block("CERTIFICATE")).unwrap();
     std::fs::write(&key, block("EC PRIVATE KEY")).unwrap();
+    (cert, key)
+}
+
+#[test]
+fn tls_files_must_hold_what_their_flag_names() {
+    let (cert, key) = pem_files("tls");
     let (c, k) = (cert.to_str().unwrap(), key.to_str().unwrap());
     let a = serve_args(&["hourglass", "serve", "--tls-cert", c, "--tls-key", k]);
     assert!(a.tls_config().unwrap().is_some());
@@ -166,12 +173,7 @@ fn config_file(name: &str, text: &str) -> PathBuf {
 
 #[test]
 fn tls_settings_pair_up_whatever_their_sources() {
-    let dir = std::env::temp_dir().join(format!("hourglass-cli-pair-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let block = |label: &str| format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n");
-    std::fs::write(&cert, block("CERTIFICATE")).unwrap();
-    std::fs::write(&key, block("EC PRIVATE KEY")).unwrap();
+    let (cert, key) = pem_files("pair");
     let (c, k) = (cert.to_str().unwrap(), key.to_str().unwrap());
     // A certificate in the file and no key anywhere: refused, not plaintext.
     let keys = "token-keys = \"k1:0123456789abcdef\"\n";

@@ -107,35 +107,32 @@ where
         let response = self.inner.call(request);
         async move {
             let response = response.await?;
-            Ok(match (guard, goaway) {
-                (Some(guard), _) => response.map(|body| {
-                    tonic::body::Body::new(GuardedBody {
-                        body,
-                        _guard: guard,
-                    })
-                }),
-                (None, Some(goaway)) => response.map(|body| {
-                    tonic::body::Body::new(EndsAtGoaway {
-                        body,
-                        goaway: Box::pin(goaway),
-                        ended: false,
-                    })
-                }),
-                (None, None) => response,
-            })
+            if guard.is_none() && goaway.is_none() {
+                return Ok(response);
+            }
+            Ok(response.map(|body| {
+                tonic::body::Body::new(CallBody {
+                    body,
+                    _guard: guard,
+                    goaway: goaway.map(Box::pin),
+                    ended: false,
+                })
+            }))
         }
         .boxed()
     }
 }
 
-/// A stream's body that ends, with UNAVAILABLE, once `goaway` completes.
-struct EndsAtGoaway {
+/// A response body that keeps its call counted (`_guard`) until it is
+/// done, and ends with UNAVAILABLE once `goaway` completes.
+struct CallBody {
     body: tonic::body::Body,
-    goaway: Pin<Box<WaitForCancellationFutureOwned>>,
+    _guard: Option<CallGuard>,
+    goaway: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     ended: bool,
 }
 
-impl http_body::Body for EndsAtGoaway {
+impl http_body::Body for CallBody {
     type Data = bytes::Bytes;
     type Error = tonic::Status;
 
@@ -151,7 +148,11 @@ impl http_body::Body for EndsAtGoaway {
         if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
             return Poll::Ready(frame);
         }
-        if self.goaway.as_mut().poll(cx).is_ready() {
+        if self
+            .goaway
+            .as_mut()
+            .is_some_and(|g| g.as_mut().poll(cx).is_ready())
+        {
             self.ended = true;
             let mut trailers = http::HeaderMap::new();
             let code = tonic::Code::Unavailable as i32;
@@ -167,28 +168,6 @@ impl http_body::Body for EndsAtGoaway {
 
     fn is_end_stream(&self) -> bool {
         self.ended || self.body.is_end_stream()
-    }
-}
-
-/// A response body that keeps its call counted until it is done.
-struct GuardedBody {
-    body: tonic::body::Body,
-    _guard: CallGuard,
-}
-
-impl http_body::Body for GuardedBody {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

@@ -321,16 +321,22 @@ mod tests {
         }
     }
 
+    /// A breaker over `store` that opens after `failures` and cools down
+    /// for 2 s.
+    fn open_after(store: &MemoryStore, failures: u32) -> Breaker<MemoryStore> {
+        Breaker::new(
+            store.clone(),
+            BreakerConfig {
+                failure_threshold: failures,
+                cool_down: Duration::from_secs(2),
+            },
+        )
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_open_circuit_closes_when_storage_answers_the_health_probe_after_its_cool_down() {
         let store = MemoryStore::new();
-        let breaker = Breaker::new(
-            store.clone(),
-            BreakerConfig {
-                failure_threshold: 1,
-                cool_down: Duration::from_secs(2),
-            },
-        );
+        let breaker = open_after(&store, 1);
         store.fail_next([StorageError::Transient("unavailable".into())]);
         assert!(breaker.read_shard(query()).await.is_err());
         assert!(matches!(breaker.state(), CircuitState::Open { .. }));
@@ -347,13 +353,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn opens_after_repeated_failures_fails_fast_and_closes_after_a_good_probe() {
         let store = MemoryStore::new();
-        let breaker = Breaker::new(
-            store.clone(),
-            BreakerConfig {
-                failure_threshold: 3,
-                cool_down: Duration::from_secs(2),
-            },
-        );
+        let breaker = open_after(&store, 3);
         store.fail_next((0..3).map(|_| StorageError::Transient("unavailable".into())));
         for _ in 0..3 {
             assert!(breaker.read_shard(query()).await.is_err());
@@ -385,13 +385,7 @@ mod tests {
     async fn requests_failing_together_count_once_in_a_streak() {
         let store = MemoryStore::new();
         store.set_latency(|_| Duration::from_millis(5));
-        let breaker = Breaker::new(
-            store.clone(),
-            BreakerConfig {
-                failure_threshold: 3,
-                cool_down: Duration::from_secs(2),
-            },
-        );
+        let breaker = open_after(&store, 3);
         // Twelve reads in flight together fail together: one wave.
         store.fail_next((0..12).map(|_| StorageError::Transient("timed out".into())));
         let burst = futures::future::join_all((0..12).map(|_| breaker.read_shard(query()))).await;
@@ -417,13 +411,7 @@ mod tests {
     async fn failures_of_one_node_of_three_never_open_the_circuit() {
         let store = MemoryStore::new();
         store.set_nodes(3);
-        let breaker = Breaker::new(
-            store.clone(),
-            BreakerConfig {
-                failure_threshold: 2,
-                cool_down: Duration::from_secs(2),
-            },
-        );
+        let breaker = open_after(&store, 2);
         let on = |ip: &str| {
             StorageError::Transient(Cause::from("timed out").on_node(Some(ip.parse().unwrap())))
         };
@@ -453,13 +441,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn requests_sent_together_in_half_open_state_wait_for_the_probe() {
         let store = MemoryStore::new();
-        let breaker = Breaker::new(
-            store.clone(),
-            BreakerConfig {
-                failure_threshold: 1,
-                cool_down: Duration::from_secs(2),
-            },
-        );
+        let breaker = open_after(&store, 1);
         store.fail_next([StorageError::Transient("unavailable".into())]);
         assert!(breaker.read_shard(query()).await.is_err());
         tokio::time::advance(Duration::from_secs(2)).await;
