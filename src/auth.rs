@@ -152,6 +152,13 @@ impl Authenticator {
                 *byte = u8::from_str_radix(&hex[2 * j..2 * j + 2], 16)
                     .map_err(|_| anyhow::anyhow!("{at}: token_sha256 must be 64 hex digits"))?;
             }
+            for (list, names) in [("read", &c.read), ("write", &c.write)] {
+                for ns in names.iter().filter(|n| *n != "*") {
+                    crate::api::check_namespace_name(list, ns).map_err(|e| {
+                        anyhow::anyhow!("{at}: {list} names {ns:?}, which no namespace is: {e}")
+                    })?;
+                }
+            }
             let principal = Principal {
                 name: c.name,
                 read: Grant::of(c.read),
@@ -276,6 +283,13 @@ mod tests {
             (
                 "[[client]]\nname = \"a\"\ntoken_sha256 = \"abc\"\nadmin = true\n",
                 "unknown field",
+            ),
+            (
+                &format!(
+                    "[[client]]\nname = \"a\"\ntoken_sha256 = \"{}\"\nread = [\"ok\", \"bad ns!\"]\n",
+                    "ab".repeat(32)
+                ),
+                "client[0] (\"a\"): read names \"bad ns!\", which no namespace is",
             ),
         ] {
             let err = Authenticator::parse(text).unwrap_err().to_string();
