@@ -60,7 +60,8 @@ impl std::fmt::Display for Full {
             ),
             Self::BudgetSpent { left } => write!(
                 f,
-                "only {left:?} of the budget was left when the read could start"
+                "only {left:?} of the budget was left when the read could start (waiting \
+                 for a worker on a busy machine)"
             ),
         }
     }

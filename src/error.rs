@@ -104,7 +104,7 @@ pub enum ServiceError {
     #[error("{0}")]
     Auth(#[from] AuthError),
     /// Too many concurrent scans (the bulkhead); refused without queueing.
-    #[error("too many concurrent reads: {0}; retry shortly or on another replica")]
+    #[error("read refused for load: {0}; retry shortly or on another replica")]
     Overloaded(Full),
 }
 
