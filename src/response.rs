@@ -308,7 +308,7 @@ const TIME_EVERY: usize = 32;
 /// `Event`s of a [`ReadEventsResponse`] or an [`EventBatch`]), timing one
 /// row in `TIME_EVERY` (32) for the response reserve.
 #[derive(Debug)]
-pub struct RowEncoder {
+struct RowEncoder {
     series_id: Arc<str>,
     buf: Vec<u8>,
     /// Rows encoded since the last [`RowEncoder::take`].
@@ -345,19 +345,9 @@ impl RowEncoder {
         self.rows += 1;
     }
 
-    /// Rows encoded since the last [`RowEncoder::take`].
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
     /// Bytes encoded since the last [`RowEncoder::take`].
     pub fn len(&self) -> usize {
         self.buf.len()
-    }
-
-    /// Whether nothing was encoded since the last [`RowEncoder::take`].
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
     }
 
     /// The bytes `row`'s entry takes ([`Row::weight`] for this series).
@@ -598,7 +588,7 @@ mod tests {
         for row in &rows() {
             encoder.push(row);
         }
-        assert_eq!(encoder.rows(), 4);
+        assert_eq!(encoder.rows, 4);
         let message = |batch| pb::StreamEventsResponse {
             message: Some(pb::stream_events_response::Message::Batch(batch)),
         };
@@ -606,7 +596,7 @@ mod tests {
             encoded_events: encoder.take(),
             events: vec![],
         });
-        assert_eq!(encoder.rows(), 0);
+        assert_eq!(encoder.rows, 0);
         assert!(encoder.take().is_empty(), "take leaves the encoder empty");
         let theirs = message(EventBatch {
             events: built("s", &rows()).events,

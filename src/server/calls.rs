@@ -39,6 +39,11 @@ impl CallTracker {
         CallGuard(self.0.clone())
     }
 
+    /// Calls in flight now.
+    pub fn in_flight(&self) -> usize {
+        *self.0.borrow()
+    }
+
     /// Completes when no call is in flight.
     pub async fn idle(&self) {
         let mut rx = self.0.subscribe();

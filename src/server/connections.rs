@@ -18,8 +18,8 @@
 //! transport, still waiting for the HTTP/2 preface, lets it go.
 //!
 //! Invariant: a connection is counted in [`Lingering`] from when the
-//! transport dropped it until its client closed, [`LINGER_MAX`] passed, or
-//! the runtime shut down.
+//! transport dropped it until its client acknowledged every byte or closed,
+//! [`LINGER_MAX`] passed, or the runtime shut down.
 
 use std::future::Future as _;
 use std::io;
@@ -73,7 +73,8 @@ impl Lingering {
         let _ = rx.wait_for(|n| *n == 0).await;
     }
 
-    /// Keeps `stream` until its peer closes or [`LINGER_MAX`] passes.
+    /// Keeps `stream` until its peer has acknowledged every byte or
+    /// closes, or [`LINGER_MAX`] passes.
     fn linger(&self, mut stream: TcpStream) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;

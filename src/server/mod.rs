@@ -242,7 +242,8 @@ pub async fn run(
             tokio::select! {
                 () = finished => {}
                 () = tokio::time::sleep(drain_timeout) => {
-                    tracing::warn!(?drain_timeout, "in-flight calls outlived the drain timeout; stopping");
+                    let calls = calls.in_flight();
+                    tracing::warn!(?drain_timeout, calls, "calls or connections outlived the drain timeout; stopping");
                 }
             }
         }
