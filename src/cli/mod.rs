@@ -633,7 +633,8 @@ fn apply_config_file(command: clap::Command, path: &Path) -> anyhow::Result<clap
 
 /// The 1-based line and column of byte `at` in `text`.
 fn line_and_column(text: &str, at: usize) -> (usize, usize) {
-    let before = &text[..at.min(text.len())];
+    // A span off a character boundary must not panic an error message.
+    let before = text.get(..at).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)

@@ -259,6 +259,12 @@ fn config_file_errors_show_neither_secrets_nor_a_key_twice() {
     );
     let err = check_config(Some(&file)).unwrap_err().to_string();
     assert!(err.contains("not valid TOML at line 2"), "{err}");
+    assert_eq!(line_and_column("ab\ncdé\n", 7), (2, 4));
+    assert_eq!(
+        line_and_column("é", 1),
+        (1, 2),
+        "inside a character: the whole text"
+    );
     assert!(!err.contains("TOPSECRET"), "{err}");
     let file = config_file("spellings", "max_budget = \"7s\"\nmax-budget = \"8s\"\n");
     let err = check_config(Some(&file)).unwrap_err().to_string();
