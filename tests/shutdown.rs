@@ -143,7 +143,7 @@ async fn an_idle_client_connection_does_not_hold_up_shutdown() {
 }
 
 /// A health Watch sees NOT_SERVING as the drain begins, then ends
-/// UNAVAILABLE once connections close; it does not hold the drain (the
+/// UNAVAILABLE once connections close (a Watch of an unknown service too); it does not hold the drain (the
 /// drain timeout here is far beyond the hang guard).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_health_watch_sees_not_serving_then_ends_and_does_not_hold_up_shutdown() {
@@ -156,7 +156,7 @@ async fn a_health_watch_sees_not_serving_then_ends_and_does_not_hold_up_shutdown
         .connect()
         .await
         .expect("connect");
-    let mut watch = HealthClient::new(channel)
+    let mut watch = HealthClient::new(channel.clone())
         .watch(HealthCheckRequest {
             service: "hourglass.v1.Hourglass".into(),
         })
@@ -165,6 +165,17 @@ async fn a_health_watch_sees_not_serving_then_ends_and_does_not_hold_up_shutdown
         .into_inner();
     let first = watch.message().await.expect("a status").expect("one");
     assert_eq!(first.status(), ServingStatus::Serving);
+    // A Watch of a service the server does not know stays open too (the
+    // health protocol: SERVICE_UNKNOWN, not an error) and ends the same way.
+    let mut unknown = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .expect("watch of an unknown service")
+        .into_inner();
+    let first = unknown.message().await.expect("a status").expect("one");
+    assert_eq!(first.status(), ServingStatus::ServiceUnknown);
     let stopped = tokio::spawn(tokio::time::timeout(HANG, server.stop()));
     let mut statuses = Vec::new();
     let end = loop {
@@ -176,6 +187,8 @@ async fn a_health_watch_sees_not_serving_then_ends_and_does_not_hold_up_shutdown
     };
     assert_eq!(statuses, [ServingStatus::NotServing]);
     let end = end.expect("the stream ends with a status");
+    assert_eq!(end.code(), tonic::Code::Unavailable, "{end:?}");
+    let end = unknown.message().await.expect_err("ends with a status");
     assert_eq!(end.code(), tonic::Code::Unavailable, "{end:?}");
     stopped
         .await

@@ -12,6 +12,7 @@
 mod arrival;
 mod calls;
 mod connections;
+mod health;
 mod service;
 
 use std::future::Future;
@@ -193,7 +194,8 @@ pub async fn run(
         tracing::info!(clients = auth.len(), "bearer-token authentication on");
         service = service.with_auth(auth);
     }
-    let (reporter, health) = tonic_health::server::health_reporter();
+    let reporter = tonic_health::server::HealthReporter::new();
+    let health = health::server(&reporter);
     set_health(&reporter, true).await;
     let process_metrics = tokio::spawn(crate::telemetry::sample_process_metrics());
     let probe = tokio::spawn(probe_storage(
