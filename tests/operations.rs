@@ -169,6 +169,64 @@ async fn health_metrics_and_graceful_shutdown() {
     assert!(status.success(), "graceful exit on SIGTERM: {status}");
 }
 
+/// A stream its client drops mid-read ends as `cancelled` in the metrics,
+/// and the rows its scan read count as scanned (before, a cancelled call
+/// left no trace in either).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_client_drops_is_counted_cancelled_with_its_rows_scanned() {
+    const CANCELLED: &str =
+        "hourglass_request_duration_seconds_count{method=\"StreamEvents\",outcome=\"cancelled\"}";
+    let server = ServerProcess::start(&[]).await;
+    let mut client = server.client().await;
+    create_namespace(&mut client, "cancels", 1_000_000, 2).await;
+    // 24 MB: more than the stream's queue and the HTTP/2 windows hold, so
+    // the stream cannot end while its client reads nothing.
+    let payload = bytes::Bytes::from(vec![b'x'; 4096]);
+    let events: Vec<_> = (0..6000)
+        .map(|i| pb::Event {
+            payload: payload.clone(),
+            ..event("big", i * 1000, &format!("{i:05}"))
+        })
+        .collect();
+    write_all(&client, "cancels", events).await;
+    let before = server.scrape().await;
+    assert!(metric(&before, CANCELLED) < 0.5, "{before}");
+    let scanned_before = metric(&before, "hourglass_rows_scanned_total");
+    let mut stream = client
+        .stream_events(pb::ReadEventsRequest {
+            slo_millis: 10_000,
+            ..read_request("cancels", "big", 0, i64::MAX)
+        })
+        .await
+        .expect("stream")
+        .into_inner();
+    let first = stream.message().await.expect("a message").expect("one");
+    let Some(pb::stream_events_response::Message::Batch(batch)) = first.message else {
+        panic!("a batch first: {first:?}");
+    };
+    drop(stream);
+    let mut scrape = String::new();
+    for _ in 0..100 {
+        scrape = server.scrape().await;
+        if metric(&scrape, CANCELLED) >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    #[allow(clippy::float_cmp)] // counters hold small integers exactly
+    let once = metric(&scrape, CANCELLED) == 1.0;
+    assert!(once, "one cancelled stream counted:\n{scrape}");
+    let scanned = metric(&scrape, "hourglass_rows_scanned_total") - scanned_before;
+    #[allow(clippy::cast_precision_loss)]
+    let sent = batch.events.len() as f64;
+    assert!(
+        scanned >= sent,
+        "the cancelled scan's rows count: {scanned} scanned, {sent} sent"
+    );
+    let status = server.terminate();
+    assert!(status.success(), "graceful exit on SIGTERM: {status}");
+}
+
 /// grpcurl, installed by scripts/test (GRPCURL or $(go env GOPATH)/bin).
 fn grpcurl() -> PathBuf {
     if let Ok(p) = std::env::var("GRPCURL") {

@@ -513,7 +513,6 @@ impl<S: Storage> ReadEngine<S> {
         sink.flush();
         let outcome = result.map(|ending| scan.outcome(ending));
         if let Ok(o) = &outcome {
-            metrics::counter!(telemetry::ROWS_SCANNED).increment(o.stats.rows_scanned);
             metrics::counter!(telemetry::ROWS_DELIVERED).increment(o.stats.rows_delivered);
             if !o.stats.budget.is_zero() {
                 metrics::histogram!(telemetry::BUDGET_USED)

@@ -1253,6 +1253,9 @@ impl<S: Storage> Scan<S> {
                 metrics::histogram!(telemetry::STORAGE_PAGE_SECONDS).record(took.as_secs_f64());
                 self.model.observe(rows.len(), took);
                 self.stats.rows_scanned += rows.len() as u64;
+                // Counted as they land, so a read its client cancelled, or
+                // a held scan never continued, counts its storage work too.
+                metrics::counter!(telemetry::ROWS_SCANNED).increment(rows.len() as u64);
                 let series_len = self.req.series_id.len();
                 let page_bytes: usize = rows.iter().map(|r| r.weight(series_len)).sum();
                 if let Some(mean) = page_bytes.checked_div(rows.len()) {

@@ -387,14 +387,52 @@ fn request_id(metadata: &tonic::metadata::MetadataMap) -> String {
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string)
 }
 
+/// An RPC being served: answered through [`finish`], or, dropped before
+/// (the client cancelled the call or went away, and the transport dropped
+/// its handler), recorded with the outcome `cancelled`.
+struct Call {
+    method: &'static str,
+    started: Instant,
+}
+
+impl Call {
+    fn start(method: &'static str) -> Self {
+        Self {
+            method,
+            started: Instant::now(),
+        }
+    }
+
+    /// The call is answered; `finish` records it.
+    fn answered(self) -> (&'static str, Instant) {
+        let Self { method, started } = self;
+        // Plain values only: forgetting it skips the drop, leaking nothing.
+        std::mem::forget(self);
+        (method, started)
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        // Dropped inside the call's span (an instrumented future enters its
+        // span while it drops), so the event and field land on it.
+        tracing::Span::current().record("outcome", "cancelled");
+        tracing::debug!(
+            elapsed_ms = self.started.elapsed().as_millis(),
+            "request cancelled by the client"
+        );
+        telemetry::request(self.method, "cancelled", self.started.elapsed());
+    }
+}
+
 /// Ends an RPC: records its outcome in the span and metrics, and maps the
 /// error to a status.
 fn finish<T>(
-    method: &'static str,
-    started: Instant,
+    call: Call,
     result: Result<T, ServiceError>,
     outcome_of: impl FnOnce(&T) -> &'static str,
 ) -> Result<T, Status> {
+    let (method, started) = call.answered();
     let outcome = match &result {
         Ok(v) => outcome_of(v),
         Err(_) => "error",
@@ -427,7 +465,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         &self,
         request: Request<pb::CreateNamespaceRequest>,
     ) -> Result<Response<pb::Namespace>, Status> {
-        let started = Instant::now();
+        let call = Call::start("CreateNamespace");
         let result = async {
             let principal = self.authenticate(request.metadata())?;
             let pb::CreateNamespaceRequest { namespace } = request.into_inner();
@@ -450,7 +488,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             Ok(ns)
         }
         .await;
-        finish("CreateNamespace", started, result, ok).map(|ns| Response::new(ns.into()))
+        finish(call, result, ok).map(|ns| Response::new(ns.into()))
     }
 
     #[tracing::instrument(name = "GetNamespace", skip_all, fields(request_id = %request_id(request.metadata()), client, namespace, outcome))]
@@ -458,7 +496,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         &self,
         request: Request<pb::GetNamespaceRequest>,
     ) -> Result<Response<pb::Namespace>, Status> {
-        let started = Instant::now();
+        let call = Call::start("GetNamespace");
         let result = async {
             let principal = self.authenticate(request.metadata())?;
             let pb::GetNamespaceRequest { name } = request.into_inner();
@@ -468,7 +506,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             self.namespace(&name, None).await
         }
         .await;
-        finish("GetNamespace", started, result, ok).map(|ns| Response::new((*ns).clone().into()))
+        finish(call, result, ok).map(|ns| Response::new((*ns).clone().into()))
     }
 
     #[tracing::instrument(name = "WriteEvents", skip_all, fields(request_id = %request_id(request.metadata()), client, namespace, events, outcome))]
@@ -476,7 +514,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         &self,
         request: Request<pb::WriteEventsRequest>,
     ) -> Result<Response<pb::WriteEventsResponse>, Status> {
-        let started = Instant::now();
+        let call = Call::start("WriteEvents");
         let result = async {
             let principal = self.authenticate(request.metadata())?;
             let pb::WriteEventsRequest { namespace, events } = request.into_inner();
@@ -490,8 +528,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             Ok(events.len() as u64)
         }
         .await;
-        finish("WriteEvents", started, result, ok)
-            .map(|written| Response::new(pb::WriteEventsResponse { written }))
+        finish(call, result, ok).map(|written| Response::new(pb::WriteEventsResponse { written }))
     }
 
     #[tracing::instrument(name = "ReadEvents", skip_all, fields(request_id = %request_id(request.metadata()), client, namespace, series, budget_ms, outcome))]
@@ -499,7 +536,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         &self,
         request: Request<pb::ReadEventsRequest>,
     ) -> Result<Response<pb::ReadEventsResponse>, Status> {
-        let started = Instant::now();
+        let call = Call::start("ReadEvents");
         let result = async {
             let Prepared {
                 read: req,
@@ -523,9 +560,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             Ok((encoded.finish(), end))
         }
         .await;
-        let (encoded_events, end) = finish("ReadEvents", started, result, |(_, end)| {
-            partial_or_complete(end)
-        })?;
+        let (encoded_events, end) = finish(call, result, |(_, end)| partial_or_complete(end))?;
         let pb::StreamEnd {
             partial,
             partial_reason,
@@ -553,7 +588,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         &self,
         request: Request<pb::ReadEventsRequest>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
-        let started = Instant::now();
+        let call = Call::start("StreamEvents");
         let prepared = self.prepare_read(request).await;
         let Prepared {
             read: req,
@@ -562,7 +597,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             waited,
         } = match prepared {
             Ok(p) => p,
-            Err(e) => return finish("StreamEvents", started, Err(e), ok),
+            Err(e) => return finish(call, Err(e), ok),
         };
         let least_page = self.engine.least_page_time(&req.namespace.name);
         // The stream holds the ticket; the scan holds it too while it runs.
@@ -588,18 +623,18 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             let result = result
                 .map_err(|e| read_failed(e, &req.budget, waited, least_page))
                 .map(|outcome| api::stream_end(outcome, |k| keys.issue(&fp, k)));
-            let msg = finish("StreamEvents", started, result, partial_or_complete).map(|end| {
-                pb::StreamEventsResponse {
+            let msg =
+                finish(call, result, partial_or_complete).map(|end| pb::StreamEventsResponse {
                     message: Some(pb::stream_events_response::Message::End(end)),
-                }
-            });
+                });
             let _ = tx.send(msg).await;
         };
         // The read stops as soon as the client drops the stream (guard dropped).
         tokio::spawn(
             async move {
                 tokio::select! {
-                    () = cancel.cancelled() => tracing::debug!("client went away; read abandoned"),
+                    // Dropping `run` drops its `Call`, recorded as cancelled.
+                    () = cancel.cancelled() => {}
                     () = run => {}
                 }
             }
