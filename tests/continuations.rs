@@ -814,3 +814,40 @@ async fn a_held_scan_whose_pages_fail_at_once_rests_before_asking_again() {
     let got: Vec<Row> = first.into_iter().chain(second).collect();
     assert_rows(&got, &all[..got.len()]);
 }
+
+/// A token read that ends without a row leaves its client holding the same
+/// token, and its scan is held at that position: the retry finds the pages
+/// the failed call asked for landed, instead of asking again from the
+/// start and failing the same way. Before, the failed call's scan was
+/// dropped, and on storage slower than the budget every retry failed.
+#[tokio::test(start_paused = true)]
+async fn a_token_read_that_fails_without_a_row_is_held_for_its_retry() {
+    let ns = namespace(1_000_000, 2);
+    let (store, all) = seeded(&ns, (0..1_000).map(i64::from)).await;
+    // The first 100 rows from one replica, under a roomy budget.
+    let a = hot_engine(&store, ContinuationConfig::default());
+    let (first, out) = read(&a, &request(&ns, Order::Ascending, 200 * MS, 100)).await;
+    let out = out.expect("partial");
+    assert_rows(&first, &all[..100]);
+    // Storage now answers a page in 30 ms; the token goes to another
+    // replica (a miss) with a 10 ms budget.
+    store.set_latency(|_| 30 * MS);
+    store.set_index_latency(30 * MS);
+    let b = hot_engine(&store, ContinuationConfig::default());
+    let req = resumed(request(&ns, Order::Ascending, 10 * MS, 100), &out);
+    let (rows, failed) = read(&b, &req).await;
+    assert!(rows.is_empty());
+    assert!(
+        matches!(failed, Err(ReadError::NoProgress { .. })),
+        "{failed:?}"
+    );
+    assert_eq!(b.held().0, 1, "the failed call's scan is held");
+    // The client backs off, then retries the same token, same budget.
+    tokio::time::sleep(100 * MS).await;
+    let retry = resumed(request(&ns, Order::Ascending, 10 * MS, 100), &out);
+    let (rows, out) = read(&b, &retry).await;
+    let out = out.expect("the retry has rows");
+    assert!(out.stats.continued, "the retry continued the held scan");
+    assert!(!rows.is_empty());
+    assert_rows(&rows, &all[100..100 + rows.len()]);
+}

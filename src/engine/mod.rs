@@ -481,7 +481,9 @@ impl<S: Storage> ReadEngine<S> {
     /// Runs one read, pushing rows into `sink`. A read presenting a
     /// position continues the scan held for it on this replica, if any
     /// (see [`ContinuationConfig`]); otherwise it resumes from the
-    /// position alone. A read that stops partial is held in turn.
+    /// position alone. A read that stops partial is held in turn, and so
+    /// is a read presenting a position that ends without a row (its retry
+    /// presents the same position).
     pub async fn read(
         &self,
         req: &ReadRequest,
@@ -526,6 +528,16 @@ impl<S: Storage> ReadEngine<S> {
                         .hold(scan, frontier, &self.core.drain, lease);
                     return outcome;
                 }
+            }
+        }
+        // A token read that ended without a row leaves the client holding
+        // the same token: its scan is held at that position, so the retry
+        // finds the pages this call asked for landed (or landing) instead
+        // of asking again from the start.
+        if let (Err(ReadError::NoProgress { .. }), Some(at)) = (&outcome, &req.resume_after) {
+            if self.continuations.holds() {
+                self.continuations.hold(scan, at, &self.core.drain, lease);
+                return outcome;
             }
         }
         scan.learn_from_abandoned_pages();
