@@ -195,3 +195,62 @@ async fn a_health_watch_sees_not_serving_then_ends_and_does_not_hold_up_shutdown
         .expect("stop task")
         .expect("run returns at once: no call is in flight");
 }
+
+/// With a drain delay, health says NOT_SERVING at the signal while the
+/// server goes on serving as usual (new connections, whole reads); the
+/// drain comes after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_the_drain_delay_health_says_not_serving_and_calls_are_served() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    const DELAY: Duration = Duration::from_secs(3);
+    let server = TestServer::start_config(|c| c.drain_delay = DELAY).await;
+    let addr = server.addr;
+    let mut client = server.client.clone();
+    create_namespace(&mut client, "drain_delay", 1_000_000, 2).await;
+    let events: Vec<_> = (0..50)
+        .map(|i| event("s", i * 1000, &format!("{i:03}")))
+        .collect();
+    write_all(&client, "drain_delay", events.clone()).await;
+    let signalled = tokio::time::Instant::now();
+    let stopped = tokio::spawn(tokio::time::timeout(HANG, server.stop()));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("a new connection during the delay");
+    let mut health = HealthClient::new(channel.clone());
+    let mut status = ServingStatus::Serving;
+    for _ in 0..100 {
+        status = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("check")
+            .into_inner()
+            .status();
+        if status == ServingStatus::NotServing {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status, ServingStatus::NotServing);
+    let mut fresh = pb::hourglass_client::HourglassClient::new(channel);
+    let (got, pages) = read_to_end(&mut fresh, read_request("drain_delay", "s", 0, i64::MAX)).await;
+    assert!(
+        signalled.elapsed() < DELAY,
+        "the read ended within the delay (else this test proves nothing)"
+    );
+    assert_eq!(got, events, "served whole during the delay");
+    assert!(pages.iter().all(|p| !p.partial));
+    stopped
+        .await
+        .expect("stop task")
+        .expect("run returns once the delay and the drain are over");
+    assert!(
+        signalled.elapsed() >= DELAY,
+        "the drain waited out the delay"
+    );
+}

@@ -181,6 +181,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HOURGLASS_METRICS_LISTEN", default_value_t = MetricsListen(Some(DEFAULT_METRICS_LISTEN)))]
     #[serde(serialize_with = "as_displayed")]
     pub metrics_listen: MetricsListen,
+    /// How long after a shutdown signal the server goes on serving as usual
+    /// while health reports NOT_SERVING, so load balancers and
+    /// health-checking clients move away before the drain begins.
+    #[arg(long, env = "HOURGLASS_DRAIN_DELAY", default_value_t = HumanDuration(std::time::Duration::ZERO))]
+    #[serde(serialize_with = "as_displayed")]
+    pub drain_delay: HumanDuration,
     /// How long in-flight calls may take to finish after a shutdown signal.
     #[arg(long, env = "HOURGLASS_DRAIN_TIMEOUT", default_value_t = HumanDuration(DEFAULT_DRAIN_TIMEOUT))]
     #[serde(serialize_with = "as_displayed")]
@@ -469,6 +475,7 @@ impl ServeArgs {
         config.tls = self.tls_config()?;
         config.auth = self.authenticator()?;
         config.metrics_listen = self.metrics_listen.0;
+        config.drain_delay = self.drain_delay.0;
         config.drain_timeout = self.drain_timeout.0;
         config.health_interval = self.health_interval.0;
         Ok(config)

@@ -3,7 +3,8 @@
 //! gRPC handlers live in `service`.
 //!
 //! Shutdown: when the `shutdown` future given to [`run`] completes, health
-//! turns NOT_SERVING, the listener closes, running reads end partially at
+//! turns NOT_SERVING; after [`ServerConfig::drain_delay`] (calls served as
+//! usual meanwhile) the listener closes, running reads end partially at
 //! once (reason `SHUTDOWN`), new calls are refused, and in-flight calls get
 //! at most [`ServerConfig::drain_timeout`] to finish, their responses
 //! included (sent as the clients' flow control lets them), before `run`
@@ -91,6 +92,10 @@ pub struct ServerConfig {
     /// recorder is process-wide, so at most one server per process can
     /// have it.
     pub metrics_listen: Option<SocketAddr>,
+    /// How long after the shutdown signal calls are served as usual, health
+    /// reporting NOT_SERVING, before the drain begins.
+    pub drain_delay: Duration,
+    /// How long the drain waits for in-flight calls and their responses.
     pub drain_timeout: Duration,
     pub health_interval: Duration,
 }
@@ -115,6 +120,7 @@ impl ServerConfig {
             tls: None,
             auth: None,
             metrics_listen: None,
+            drain_delay: Duration::ZERO,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             health_interval: DEFAULT_HEALTH_INTERVAL,
         }
@@ -206,8 +212,8 @@ pub async fn run(
         drain.clone(),
     ));
     tracing::info!(listen = ?listener.local_addr().ok(), tls = config.tls.is_some(), "serving");
-    // The drain: at the shutdown signal health turns NOT_SERVING, the
-    // listener closes and running reads end partial; connections stay
+    // The drain: at the shutdown signal health turns NOT_SERVING; after
+    // the drain delay the listener closes and running reads end partial; connections stay
     // open (health checks see NOT_SERVING, new calls are refused
     // SERVER_DRAINING) until no call is in flight, then get GOAWAY and
     // close once their streams' last frames went (a health Watch ends
@@ -218,7 +224,7 @@ pub async fn run(
     let calls = CallTracker::default();
     let goaway = CancellationToken::new();
     let lingering = Lingering::new(goaway.clone());
-    let drain_timeout = config.drain_timeout;
+    let (drain_delay, drain_timeout) = (config.drain_delay, config.drain_timeout);
     let drain_deadline = Arc::new(std::sync::OnceLock::new());
     let drained = {
         let (drain, reporter, calls, goaway, deadline) = (
@@ -230,9 +236,16 @@ pub async fn run(
         );
         async move {
             shutdown.await;
+            set_health(&reporter, false).await;
+            if !drain_delay.is_zero() {
+                tracing::info!(
+                    ?drain_delay,
+                    "shutting down; serving on while health says NOT_SERVING"
+                );
+                tokio::time::sleep(drain_delay).await;
+            }
             tracing::info!("shutting down; finishing in-flight calls");
             let _ = deadline.set(tokio::time::Instant::now() + drain_timeout);
-            set_health(&reporter, false).await;
             drain.cancel();
             let finished = async {
                 calls.idle().await;
