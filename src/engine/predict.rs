@@ -19,9 +19,8 @@
 //! deviations) says how late a slow page lands: a call with no row yet
 //! sends its last-chance probes by it.
 //!
-//! Invariants: a page slower than the tail widens the tail but enters the
-//! line as a page at the tail; a page abandoned before it landed enters
-//! the line (as at most a tail page) but not the tail. Taken at its word, one page stalled by a
+//! Invariant: a page slower than the tail widens the tail but enters the
+//! line as a page at the tail. Taken at its word, one page stalled by a
 //! storage pause (30 ms among 1 ms pages) raised the fitted base by a tenth
 //! of the pause, pages after it shrank to a fifth, and a held scan with
 //! such a page in every third gap between calls read a 100,000-row series
@@ -133,16 +132,14 @@ impl LatencyModel {
     /// Folds in one page that returned `rows` rows in `took`.
     pub fn observe(&mut self, rows: usize, took: Duration) {
         self.max_rows = self.max_rows.max(rows);
-        self.fit(rows, took, true);
+        self.fit(rows, took);
     }
 
     /// Folds in a page of `rows` abandoned after `took` (a lower bound of its
-    /// latency): it informs the line but, never having landed, neither the
-    /// range of page sizes the model is trusted for nor how far landed
-    /// pages stray from the line (the tail). A freeze's abandoned pages
-    /// otherwise widened the tail until a stall looked like a slow page.
+    /// latency): it informs the fit but, never having landed, not the range
+    /// of page sizes the model is trusted for.
     pub fn observe_abandoned(&mut self, rows: usize, took: Duration) {
-        self.fit(rows, took, false);
+        self.fit(rows, took);
     }
 
     /// Pages up to this many rows are within the model's evidence: at most
@@ -153,8 +150,7 @@ impl LatencyModel {
         self.max_rows.saturating_mul(2)
     }
 
-    /// Folds one page into the line, and into the tail when it `landed`.
-    fn fit(&mut self, rows: usize, took: Duration, landed: bool) {
+    fn fit(&mut self, rows: usize, took: Duration) {
         let (x, took) = (rows as f64, took.as_secs_f64());
         let fitted = self.base + self.per_row * x;
         let mut y = took;
@@ -162,9 +158,7 @@ impl LatencyModel {
             // A page slower than the tail widens the tail; the line takes
             // it as a tail page (see the module docs).
             y = took.min(fitted * self.tail_factor());
-            if landed {
-                self.ratio.observe((took / fitted).min(MAX_RATIO));
-            }
+            self.ratio.observe((took / fitted).min(MAX_RATIO));
         }
         self.mean_x += ALPHA * (x - self.mean_x);
         self.mean_y += ALPHA * (y - self.mean_y);
@@ -355,35 +349,6 @@ mod tests {
         assert!(
             after * 10 >= before * 9,
             "{after} rows affordable after, {before} before"
-        );
-    }
-
-    /// A storage freeze: a held scan's pages, abandoned after a second
-    /// each, teach the line that such pages are slow, but say nothing of
-    /// how far landed pages stray from it. Before, each widened the tail
-    /// as a page eight times the line, and the line rose with the tail:
-    /// after a few the model expected seconds of a smallest page, and a
-    /// 200 ms wait on stuck storage was judged "not late" (a read failed
-    /// BUDGET_TOO_SMALL instead of STORAGE_LATE).
-    #[test]
-    fn pages_abandoned_in_a_freeze_do_not_make_a_stall_look_normal() {
-        let ms = Duration::from_millis(1);
-        let mut m = on_the_line();
-        let tail = m.tail_factor();
-        for _ in 0..20 {
-            m.observe_abandoned(16, 1100 * ms);
-        }
-        assert!(
-            (m.tail_factor() - tail).abs() < 1e-9,
-            "the tail is landed pages': {} then {tail}",
-            m.tail_factor()
-        );
-        let expected = m.predict_tail(16);
-        assert!(expected < 200 * ms, "a slow smallest page: {expected:?}");
-        let (before, after) = (on_the_line().predict(16), m.predict(16));
-        assert!(
-            after.as_secs_f64() > before.as_secs_f64() * 1.5,
-            "the line learnt that pages are slow: {before:?} then {after:?}"
         );
     }
 }
