@@ -57,6 +57,9 @@ pub const CONTINUATIONS: &str = "hourglass_continuations_total";
 /// Held scans dropped unused, by `cause` = `age`, `capacity` or `client`
 /// (counter).
 pub const CONTINUATION_EVICTIONS: &str = "hourglass_continuation_evictions_total";
+/// Connections aborted because their client took nothing of a response
+/// for the stall time (counter).
+pub const STALLED_CONNECTIONS: &str = "hourglass_stalled_connections_total";
 /// Estimated bytes of rows held for hot continuations, by held scans and
 /// by calls fetching ahead (gauge).
 pub const CONTINUATION_BYTES: &str = "hourglass_continuation_bytes";
@@ -99,6 +102,7 @@ pub fn register_zero(partial_reasons: &[&'static str], rejected_reasons: &[&'sta
         STORAGE_PROBES,
         STORAGE_READS,
         STORAGE_DEMOTIONS,
+        STALLED_CONNECTIONS,
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -189,6 +193,10 @@ fn describe() {
         "Estimated bytes held for hot continuations (held scans and calls fetching ahead)"
     );
     describe_gauge!(CONTINUATION_ENTRIES, "Scans held for hot continuations");
+    describe_counter!(
+        STALLED_CONNECTIONS,
+        "Connections aborted: their client took nothing of a response for the stall time"
+    );
     describe_gauge!(
         CIRCUIT_STATE,
         "Storage circuit: 0 closed, 1 half-open, 2 open"

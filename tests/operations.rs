@@ -227,6 +227,79 @@ async fn a_stream_the_client_drops_is_counted_cancelled_with_its_rows_scanned() 
     assert!(status.success(), "graceful exit on SIGTERM: {status}");
 }
 
+/// A client that takes nothing of its response (an HTTP/2 window of 0,
+/// never raised) holds the read's slot only for the stall time: then its
+/// connection is closed, the call ends for it, and the slot serves others.
+/// (Before, a unary read gave its slot back as soon as its response was
+/// built, and unread responses piled up in memory without bound.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_nothing_loses_its_connection_and_its_slot() {
+    const STALLED: &str = "hourglass_stalled_connections_total";
+    let server = ServerProcess::start(&[
+        "--send-stall",
+        "1s",
+        "--adaptive-admission",
+        "false",
+        "--max-scans",
+        "1",
+    ])
+    .await;
+    seeded(&server, "stall", 500).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
+        .expect("endpoint")
+        .initial_stream_window_size(Some(0))
+        .connect()
+        .await
+        .expect("connect");
+    let mut stuck = pb::hourglass_client::HourglassClient::new(channel);
+    let stuck_call = tokio::spawn(async move {
+        stuck
+            .read_events(read_request("stall", "s", 0, i64::MAX))
+            .await
+    });
+    // Its response is built but not taken: the one slot stays held.
+    let mut good = server.client().await;
+    let mut refused = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Err(e) = good
+            .read_events(read_request("stall", "s", 0, i64::MAX))
+            .await
+        {
+            refused = Some(e);
+            break;
+        }
+    }
+    let refused = refused.expect("a read refused while the unread response holds the slot");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(60), stuck_call)
+        .await
+        .expect("the stalled call ends once its connection is closed")
+        .expect("task");
+    assert!(ended.is_err(), "no response reached the stalled client");
+    let mut rows = None;
+    for _ in 0..100 {
+        if let Ok(r) = good
+            .read_events(read_request("stall", "s", 0, i64::MAX))
+            .await
+        {
+            rows = Some(r.into_inner().events.len());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rows, Some(500), "the slot serves the well-behaved client");
+    #[allow(clippy::float_cmp)] // counters hold small integers exactly
+    let once = metric(&server.scrape().await, STALLED) == 1.0;
+    assert!(once, "one stalled connection counted");
+    let status = server.terminate();
+    assert!(status.success(), "graceful exit on SIGTERM: {status}");
+}
+
 /// grpcurl, installed by scripts/test (GRPCURL or $(go env GOPATH)/bin).
 fn grpcurl() -> PathBuf {
     if let Ok(p) = std::env::var("GRPCURL") {

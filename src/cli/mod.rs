@@ -187,6 +187,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HOURGLASS_DRAIN_DELAY", default_value_t = HumanDuration(std::time::Duration::ZERO))]
     #[serde(serialize_with = "as_displayed")]
     pub drain_delay: HumanDuration,
+    /// How long a client may take nothing of a response the server has
+    /// ready (a unary response, a stream's full queue) before its
+    /// connection is closed, freeing the calls' slots and memory.
+    #[arg(long, env = "HOURGLASS_SEND_STALL", default_value_t = HumanDuration(crate::server::DEFAULT_SEND_STALL))]
+    #[serde(serialize_with = "as_displayed")]
+    pub send_stall: HumanDuration,
     /// How long in-flight calls may take to finish after a shutdown signal.
     #[arg(long, env = "HOURGLASS_DRAIN_TIMEOUT", default_value_t = HumanDuration(DEFAULT_DRAIN_TIMEOUT))]
     #[serde(serialize_with = "as_displayed")]
@@ -436,6 +442,7 @@ impl ServeArgs {
             ("--max-budget", self.max_budget),
             ("--default-budget", self.default_budget),
             ("--health-interval", self.health_interval),
+            ("--send-stall", self.send_stall),
         ] {
             if value.0.is_zero() {
                 anyhow::bail!("{flag} must be more than 0");
@@ -477,6 +484,7 @@ impl ServeArgs {
         config.metrics_listen = self.metrics_listen.0;
         config.drain_delay = self.drain_delay.0;
         config.drain_timeout = self.drain_timeout.0;
+        config.send_stall = self.send_stall.0;
         config.health_interval = self.health_interval.0;
         Ok(config)
     }

@@ -2,6 +2,20 @@
 //! response body (a whole stream, for StreamEvents) is finished or dropped,
 //! so a drain waits for calls and not for idle connections.
 //!
+//! A response body is handed to the transport in pieces of at most
+//! [`SEND_PIECE`] bytes: the transport takes a piece only when its client's
+//! flow control has room (beyond a small send buffer), so the body ends
+//! when the client has taken nearly all of it, and what a response holds
+//! ([`HoldUntilSent`], a read's admission ticket) is held until then. (Taken
+//! whole, a response of many megabytes went into the transport's buffer at
+//! once, and a client that never read could pile up any number of them.)
+//!
+//! A client that takes nothing of a response the server has ready (a
+//! unary response, or a stream's batches filling its queue) for
+//! [`SEND_STALL`] has its connection aborted ([`watch_stall`]): otherwise
+//! a client that never reads, answering pings, held its calls' slots and
+//! responses for as long as it kept the connection.
+//!
 //! Health and reflection calls are not counted: a health `Watch` never
 //! ends by itself and serves no data. Once the drain closes connections
 //! (the `goaway` token), a `Watch` ends UNAVAILABLE "server shutting down"
@@ -10,7 +24,10 @@
 
 use std::future::Future as _;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -18,10 +35,116 @@ use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::codegen::http;
 
+use super::connections::Lingering;
+
 /// Path prefix of the calls counted.
 const COUNTED_PREFIX: &str = "/hourglass.v1.Hourglass/";
 /// The health stream that ends when connections close.
 const WATCH_PATH: &str = "/grpc.health.v1.Health/Watch";
+
+/// The largest piece of a response body handed to the transport at once.
+pub const SEND_PIECE: usize = 64 << 10;
+
+/// Put in a response's extensions by a handler: held by the response body
+/// until the client has taken it (see the module docs), then dropped.
+#[derive(Clone)]
+pub struct HoldUntilSent {
+    _held: std::sync::Arc<dyn Send + Sync>,
+}
+
+impl HoldUntilSent {
+    pub fn new(held: impl Send + Sync + 'static) -> Self {
+        Self {
+            _held: std::sync::Arc::new(held),
+        }
+    }
+}
+
+/// How long a client may take nothing of a response the server has ready
+/// before its connection is aborted, by default (checked every this long,
+/// so a stall is acted on after one to two of it).
+pub const SEND_STALL: Duration = Duration::from_secs(10);
+
+/// In a counted call's request extensions: aborts the call's connection
+/// (`token`) when its client stalls for `stall` (see [`watch_stall`]).
+#[derive(Clone, Debug)]
+pub struct ConnectionAbort {
+    pub token: CancellationToken,
+    pub stall: Duration,
+}
+
+/// How much of a response its client took, and whether it is over;
+/// watched by [`watch_stall`].
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Pieces ready for the client (a stream's queued messages; a unary
+    /// response is ready whole, and counts none).
+    offered: AtomicU64,
+    taken: AtomicU64,
+    done: AtomicBool,
+    /// All of the response is ready (a unary one, once its headers go).
+    all_ready: AtomicBool,
+}
+
+impl Progress {
+    /// A response ready whole.
+    pub fn ready() -> Self {
+        let p = Self::default();
+        p.all_ready.store(true, Ordering::Relaxed);
+        p
+    }
+
+    /// A piece is ready for the client (a stream message queued).
+    pub fn offered(&self) {
+        self.offered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the server has something ready the client has not taken.
+    fn waiting(&self) -> bool {
+        self.all_ready.load(Ordering::Relaxed)
+            || self.taken.load(Ordering::Relaxed) < self.offered.load(Ordering::Relaxed)
+    }
+
+    /// The client took a piece (a frame, a stream message).
+    pub fn took(&self) {
+        self.taken.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The response is over (sent or dropped): nothing more to watch.
+    pub fn finish(&self) {
+        self.done.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Aborts the connection of a response whose client took nothing between
+/// two checks `abort.stall` apart while the server had something ready for
+/// it; stops once `progress` finishes.
+pub fn watch_stall(progress: Arc<Progress>, abort: ConnectionAbort) {
+    let ConnectionAbort {
+        token: abort,
+        stall,
+    } = abort;
+    tokio::spawn(async move {
+        let mut seen = progress.taken.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(stall).await;
+            if progress.done.load(Ordering::Relaxed) || abort.is_cancelled() {
+                return;
+            }
+            let taken = progress.taken.load(Ordering::Relaxed);
+            if taken == seen && progress.waiting() {
+                tracing::warn!(
+                    ?stall,
+                    "a client took nothing of a response; closing its connection"
+                );
+                metrics::counter!(crate::telemetry::STALLED_CONNECTIONS).increment(1);
+                abort.cancel();
+                return;
+            }
+            seen = taken;
+        }
+    });
+}
 
 /// The number of calls in flight; cheap to clone.
 #[derive(Clone, Debug)]
@@ -68,6 +191,10 @@ impl Drop for CallGuard {
 pub struct TrackCallsLayer {
     pub calls: CallTracker,
     pub goaway: CancellationToken,
+    /// The connections, to abort a stalled client's.
+    pub connections: Lingering,
+    /// See [`SEND_STALL`].
+    pub stall: Duration,
 }
 
 impl<S> tower_layer::Layer<S> for TrackCallsLayer {
@@ -78,6 +205,8 @@ impl<S> tower_layer::Layer<S> for TrackCallsLayer {
             inner,
             tracker: self.calls.clone(),
             goaway: self.goaway.clone(),
+            connections: self.connections.clone(),
+            stall: self.stall,
         }
     }
 }
@@ -88,6 +217,20 @@ pub struct TrackCalls<S> {
     inner: S,
     tracker: CallTracker,
     goaway: CancellationToken,
+    connections: Lingering,
+    stall: Duration,
+}
+
+/// The client address of a request (through TLS too).
+fn peer<B>(request: &http::Request<B>) -> Option<std::net::SocketAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let ext = request.extensions();
+    ext.get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|i| i.get_ref().remote_addr())
+        })
 }
 
 impl<S, B> tower_service::Service<http::Request<B>> for TrackCalls<S>
@@ -103,22 +246,44 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let path = request.uri().path();
         let guard = path
             .starts_with(COUNTED_PREFIX)
             .then(|| self.tracker.enter());
         let goaway = (path == WATCH_PATH).then(|| self.goaway.clone().cancelled_owned());
+        let abort = guard
+            .as_ref()
+            .and_then(|_| peer(&request))
+            .and_then(|peer| self.connections.abort_handle(peer))
+            .map(|token| ConnectionAbort {
+                token,
+                stall: self.stall,
+            });
+        if let Some(abort) = &abort {
+            request.extensions_mut().insert(abort.clone());
+        }
         let response = self.inner.call(request);
         async move {
-            let response = response.await?;
+            let mut response = response.await?;
             if guard.is_none() && goaway.is_none() {
                 return Ok(response);
             }
+            let held = response.extensions_mut().remove::<HoldUntilSent>();
+            // A unary response is all ready once its headers go: a client
+            // that takes none of it for the stall time is dropped.
+            let progress = held.as_ref().and(abort).map(|abort| {
+                let progress = Arc::new(Progress::ready());
+                watch_stall(progress.clone(), abort);
+                progress
+            });
             Ok(response.map(|body| {
                 tonic::body::Body::new(CallBody {
                     body,
                     _guard: guard,
+                    held,
+                    progress,
+                    rest: None,
                     goaway: goaway.map(Box::pin),
                     ended: false,
                 })
@@ -129,12 +294,40 @@ where
 }
 
 /// A response body that keeps its call counted (`_guard`) until it is
-/// done, and ends with UNAVAILABLE once `goaway` completes.
+/// done, holds `held` until its last data went to the transport, hands
+/// data over in pieces of at most [`SEND_PIECE`] bytes (`rest`: what is
+/// left of the current frame), and ends with UNAVAILABLE once `goaway`
+/// completes.
 struct CallBody {
     body: tonic::body::Body,
     _guard: Option<CallGuard>,
+    held: Option<HoldUntilSent>,
+    /// What the client took, for the stall watch of a unary response.
+    progress: Option<Arc<Progress>>,
+    rest: Option<bytes::Bytes>,
     goaway: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     ended: bool,
+}
+
+impl CallBody {
+    /// The next piece of `data`, keeping what follows it in `rest`.
+    fn piece(&mut self, mut data: bytes::Bytes) -> http_body::Frame<bytes::Bytes> {
+        if data.len() > SEND_PIECE {
+            self.rest = Some(data.split_off(SEND_PIECE));
+        }
+        if let Some(p) = &self.progress {
+            p.took();
+        }
+        http_body::Frame::data(data)
+    }
+}
+
+impl Drop for CallBody {
+    fn drop(&mut self) {
+        if let Some(p) = &self.progress {
+            p.finish();
+        }
+    }
 }
 
 impl http_body::Body for CallBody {
@@ -145,13 +338,30 @@ impl http_body::Body for CallBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if let Some(rest) = self.rest.take() {
+            let piece = self.piece(rest);
+            return Poll::Ready(Some(Ok(piece)));
+        }
         if self.ended {
             return Poll::Ready(None);
         }
         // What the stream has ready (NOT_SERVING, as the drain began) goes
         // first.
         if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
-            return Poll::Ready(frame);
+            return Poll::Ready(match frame {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => Some(Ok(self.piece(data))),
+                    Err(frame) => {
+                        // Trailers: every byte of data went.
+                        self.held = None;
+                        Some(Ok(frame))
+                    }
+                },
+                other => {
+                    self.held = None;
+                    other
+                }
+            });
         }
         if self
             .goaway
@@ -172,11 +382,14 @@ impl http_body::Body for CallBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || self.body.is_end_stream()
+        self.rest.is_none() && (self.ended || self.body.is_end_stream())
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+        match &self.rest {
+            None => self.body.size_hint(),
+            Some(_) => http_body::SizeHint::default(),
+        }
     }
 }
 

@@ -17,14 +17,22 @@
 //! reads end-of-stream once the drain closes connections, so the
 //! transport, still waiting for the HTTP/2 preface, lets it go.
 //!
+//! A connection can be aborted ([`Lingering::abort_handle`], by its peer's
+//! address): it then fails its reads and writes, the transport drops it
+//! and every call on it, and it closes at once, without lingering. The
+//! server aborts the connection of a client that takes nothing of a
+//! response for [`super::calls::SEND_STALL`].
+//!
 //! Invariant: a connection is counted in [`Lingering`] from when the
 //! transport dropped it until its client acknowledged every byte or closed,
 //! [`LINGER_MAX`] passed, or the runtime shut down.
 
+use std::collections::HashMap;
 use std::future::Future as _;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -46,6 +54,8 @@ const LINGER_CHECK: Duration = Duration::from_millis(10);
 pub struct Lingering {
     count: Arc<watch::Sender<usize>>,
     goaway: CancellationToken,
+    /// The abort handle of each open connection, by its peer's address.
+    aborts: Arc<Mutex<HashMap<SocketAddr, CancellationToken>>>,
 }
 
 impl Lingering {
@@ -53,17 +63,34 @@ impl Lingering {
         Self {
             count: Arc::new(watch::Sender::new(0)),
             goaway,
+            aborts: Arc::default(),
         }
     }
 
     /// `stream`, lingering here once dropped if it was written to.
     pub fn track(&self, stream: TcpStream) -> TrackedStream {
+        let peer = stream.peer_addr().ok();
+        let abort = CancellationToken::new();
+        if let Some(peer) = peer {
+            self.aborts
+                .lock()
+                .expect("aborts")
+                .insert(peer, abort.clone());
+        }
         TrackedStream {
             inner: Some(stream),
             lingering: self.clone(),
             wrote: false,
             silent: Some(Box::pin(self.goaway.clone().cancelled_owned())),
+            peer,
+            aborted: Box::pin(abort.clone().cancelled_owned()),
+            abort,
         }
+    }
+
+    /// The handle that aborts the open connection from `peer`, if any.
+    pub fn abort_handle(&self, peer: SocketAddr) -> Option<CancellationToken> {
+        self.aborts.lock().expect("aborts").get(&peer).cloned()
     }
 
     /// Completes once no connection lingers.
@@ -141,17 +168,37 @@ pub struct TrackedStream {
     /// Until the client sent a byte: completes when the drain closes
     /// connections, which ends this one.
     silent: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// The client's address, under which the abort handle is registered.
+    peer: Option<SocketAddr>,
+    /// Completes when the connection is aborted (`abort` cancelled).
+    aborted: Pin<Box<WaitForCancellationFutureOwned>>,
+    abort: CancellationToken,
 }
 
 impl TrackedStream {
     fn inner(&mut self) -> Pin<&mut TcpStream> {
         Pin::new(self.inner.as_mut().expect("a stream until dropped"))
     }
+
+    /// An error once the connection is aborted (and registers to be woken
+    /// when it is).
+    fn poll_aborted(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        self.aborted.as_mut().poll(cx).is_ready().then(|| {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "client took nothing of a response for too long",
+            )
+        })
+    }
 }
 
 impl Drop for TrackedStream {
     fn drop(&mut self) {
-        if let Some(stream) = self.inner.take().filter(|_| self.wrote) {
+        if let Some(peer) = self.peer {
+            self.lingering.aborts.lock().expect("aborts").remove(&peer);
+        }
+        let aborted = self.abort.is_cancelled();
+        if let Some(stream) = self.inner.take().filter(|_| self.wrote && !aborted) {
             self.lingering.linger(stream);
         }
     }
@@ -174,6 +221,9 @@ impl AsyncRead for TrackedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(e) = self.poll_aborted(cx) {
+            return Poll::Ready(Err(e));
+        }
         if let Some(goaway) = &mut self.silent {
             if goaway.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ok(()));
@@ -194,6 +244,9 @@ impl AsyncWrite for TrackedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(e) = self.poll_aborted(cx) {
+            return Poll::Ready(Err(e));
+        }
         self.wrote = true;
         self.inner().poll_write(cx, buf)
     }
@@ -203,6 +256,9 @@ impl AsyncWrite for TrackedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let Some(e) = self.poll_aborted(cx) {
+            return Poll::Ready(Err(e));
+        }
         self.wrote = true;
         self.inner().poll_write_vectored(cx, bufs)
     }

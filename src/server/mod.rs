@@ -49,6 +49,8 @@ pub use service::{
 
 /// Default bound on how long in-flight calls may run after shutdown began.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// See [`ServerConfig::send_stall`].
+pub const DEFAULT_SEND_STALL: Duration = calls::SEND_STALL;
 /// Default period of the storage probe behind the health service.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// The gRPC health service name of Hourglass.
@@ -97,6 +99,9 @@ pub struct ServerConfig {
     pub drain_delay: Duration,
     /// How long the drain waits for in-flight calls and their responses.
     pub drain_timeout: Duration,
+    /// A client that takes nothing of a response the server has ready for
+    /// this long has its connection closed (see `calls`).
+    pub send_stall: Duration,
     pub health_interval: Duration,
 }
 
@@ -122,6 +127,7 @@ impl ServerConfig {
             metrics_listen: None,
             drain_delay: Duration::ZERO,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            send_stall: DEFAULT_SEND_STALL,
             health_interval: DEFAULT_HEALTH_INTERVAL,
         }
     }
@@ -282,6 +288,8 @@ pub async fn run(
     let layer = TrackCallsLayer {
         calls: calls.clone(),
         goaway: goaway.clone(),
+        connections: lingering.clone(),
+        stall: config.send_stall,
     };
     let served = tokio::select! {
         served = serve(incoming, config.tls, layer, service, health, goaway.cancelled()) => served,

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::arrival::Arrival;
+use super::calls::{watch_stall, ConnectionAbort, HoldUntilSent, Progress};
 use crate::admission::{Admission, AdmissionConfig, Class, Ticket, CLASS_HEADER};
 use crate::api::{self, pb, ReadParams};
 use crate::auth::{Access, Authenticator, Principal};
@@ -557,10 +558,11 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             let continued = outcome.stats.continued;
             let end = api::stream_end(outcome, |k| self.keys.issue(&fp, k));
             observe(&ticket, &req, first_row, continued);
-            Ok((encoded.finish(), end))
+            Ok((encoded.finish(), end, ticket))
         }
         .await;
-        let (encoded_events, end) = finish(call, result, |(_, end)| partial_or_complete(end))?;
+        let (encoded_events, end, ticket) =
+            finish(call, result, |(_, end, _)| partial_or_complete(end))?;
         let pb::StreamEnd {
             partial,
             partial_reason,
@@ -568,7 +570,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             watermark_micros,
             stats,
         } = end;
-        Ok(Response::new(pb::ReadEventsResponse {
+        let mut response = Response::new(pb::ReadEventsResponse {
             events: Vec::new(),
             encoded_events,
             partial,
@@ -576,7 +578,12 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             continuation_token,
             watermark_micros,
             stats,
-        }))
+        });
+        // The read's slot is held until its client has taken the response,
+        // as a stream's is: a client that does not read cannot make the
+        // server hold more responses than there are slots.
+        response.extensions_mut().insert(HoldUntilSent::new(ticket));
+        Ok(response)
     }
 
     type StreamEventsStream = std::pin::Pin<
@@ -589,6 +596,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         request: Request<pb::ReadEventsRequest>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
         let call = Call::start("StreamEvents");
+        let abort = request.extensions().get::<ConnectionAbort>().cloned();
         let prepared = self.prepare_read(request).await;
         let Prepared {
             read: req,
@@ -603,13 +611,16 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         // The stream holds the ticket; the scan holds it too while it runs.
         let ticket = Arc::new(ticket);
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let progress = Arc::new(Progress::default());
+        let offered = progress.clone();
         let cancel = CancellationToken::new();
         let guard = cancel.clone().drop_guard();
         let engine = self.engine.clone();
         let keys = self.keys.clone();
         let scanning = ticket.clone();
         let run = async move {
-            let mut sink = StreamSink::new(req.series_id.clone(), tx.clone());
+            let mut sink =
+                StreamSink::new(req.series_id.clone(), tx.clone()).watched(offered.clone());
             let mut timed = FirstRow::new(&mut sink);
             let result = engine.read(&req, &mut timed).await;
             let first_row = timed.at;
@@ -627,7 +638,9 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
                 finish(call, result, partial_or_complete).map(|end| pb::StreamEventsResponse {
                     message: Some(pb::stream_events_response::Message::End(end)),
                 });
-            let _ = tx.send(msg).await;
+            if tx.send(msg).await.is_ok() {
+                offered.offered();
+            }
         };
         // The read stops as soon as the client drops the stream (guard dropped).
         tokio::spawn(
@@ -643,12 +656,27 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         // The admission ticket lives as long as the response stream, not
         // just the scan: rows a slow client has not taken yet stay buffered,
         // so a client cannot pile up finished-but-unread streams beyond the
-        // bound.
+        // bound. A client that takes none of the batches filling its queue for the
+        // stall time loses its connection (see `calls`).
+        if let Some(abort) = abort {
+            watch_stall(progress.clone(), abort);
+        }
+        let finished = Finished(progress);
         let stream = ReceiverStream::new(rx).map(move |m| {
             let _alive = (&guard, &ticket);
+            finished.0.took();
             m
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Marks a stream's [`Progress`] finished when the stream is dropped.
+struct Finished(Arc<Progress>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.0.finish();
     }
 }
 
@@ -760,6 +788,8 @@ struct StreamSink {
     tx: mpsc::Sender<StreamMessage>,
     /// Batches made while the queue was full, oldest first.
     held: std::collections::VecDeque<StreamMessage>,
+    /// Counts the batches queued, for the stall watch.
+    progress: Option<Arc<Progress>>,
 }
 
 impl StreamSink {
@@ -770,6 +800,19 @@ impl StreamSink {
             since: None,
             tx,
             held: std::collections::VecDeque::new(),
+            progress: None,
+        }
+    }
+
+    /// Counts every batch queued into `progress`.
+    fn watched(mut self, progress: Arc<Progress>) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    fn queued(&self) {
+        if let Some(p) = &self.progress {
+            p.offered();
         }
     }
 }
@@ -812,7 +855,8 @@ impl RowSink for StreamSink {
             return;
         }
         match self.tx.try_send(batch) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Ok(()) => self.queued(),
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(batch)) => self.held.push_back(batch),
         }
     }
@@ -845,6 +889,7 @@ impl RowSink for StreamSink {
             };
             if let Some(batch) = self.held.pop_front() {
                 room.send(batch);
+                self.queued();
             }
         }
     }
