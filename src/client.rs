@@ -17,17 +17,21 @@ use crate::api::pb::hourglass_client::HourglassClient;
 pub const NO_PROGRESS_RETRIES: u32 = 5;
 /// Pause before the first repeat; it grows linearly with each attempt.
 pub const NO_PROGRESS_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
-/// Calls repeated after the server refused them for load
-/// (RESOURCE_EXHAUSTED), each after the wait its RetryInfo suggests,
-/// before giving up.
+/// Calls repeated after the server refused them with a RetryInfo (for load,
+/// RESOURCE_EXHAUSTED; or UNAVAILABLE: a draining replica, an open
+/// circuit), each after the wait its RetryInfo suggests, before giving up.
 pub const OVERLOAD_RETRIES: u32 = 5;
 /// Longest wait before repeating a refused call, whatever its RetryInfo.
 pub const MAX_OVERLOAD_WAIT: Duration = Duration::from_secs(1);
 
-/// The wait a refusal for load suggests, if `status` is one.
+/// The wait a refusal suggests, if `status` is one a retry helps
+/// (RESOURCE_EXHAUSTED or UNAVAILABLE with a RetryInfo).
 fn overload_wait(status: &Status) -> Option<Duration> {
     use tonic_types::StatusExt;
-    if status.code() != tonic::Code::ResourceExhausted {
+    if !matches!(
+        status.code(),
+        tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+    ) {
         return None;
     }
     status
@@ -36,16 +40,29 @@ fn overload_wait(status: &Status) -> Option<Duration> {
         .map(|d| d.min(MAX_OVERLOAD_WAIT))
 }
 
-/// Whether `status` says not one row came in the call's budget (reason
-/// BUDGET_TOO_SMALL or STORAGE_LATE): the same call may well succeed when
-/// storage is warmer, less loaded or past a stall.
+/// Whether `status` says the call ended without a row where the same call
+/// may well succeed when storage is warmer, less loaded or past a stall:
+/// the server found not one row in the call's budget (DEADLINE_EXCEEDED,
+/// reason BUDGET_TOO_SMALL or STORAGE_LATE, with a budget above zero), or
+/// the answer came after the client's own deadline (tonic's CANCELLED
+/// "Timeout expired", or DEADLINE_EXCEEDED with no server reason: the
+/// response was cut short, the token still stands).
 pub fn is_no_progress(status: &Status) -> bool {
     use crate::error::{REASON_BUDGET_TOO_SMALL, REASON_STORAGE_LATE};
     use tonic_types::StatusExt;
-    status.code() == tonic::Code::DeadlineExceeded
-        && status
-            .get_details_error_info()
-            .is_some_and(|i| i.reason == REASON_BUDGET_TOO_SMALL || i.reason == REASON_STORAGE_LATE)
+    match status.code() {
+        tonic::Code::DeadlineExceeded => match status.get_details_error_info() {
+            // A budget of zero (a deadline within the server's margin)
+            // fails the same way every time.
+            Some(i) => {
+                (i.reason == REASON_BUDGET_TOO_SMALL || i.reason == REASON_STORAGE_LATE)
+                    && i.metadata.get("budget_micros").is_none_or(|b| b != "0")
+            }
+            None => true,
+        },
+        tonic::Code::Cancelled => status.message() == "Timeout expired",
+        _ => false,
+    }
 }
 
 /// What the helpers need of a client's transport: a plain
@@ -78,15 +95,16 @@ impl<T> Transport for T where
 pub struct FollowOptions {
     /// The gRPC deadline of each call, if any.
     pub per_call: Option<Duration>,
-    /// Repeats of a call that made no progress at all (DEADLINE_EXCEEDED,
-    /// BUDGET_TOO_SMALL or STORAGE_LATE) before its error ends the stream;
-    /// 0 passes the first such error on.
+    /// Repeats of a call that made no progress at all (see
+    /// [`is_no_progress`]) before its error ends the stream; 0 passes the
+    /// first such error on.
     pub no_progress_retries: u32,
     /// Pause before the first repeat; it grows linearly with each one.
     pub no_progress_backoff: Duration,
-    /// Repeats of a call the server refused for load (RESOURCE_EXHAUSTED
-    /// with a RetryInfo), each after the suggested wait, before its error
-    /// ends the stream; 0 passes the first refusal on.
+    /// Repeats of a call the server refused with a RetryInfo
+    /// (RESOURCE_EXHAUSTED or UNAVAILABLE), each after the suggested wait
+    /// (at most [`MAX_OVERLOAD_WAIT`]), before its error ends the stream; 0
+    /// passes the first refusal on.
     pub overload_retries: u32,
     /// Priority class sent with each call (`x-hourglass-class`); None
     /// sends none (the server takes interactive). A follower reading a
@@ -193,4 +211,59 @@ pub async fn collect_all<T: Transport>(
     per_call: Option<Duration>,
 ) -> Result<Vec<pb::Event>, Status> {
     read_all(client, request, per_call).try_collect().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+    use tonic_types::{ErrorDetails, StatusExt};
+
+    fn no_row(reason: &str, budget_micros: &str) -> Status {
+        let details = ErrorDetails::with_error_info(
+            reason,
+            "hourglass.v1",
+            [("budget_micros".to_string(), budget_micros.to_string())],
+        );
+        Status::with_error_details(Code::DeadlineExceeded, "no row", details)
+    }
+
+    #[test]
+    fn a_call_without_a_row_is_repeated_unless_its_budget_was_zero() {
+        assert!(is_no_progress(&no_row("BUDGET_TOO_SMALL", "10000")));
+        assert!(is_no_progress(&no_row("STORAGE_LATE", "10000")));
+        assert!(!is_no_progress(&no_row("BUDGET_TOO_SMALL", "0")));
+        assert!(!is_no_progress(&no_row("SOMETHING_ELSE", "10000")));
+    }
+
+    /// The client's own deadline cut the answer off: tonic says CANCELLED
+    /// "Timeout expired", other stacks DEADLINE_EXCEEDED without details.
+    #[test]
+    fn an_answer_cut_off_by_the_clients_deadline_is_repeated() {
+        assert!(is_no_progress(&Status::cancelled("Timeout expired")));
+        assert!(is_no_progress(&Status::deadline_exceeded("deadline")));
+        assert!(!is_no_progress(&Status::cancelled("the caller gave up")));
+    }
+
+    #[test]
+    fn refusals_with_a_retry_info_are_waited_out_within_a_bound() {
+        let refused = |code, secs| {
+            Status::with_error_details(
+                code,
+                "refused",
+                ErrorDetails::with_retry_info(Some(Duration::from_secs(secs))),
+            )
+        };
+        let wait = |s: &Status| overload_wait(s);
+        assert_eq!(
+            wait(&refused(Code::ResourceExhausted, 0)),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            wait(&refused(Code::Unavailable, 9)),
+            Some(MAX_OVERLOAD_WAIT)
+        );
+        assert_eq!(wait(&Status::unavailable("no details")), None);
+        assert_eq!(wait(&refused(Code::InvalidArgument, 1)), None);
+    }
 }

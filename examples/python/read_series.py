@@ -2,6 +2,13 @@
 """Reads a whole series from Hourglass with a per-call deadline, following
 continuation tokens until the range is done, and checks the order.
 
+A call that ends without a row (DEADLINE_EXCEEDED: the server found none in
+the budget, or the deadline cut the answer off) or is refused for a while
+(RESOURCE_EXHAUSTED, UNAVAILABLE) is repeated with the same token, up to
+RETRIES times, backing off: the token still stands, so nothing is lost or
+read twice. (The Rust helpers also wait out the server's RetryInfo; reading
+it needs grpcio-status, which this example does without.)
+
 Generate the stubs first (grpcio-tools):
 
     python -m grpc_tools.protoc -Iproto --python_out=gen --grpc_python_out=gen \
@@ -11,10 +18,30 @@ Generate the stubs first (grpcio-tools):
 """
 import argparse
 import sys
+import time
 
 import grpc
 from hourglass.v1 import hourglass_pb2 as pb
 from hourglass.v1 import hourglass_pb2_grpc as rpc
+
+RETRIES = 5
+BACKOFF_S = 0.1
+RETRIED = {
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def call(stub, request, timeout):
+    """One page, repeating a call that failed in a way a retry helps."""
+    for attempt in range(RETRIES + 1):
+        try:
+            return stub.ReadEvents(request, timeout=timeout)
+        except grpc.RpcError as e:
+            if e.code() not in RETRIED or attempt == RETRIES:
+                raise
+            time.sleep(BACKOFF_S * (attempt + 1))
 
 
 def main() -> int:
@@ -41,7 +68,7 @@ def main() -> int:
     events = calls = partial = 0
     last = None
     while True:
-        response = stub.ReadEvents(request, timeout=args.deadline_ms / 1000.0)
+        response = call(stub, request, args.deadline_ms / 1000.0)
         calls += 1
         for e in response.events:
             key = (e.event_time_micros, e.event_id)
