@@ -147,9 +147,9 @@ impl ServiceError {
             Self::Token(TokenError::QueryMismatch) => "TOKEN_QUERY_MISMATCH",
             Self::NamespaceNotFound(_) => "NAMESPACE_NOT_FOUND",
             Self::NamespaceConflict(_) => "NAMESPACE_CONFLICT",
-            Self::NoProgress { waited_on, .. } if waited_on.is_some_and(|w| w.late()) => {
-                REASON_STORAGE_LATE
-            }
+            Self::NoProgress {
+                waited_on, budget, ..
+            } if waited_on.is_some_and(|w| storage_late(&w, *budget)) => REASON_STORAGE_LATE,
             Self::NoProgress { .. } => REASON_BUDGET_TOO_SMALL,
             Self::Unavailable(StorageError::CircuitOpen { .. }) => "STORAGE_CIRCUIT_OPEN",
             Self::Unavailable(_) => "STORAGE_UNAVAILABLE",
@@ -171,6 +171,14 @@ impl ServiceError {
 
 /// What a call that read nothing says: that storage was late and a retry
 /// should do, or that its budget was too small for what storage takes.
+/// Whether a read that fit no row in `budget` failed because storage was
+/// late: the request it waited on most was later than the latency model
+/// expects of a slow one, and a slow one fits the budget (else the budget
+/// was too small for what storage usually takes, late or not).
+fn storage_late(w: &Waited, budget: Duration) -> bool {
+    w.late() && w.expected < budget
+}
+
 fn no_progress_message(
     budget: Duration,
     set_by: BudgetSource,
@@ -179,7 +187,11 @@ fn no_progress_message(
     let head = format!("no row could be read within the {budget:?} budget (set by {set_by:?})");
     match waited_on {
         None => format!("{head}; retry with a longer deadline or SLO"),
-        Some(w) if w.late() => format!(
+        Some(w) if w.expected >= budget => format!(
+            "{head}: storage may take up to {:?}, more than the budget ({} requests in flight, the most waited {:?}); retry with a longer deadline or SLO",
+            w.expected, w.in_flight, w.waited
+        ),
+        Some(w) if storage_late(w, budget) => format!(
             "{head}: storage was late ({} requests in flight, one waited {:?} where at most {:?} was expected); retry",
             w.in_flight, w.waited, w.expected
         ),
@@ -394,6 +406,13 @@ mod tests {
                 "BUDGET_TOO_SMALL",
             ),
             (no_row(8_900, 3_100), Code::DeadlineExceeded, "STORAGE_LATE"),
+            // Later than a slow page, but a slow page does not fit the
+            // budget either: the budget is too small.
+            (
+                no_row(16_000, 13_600),
+                Code::DeadlineExceeded,
+                "BUDGET_TOO_SMALL",
+            ),
             (
                 no_row(4_300, 6_100),
                 Code::DeadlineExceeded,
