@@ -156,26 +156,27 @@ async fn a_health_watch_sees_not_serving_then_ends_and_does_not_hold_up_shutdown
         .connect()
         .await
         .expect("connect");
-    let mut watch = HealthClient::new(channel.clone())
-        .watch(HealthCheckRequest {
-            service: "hourglass.v1.Hourglass".into(),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
-    let first = watch.message().await.expect("a status").expect("one");
-    assert_eq!(first.status(), ServingStatus::Serving);
+    // A health Watch of `service`, and the first status it sent.
+    let watch_of = |service: &'static str| {
+        let mut health = HealthClient::new(channel.clone());
+        async move {
+            let mut stream = health
+                .watch(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .expect("watch")
+                .into_inner();
+            let first = stream.message().await.expect("a status").expect("one");
+            (stream, first.status())
+        }
+    };
+    let (mut watch, first) = watch_of("hourglass.v1.Hourglass").await;
+    assert_eq!(first, ServingStatus::Serving);
     // A Watch of a service the server does not know stays open too (the
     // health protocol: SERVICE_UNKNOWN, not an error) and ends the same way.
-    let mut unknown = HealthClient::new(channel.clone())
-        .watch(HealthCheckRequest {
-            service: "no.such.Service".into(),
-        })
-        .await
-        .expect("watch of an unknown service")
-        .into_inner();
-    let first = unknown.message().await.expect("a status").expect("one");
-    assert_eq!(first.status(), ServingStatus::ServiceUnknown);
+    let (mut unknown, first) = watch_of("no.such.Service").await;
+    assert_eq!(first, ServingStatus::ServiceUnknown);
     let stopped = tokio::spawn(tokio::time::timeout(HANG, server.stop()));
     let mut statuses = Vec::new();
     let end = loop {

@@ -457,12 +457,23 @@ pub fn reason_of(status: &tonic::Status) -> String {
         .unwrap_or_default()
 }
 
-/// A free loopback port (bound then released).
+/// A free loopback port (bound then released), never one handed out before
+/// in this process: the system may give a released port to the next bind,
+/// and tests start servers at once (two got 35123, one for gRPC and one for
+/// metrics, and one failed to start).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut given = GIVEN.lock().expect("ports given");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// The `hourglass serve` binary running as a child process.
