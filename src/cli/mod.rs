@@ -193,6 +193,11 @@ pub struct ServeArgs {
     #[arg(long, env = "HOURGLASS_SEND_STALL", default_value_t = HumanDuration(crate::server::DEFAULT_SEND_STALL))]
     #[serde(serialize_with = "as_displayed")]
     pub send_stall: HumanDuration,
+    /// Bytes of requests being received that the server buffers at once,
+    /// all calls together (a request past it is refused
+    /// REQUEST_BUFFER_FULL); at least the 64 MiB message limit.
+    #[arg(long, env = "HOURGLASS_REQUEST_BUFFER", default_value_t = crate::server::DEFAULT_REQUEST_BUFFER)]
+    pub request_buffer: usize,
     /// How long in-flight calls may take to finish after a shutdown signal.
     #[arg(long, env = "HOURGLASS_DRAIN_TIMEOUT", default_value_t = HumanDuration(DEFAULT_DRAIN_TIMEOUT))]
     #[serde(serialize_with = "as_displayed")]
@@ -448,6 +453,13 @@ impl ServeArgs {
                 anyhow::bail!("{flag} must be more than 0");
             }
         }
+        if self.request_buffer < crate::api::MAX_MESSAGE_BYTES {
+            anyhow::bail!(
+                "--request-buffer must be at least {} (the largest message), got {}",
+                crate::api::MAX_MESSAGE_BYTES,
+                self.request_buffer
+            );
+        }
         if self.default_budget.0 > self.max_budget.0 {
             anyhow::bail!(
                 "--default-budget ({}) is more than --max-budget ({}), which bounds every budget",
@@ -485,6 +497,7 @@ impl ServeArgs {
         config.drain_delay = self.drain_delay.0;
         config.drain_timeout = self.drain_timeout.0;
         config.send_stall = self.send_stall.0;
+        config.request_buffer = self.request_buffer;
         config.health_interval = self.health_interval.0;
         Ok(config)
     }

@@ -16,6 +16,14 @@
 //! a client that never reads, answering pings, held its calls' slots and
 //! responses for as long as it kept the connection.
 //!
+//! Request bodies received and not yet decoded count against one budget
+//! for the server ([`RequestBudget`]): a body that would take it past its
+//! bound fails RESOURCE_EXHAUSTED, and an unfinished body that receives
+//! nothing for the stall time aborts its connection. (tonic buffers a
+//! request until its whole message is in, up to the 64 MiB limit, before
+//! any handler or credential check runs: 16 uploads held one KiB short of
+//! 62 MB took a server from 67 MB to 984 MB.)
+//!
 //! Health and reflection calls are not counted: a health `Watch` never
 //! ends by itself and serves no data. Once the drain closes connections
 //! (the `goaway` token), a `Watch` ends UNAVAILABLE "server shutting down"
@@ -24,7 +32,7 @@
 
 use std::future::Future as _;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -146,6 +154,155 @@ pub fn watch_stall(progress: Arc<Progress>, abort: ConnectionAbort) {
     });
 }
 
+/// Request bytes the calls together may have received and not yet decoded,
+/// by default: four of the largest messages.
+pub const REQUEST_BUFFER: usize = 4 * crate::api::MAX_MESSAGE_BYTES;
+
+/// The bytes of request bodies received and not yet decoded, across calls,
+/// and their bound; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct RequestBudget {
+    used: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl RequestBudget {
+    pub fn new(max: usize) -> Self {
+        Self {
+            used: Arc::default(),
+            max,
+        }
+    }
+
+    /// Takes `n` bytes, unless that would pass the bound.
+    fn take(&self, n: usize) -> bool {
+        let before = self.used.fetch_add(n, Ordering::Relaxed);
+        if before.saturating_add(n) > self.max {
+            self.used.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn give_back(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// The refusal of a body that would pass the bound (counted as a
+    /// rejected request: no handler sees it).
+    fn refusal(&self) -> tonic::Status {
+        use tonic_types::{ErrorDetails, StatusExt as _};
+        metrics::counter!(crate::telemetry::REJECTED, "reason" => "REQUEST_BUFFER_FULL")
+            .increment(1);
+        let mut details = ErrorDetails::with_retry_info(Some(REQUEST_BUFFER_RETRY));
+        details.set_error_info(
+            "REQUEST_BUFFER_FULL",
+            crate::error::ERROR_DOMAIN,
+            std::collections::HashMap::<String, String>::new(),
+        );
+        details.add_quota_failure_violation(
+            "server",
+            format!("request bytes being received at once, at most {}", self.max),
+        );
+        tonic::Status::with_error_details(
+            tonic::Code::ResourceExhausted,
+            format!(
+                "requests being received fill this server's {} MiB buffer; retry",
+                self.max >> 20
+            ),
+            details,
+        )
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The wait a refusal for a full request buffer suggests.
+const REQUEST_BUFFER_RETRY: Duration = Duration::from_secs(1);
+
+/// A counted call's request body: its bytes count against the
+/// [`RequestBudget`] until it is decoded (ended or dropped), and while it is
+/// unfinished a stall watch aborts its connection if nothing comes for the
+/// stall time.
+pub struct RequestBody<B> {
+    inner: Pin<Box<B>>,
+    budget: Option<RequestBudget>,
+    held: usize,
+    /// Started at the first data frame that leaves the body unfinished.
+    watch: Option<ConnectionAbort>,
+    progress: Option<Arc<Progress>>,
+}
+
+impl<B> RequestBody<B> {
+    fn release(&mut self) {
+        if let Some(b) = &self.budget {
+            b.give_back(std::mem::take(&mut self.held));
+        }
+        if let Some(p) = &self.progress {
+            p.finish();
+        }
+    }
+}
+
+impl<B> Drop for RequestBody<B> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl<B> http_body::Body for RequestBody<B>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match futures::ready!(this.inner.as_mut().poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    if let Some(budget) = &this.budget {
+                        if !budget.take(data.len()) {
+                            let refusal = budget.refusal();
+                            this.release();
+                            return Poll::Ready(Some(Err(Box::new(refusal))));
+                        }
+                        this.held += data.len();
+                    }
+                    if let Some(p) = &this.progress {
+                        p.took();
+                    } else if !this.inner.is_end_stream() {
+                        if let Some(abort) = this.watch.take() {
+                            let progress = Arc::new(Progress::ready());
+                            watch_stall(progress.clone(), abort);
+                            this.progress = Some(progress);
+                        }
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            None => {
+                this.release();
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The number of calls in flight; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct CallTracker(watch::Sender<usize>);
@@ -195,6 +352,7 @@ pub struct TrackCallsLayer {
     pub connections: Lingering,
     /// See [`SEND_STALL`].
     pub stall: Duration,
+    pub requests: RequestBudget,
 }
 
 impl<S> tower_layer::Layer<S> for TrackCallsLayer {
@@ -207,6 +365,7 @@ impl<S> tower_layer::Layer<S> for TrackCallsLayer {
             goaway: self.goaway.clone(),
             connections: self.connections.clone(),
             stall: self.stall,
+            requests: self.requests.clone(),
         }
     }
 }
@@ -219,6 +378,7 @@ pub struct TrackCalls<S> {
     goaway: CancellationToken,
     connections: Lingering,
     stall: Duration,
+    requests: RequestBudget,
 }
 
 /// The client address of a request (through TLS too).
@@ -235,7 +395,10 @@ fn peer<B>(request: &http::Request<B>) -> Option<std::net::SocketAddr> {
 
 impl<S, B> tower_service::Service<http::Request<B>> for TrackCalls<S>
 where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S: tower_service::Service<
+        http::Request<RequestBody<B>>,
+        Response = http::Response<tonic::body::Body>,
+    >,
     S::Future: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
@@ -263,6 +426,15 @@ where
         if let Some(abort) = &abort {
             request.extensions_mut().insert(abort.clone());
         }
+        let counted = guard.is_some();
+        let watch = abort.clone();
+        let request = request.map(|body| RequestBody {
+            inner: Box::pin(body),
+            budget: counted.then(|| self.requests.clone()),
+            held: 0,
+            watch,
+            progress: None,
+        });
         let response = self.inner.call(request);
         async move {
             let mut response = response.await?;

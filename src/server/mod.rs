@@ -51,6 +51,8 @@ pub use service::{
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// See [`ServerConfig::send_stall`].
 pub const DEFAULT_SEND_STALL: Duration = calls::SEND_STALL;
+/// See [`ServerConfig::request_buffer`].
+pub const DEFAULT_REQUEST_BUFFER: usize = calls::REQUEST_BUFFER;
 /// Default period of the storage probe behind the health service.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// The gRPC health service name of Hourglass.
@@ -100,8 +102,12 @@ pub struct ServerConfig {
     /// How long the drain waits for in-flight calls and their responses.
     pub drain_timeout: Duration,
     /// A client that takes nothing of a response the server has ready for
-    /// this long has its connection closed (see `calls`).
+    /// this long, or sends nothing of a request it began, has its
+    /// connection closed (see `calls`).
     pub send_stall: Duration,
+    /// Bytes of requests being received that the server buffers at once,
+    /// all calls together (see `calls`).
+    pub request_buffer: usize,
     pub health_interval: Duration,
 }
 
@@ -128,6 +134,7 @@ impl ServerConfig {
             drain_delay: Duration::ZERO,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             send_stall: DEFAULT_SEND_STALL,
+            request_buffer: DEFAULT_REQUEST_BUFFER,
             health_interval: DEFAULT_HEALTH_INTERVAL,
         }
     }
@@ -290,6 +297,7 @@ pub async fn run(
         goaway: goaway.clone(),
         connections: lingering.clone(),
         stall: config.send_stall,
+        requests: calls::RequestBudget::new(config.request_buffer),
     };
     let served = tokio::select! {
         served = serve(incoming, config.tls, layer, service, health, goaway.cancelled()) => served,
