@@ -571,9 +571,13 @@ async fn a_slow_client_gets_its_whole_response_when_the_server_stops() {
             .expect("connect through the proxy")
             .max_decoding_message_size(64 << 20);
     let read = tokio::spawn(async move {
+        // A roomy SLO: the read must not end partial for its budget on a
+        // loaded machine (a debug build beside six other tests' servers
+        // read fewer than 40,000 rows in the 2 s default).
         slow.read_events(pb::ReadEventsRequest {
             page_size: Some(100_000),
             page_bytes_limit: Some(32 << 20),
+            slo_millis: 20_000,
             ..read_request("slowdrain", "s", 0, i64::MAX)
         })
         .await
