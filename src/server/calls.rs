@@ -57,13 +57,13 @@ pub const SEND_PIECE: usize = 64 << 10;
 /// until the client has taken it (see the module docs), then dropped.
 #[derive(Clone)]
 pub struct HoldUntilSent {
-    _held: std::sync::Arc<dyn Send + Sync>,
+    _held: Arc<dyn Send + Sync>,
 }
 
 impl HoldUntilSent {
     pub fn new(held: impl Send + Sync + 'static) -> Self {
         Self {
-            _held: std::sync::Arc::new(held),
+            _held: Arc::new(held),
         }
     }
 }
@@ -121,6 +121,16 @@ impl Progress {
     /// The response is over (sent or dropped): nothing more to watch.
     pub fn finish(&self) {
         self.done.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Marks its [`Progress`] finished when dropped: held by what ends with
+/// the response (its body, its stream).
+pub struct Watched(pub Arc<Progress>);
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.0.finish();
     }
 }
 
@@ -230,7 +240,7 @@ pub struct RequestBody<B> {
     held: usize,
     /// Started at the first data frame that leaves the body unfinished.
     watch: Option<ConnectionAbort>,
-    progress: Option<Arc<Progress>>,
+    progress: Option<Watched>,
 }
 
 impl<B> RequestBody<B> {
@@ -238,9 +248,7 @@ impl<B> RequestBody<B> {
         if let Some(b) = &self.budget {
             b.give_back(std::mem::take(&mut self.held));
         }
-        if let Some(p) = &self.progress {
-            p.finish();
-        }
+        self.progress = None;
     }
 }
 
@@ -275,12 +283,12 @@ where
                         this.held += data.len();
                     }
                     if let Some(p) = &this.progress {
-                        p.took();
+                        p.0.took();
                     } else if !this.inner.is_end_stream() {
                         if let Some(abort) = this.watch.take() {
                             let progress = Arc::new(Progress::ready());
                             watch_stall(progress.clone(), abort);
-                            this.progress = Some(progress);
+                            this.progress = Some(Watched(progress));
                         }
                     }
                 }
@@ -447,7 +455,7 @@ where
             let progress = held.as_ref().and(abort).map(|abort| {
                 let progress = Arc::new(Progress::ready());
                 watch_stall(progress.clone(), abort);
-                progress
+                Watched(progress)
             });
             Ok(response.map(|body| {
                 tonic::body::Body::new(CallBody {
@@ -475,7 +483,7 @@ struct CallBody {
     _guard: Option<CallGuard>,
     held: Option<HoldUntilSent>,
     /// What the client took, for the stall watch of a unary response.
-    progress: Option<Arc<Progress>>,
+    progress: Option<Watched>,
     rest: Option<bytes::Bytes>,
     goaway: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     ended: bool,
@@ -488,17 +496,9 @@ impl CallBody {
             self.rest = Some(data.split_off(SEND_PIECE));
         }
         if let Some(p) = &self.progress {
-            p.took();
+            p.0.took();
         }
         http_body::Frame::data(data)
-    }
-}
-
-impl Drop for CallBody {
-    fn drop(&mut self) {
-        if let Some(p) = &self.progress {
-            p.finish();
-        }
     }
 }
 

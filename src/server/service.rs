@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::arrival::Arrival;
-use super::calls::{watch_stall, ConnectionAbort, HoldUntilSent, Progress};
+use super::calls::{watch_stall, ConnectionAbort, HoldUntilSent, Progress, Watched};
 use crate::admission::{Admission, AdmissionConfig, Class, Ticket, CLASS_HEADER};
 use crate::api::{self, pb, ReadParams};
 use crate::auth::{Access, Authenticator, Principal};
@@ -661,22 +661,13 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         if let Some(abort) = abort {
             watch_stall(progress.clone(), abort);
         }
-        let finished = Finished(progress);
+        let finished = Watched(progress);
         let stream = ReceiverStream::new(rx).map(move |m| {
             let _alive = (&guard, &ticket);
             finished.0.took();
             m
         });
         Ok(Response::new(Box::pin(stream)))
-    }
-}
-
-/// Marks a stream's [`Progress`] finished when the stream is dropped.
-struct Finished(Arc<Progress>);
-
-impl Drop for Finished {
-    fn drop(&mut self) {
-        self.0.finish();
     }
 }
 
