@@ -1,7 +1,7 @@
 //! The wire API: generated protobuf code and the conversions between it and
 //! the domain types, with validation that names the offending field.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::engine::{Ending, PartialReason, ReadOutcome, ReadStats};
@@ -57,6 +57,46 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Validates an event's tags (at most [`model::MAX_TAGS`], checked before):
+/// every problem is reported on `field` (the map; its entries have no
+/// index), naming the key, the first in byte order, so the same batch is
+/// always refused alike.
+fn check_tags(field: &str, tags: &HashMap<String, String>) -> Result<()> {
+    let mut keys: Vec<&String> = tags.keys().collect();
+    keys.sort_unstable();
+    for k in keys {
+        let problem = if k.is_empty() {
+            "has an empty key".to_string()
+        } else if k.len() > model::MAX_TAG_KEY_LEN {
+            format!(
+                "has a key of {} bytes, more than the maximum of {} ({:?}…)",
+                k.len(),
+                model::MAX_TAG_KEY_LEN,
+                prefix(k, 32)
+            )
+        } else if tags[k].len() > model::MAX_TAG_VALUE_LEN {
+            format!(
+                "has a value of {} bytes at key {k:?}, more than the maximum of {}",
+                tags[k].len(),
+                model::MAX_TAG_VALUE_LEN
+            )
+        } else {
+            continue;
+        };
+        return Err(ServiceError::invalid(field, problem));
+    }
+    Ok(())
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn prefix(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Validates a namespace name.
@@ -172,15 +212,7 @@ pub fn validate_events(events: Vec<pb::Event>) -> Result<Vec<NewEvent>> {
                 ),
             ));
         }
-        for (k, v) in &tags {
-            check_len(&f("tags.key"), k, model::MAX_TAG_KEY_LEN)?;
-            if v.len() > model::MAX_TAG_VALUE_LEN {
-                return Err(ServiceError::invalid(
-                    format!("events[{i}].tags[{k}]"),
-                    format!("value is more than {} bytes", model::MAX_TAG_VALUE_LEN),
-                ));
-            }
-        }
+        check_tags(&f("tags"), &tags)?;
         if !seen.insert((series_id.clone(), event_time_micros, event_id.clone())) {
             return Err(ServiceError::invalid(
                 f("event_id"),

@@ -553,8 +553,36 @@ async fn every_bad_request_gets_its_code_reason_field_and_message() {
             )),
             InvalidArgument,
             "INVALID_FIELD",
-            inv("events[5].tags[k]"),
-            "more than 1024 bytes",
+            inv("events[5].tags"),
+            "a value of 1025 bytes at key \"k\", more than the maximum of 1024",
+        ),
+        case(
+            "an empty tag key",
+            write(batch_ending_with(
+                "w6",
+                pb::Event {
+                    tags: [(String::new(), "v".to_string()), ("b".into(), "v".into())].into(),
+                    ..event("w6", 1, "x")
+                },
+            )),
+            InvalidArgument,
+            "INVALID_FIELD",
+            inv("events[5].tags"),
+            "has an empty key",
+        ),
+        case(
+            "oversized tag key, named by its start",
+            write(batch_ending_with(
+                "w6",
+                pb::Event {
+                    tags: [(format!("é{}", long(128)), "v".to_string())].into(),
+                    ..event("w6", 1, "x")
+                },
+            )),
+            InvalidArgument,
+            "INVALID_FIELD",
+            inv("events[5].tags"),
+            "a key of 130 bytes, more than the maximum of 128",
         ),
         case(
             "duplicate events in one batch",
