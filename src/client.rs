@@ -204,6 +204,44 @@ pub fn read_all<T: Transport>(
         .boxed()
 }
 
+/// Adds `authorization: Bearer <token>` to every call (nothing for
+/// [`BearerToken::none`]), for a server with `--auth-file`:
+/// `HourglassClient::with_interceptor(channel, BearerToken::new(token)?)`.
+/// The header is marked sensitive, and `Debug` does not show the token.
+#[derive(Clone, Default)]
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl BearerToken {
+    /// Sends `token` (surrounding whitespace trimmed, as read from a file).
+    pub fn new(token: &str) -> Result<Self, tonic::metadata::errors::InvalidMetadataValue> {
+        let mut value: tonic::metadata::MetadataValue<_> =
+            format!("Bearer {}", token.trim()).parse()?;
+        value.set_sensitive(true);
+        Ok(Self(Some(value)))
+    }
+
+    /// Sends no credentials.
+    pub fn none() -> Self {
+        Self(None)
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = if self.0.is_some() { "set" } else { "none" };
+        f.debug_tuple("BearerToken").field(&set).finish()
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(h) = &self.0 {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    }
+}
+
 /// Convenience: collects [`read_all`].
 pub async fn collect_all<T: Transport>(
     client: HourglassClient<T>,
@@ -218,6 +256,20 @@ mod tests {
     use super::*;
     use tonic::Code;
     use tonic_types::{ErrorDetails, StatusExt};
+
+    #[test]
+    fn a_bearer_token_is_sent_sensitive_and_not_shown() {
+        use tonic::service::Interceptor;
+        let mut token = BearerToken::new(" s3cret\n").unwrap();
+        assert_eq!(format!("{token:?}"), "BearerToken(\"set\")");
+        let req = token.call(Request::new(())).unwrap();
+        let header = req.metadata().get("authorization").unwrap();
+        assert_eq!(header.to_str().unwrap(), "Bearer s3cret");
+        assert!(header.is_sensitive());
+        let req = BearerToken::none().call(Request::new(())).unwrap();
+        assert!(req.metadata().get("authorization").is_none());
+        assert!(BearerToken::new("bad\u{7f}token").is_err());
+    }
 
     fn no_row(reason: &str, budget_micros: &str) -> Status {
         let details = ErrorDetails::with_error_info(

@@ -13,6 +13,7 @@ use common::*;
 use hourglass::api::pb;
 use hourglass::api::pb::hourglass_client::HourglassClient;
 use hourglass::auth::token_sha256;
+use hourglass::client::BearerToken;
 use hourglass::storage::cassandra::{CassandraConfig, CassandraStore, Credentials};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -72,25 +73,12 @@ async fn tls_channel(addr: std::net::SocketAddr, ca: &Path) -> Channel {
         .expect("TLS connect")
 }
 
-/// Adds `authorization: Bearer <token>` to every call (nothing for None).
-#[derive(Clone)]
-struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for BearerToken {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(h) = &self.0 {
-            req.metadata_mut().insert("authorization", h.clone());
-        }
-        Ok(req)
-    }
-}
-
 type Authed =
     HourglassClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>;
 
 fn as_client(channel: Channel, token: Option<&str>) -> Authed {
-    let header = token.map(|t| format!("Bearer {t}").parse().unwrap());
-    HourglassClient::with_interceptor(channel, BearerToken(header))
+    let token = token.map_or_else(BearerToken::none, |t| BearerToken::new(t).unwrap());
+    HourglassClient::with_interceptor(channel, token)
 }
 
 fn create(ns: &str) -> pb::CreateNamespaceRequest {

@@ -279,6 +279,7 @@ fn target(url: &str, size: u64) -> Target {
         namespace: namespace_of(size),
         series: 1,
         span_secs: span_secs(size),
+        credentials: crate::connect::Credentials::default(),
     }
 }
 

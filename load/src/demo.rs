@@ -5,11 +5,10 @@
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use tonic::transport::Channel;
 
+use crate::connect::{connect, Credentials};
 use crate::stats::Latencies;
 use hourglass::api::pb;
-use hourglass::api::pb::hourglass_client::HourglassClient;
 use hourglass::client;
 
 /// What the demo does (`hourglass-load demo`).
@@ -47,39 +46,6 @@ const DEMO_SHARDS: u32 = 4;
 /// 2026-01-01T00:00:00Z.
 const DEMO_EPOCH_MICROS: i64 = 1_767_225_600_000_000;
 
-/// Connects to `server`, retrying while it starts (for up to `wait`,
-/// saying so on stderr after the first failure).
-pub async fn connect(server: &str, wait: Duration) -> anyhow::Result<HourglassClient<Channel>> {
-    let began = Instant::now();
-    let mut said = false;
-    loop {
-        match HourglassClient::connect(server.to_string()).await {
-            Ok(c) => {
-                return Ok(c
-                    .max_decoding_message_size(hourglass::api::MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(hourglass::api::MAX_MESSAGE_BYTES))
-            }
-            Err(e) if began.elapsed() > wait => {
-                anyhow::bail!(
-                    "cannot reach the Hourglass server at {server}: {:#}",
-                    anyhow::Error::from(e)
-                )
-            }
-            Err(e) => {
-                if !said {
-                    eprintln!(
-                        "waiting up to {} s for the Hourglass server at {server} ({:#})",
-                        wait.as_secs(),
-                        anyhow::Error::from(e)
-                    );
-                    said = true;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-}
-
 /// The demo events: `rows` events one millisecond apart.
 pub fn demo_event(series: &str, i: usize) -> pb::Event {
     pb::Event {
@@ -95,7 +61,12 @@ pub fn demo_event(series: &str, i: usize) -> pb::Event {
 pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     anyhow::ensure!(opts.batch >= 1, "--batch must be at least 1");
     anyhow::ensure!(opts.concurrency >= 1, "--concurrency must be at least 1");
-    let mut client = connect(&opts.server, Duration::from_secs(30)).await?;
+    let mut client = connect(
+        &opts.server,
+        &Credentials::default(),
+        Duration::from_secs(30),
+    )
+    .await?;
     let ns = client
         .create_namespace(pb::CreateNamespaceRequest {
             namespace: Some(pb::Namespace {

@@ -20,6 +20,7 @@
 )]
 
 pub mod bench;
+pub mod connect;
 pub mod demo;
 pub mod report;
 pub mod seed;
@@ -41,11 +42,9 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
-use crate::demo::connect;
+use crate::connect::{connect, Client, Credentials};
 use hourglass::api::pb;
-use hourglass::api::pb::hourglass_client::HourglassClient;
 use hourglass::client::{follow, FollowOptions};
 use report::Report;
 use stats::{latency_since_intended, rates, Latencies, RunStats, Schedule};
@@ -95,6 +94,9 @@ pub struct Target {
     /// Seconds of event time each series covers, from 2026-01-01.
     #[arg(long, default_value_t = 3600)]
     pub span_secs: u64,
+    #[command(flatten)]
+    #[serde(default)]
+    pub credentials: Credentials,
 }
 
 impl Target {
@@ -335,7 +337,7 @@ struct Refused {
 /// A read still following tokens when the run ends is abandoned and not
 /// counted as a whole read.
 async fn logical_read(
-    client: HourglassClient<Channel>,
+    client: Client,
     args: &RunArgs,
     request: pb::ReadEventsRequest,
     (intended, sent): (Instant, Instant),
@@ -459,7 +461,12 @@ struct Shared {
 /// Drives reads as configured and returns (and saves) the report.
 pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
     args.validate()?;
-    let client = connect(&args.target.server, Duration::from_secs(30)).await?;
+    let client = connect(
+        &args.target.server,
+        &args.target.credentials,
+        Duration::from_secs(30),
+    )
+    .await?;
     let cpu0 = cpu_time::ProcessTime::now();
     let shared = Arc::new(Mutex::new(Shared::default()));
     let warmup = Duration::from_secs_f64(args.warmup_secs);

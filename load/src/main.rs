@@ -18,7 +18,7 @@ enum Command {
     /// Write a wide demo series through a running server and read it back.
     Demo(DemoOptions),
     #[command(flatten)]
-    Load(LoadCommand),
+    Load(Box<LoadCommand>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,7 +40,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Demo(opts) => demo::run(&opts).await,
-            Command::Load(cmd) => hourglass_load::main(cmd).await,
+            Command::Load(cmd) => hourglass_load::main(*cmd).await,
         }
     });
     match result {

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::demo::connect;
+use crate::connect::connect;
 use crate::{Target, LOAD_EPOCH_MICROS};
 use hourglass::api::pb;
 
@@ -98,7 +98,12 @@ pub async fn seed(args: &SeedArgs) -> anyhow::Result<()> {
             "--payload-max-bytes must be >= --payload-bytes"
         );
     }
-    let mut client = connect(&args.target.server, Duration::from_secs(30)).await?;
+    let mut client = connect(
+        &args.target.server,
+        &args.target.credentials,
+        Duration::from_secs(30),
+    )
+    .await?;
     client
         .create_namespace(pb::CreateNamespaceRequest {
             namespace: Some(pb::Namespace {

@@ -14,7 +14,7 @@ use rand::Rng;
 use tokio::time::Instant;
 use tonic::{Code, Request};
 
-use crate::demo::connect;
+use crate::connect::connect;
 use crate::{Target, LOAD_EPOCH_MICROS};
 use futures::StreamExt;
 use hourglass::api::pb;
@@ -168,7 +168,12 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<SoakReport> {
             args.metrics
         )
     })?;
-    let client = connect(&args.target.server, Duration::from_secs(30)).await?;
+    let client = connect(
+        &args.target.server,
+        &args.target.credentials,
+        Duration::from_secs(30),
+    )
+    .await?;
     let tally = Arc::new(Mutex::new(Tally::default()));
     let began = Instant::now();
     let stop_at = began + args.duration;
@@ -248,7 +253,7 @@ fn rss_growth(samples: &[Sample], duration: Duration) -> f64 {
 
 /// One call of a randomly chosen kind.
 async fn one_call(
-    mut client: hourglass::api::pb::hourglass_client::HourglassClient<tonic::transport::Channel>,
+    mut client: crate::connect::Client,
     target: &Target,
     n: usize,
     tally: &Mutex<Tally>,

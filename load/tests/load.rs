@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use hourglass_load::connect::Credentials;
 use hourglass_load::report::{self, Report};
 use hourglass_load::{run, seed, Pattern, RunArgs, SeedArgs, Target};
 
@@ -19,6 +20,7 @@ async fn seed_run_report_and_chart() {
             namespace: format!("loadtest{}", std::process::id()),
             series: 2,
             span_secs: 600,
+            credentials: Default::default(),
         },
         rows_per_series: 3000,
         payload_bytes: 10,
@@ -125,6 +127,7 @@ async fn a_short_soak_ends_every_scan_and_fails_nothing_unexpectedly() {
         namespace: format!("soak{}", std::process::id()),
         series: 2,
         span_secs: 60,
+        credentials: Default::default(),
     };
     seed(&SeedArgs {
         target: target.clone(),
@@ -176,4 +179,150 @@ async fn a_short_soak_ends_every_scan_and_fails_nothing_unexpectedly() {
         report.samples.iter().all(|s| s.rss_bytes > 1e6),
         "RSS sampled"
     );
+}
+
+/// A CA and a certificate for localhost signed by it, as PEM files in `dir`:
+/// (CA, certificate, key).
+fn pki(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let write = |file: &str, text: String| {
+        let p = dir.join(file);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    (
+        write("ca.pem", ca.pem()),
+        write("cert.pem", cert.pem()),
+        write("key.pem", key.serialize_pem()),
+    )
+}
+
+/// The load tool drives a server that takes only TLS and bearer tokens:
+/// seeded and read back whole with a CA and a token file; refused
+/// UNAUTHENTICATED without the token; refused at once, naming the flag,
+/// for an https:// server without a CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_and_reads_a_tls_server_that_requires_a_bearer_token() {
+    let dir = std::env::temp_dir().join(format!("hourglass-load-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = pki(&dir);
+    let token = "load-token-7d1c9e04";
+    let auth = dir.join("auth.toml");
+    let ns = format!("loadtls{}", std::process::id());
+    std::fs::write(
+        &auth,
+        format!(
+            "[[client]]\nname = \"load\"\ntoken_sha256 = \"{}\"\nread = [\"{ns}\"]\nwrite = [\"{ns}\"]\n",
+            hourglass::auth::token_sha256(token)
+        ),
+    )
+    .unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let server = ServerProcess::start(&[
+        "--tls-cert",
+        &path(&cert),
+        "--tls-key",
+        &path(&key),
+        "--auth-file",
+        &path(&auth),
+    ])
+    .await;
+    let credentials = Credentials {
+        ca_cert: Some(ca.clone()),
+        bearer_token_file: Some(token_file),
+        ..Credentials::default()
+    };
+    let target = Target {
+        server: format!("https://localhost:{}", server.grpc.port()),
+        namespace: ns,
+        series: 1,
+        span_secs: 120,
+        credentials: credentials.clone(),
+    };
+    seed(&SeedArgs {
+        target: target.clone(),
+        rows_per_series: 1500,
+        payload_bytes: 16,
+        payload_max_bytes: None,
+        bucket_secs: 60,
+        shards: 2,
+        batch: 500,
+        concurrency: 2,
+        restart: true,
+        quiet: true,
+    })
+    .await
+    .expect("seed over TLS with a token");
+    let args = RunArgs {
+        target: target.clone(),
+        rate: None,
+        clients: 1,
+        duration_secs: None,
+        requests: Some(2),
+        warmup_secs: 0.0,
+        pattern: Pattern::Follow,
+        range_fraction: 1.0,
+        slo_ms: None,
+        deadline_ms: None,
+        page_size: 400,
+        descending: false,
+        class: None,
+        label: "tls".into(),
+        report: dir.join("tls.json"),
+        quiet: true,
+    };
+    let report = run(&args).await.expect("run over TLS with a token");
+    assert!(
+        report.errors_by_code.is_empty(),
+        "{:?}",
+        report.errors_by_code
+    );
+    assert_eq!(report.rows, 2 * 1500, "each read returns the whole series");
+    assert_eq!(report.responses.count, 2 * 4, "1500 rows in pages of 400");
+    let saved = std::fs::read_to_string(&args.report).unwrap();
+    assert!(!saved.contains(token), "the report records no token");
+
+    // Without the token every call is refused, and the run says so.
+    let anonymous = RunArgs {
+        target: Target {
+            credentials: Credentials {
+                ca_cert: Some(ca),
+                ..Credentials::default()
+            },
+            ..target.clone()
+        },
+        report: dir.join("anonymous.json"),
+        ..args.clone()
+    };
+    let refused = run(&anonymous)
+        .await
+        .expect("a run whose calls are refused");
+    assert_eq!(refused.responses.count, 0);
+    assert_eq!(
+        refused.errors_by_code.get("Unauthenticated").copied(),
+        Some(refused.requests),
+        "{:?}",
+        refused.errors_by_code
+    );
+
+    // An https:// server without a CA fails at once, naming the flag.
+    let no_ca = RunArgs {
+        target: Target {
+            credentials: Credentials::default(),
+            ..target
+        },
+        ..args
+    };
+    let err = format!("{:#}", run(&no_ca).await.expect_err("no CA"));
+    assert!(err.contains("--ca-cert"), "{err}");
 }
