@@ -127,6 +127,25 @@ async fn no_framework_timeout_answers_in_place_of_the_service() {
         assert_eq!(answer.events.len(), 500, "Envoy's {timeout}");
     }
 
+    // A grpc-timeout as gRPC C-core clients (Python's grpcio) write a 10 s
+    // deadline: rounded up to 10.1 s. The budget leaves out the margin and
+    // the hundredth the rounding may have added; Envoy's milliseconds get
+    // the same hundredth off.
+    for (header, value, budget_ms) in [
+        ("grpc-timeout", "10100m", 10_100 - 5 - 101),
+        ("grpc-timeout", "900m", 900 - 5),
+        ("x-envoy-expected-rq-timeout-ms", "2000", 2_000 - 5 - 20),
+    ] {
+        let answer = client
+            .read_events(with_header(read.clone(), header, value))
+            .await
+            .unwrap_or_else(|e| panic!("a read under {header} {value}: {e:?}"))
+            .into_inner();
+        assert_eq!(answer.events.len(), 500, "{header} {value}");
+        let stats = answer.stats.expect("stats");
+        assert_eq!(stats.budget_micros, budget_ms * 1_000, "{header} {value}");
+    }
+
     // The priority class: batch and interactive are read; anything else is
     // refused naming the header.
     for class in ["batch", "Interactive"] {

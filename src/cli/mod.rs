@@ -145,7 +145,9 @@ pub struct ServeArgs {
     #[arg(long, env = "HOURGLASS_MAX_BUDGET", default_value_t = HumanDuration(BudgetConfig::default().max))]
     #[serde(serialize_with = "as_displayed")]
     pub max_budget: HumanDuration,
-    /// Subtracted from client deadlines to leave time for the response.
+    /// Subtracted from client deadlines to leave time for the response (from
+    /// a 1 s deadline on, with a hundredth of the deadline, which gRPC C-core
+    /// clients may add rounding their grpc-timeout); less than --max-budget.
     #[arg(long, env = "HOURGLASS_DEADLINE_MARGIN", default_value_t = HumanDuration(BudgetConfig::default().deadline_margin))]
     #[serde(serialize_with = "as_displayed")]
     pub deadline_margin: HumanDuration,
@@ -464,6 +466,13 @@ impl ServeArgs {
             anyhow::bail!(
                 "--default-budget ({}) is more than --max-budget ({}), which bounds every budget",
                 self.default_budget,
+                self.max_budget
+            );
+        }
+        if self.deadline_margin.0 >= self.max_budget.0 {
+            anyhow::bail!(
+                "--deadline-margin ({}) must be less than --max-budget ({}): every read with a deadline would have no budget",
+                self.deadline_margin,
                 self.max_budget
             );
         }

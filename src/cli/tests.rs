@@ -232,6 +232,10 @@ fn settings_that_could_never_serve_are_refused_naming_their_flag() {
             "--default-budget (2m) is more than --max-budget",
         ),
         (
+            "deadline-margin = \"1h\"",
+            "--deadline-margin (1h) must be less than --max-budget (30s)",
+        ),
+        (
             "connect-timeout = \"0s\"",
             "--connect-timeout must be more than 0",
         ),

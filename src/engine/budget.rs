@@ -1,7 +1,9 @@
 //! The latency budget of one read: who set it and when it ends.
 //!
-//! budget = min(request SLO, client gRPC deadline - margin, server maximum);
-//! with neither an SLO nor a deadline, min(server default, server maximum).
+//! budget = min(request SLO, client gRPC deadline - margin - rounding,
+//! server maximum); with neither an SLO nor a deadline, min(server default,
+//! server maximum). The rounding ([`deadline_rounding`]) is what a client
+//! may have added to its deadline when it wrote the `grpc-timeout` header.
 //! The deadline is ours: the engine stops itself before it, rather than being
 //! cut off by a framework timeout that would return nothing.
 
@@ -34,6 +36,28 @@ impl Default for BudgetConfig {
             max: MAX_BUDGET,
             deadline_margin: DEFAULT_DEADLINE_MARGIN,
         }
+    }
+}
+
+/// The share of a client deadline of at least [`ROUNDED_FROM`] that a
+/// client's `grpc-timeout` header may overstate it by.
+pub const DEADLINE_ROUNDING_SHARE: u32 = 100;
+/// Deadlines from this long on may be rounded up in their header.
+pub const ROUNDED_FROM: Duration = Duration::from_secs(1);
+
+/// How much longer than the client's deadline its `grpc-timeout` header
+/// may say: gRPC C-core clients (Python's grpcio, C++, Ruby, PHP) write a
+/// timeout of 1 s or more rounded up to a coarser unit, which keeps three
+/// significant digits (10 ms from 1 s, 100 ms from 10 s, 1 s from 100 s),
+/// so by up to a hundredth of it: a grpcio client's 10 s deadline arrives
+/// as `10100m`, and its read, with only the margin taken off, was planned
+/// to end 95 ms after the client had given up (audit: two of three calls
+/// lost their page). Shorter timeouts go in exact milliseconds.
+pub fn deadline_rounding(header: Duration) -> Duration {
+    if header >= ROUNDED_FROM {
+        header / DEADLINE_ROUNDING_SHARE
+    } else {
+        Duration::ZERO
     }
 }
 
@@ -78,7 +102,8 @@ impl Budget {
         }
         if let Some(t) = grpc_timeout {
             candidates.push((
-                t.saturating_sub(cfg.deadline_margin),
+                t.saturating_sub(cfg.deadline_margin)
+                    .saturating_sub(deadline_rounding(t)),
                 BudgetSource::ClientDeadline,
             ));
         }
@@ -171,6 +196,17 @@ mod tests {
         assert_eq!((b.total, b.source), (10_000 * MS, BudgetSource::ServerMax));
         let b = Budget::new(&cfg, Some(55 * MS), Some(60 * MS));
         assert_eq!((b.total, b.source), (55 * MS, BudgetSource::Slo));
+        // A grpcio client's 10 s deadline, written as 10100m: a hundredth
+        // of it may be rounding, taken off with the margin.
+        let b = Budget::new(&cfg, None, Some(10_100 * MS));
+        assert_eq!(
+            (b.total, b.source),
+            (9_994 * MS, BudgetSource::ClientDeadline)
+        );
+        let b = Budget::new(&cfg, None, Some(1_000 * MS));
+        assert_eq!(b.total, 985 * MS);
+        let b = Budget::new(&cfg, None, Some(999 * MS));
+        assert_eq!(b.total, 994 * MS, "shorter timeouts are exact");
         let b = Budget::new(&cfg, None, Some(3 * MS));
         assert_eq!(
             (b.total, b.source),
