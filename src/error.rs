@@ -64,7 +64,12 @@ pub const REASONS: &[&str] = &[
     "BATCH_SHARE",
     "NAMESPACE_FAIR_SHARE",
     "BUDGET_SPENT_WAITING",
+    REASON_REQUEST_BUFFER_FULL,
 ];
+
+/// The reason of a request refused because the requests being received
+/// fill the server's request buffer (see `server::calls`).
+pub const REASON_REQUEST_BUFFER_FULL: &str = "REQUEST_BUFFER_FULL";
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -290,7 +295,9 @@ impl From<ServiceError> for tonic::Status {
             }
             ServiceError::Storage(_) => Code::Internal,
             ServiceError::Draining => {
-                details.set_retry_info(Some(Duration::ZERO));
+                // Not at once: on the same connection a retry meets the
+                // same draining server until its client reconnects.
+                details.set_retry_info(Some(STORAGE_RETRY_DELAY));
                 Code::Unavailable
             }
             ServiceError::Auth(AuthError::MissingToken | AuthError::UnknownToken) => {
@@ -428,6 +435,7 @@ mod tests {
                 Code::Internal,
                 "STORAGE_FAILURE",
             ),
+            (ServiceError::Draining, Code::Unavailable, "SERVER_DRAINING"),
             (
                 ServiceError::Overloaded(Full::Namespace {
                     name: "n".into(),

@@ -55,6 +55,7 @@ async fn health_metrics_and_graceful_shutdown() {
         "hourglass_storage_probes_total 0",
         "hourglass_rejected_requests_total{reason=\"TOO_MANY_SCANS\"} 0",
         "hourglass_rejected_requests_total{reason=\"STORAGE_UNAVAILABLE\"} 0",
+        "hourglass_rejected_requests_total{reason=\"REQUEST_BUFFER_FULL\"} 0",
         "hourglass_partial_responses_total{reason=\"storage_error\"} 0",
         "hourglass_rows_scanned_total 0",
         "hourglass_scans_in_flight 0",

@@ -125,6 +125,127 @@ async fn run_returns_after_the_drain_timeout_when_a_call_never_finishes() {
     drop(stream);
 }
 
+/// Once the drain has begun, every new Hourglass call on a connection it
+/// keeps open fails UNAVAILABLE `SERVER_DRAINING` with a RetryInfo that
+/// asks for a pause (on the same connection a retry meets the same server),
+/// and a refused write writes nothing. Before, only reads were refused, and
+/// with a zero wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_calls_of_every_kind_are_refused_once_the_drain_begins() {
+    use tonic_types::StatusExt as _;
+    let mut server = TestServer::start_config(|c| c.drain_timeout = Duration::from_secs(3)).await;
+    create_namespace(&mut server.client, "refused", 1_000_000, 1).await;
+    let events: Vec<_> = (0..500)
+        .map(|i| event("s", i * 10, &format!("{i:06}")))
+        .collect();
+    write_all(&server.client, "refused", events).await;
+    // A read whose client takes nothing of its response (an HTTP/2 window
+    // of 0) stays in flight: the drain keeps connections open meanwhile.
+    let stalled = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .expect("endpoint")
+        .initial_stream_window_size(Some(0))
+        .connect()
+        .await
+        .expect("connect");
+    let mut stuck = pb::hourglass_client::HourglassClient::new(stalled);
+    let stuck_call = tokio::spawn(async move {
+        stuck
+            .read_events(read_request("refused", "s", 0, i64::MAX))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut client = server.client.clone();
+    let stopped = tokio::spawn(tokio::time::timeout(HANG, server.stop()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let late = pb::Event {
+        payload: b"written during the drain".to_vec().into(),
+        ..event("late", 1, "x")
+    };
+    let refusals = [
+        (
+            "WriteEvents",
+            client
+                .write_events(pb::WriteEventsRequest {
+                    namespace: "refused".into(),
+                    events: vec![late],
+                })
+                .await
+                .map(drop),
+        ),
+        (
+            "CreateNamespace",
+            client
+                .create_namespace(pb::CreateNamespaceRequest {
+                    namespace: Some(pb::Namespace {
+                        name: "refused_new".into(),
+                        bucket_width_micros: 1_000_000,
+                        shards: 1,
+                        retention_seconds: 0,
+                    }),
+                })
+                .await
+                .map(drop),
+        ),
+        (
+            "GetNamespace",
+            client
+                .get_namespace(pb::GetNamespaceRequest {
+                    name: "refused".into(),
+                })
+                .await
+                .map(drop),
+        ),
+        (
+            "ReadEvents",
+            client
+                .read_events(read_request("refused", "s", 0, i64::MAX))
+                .await
+                .map(drop),
+        ),
+    ];
+    for (method, result) in refusals {
+        let status = result.expect_err(method);
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unavailable,
+            "{method}: {status:?}"
+        );
+        assert_eq!(
+            reason_of(&status),
+            "SERVER_DRAINING",
+            "{method}: {status:?}"
+        );
+        let wait = status
+            .get_details_retry_info()
+            .and_then(|r| r.retry_delay)
+            .unwrap_or_default();
+        assert!(wait > Duration::ZERO, "{method}: a RetryInfo with a pause");
+    }
+    stuck_call.abort();
+    stopped
+        .await
+        .expect("stop task")
+        .expect("run returns once the drain is over");
+
+    // Nothing the refused calls asked for happened.
+    let mut next = TestServer::start().await;
+    let (late, _) = read_to_end(
+        &mut next.client,
+        read_request("refused", "late", 0, i64::MAX),
+    )
+    .await;
+    assert!(late.is_empty(), "the refused write wrote nothing");
+    let missing = next
+        .client
+        .get_namespace(pb::GetNamespaceRequest {
+            name: "refused_new".into(),
+        })
+        .await
+        .expect_err("the refused create created nothing");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_client_connection_does_not_hold_up_shutdown() {
     // A drain timeout far beyond the hang guard: only calls may hold it.

@@ -452,6 +452,11 @@ impl<S: Storage> ReadEngine<S> {
         self.core.pressure.clone()
     }
 
+    /// Whether the server has begun draining (see [`Engine::with_drain`]).
+    pub fn draining(&self) -> bool {
+        self.core.drain.is_cancelled()
+    }
+
     pub fn storage(&self) -> &Arc<S> {
         &self.core.storage
     }

@@ -201,12 +201,13 @@ impl RequestBudget {
     /// The refusal of a body that would pass the bound (counted as a
     /// rejected request: no handler sees it).
     fn refusal(&self) -> tonic::Status {
+        use crate::error::REASON_REQUEST_BUFFER_FULL;
         use tonic_types::{ErrorDetails, StatusExt as _};
-        metrics::counter!(crate::telemetry::REJECTED, "reason" => "REQUEST_BUFFER_FULL")
+        metrics::counter!(crate::telemetry::REJECTED, "reason" => REASON_REQUEST_BUFFER_FULL)
             .increment(1);
         let mut details = ErrorDetails::with_retry_info(Some(REQUEST_BUFFER_RETRY));
         details.set_error_info(
-            "REQUEST_BUFFER_FULL",
+            REASON_REQUEST_BUFFER_FULL,
             crate::error::ERROR_DOMAIN,
             std::collections::HashMap::<String, String>::new(),
         );

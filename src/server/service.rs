@@ -114,10 +114,17 @@ impl<S: Storage> HourglassService<S> {
     }
 
     /// The calling client, when authentication is on.
+    /// The first step of every Hourglass call: one that arrives once the
+    /// drain has begun is refused `SERVER_DRAINING` (with RetryInfo; its
+    /// client goes to another replica), before anything is read, written
+    /// or checked; else its client is authenticated.
     fn authenticate(
         &self,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<Option<Arc<Principal>>, ServiceError> {
+        if self.engine.draining() {
+            return Err(ServiceError::Draining);
+        }
         match &self.auth {
             None => Ok(None),
             Some(auth) => {
