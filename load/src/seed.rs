@@ -26,6 +26,8 @@ pub struct SeedArgs {
     /// Payload size in bytes; with --payload-max-bytes, the minimum of a uniform spread.
     #[arg(long, default_value_t = 64)]
     pub payload_bytes: usize,
+    /// Largest payload in bytes: payloads spread uniformly from
+    /// --payload-bytes up to it (the same spread on every re-seed).
     #[arg(long)]
     pub payload_max_bytes: Option<usize>,
     #[arg(long, default_value_t = 300)]
