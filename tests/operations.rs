@@ -246,13 +246,7 @@ async fn a_client_that_reads_nothing_loses_its_connection_and_its_slot() {
     ])
     .await;
     seeded(&server, "stall", 500).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
-        .expect("endpoint")
-        .initial_stream_window_size(Some(0))
-        .connect()
-        .await
-        .expect("connect");
-    let mut stuck = pb::hourglass_client::HourglassClient::new(channel);
+    let mut stuck = unread_client(server.grpc).await;
     let stuck_call = tokio::spawn(async move {
         stuck
             .read_events(read_request("stall", "s", 0, i64::MAX))

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -15,48 +15,12 @@ use hourglass::api::pb::hourglass_client::HourglassClient;
 use hourglass::auth::token_sha256;
 use hourglass::client::BearerToken;
 use hourglass::storage::cassandra::{CassandraConfig, CassandraStore, Credentials};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
 const ALPHA: &str = "alpha-token-0c4d2a9e77f1";
 const BETA: &str = "beta-token-5be2f8a1c903";
 const READER: &str = "reader-token-93aa01b7e6d2";
-
-/// A CA and a leaf certificate for localhost / 127.0.0.1, as PEM files.
-struct Pki {
-    dir: PathBuf,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-    /// Key then certificate, in one file (Cassandra's PEM keystore).
-    key_and_cert: PathBuf,
-}
-
-fn pki(name: &str) -> Pki {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let write = |file: &str, text: String| {
-        let p = dir.join(file);
-        std::fs::write(&p, text).unwrap();
-        p
-    };
-    Pki {
-        ca: write("ca.pem", ca.pem()),
-        cert: write("cert.pem", cert.pem()),
-        key: write("key.pem", key.serialize_pem()),
-        key_and_cert: write("key-and-cert.pem", key.serialize_pem() + &cert.pem()),
-        dir,
-    }
-}
 
 async fn tls_channel(addr: std::net::SocketAddr, ca: &Path) -> Channel {
     let ca = std::fs::read(ca).unwrap();

@@ -141,13 +141,7 @@ async fn new_calls_of_every_kind_are_refused_once_the_drain_begins() {
     write_all(&server.client, "refused", events).await;
     // A read whose client takes nothing of its response (an HTTP/2 window
     // of 0) stays in flight: the drain keeps connections open meanwhile.
-    let stalled = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
-        .expect("endpoint")
-        .initial_stream_window_size(Some(0))
-        .connect()
-        .await
-        .expect("connect");
-    let mut stuck = pb::hourglass_client::HourglassClient::new(stalled);
+    let mut stuck = unread_client(server.addr).await;
     let stuck_call = tokio::spawn(async move {
         stuck
             .read_events(read_request("refused", "s", 0, i64::MAX))

@@ -181,39 +181,15 @@ async fn a_short_soak_ends_every_scan_and_fails_nothing_unexpectedly() {
     );
 }
 
-/// A CA and a certificate for localhost signed by it, as PEM files in `dir`:
-/// (CA, certificate, key).
-fn pki(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".into()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let write = |file: &str, text: String| {
-        let p = dir.join(file);
-        std::fs::write(&p, text).unwrap();
-        p
-    };
-    (
-        write("ca.pem", ca.pem()),
-        write("cert.pem", cert.pem()),
-        write("key.pem", key.serialize_pem()),
-    )
-}
-
 /// The load tool drives a server that takes only TLS and bearer tokens:
 /// seeded and read back whole with a CA and a token file; refused
 /// UNAUTHENTICATED without the token; refused at once, naming the flag,
 /// for an https:// server without a CA.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeds_and_reads_a_tls_server_that_requires_a_bearer_token() {
-    let dir = std::env::temp_dir().join(format!("hourglass-load-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (ca, cert, key) = pki(&dir);
+    let Pki {
+        dir, ca, cert, key, ..
+    } = pki("load-tls");
     let token = "load-token-7d1c9e04";
     let auth = dir.join("auth.toml");
     let ns = format!("loadtls{}", std::process::id());
