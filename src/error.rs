@@ -96,6 +96,11 @@ pub enum ServiceError {
         set_by: BudgetSource,
         waited_on: Option<Waited>,
     },
+    /// A write was not acknowledged by storage within its budget (the
+    /// client's deadline less the margin): some or all of its events may be
+    /// stored, and retrying the same batch is safe (writes are idempotent).
+    #[error("the write was not acknowledged by storage within its {budget:?} budget (the client's deadline less the margin): some or all of its events may be stored; retrying the same batch is safe")]
+    WriteLate { budget: Duration },
     /// Storage is unreachable or overloaded for now.
     #[error(transparent)]
     Unavailable(StorageError),
@@ -134,6 +139,7 @@ impl ServiceError {
             | Self::NamespaceNotFound(_)
             | Self::NamespaceConflict(_)
             | Self::NoProgress { .. }
+            | Self::WriteLate { .. }
             | Self::Auth(_)
             | Self::Overloaded(_) => true,
             Self::Unavailable(_) | Self::Storage(_) | Self::Draining => false,
@@ -156,6 +162,7 @@ impl ServiceError {
                 waited_on, budget, ..
             } if waited_on.is_some_and(|w| storage_late(&w, *budget)) => REASON_STORAGE_LATE,
             Self::NoProgress { .. } => REASON_BUDGET_TOO_SMALL,
+            Self::WriteLate { .. } => REASON_STORAGE_LATE,
             Self::Unavailable(StorageError::CircuitOpen { .. }) => "STORAGE_CIRCUIT_OPEN",
             Self::Unavailable(_) => "STORAGE_UNAVAILABLE",
             Self::Storage(StorageError::InvalidNamespace { .. }) => "NAMESPACE_INVALID",
@@ -278,6 +285,11 @@ impl From<ServiceError> for tonic::Status {
                     info.insert("waited_micros".into(), w.waited.as_micros().to_string());
                     info.insert("expected_micros".into(), w.expected.as_micros().to_string());
                 }
+                Code::DeadlineExceeded
+            }
+            ServiceError::WriteLate { budget } => {
+                info.insert("budget_micros".into(), budget.as_micros().to_string());
+                details.set_retry_info(Some(STORAGE_RETRY_DELAY));
                 Code::DeadlineExceeded
             }
             ServiceError::Unavailable(StorageError::CircuitOpen { retry_after }) => {
@@ -436,6 +448,13 @@ mod tests {
                 "STORAGE_FAILURE",
             ),
             (ServiceError::Draining, Code::Unavailable, "SERVER_DRAINING"),
+            (
+                ServiceError::WriteLate {
+                    budget: Duration::from_millis(695),
+                },
+                Code::DeadlineExceeded,
+                "STORAGE_LATE",
+            ),
             (
                 ServiceError::Overloaded(Full::Namespace {
                     name: "n".into(),

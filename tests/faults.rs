@@ -299,6 +299,29 @@ async fn frozen_mid_read_answers_within_budget_and_the_bulkhead_sheds() {
         assert!(status.get_details_retry_info().is_some());
         assert!(began.elapsed() < Duration::from_secs(1), "refusal queued");
     }
+    // A write with a deadline (sent as a header only, so this client waits
+    // for the server's answer) is answered by the server at the deadline
+    // less the margin, not at storage's own timeout: DEADLINE_EXCEEDED
+    // STORAGE_LATE with its budget and a RetryInfo.
+    let mut write = tonic::Request::new(pb::WriteEventsRequest {
+        namespace: "frozen2".into(),
+        events: vec![event("late", 1, "w")],
+    });
+    write
+        .metadata_mut()
+        .insert("grpc-timeout", "700m".parse().expect("ascii"));
+    let began = Instant::now();
+    let status = c.write_events(write).await.expect_err("storage is frozen");
+    let took = began.elapsed();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(reason_of(&status), "STORAGE_LATE", "{status:?}");
+    assert!(status.get_details_retry_info().is_some());
+    let info = status.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.metadata["budget_micros"], "695000");
+    assert!(
+        took >= Duration::from_millis(690) && took < Duration::from_secs(3),
+        "answered after {took:?}"
+    );
     drop(thaw);
     for h in hung {
         let (result, took) = h.await.unwrap();

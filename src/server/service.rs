@@ -227,10 +227,7 @@ impl<S: Storage> HourglassService<S> {
         &self,
         request: Request<pb::ReadEventsRequest>,
     ) -> Result<Prepared, ServiceError> {
-        let arrived = request
-            .extensions()
-            .get::<Arrival>()
-            .map_or_else(Instant::now, |a| a.0);
+        let arrived = arrival(&request);
         let waited = arrived.elapsed();
         let deadline = client_deadline(request.metadata());
         let principal = self.authenticate(request.metadata())?;
@@ -365,6 +362,14 @@ fn class_of(metadata: &tonic::metadata::MetadataMap) -> Result<Class, ServiceErr
             ServiceError::invalid(CLASS_HEADER, "must be \"interactive\" or \"batch\"")
         }),
     }
+}
+
+/// When the call arrived (see `arrival`), or now if no layer stamped it.
+fn arrival<T>(request: &Request<T>) -> Instant {
+    request
+        .extensions()
+        .get::<Arrival>()
+        .map_or_else(Instant::now, |a| a.0)
 }
 
 /// Header by which Envoy tells the upstream how long the proxy waits for
@@ -525,15 +530,28 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         let call = Call::start("WriteEvents");
         let result = async {
             let principal = self.authenticate(request.metadata())?;
+            // A write with a client deadline answers by it, less the margin,
+            // as a read does: storage may otherwise take its own timeout,
+            // and the client would get only its library's DEADLINE_EXCEEDED.
+            let budget = client_deadline(request.metadata())
+                .map(|t| Budget::starting_at(&self.budget, None, Some(t), arrival(&request)));
             let pb::WriteEventsRequest { namespace, events } = request.into_inner();
             api::check_namespace_name("namespace", &namespace)?;
             permit(principal.as_ref(), Access::Write, &namespace)?;
             tracing::Span::current().record("namespace", namespace.as_str());
             let events = api::validate_events(events)?;
             tracing::Span::current().record("events", events.len());
-            let ns = self.namespace(&namespace, None).await?;
-            self.engine.storage().write_events(&ns, &events).await?;
-            Ok(events.len() as u64)
+            let write = async {
+                let ns = self.namespace(&namespace, None).await?;
+                self.engine.storage().write_events(&ns, &events).await?;
+                Ok(events.len() as u64)
+            };
+            match budget {
+                None => write.await,
+                Some(b) => tokio::time::timeout_at(b.deadline, write)
+                    .await
+                    .map_err(|_| ServiceError::WriteLate { budget: b.total })?,
+            }
         }
         .await;
         finish(call, result, ok).map(|written| Response::new(pb::WriteEventsResponse { written }))
