@@ -21,7 +21,7 @@ use crate::error::ServiceError;
 
 use crate::engine::reserve::{Stage, RESPONSE_COST};
 
-/// [`ProstCodec`] with timed encoding.
+/// `tonic_prost::ProstCodec` with timed encoding.
 #[derive(Debug, Clone, Copy)]
 pub struct TimedCodec<T, U>(PhantomData<(T, U)>);
 

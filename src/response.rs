@@ -177,7 +177,7 @@ impl Message for ReadEventsResponse {
 pub struct EventBatch {
     pub events: Vec<pb::Event>,
     /// Events already encoded as the message's field 1 entries (made by a
-    /// [`RowEncoder`]); they go before `events`. Always empty in a decoded
+    /// `RowEncoder`); they go before `events`. Always empty in a decoded
     /// batch, whose events are all in `events`.
     pub encoded_events: Bytes,
 }

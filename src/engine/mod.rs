@@ -452,7 +452,7 @@ impl<S: Storage> ReadEngine<S> {
         self.core.pressure.clone()
     }
 
-    /// Whether the server has begun draining (see [`Engine::with_drain`]).
+    /// Whether the server has begun draining (see [`ReadEngine::with_drain`]).
     pub fn draining(&self) -> bool {
         self.core.drain.is_cancelled()
     }

@@ -113,11 +113,10 @@ impl<S: Storage> HourglassService<S> {
         self
     }
 
-    /// The calling client, when authentication is on.
     /// The first step of every Hourglass call: one that arrives once the
     /// drain has begun is refused `SERVER_DRAINING` (with RetryInfo; its
     /// client goes to another replica), before anything is read, written
-    /// or checked; else its client is authenticated.
+    /// or checked; else the calling client, when authentication is on.
     fn authenticate(
         &self,
         metadata: &tonic::metadata::MetadataMap,
@@ -364,7 +363,8 @@ fn class_of(metadata: &tonic::metadata::MetadataMap) -> Result<Class, ServiceErr
     }
 }
 
-/// When the call arrived (see `arrival`), or now if no layer stamped it.
+/// When the call arrived, as the arrival layer stamped it (see
+/// `super::arrival`), or now if none did.
 fn arrival<T>(request: &Request<T>) -> Instant {
     request
         .extensions()
