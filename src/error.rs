@@ -96,11 +96,10 @@ pub enum ServiceError {
         set_by: BudgetSource,
         waited_on: Option<Waited>,
     },
-    /// A write was not acknowledged by storage within its budget (the
-    /// client's deadline less the margin): some or all of its events may be
-    /// stored, and retrying the same batch is safe (writes are idempotent).
-    #[error("the write was not acknowledged by storage within its {budget:?} budget (the client's deadline less the margin): some or all of its events may be stored; retrying the same batch is safe")]
-    WriteLate { budget: Duration },
+    /// Storage did not answer a write, a namespace creation or a namespace
+    /// lookup within its budget (the client's deadline less the margin).
+    #[error("{}", late_message(*.work, *.budget))]
+    Late { work: LateWork, budget: Duration },
     /// Storage is unreachable or overloaded for now.
     #[error(transparent)]
     Unavailable(StorageError),
@@ -139,7 +138,7 @@ impl ServiceError {
             | Self::NamespaceNotFound(_)
             | Self::NamespaceConflict(_)
             | Self::NoProgress { .. }
-            | Self::WriteLate { .. }
+            | Self::Late { .. }
             | Self::Auth(_)
             | Self::Overloaded(_) => true,
             Self::Unavailable(_) | Self::Storage(_) | Self::Draining => false,
@@ -162,7 +161,7 @@ impl ServiceError {
                 waited_on, budget, ..
             } if waited_on.is_some_and(|w| storage_late(&w, *budget)) => REASON_STORAGE_LATE,
             Self::NoProgress { .. } => REASON_BUDGET_TOO_SMALL,
-            Self::WriteLate { .. } => REASON_STORAGE_LATE,
+            Self::Late { .. } => REASON_STORAGE_LATE,
             Self::Unavailable(StorageError::CircuitOpen { .. }) => "STORAGE_CIRCUIT_OPEN",
             Self::Unavailable(_) => "STORAGE_UNAVAILABLE",
             Self::Storage(StorageError::InvalidNamespace { .. }) => "NAMESPACE_INVALID",
@@ -179,6 +178,32 @@ impl ServiceError {
             Self::Overloaded(Full::BudgetSpent { .. }) => "BUDGET_SPENT_WAITING",
         }
     }
+}
+
+/// What storage did not answer in time (see [`ServiceError::Late`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LateWork {
+    /// A write batch, which goes on (see `server::service::carry_on`).
+    Write,
+    /// A namespace creation, which goes on.
+    Create,
+    /// A namespace lookup.
+    Lookup,
+}
+
+fn late_message(work: LateWork, budget: Duration) -> String {
+    let (what, after) = match work {
+        LateWork::Write => (
+            "the write was not acknowledged",
+            "it goes on, and its events are stored unless storage fails (some may be readable before others); retrying the same batch is safe",
+        ),
+        LateWork::Create => (
+            "the namespace creation was not acknowledged",
+            "it goes on; retrying the same request is safe",
+        ),
+        LateWork::Lookup => ("the namespace lookup was not answered", "retry"),
+    };
+    format!("{what} by storage within its {budget:?} budget (the client's deadline less the margin): {after}")
 }
 
 /// What a call that read nothing says: that storage was late and a retry
@@ -287,7 +312,7 @@ impl From<ServiceError> for tonic::Status {
                 }
                 Code::DeadlineExceeded
             }
-            ServiceError::WriteLate { budget } => {
+            ServiceError::Late { budget, .. } => {
                 info.insert("budget_micros".into(), budget.as_micros().to_string());
                 details.set_retry_info(Some(STORAGE_RETRY_DELAY));
                 Code::DeadlineExceeded
@@ -449,7 +474,8 @@ mod tests {
             ),
             (ServiceError::Draining, Code::Unavailable, "SERVER_DRAINING"),
             (
-                ServiceError::WriteLate {
+                ServiceError::Late {
+                    work: LateWork::Write,
                     budget: Duration::from_millis(695),
                 },
                 Code::DeadlineExceeded,

@@ -299,29 +299,45 @@ async fn frozen_mid_read_answers_within_budget_and_the_bulkhead_sheds() {
         assert!(status.get_details_retry_info().is_some());
         assert!(began.elapsed() < Duration::from_secs(1), "refusal queued");
     }
-    // A write with a deadline (sent as a header only, so this client waits
-    // for the server's answer) is answered by the server at the deadline
-    // less the margin, not at storage's own timeout: DEADLINE_EXCEEDED
-    // STORAGE_LATE with its budget and a RetryInfo.
-    let mut write = tonic::Request::new(pb::WriteEventsRequest {
+    // A write, a namespace creation and a lookup of a namespace this
+    // server does not know, each with a deadline (sent as a header only, so
+    // this client waits for the server's answer), are answered by the
+    // server at the deadline less the margin, not at storage's own timeout:
+    // DEADLINE_EXCEEDED STORAGE_LATE with the budget and a RetryInfo.
+    let write = pb::WriteEventsRequest {
         namespace: "frozen2".into(),
         events: vec![event("late", 1, "w")],
-    });
-    write
-        .metadata_mut()
-        .insert("grpc-timeout", "700m".parse().expect("ascii"));
-    let began = Instant::now();
-    let status = c.write_events(write).await.expect_err("storage is frozen");
-    let took = began.elapsed();
-    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert_eq!(reason_of(&status), "STORAGE_LATE", "{status:?}");
-    assert!(status.get_details_retry_info().is_some());
-    let info = status.get_details_error_info().expect("ErrorInfo");
-    assert_eq!(info.metadata["budget_micros"], "695000");
-    assert!(
-        took >= Duration::from_millis(690) && took < Duration::from_secs(3),
-        "answered after {took:?}"
-    );
+    };
+    let create = pb::CreateNamespaceRequest {
+        namespace: Some(pb::Namespace {
+            name: "frozen3".into(),
+            bucket_width_micros: 1_000_000,
+            shards: 1,
+            retention_seconds: 0,
+        }),
+    };
+    let lookup = pb::GetNamespaceRequest {
+        name: "frozen_unknown".into(),
+    };
+    for call in ["WriteEvents", "CreateNamespace", "GetNamespace"] {
+        let began = Instant::now();
+        let status = match call {
+            "WriteEvents" => c.write_events(by_700ms(write.clone())).await.map(drop),
+            "CreateNamespace" => c.create_namespace(by_700ms(create.clone())).await.map(drop),
+            _ => c.get_namespace(by_700ms(lookup.clone())).await.map(drop),
+        }
+        .expect_err("storage is frozen");
+        let took = began.elapsed();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{call}: {status:?}");
+        assert_eq!(reason_of(&status), "STORAGE_LATE", "{call}: {status:?}");
+        assert!(status.get_details_retry_info().is_some(), "{call}");
+        let info = status.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.metadata["budget_micros"], "695000", "{call}");
+        assert!(
+            took >= Duration::from_millis(690) && took < Duration::from_secs(3),
+            "{call} answered after {took:?}"
+        );
+    }
     drop(thaw);
     for h in hung {
         let (result, took) = h.await.unwrap();
@@ -346,6 +362,15 @@ async fn frozen_mid_read_answers_within_budget_and_the_bulkhead_sheds() {
     let mut all = got.events;
     all.extend(resume(&server, "frozen", end.continuation_token).await);
     assert_exactly_once_in_order(&all);
+}
+
+/// `message` with a 700 ms deadline sent as a header only: the client
+/// waits for the server's answer, not for its own deadline.
+fn by_700ms<T>(message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("grpc-timeout", "700m".parse().expect("ascii"));
+    r
 }
 
 /// Thaws the node when dropped, so a failed assertion never leaves it frozen.

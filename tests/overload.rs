@@ -84,12 +84,30 @@ async fn no_framework_timeout_answers_in_place_of_the_service() {
         namespace: ns.clone(),
         events: events("s", 500),
     };
-    let written: pb::WriteEventsResponse = raw_call(addr, "WriteEvents", &write, &spent)
+    // A write is answered at its deadline (STORAGE_LATE, with its budget)
+    // and goes on: all of its events are stored.
+    let late = raw_call::<_, pb::WriteEventsResponse>(addr, "WriteEvents", &write, &spent)
         .await
-        .expect("a write has no budget: it completes");
-    assert_eq!(written.written, 500);
-
+        .expect_err("answered at its spent deadline");
+    assert_eq!(late.code(), tonic::Code::DeadlineExceeded, "{late:?}");
+    assert_eq!(reason_of(&late), "STORAGE_LATE", "{late:?}");
     let read = read_request(&ns, "s", 0, i64::MAX);
+    let mut stored = 0;
+    for _ in 0..200 {
+        stored = client
+            .read_events(read.clone())
+            .await
+            .expect("read")
+            .into_inner()
+            .events
+            .len();
+        if stored == 500 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(stored, 500, "the write went on after its answer");
+
     for method in ["ReadEvents", "StreamEvents"] {
         let refused = raw_call::<_, pb::ReadEventsResponse>(addr, method, &read, &spent)
             .await

@@ -21,7 +21,7 @@ use crate::auth::{Access, Authenticator, Principal};
 use crate::bulkhead::{Bulkhead, Full};
 use crate::engine::budget::{parse_grpc_timeout, Budget, BudgetConfig};
 use crate::engine::{ReadEngine, ReadError, ReadRequest, RowSink};
-use crate::error::ServiceError;
+use crate::error::{LateWork, ServiceError};
 use crate::model::{Key, Namespace, Order, Row, Span};
 use crate::response::EncodedEvents;
 use crate::storage::{Created, Storage, StorageError};
@@ -111,6 +111,15 @@ impl<S: Storage> HourglassService<S> {
     pub fn with_auth(mut self, auth: Arc<Authenticator>) -> Self {
         self.auth = Some(auth);
         self
+    }
+
+    /// The budget of a call other than a read, when its client gave a
+    /// deadline: as a read's without an SLO (the deadline less the margin,
+    /// from arrival); None without a deadline (storage's own timeouts bound
+    /// the call).
+    fn deadline_budget<T>(&self, request: &Request<T>) -> Option<Budget> {
+        client_deadline(request.metadata())
+            .map(|t| Budget::starting_at(&self.budget, None, Some(t), arrival(request)))
     }
 
     /// The first step of every Hourglass call: one that arrives once the
@@ -363,6 +372,45 @@ fn class_of(metadata: &tonic::metadata::MetadataMap) -> Result<Class, ServiceErr
     }
 }
 
+/// Runs `work` by `budget`'s deadline, if the call has one: past it, the
+/// call fails DEADLINE_EXCEEDED `STORAGE_LATE` ([`ServiceError::Late`]),
+/// rather than storage's own timeout passing the client's deadline, where
+/// the client gets only its library's DEADLINE_EXCEEDED and no details.
+/// What `work` waits on is dropped then, unless it runs in a task of its
+/// own ([`carry_on`]).
+async fn by_deadline<T>(
+    budget: Option<Budget>,
+    work: LateWork,
+    fut: impl std::future::Future<Output = Result<T, ServiceError>>,
+) -> Result<T, ServiceError> {
+    match budget {
+        None => fut.await,
+        Some(b) => tokio::time::timeout_at(b.deadline, fut)
+            .await
+            .map_err(|_| ServiceError::Late {
+                work,
+                budget: b.total,
+            })?,
+    }
+}
+
+/// Runs `work` in a task of its own and waits for it: dropped (its call
+/// answered at its deadline, or cancelled), the wait ends but the work goes
+/// on, so a write or a namespace creation is not abandoned half done (a
+/// batch cut off midway stays partly stored until retried).
+fn carry_on<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, ServiceError>> + Send + 'static,
+) -> impl std::future::Future<Output = Result<T, ServiceError>> {
+    let task = tokio::spawn(work.in_current_span());
+    async move {
+        task.await.unwrap_or_else(|e| {
+            Err(ServiceError::Storage(StorageError::Fatal(
+                format!("the storage task failed: {e}").into(),
+            )))
+        })
+    }
+}
+
 /// When the call arrived, as the arrival layer stamped it (see
 /// `super::arrival`), or now if none did.
 fn arrival<T>(request: &Request<T>) -> Instant {
@@ -481,6 +529,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         let call = Call::start("CreateNamespace");
         let result = async {
             let principal = self.authenticate(request.metadata())?;
+            let budget = self.deadline_budget(&request);
             let pb::CreateNamespaceRequest { namespace } = request.into_inner();
             let ns = namespace.ok_or_else(|| ServiceError::invalid("namespace", "is required"))?;
             // The permission before the settings (see `prepare_read`).
@@ -489,7 +538,9 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             let ns = Namespace::try_from(ns)?;
             tracing::Span::current().record("namespace", ns.name.as_str());
             self.misses.forget(&ns.name);
-            let ns = match self.engine.storage().create_namespace(&ns).await? {
+            let (storage, to_create) = (self.engine.storage().clone(), ns.clone());
+            let created = carry_on(async move { Ok(storage.create_namespace(&to_create).await?) });
+            let ns = match by_deadline(budget, LateWork::Create, created).await? {
                 Created::New => ns,
                 Created::Existing(existing) if existing == ns => ns,
                 Created::Existing(existing) => {
@@ -512,11 +563,12 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         let call = Call::start("GetNamespace");
         let result = async {
             let principal = self.authenticate(request.metadata())?;
+            let budget = self.deadline_budget(&request);
             let pb::GetNamespaceRequest { name } = request.into_inner();
             api::check_namespace_name("name", &name)?;
             permit(principal.as_ref(), Access::Read, &name)?;
             tracing::Span::current().record("namespace", name.as_str());
-            self.namespace(&name, None).await
+            by_deadline(budget, LateWork::Lookup, self.namespace(&name, None)).await
         }
         .await;
         finish(call, result, ok).map(|ns| Response::new((*ns).clone().into()))
@@ -530,28 +582,21 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         let call = Call::start("WriteEvents");
         let result = async {
             let principal = self.authenticate(request.metadata())?;
-            // A write with a client deadline answers by it, less the margin,
-            // as a read does: storage may otherwise take its own timeout,
-            // and the client would get only its library's DEADLINE_EXCEEDED.
-            let budget = client_deadline(request.metadata())
-                .map(|t| Budget::starting_at(&self.budget, None, Some(t), arrival(&request)));
+            let budget = self.deadline_budget(&request);
             let pb::WriteEventsRequest { namespace, events } = request.into_inner();
             api::check_namespace_name("namespace", &namespace)?;
             permit(principal.as_ref(), Access::Write, &namespace)?;
             tracing::Span::current().record("namespace", namespace.as_str());
             let events = api::validate_events(events)?;
             tracing::Span::current().record("events", events.len());
+            let written = events.len() as u64;
             let write = async {
                 let ns = self.namespace(&namespace, None).await?;
-                self.engine.storage().write_events(&ns, &events).await?;
-                Ok(events.len() as u64)
+                let storage = self.engine.storage().clone();
+                carry_on(async move { Ok(storage.write_events(&ns, &events).await?) }).await?;
+                Ok(written)
             };
-            match budget {
-                None => write.await,
-                Some(b) => tokio::time::timeout_at(b.deadline, write)
-                    .await
-                    .map_err(|_| ServiceError::WriteLate { budget: b.total })?,
-            }
+            by_deadline(budget, LateWork::Write, write).await
         }
         .await;
         finish(call, result, ok).map(|written| Response::new(pb::WriteEventsResponse { written }))
