@@ -30,6 +30,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
+use tonic::codegen::http;
 
 use sha2::{Digest, Sha256};
 
@@ -186,9 +187,21 @@ impl Authenticator {
         &self,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<Arc<Principal>, AuthError> {
-        let token = metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
+        self.client_of(metadata.get("authorization").and_then(|v| v.to_str().ok()))
+    }
+
+    /// The client presenting the bearer token in a request's HTTP
+    /// `headers` (before the request is decoded).
+    pub fn authenticate_headers(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<Arc<Principal>, AuthError> {
+        self.client_of(headers.get("authorization").and_then(|v| v.to_str().ok()))
+    }
+
+    /// The client an `authorization` header value names.
+    fn client_of(&self, authorization: Option<&str>) -> Result<Arc<Principal>, AuthError> {
+        let token = authorization
             .and_then(|v| {
                 let (scheme, token) = v.trim().split_once(' ')?;
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())

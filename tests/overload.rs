@@ -417,3 +417,122 @@ async fn requests_being_received_share_a_bounded_buffer() {
     let (rows, _) = read_to_end(&mut client, read_request("uploads", "s", 0, i64::MAX)).await;
     assert_eq!(rows, batch, "each row once");
 }
+
+/// Not a protobuf `WriteEventsRequest`: its field 1 is a number where the
+/// namespace's string belongs.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotAWrite {
+    #[prost(uint64, tag = "1")]
+    namespace: u64,
+}
+
+/// With bearer tokens on, a Hourglass call without valid credentials is
+/// refused UNAUTHENTICATED from its headers: its body is not read, so an
+/// upload without a token that stops halfway holds none of the request
+/// buffer (before, it held it for the stall time and an authenticated
+/// write was refused REQUEST_BUFFER_FULL meanwhile), and a body that does
+/// not decode is not reported on (before: INVALID_ARGUMENT naming a field).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_without_credentials_is_refused_before_its_body_is_read() {
+    const TOKEN: &str = "uploader-token-5f1e9a";
+    let auth = hourglass::auth::Authenticator::parse(&format!(
+        "[[client]]\nname = \"uploader\"\ntoken_sha256 = \"{}\"\nread = [\"*\"]\nwrite = [\"*\"]\n",
+        hourglass::auth::token_sha256(TOKEN)
+    ))
+    .expect("auth file");
+    let server = TestServer::start_config(|c| {
+        c.request_buffer = 1 << 20;
+        c.auth = Some(std::sync::Arc::new(auth));
+    })
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = pb::hourglass_client::HourglassClient::with_interceptor(
+        channel,
+        hourglass::client::BearerToken::new(TOKEN).expect("token"),
+    );
+    client
+        .create_namespace(pb::CreateNamespaceRequest {
+            namespace: Some(pb::Namespace {
+                name: "uploads".into(),
+                bucket_width_micros: 1_000_000,
+                shards: 1,
+                retention_seconds: 0,
+            }),
+        })
+        .await
+        .expect("create");
+
+    // An upload without a token announcing 2 MiB, sending 900 KiB, then
+    // nothing: refused at once, from its headers.
+    let tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let (h2, connection) = h2::client::handshake(tcp).await.expect("handshake");
+    tokio::spawn(connection);
+    let mut h2 = h2.ready().await.expect("ready");
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/hourglass.v1.Hourglass/WriteEvents",
+            server.addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (answer, mut send) = h2.send_request(request, false).expect("send");
+    let mut framed = vec![0u8];
+    framed.extend((2u32 << 20).to_be_bytes());
+    framed.extend(vec![0u8; 900 << 10]);
+    send.reserve_capacity(framed.len());
+    // The server may have closed the stream already: it needs no byte of it.
+    let _ = send.send_data(framed.into(), false);
+    let status = tokio::time::timeout(Duration::from_secs(10), async {
+        let (head, mut body) = answer.await.expect("response").into_parts();
+        while let Some(data) = body.data().await {
+            data.expect("data");
+        }
+        let trailers = body.trailers().await.expect("trailers");
+        tonic::Status::from_header_map(trailers.as_ref().unwrap_or(&head.headers))
+            .expect("a grpc-status")
+    })
+    .await
+    .expect("answered while the upload stalls");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert_eq!(reason_of(&status), "MISSING_CREDENTIALS");
+
+    // The buffer is free: an authenticated write of 300 KiB goes through.
+    let payload = bytes::Bytes::from(vec![b'p'; 100 << 10]);
+    let written = client
+        .write_events(pb::WriteEventsRequest {
+            namespace: "uploads".into(),
+            events: (0..3)
+                .map(|i| pb::Event {
+                    payload: payload.clone(),
+                    ..event("s", i * 1000, &format!("e{i}"))
+                })
+                .collect(),
+        })
+        .await
+        .expect("an authenticated write beside the stalled upload")
+        .into_inner();
+    assert_eq!(written.written, 3);
+
+    // A body that does not decode, without a token: UNAUTHENTICATED, and
+    // nothing about the body; with the token, the decoder's complaint.
+    let bad = NotAWrite { namespace: 7 };
+    let refused = raw_call::<_, pb::WriteEventsResponse>(server.addr, "WriteEvents", &bad, &[])
+        .await
+        .expect_err("no credentials");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let bearer = [("authorization", "Bearer uploader-token-5f1e9a")];
+    let invalid = raw_call::<_, pb::WriteEventsResponse>(server.addr, "WriteEvents", &bad, &bearer)
+        .await
+        .expect_err("not a write");
+    assert_eq!(invalid.code(), tonic::Code::InvalidArgument, "{invalid:?}");
+    drop(send);
+}

@@ -44,6 +44,8 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::codegen::http;
 
 use super::connections::Lingering;
+use crate::auth::{AuthError, Authenticator, Principal};
+use crate::error::ServiceError;
 
 /// Path prefix of the calls counted.
 const COUNTED_PREFIX: &str = "/hourglass.v1.Hourglass/";
@@ -362,6 +364,9 @@ pub struct TrackCallsLayer {
     /// See [`SEND_STALL`].
     pub stall: Duration,
     pub requests: RequestBudget,
+    /// Bearer-token clients: a Hourglass call without valid credentials is
+    /// refused from its headers (see [`Authenticated`]).
+    pub auth: Option<Arc<Authenticator>>,
 }
 
 impl<S> tower_layer::Layer<S> for TrackCallsLayer {
@@ -375,6 +380,7 @@ impl<S> tower_layer::Layer<S> for TrackCallsLayer {
             connections: self.connections.clone(),
             stall: self.stall,
             requests: self.requests.clone(),
+            auth: self.auth.clone(),
         }
     }
 }
@@ -388,6 +394,47 @@ pub struct TrackCalls<S> {
     connections: Lingering,
     stall: Duration,
     requests: RequestBudget,
+    auth: Option<Arc<Authenticator>>,
+}
+
+/// In a request's extensions: the client its bearer token names, found by
+/// [`TrackCalls`] from the headers, before a byte of the body is read.
+#[derive(Clone, Debug)]
+pub struct Authenticated(pub Arc<Principal>);
+
+/// The Hourglass method a path names, for metrics (None: no such method).
+fn method_of(path: &str) -> Option<&'static str> {
+    let name = path.strip_prefix(COUNTED_PREFIX)?;
+    [
+        "CreateNamespace",
+        "GetNamespace",
+        "WriteEvents",
+        "ReadEvents",
+        "StreamEvents",
+    ]
+    .into_iter()
+    .find(|m| *m == name)
+}
+
+/// The answer to a call of `method` without valid credentials, given from
+/// its headers alone: its body is neither buffered, decompressed nor
+/// decoded, so a client without a token cannot fill the request buffer or
+/// spend the server's CPU (the handler would refuse it the same way).
+fn unauthenticated(
+    method: Option<&'static str>,
+    e: AuthError,
+) -> http::Response<tonic::body::Body> {
+    let err = ServiceError::Auth(e);
+    metrics::counter!(crate::telemetry::REJECTED, "reason" => err.reason()).increment(1);
+    if let Some(method) = method {
+        crate::telemetry::request(method, "error", Duration::ZERO);
+    }
+    tracing::debug!(
+        reason = err.reason(),
+        method,
+        "request refused from its headers"
+    );
+    tonic::Status::from(err).into_http()
 }
 
 /// The client address of a request (through TLS too).
@@ -420,10 +467,20 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let path = request.uri().path();
-        let guard = path
-            .starts_with(COUNTED_PREFIX)
-            .then(|| self.tracker.enter());
+        let counted = path.starts_with(COUNTED_PREFIX);
         let goaway = (path == WATCH_PATH).then(|| self.goaway.clone().cancelled_owned());
+        if let (true, Some(auth)) = (counted, &self.auth) {
+            match auth.authenticate_headers(request.headers()) {
+                Ok(client) => {
+                    request.extensions_mut().insert(Authenticated(client));
+                }
+                Err(e) => {
+                    let refused = unauthenticated(method_of(request.uri().path()), e);
+                    return async move { Ok(refused) }.boxed();
+                }
+            }
+        }
+        let guard = counted.then(|| self.tracker.enter());
         let abort = guard
             .as_ref()
             .and_then(|_| peer(&request))
@@ -435,7 +492,6 @@ where
         if let Some(abort) = &abort {
             request.extensions_mut().insert(abort.clone());
         }
-        let counted = guard.is_some();
         let watch = abort.clone();
         let request = request.map(|body| RequestBody {
             inner: Box::pin(body),

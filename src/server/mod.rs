@@ -209,9 +209,10 @@ pub async fn run(
             "namespaces not cached in time; reads look them up"
         ),
     }
-    if let Some(auth) = config.auth {
+    let auth = config.auth;
+    if let Some(auth) = &auth {
         tracing::info!(clients = auth.len(), "bearer-token authentication on");
-        service = service.with_auth(auth);
+        service = service.with_auth(auth.clone());
     }
     let reporter = tonic_health::server::HealthReporter::new();
     let health = health::server(&reporter);
@@ -298,6 +299,7 @@ pub async fn run(
         connections: lingering.clone(),
         stall: config.send_stall,
         requests: calls::RequestBudget::new(config.request_buffer),
+        auth: auth.clone(),
     };
     let served = tokio::select! {
         served = serve(incoming, config.tls, layer, service, health, goaway.cancelled()) => served,

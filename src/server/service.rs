@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::arrival::Arrival;
-use super::calls::{watch_stall, ConnectionAbort, HoldUntilSent, Progress, Watched};
+use super::calls::{watch_stall, Authenticated, ConnectionAbort, HoldUntilSent, Progress, Watched};
 use crate::admission::{Admission, AdmissionConfig, Class, Ticket, CLASS_HEADER};
 use crate::api::{self, pb, ReadParams};
 use crate::auth::{Access, Authenticator, Principal};
@@ -126,9 +126,12 @@ impl<S: Storage> HourglassService<S> {
     /// drain has begun is refused `SERVER_DRAINING` (with RetryInfo; its
     /// client goes to another replica), before anything is read, written
     /// or checked; else the calling client, when authentication is on.
-    fn authenticate(
+    /// The transport's layer has authenticated the calls it serves, from
+    /// their headers ([`Authenticated`]); a call that reaches the service
+    /// otherwise (a test's) is authenticated here.
+    fn authenticate<T>(
         &self,
-        metadata: &tonic::metadata::MetadataMap,
+        request: &Request<T>,
     ) -> Result<Option<Arc<Principal>>, ServiceError> {
         if self.engine.draining() {
             return Err(ServiceError::Draining);
@@ -136,7 +139,10 @@ impl<S: Storage> HourglassService<S> {
         match &self.auth {
             None => Ok(None),
             Some(auth) => {
-                let p = auth.authenticate(metadata)?;
+                let p = match request.extensions().get::<Authenticated>() {
+                    Some(a) => a.0.clone(),
+                    None => auth.authenticate(request.metadata())?,
+                };
                 tracing::Span::current().record("client", p.name.as_str());
                 Ok(Some(p))
             }
@@ -238,7 +244,7 @@ impl<S: Storage> HourglassService<S> {
         let arrived = arrival(&request);
         let waited = arrived.elapsed();
         let deadline = client_deadline(request.metadata());
-        let principal = self.authenticate(request.metadata())?;
+        let principal = self.authenticate(&request)?;
         // Who reads, for the per-client bound on held continuations.
         let client: Arc<str> = match (&principal, request.remote_addr()) {
             (Some(p), _) => p.name.as_str().into(),
@@ -528,7 +534,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
     ) -> Result<Response<pb::Namespace>, Status> {
         let call = Call::start("CreateNamespace");
         let result = async {
-            let principal = self.authenticate(request.metadata())?;
+            let principal = self.authenticate(&request)?;
             let budget = self.deadline_budget(&request);
             let pb::CreateNamespaceRequest { namespace } = request.into_inner();
             let ns = namespace.ok_or_else(|| ServiceError::invalid("namespace", "is required"))?;
@@ -562,7 +568,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
     ) -> Result<Response<pb::Namespace>, Status> {
         let call = Call::start("GetNamespace");
         let result = async {
-            let principal = self.authenticate(request.metadata())?;
+            let principal = self.authenticate(&request)?;
             let budget = self.deadline_budget(&request);
             let pb::GetNamespaceRequest { name } = request.into_inner();
             api::check_namespace_name("name", &name)?;
@@ -581,7 +587,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
     ) -> Result<Response<pb::WriteEventsResponse>, Status> {
         let call = Call::start("WriteEvents");
         let result = async {
-            let principal = self.authenticate(request.metadata())?;
+            let principal = self.authenticate(&request)?;
             let budget = self.deadline_budget(&request);
             let pb::WriteEventsRequest { namespace, events } = request.into_inner();
             api::check_namespace_name("namespace", &namespace)?;
