@@ -133,7 +133,8 @@ impl Authenticator {
     }
 
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let file: File = toml::from_str(text)?;
+        let file: File = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{}", crate::cli::toml_problem(text, &e)))?;
         if file.client.is_empty() {
             anyhow::bail!("no [[client]] entries: nobody could call the server");
         }
@@ -304,9 +305,17 @@ mod tests {
                 ),
                 "client[0] (\"a\"): read names \"bad ns!\", which no namespace is",
             ),
+            // A key file given as the auth file, a token in plain text:
+            // reported by line and column, never quoting the secret.
+            ("k1:SUPERSECRETVALUE-0123456789\n", "line 1, column"),
+            (
+                "[[client]]\nname = \"a\"\ntoken = \"SUPERSECRETVALUE\"\n",
+                "unknown field",
+            ),
         ] {
             let err = Authenticator::parse(text).unwrap_err().to_string();
             assert!(err.contains(want), "{err}");
+            assert!(!err.contains("SUPERSECRET"), "{err}");
         }
     }
 }

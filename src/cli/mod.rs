@@ -591,16 +591,11 @@ fn config_path_from(args: &[String]) -> Option<PathBuf> {
 fn apply_config_file(command: clap::Command, path: &Path) -> anyhow::Result<clap::Command> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
-    // The error's message alone: its usual rendering quotes the line, which
-    // may hold a secret (`token-keys = "...`).
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        let (line, column) = e
-            .span()
-            .map_or((0, 0), |span| line_and_column(&text, span.start));
         anyhow::anyhow!(
-            "config file {} is not valid TOML at line {line}, column {column}: {}",
+            "config file {} is {}",
             path.display(),
-            e.message()
+            toml_problem(&text, &e)
         )
     })?;
     let mut serve = command
@@ -666,6 +661,20 @@ fn apply_config_file(command: clap::Command, path: &Path) -> anyhow::Result<clap
         command = command.mut_arg(id, |a| a.default_value(value));
     }
     Ok(command)
+}
+
+/// What is wrong with the TOML `text` (a config or auth file), by line,
+/// column and the parser's message alone: the error's usual rendering
+/// quotes the line, which may hold a secret (`token-keys = "...`, or a
+/// key file given in place of an auth file).
+pub fn toml_problem(text: &str, e: &toml::de::Error) -> String {
+    let (line, column) = e
+        .span()
+        .map_or((0, 0), |span| line_and_column(text, span.start));
+    format!(
+        "not valid TOML at line {line}, column {column}: {}",
+        e.message()
+    )
 }
 
 /// The 1-based line and column of byte `at` in `text`.
