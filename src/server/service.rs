@@ -126,6 +126,7 @@ impl<S: Storage> HourglassService<S> {
     /// drain has begun is refused `SERVER_DRAINING` (with RetryInfo; its
     /// client goes to another replica), before anything is read, written
     /// or checked; else the calling client, when authentication is on.
+    ///
     /// The transport's layer has authenticated the calls it serves, from
     /// their headers ([`Authenticated`]); a call that reaches the service
     /// otherwise (a test's) is authenticated here.
