@@ -327,28 +327,9 @@ async fn requests_being_received_share_a_bounded_buffer() {
     create_namespace(&mut client, "uploads", 1_000_000, 1).await;
 
     // An upload announcing 2 MiB that sends 900 KiB and stops.
-    let tcp = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
-    let (h2, connection) = h2::client::handshake(tcp).await.expect("handshake");
-    let connection = tokio::spawn(connection);
-    let mut h2 = h2.ready().await.expect("ready");
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!(
-            "http://{}/hourglass.v1.Hourglass/WriteEvents",
-            server.addr
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .expect("request");
-    let (stalled, mut send) = h2.send_request(request, false).expect("send");
-    let mut framed = vec![0u8];
-    framed.extend((2u32 << 20).to_be_bytes());
-    framed.extend(vec![0u8; 900 << 10]);
-    send.reserve_capacity(framed.len());
-    send.send_data(framed.into(), false).expect("send part");
+    let upload = stalled_upload(server.addr).await;
+    upload.sent.expect("send part");
+    let (stalled, connection) = (upload.answer, upload.connection);
 
     // A write of about 300 KiB does not fit beside it.
     let payload = bytes::Bytes::from(vec![b'p'; 100 << 10]);
@@ -468,29 +449,10 @@ async fn a_call_without_credentials_is_refused_before_its_body_is_read() {
 
     // An upload without a token announcing 2 MiB, sending 900 KiB, then
     // nothing: refused at once, from its headers.
-    let tcp = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
-    let (h2, connection) = h2::client::handshake(tcp).await.expect("handshake");
-    tokio::spawn(connection);
-    let mut h2 = h2.ready().await.expect("ready");
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!(
-            "http://{}/hourglass.v1.Hourglass/WriteEvents",
-            server.addr
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .expect("request");
-    let (answer, mut send) = h2.send_request(request, false).expect("send");
-    let mut framed = vec![0u8];
-    framed.extend((2u32 << 20).to_be_bytes());
-    framed.extend(vec![0u8; 900 << 10]);
-    send.reserve_capacity(framed.len());
-    // The server may have closed the stream already: it needs no byte of it.
-    let _ = send.send_data(framed.into(), false);
+    // (The server may have closed the stream before the bytes went: it
+    // needs none of them.)
+    let upload = stalled_upload(server.addr).await;
+    let answer = upload.answer;
     let status = tokio::time::timeout(Duration::from_secs(10), async {
         let (head, mut body) = answer.await.expect("response").into_parts();
         while let Some(data) = body.data().await {
@@ -534,5 +496,44 @@ async fn a_call_without_credentials_is_refused_before_its_body_is_read() {
         .await
         .expect_err("not a write");
     assert_eq!(invalid.code(), tonic::Code::InvalidArgument, "{invalid:?}");
-    drop(send);
+    drop(upload.send);
+}
+
+/// A WriteEvents upload on a connection of its own (see [`stalled_upload`]).
+struct StalledUpload {
+    answer: h2::client::ResponseFuture,
+    /// Kept open: the request never ends.
+    send: h2::SendStream<bytes::Bytes>,
+    /// Whether its 900 KiB went to the connection.
+    sent: Result<(), h2::Error>,
+    connection: tokio::task::JoinHandle<Result<(), h2::Error>>,
+}
+
+/// Opens a WriteEvents call over a raw HTTP/2 connection to `addr` (no
+/// credentials) whose message announces 2 MiB, sends 900 KiB of it, and
+/// then nothing more.
+async fn stalled_upload(addr: std::net::SocketAddr) -> StalledUpload {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (h2, connection) = h2::client::handshake(tcp).await.expect("handshake");
+    let connection = tokio::spawn(connection);
+    let mut h2 = h2.ready().await.expect("ready");
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/hourglass.v1.Hourglass/WriteEvents"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (answer, mut send) = h2.send_request(request, false).expect("send");
+    let mut framed = vec![0u8];
+    framed.extend((2u32 << 20).to_be_bytes());
+    framed.extend(vec![0u8; 900 << 10]);
+    send.reserve_capacity(framed.len());
+    let sent = send.send_data(framed.into(), false);
+    StalledUpload {
+        answer,
+        send,
+        sent,
+        connection,
+    }
 }
