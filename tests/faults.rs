@@ -308,14 +308,7 @@ async fn frozen_mid_read_answers_within_budget_and_the_bulkhead_sheds() {
         namespace: "frozen2".into(),
         events: vec![event("late", 1, "w")],
     };
-    let create = pb::CreateNamespaceRequest {
-        namespace: Some(pb::Namespace {
-            name: "frozen3".into(),
-            bucket_width_micros: 1_000_000,
-            shards: 1,
-            retention_seconds: 0,
-        }),
-    };
+    let create = namespace_request("frozen3", 1_000_000, 1);
     let lookup = pb::GetNamespaceRequest {
         name: "frozen_unknown".into(),
     };

@@ -436,14 +436,7 @@ async fn a_call_without_credentials_is_refused_before_its_body_is_read() {
         hourglass::client::BearerToken::new(TOKEN).expect("token"),
     );
     client
-        .create_namespace(pb::CreateNamespaceRequest {
-            namespace: Some(pb::Namespace {
-                name: "uploads".into(),
-                bucket_width_micros: 1_000_000,
-                shards: 1,
-                retention_seconds: 0,
-            }),
-        })
+        .create_namespace(namespace_request("uploads", 1_000_000, 1))
         .await
         .expect("create");
 

@@ -170,14 +170,7 @@ async fn new_calls_of_every_kind_are_refused_once_the_drain_begins() {
         (
             "CreateNamespace",
             client
-                .create_namespace(pb::CreateNamespaceRequest {
-                    namespace: Some(pb::Namespace {
-                        name: "refused_new".into(),
-                        bucket_width_micros: 1_000_000,
-                        shards: 1,
-                        retention_seconds: 0,
-                    }),
-                })
+                .create_namespace(namespace_request("refused_new", 1_000_000, 1))
                 .await
                 .map(drop),
         ),

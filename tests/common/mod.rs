@@ -307,17 +307,26 @@ pub async fn create_namespace(
     shards: u32,
 ) -> pb::Namespace {
     client
-        .create_namespace(pb::CreateNamespaceRequest {
-            namespace: Some(pb::Namespace {
-                name: name.into(),
-                bucket_width_micros,
-                shards,
-                retention_seconds: 0,
-            }),
-        })
+        .create_namespace(namespace_request(name, bucket_width_micros, shards))
         .await
         .expect("create namespace")
         .into_inner()
+}
+
+/// A request to create namespace `name` (no retention).
+pub fn namespace_request(
+    name: &str,
+    bucket_width_micros: i64,
+    shards: u32,
+) -> pb::CreateNamespaceRequest {
+    pb::CreateNamespaceRequest {
+        namespace: Some(pb::Namespace {
+            name: name.into(),
+            bucket_width_micros,
+            shards,
+            retention_seconds: 0,
+        }),
+    }
 }
 
 pub fn event(series: &str, time: i64, id: &str) -> pb::Event {
