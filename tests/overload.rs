@@ -318,9 +318,12 @@ async fn a_flooded_replica_answers_within_budgets_or_refuses_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_being_received_share_a_bounded_buffer() {
     const HANG: Duration = Duration::from_secs(60);
+    // The stall time is the window in which the upload holds the buffer:
+    // wide enough for a debug build's writes on a busy machine to meet it
+    // (at 500 ms, a fresh-clone run's 50 writes all missed it).
     let server = TestServer::start_config(|c| {
         c.request_buffer = 1 << 20;
-        c.send_stall = Duration::from_millis(500);
+        c.send_stall = Duration::from_secs(3);
     })
     .await;
     let mut client = server.client.clone();
