@@ -13,6 +13,7 @@
 mod arrival;
 mod calls;
 mod connections;
+mod handshake;
 mod health;
 mod service;
 
@@ -25,7 +26,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::ServerTlsConfig;
 
 use crate::admission::{Admission, AdmissionConfig};
 use crate::api::{self, pb};
@@ -42,6 +42,7 @@ use calls::{CallTracker, TrackCallsLayer};
 use connections::Lingering;
 
 pub use arrival::Arrival;
+pub use handshake::{ServerTls, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use service::{
     HourglassService, MAX_STREAMS_PER_CONNECTION, NAMESPACE_MISS_TTL, STREAM_BATCH_BYTES,
     STREAM_BATCH_DELAY,
@@ -89,7 +90,10 @@ pub struct ServerConfig {
     /// False: budgets ignore SLOs and deadlines (benchmark baseline).
     pub partial_reads: bool,
     /// Serve gRPC over TLS.
-    pub tls: Option<ServerTlsConfig>,
+    pub tls: Option<ServerTls>,
+    /// The time a connection has, from its accept, for its TLS handshake
+    /// and HTTP/2 preface (see `handshake`).
+    pub handshake_timeout: Duration,
     /// Bearer-token clients; None: no authentication.
     pub auth: Option<Arc<Authenticator>>,
     /// Where Prometheus metrics are served; None: nowhere. The metrics
@@ -129,6 +133,7 @@ impl ServerConfig {
             admission: AdmissionConfig::default(),
             partial_reads: true,
             tls: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             auth: None,
             metrics_listen: None,
             drain_delay: Duration::ZERO,
@@ -281,7 +286,7 @@ pub async fn run(
         use futures::StreamExt as _;
         // Without TCP_NODELAY, Nagle's algorithm and the client's delayed
         // ACK hold a response's last segment for tens of milliseconds.
-        TcpIncoming::from(listener)
+        let accepted = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(TCP_KEEPALIVE))
             .map({
@@ -291,7 +296,8 @@ pub async fn run(
             // Dropped at the drain, which closes the listening socket; the
             // transport's own shutdown (GOAWAY) comes later.
             .take_until(drain.clone().cancelled_owned())
-            .chain(futures::stream::pending())
+            .chain(futures::stream::pending());
+        handshake::connections(accepted, config.tls, config.handshake_timeout)
     };
     let layer = TrackCallsLayer {
         calls: calls.clone(),
@@ -302,7 +308,7 @@ pub async fn run(
         auth: auth.clone(),
     };
     let served = tokio::select! {
-        served = serve(incoming, config.tls, layer, service, health, goaway.cancelled()) => served,
+        served = serve(incoming, layer, service, health, goaway.cancelled()) => served,
         () = drained => Ok(()),
     };
     if let Some(deadline) = drain_deadline.get() {
@@ -320,12 +326,11 @@ pub async fn run(
 }
 
 /// Serves `service` with gRPC health (`health`) and server reflection (v1
-/// and v1alpha) on the connections of `incoming`, over TLS when `tls` is
-/// given, until `shutdown` completes; then lets in-flight calls finish.
-/// `calls` counts them.
+/// and v1alpha) on the connections of `incoming` (TLS, when on, is theirs),
+/// until `shutdown` completes; then lets in-flight calls finish. `calls`
+/// counts them.
 async fn serve<S: Storage, H: tonic_health::pb::health_server::Health>(
-    incoming: impl futures::Stream<Item = std::io::Result<connections::TrackedStream>> + Send + 'static,
-    tls: Option<ServerTlsConfig>,
+    incoming: impl futures::Stream<Item = std::io::Result<handshake::Connection>> + Send + 'static,
     calls: TrackCallsLayer,
     service: HourglassService<S>,
     health: tonic_health::pb::health_server::HealthServer<H>,
@@ -351,18 +356,14 @@ async fn serve<S: Storage, H: tonic_health::pb::health_server::Health>(
     };
     // Hostile or broken clients: bound streams per connection and drop
     // connections whose peer stopped answering pings.
-    let mut builder = tonic::transport::Server::builder()
+    tonic::transport::Server::builder()
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         // Outermost: budgets start when a call arrives, and no framework
         // timeout ends a call (see `arrival`).
         .layer(ArrivalLayer)
-        .layer(calls);
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
-    builder
+        .layer(calls)
         .add_service(health)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -381,7 +382,9 @@ async fn probe_storage(
     interval: Duration,
     drain: CancellationToken,
 ) {
-    let mut last = None;
+    // `run` set SERVING before serving: a Watch sees a change, never the
+    // same status twice.
+    let mut last = Some(true);
     let mut tick = tokio::time::interval(interval);
     loop {
         tokio::select! {
