@@ -60,6 +60,9 @@ pub const CONTINUATION_EVICTIONS: &str = "hourglass_continuation_evictions_total
 /// Connections aborted because their client took nothing of a response
 /// for the stall time (counter).
 pub const STALLED_CONNECTIONS: &str = "hourglass_stalled_connections_total";
+/// Connections closed because their TLS handshake and HTTP/2 preface did
+/// not finish within the handshake timeout (counter).
+pub const HANDSHAKE_TIMEOUTS: &str = "hourglass_handshake_timeouts_total";
 /// Estimated bytes of rows held for hot continuations, by held scans and
 /// by calls fetching ahead (gauge).
 pub const CONTINUATION_BYTES: &str = "hourglass_continuation_bytes";
@@ -103,6 +106,7 @@ pub fn register_zero(partial_reasons: &[&'static str], rejected_reasons: &[&'sta
         STORAGE_READS,
         STORAGE_DEMOTIONS,
         STALLED_CONNECTIONS,
+        HANDSHAKE_TIMEOUTS,
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -196,6 +200,10 @@ fn describe() {
     describe_counter!(
         STALLED_CONNECTIONS,
         "Connections aborted: their client took nothing of a response for the stall time"
+    );
+    describe_counter!(
+        HANDSHAKE_TIMEOUTS,
+        "Connections closed: no TLS handshake and HTTP/2 preface within the handshake timeout"
     );
     describe_gauge!(
         CIRCUIT_STATE,

@@ -323,6 +323,163 @@ async fn tls_and_bearer_tokens_guard_every_namespace() {
     }
 }
 
+/// Reads `stream` until its end; true if the server closed it (end of
+/// stream or an error) within 10 s.
+async fn closed_by_server(mut stream: impl tokio::io::AsyncRead + Unpin) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while matches!(stream.read(&mut buf).await, Ok(1..)) {}
+    })
+    .await
+    .is_ok()
+}
+
+/// The handshake-timeout counter on `server`'s metrics endpoint.
+async fn handshake_timeouts(server: &ServerProcess) -> String {
+    let metrics = server.scrape().await;
+    metrics
+        .lines()
+        .find(|l| l.starts_with("hourglass_handshake_timeouts_total "))
+        .unwrap_or("no handshake counter")
+        .to_owned()
+}
+
+/// A connection has `--handshake-timeout` from its accept for its TLS
+/// handshake and its client's HTTP/2 preface; one that has not finished
+/// them is closed (without it, silent connections hold a descriptor each
+/// for ever). A client that finished its handshake may idle on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_do_not_finish_their_handshake_in_time_are_closed() {
+    use tokio::io::AsyncWriteExt as _;
+    const MAGIC: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let server = ServerProcess::start(&["--handshake-timeout", "1s"]).await;
+    let mut idle = server.client().await;
+    let silent = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
+    let mut magic_only = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
+    magic_only.write_all(MAGIC).await.unwrap();
+    assert!(closed_by_server(silent).await, "a silent connection stays");
+    assert!(
+        closed_by_server(magic_only).await,
+        "a connection with half a preface stays"
+    );
+    // The client that sent its preface kept its connection, idle past the
+    // timeout: only the two were closed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let err = idle
+        .get_namespace(pb::GetNamespaceRequest {
+            name: "never-created".into(),
+        })
+        .await
+        .expect_err("no such namespace");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert_eq!(
+        handshake_timeouts(&server).await,
+        "hourglass_handshake_timeouts_total 2"
+    );
+}
+
+/// With `--tls-client-ca`, clients must present a certificate from that
+/// CA; the handshake timeout covers the TLS handshake and the preface
+/// inside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_needs_a_client_certificate_and_a_timely_handshake() {
+    use rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls;
+    let pki = pki("mutual-tls");
+    let server = ServerProcess::start(&[
+        "--tls-cert",
+        pki.cert.to_str().unwrap(),
+        "--tls-key",
+        pki.key.to_str().unwrap(),
+        "--tls-client-ca",
+        pki.ca.to_str().unwrap(),
+        "--handshake-timeout",
+        "1s",
+    ])
+    .await;
+    let (ca, cert, key) = (
+        std::fs::read(&pki.ca).unwrap(),
+        std::fs::read(&pki.cert).unwrap(),
+        std::fs::read(&pki.key).unwrap(),
+    );
+    let endpoint = || {
+        Endpoint::from_shared(format!("https://{}", server.grpc))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+    };
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca))
+        .domain_name("localhost");
+
+    // With the certificate: served, after idling past the timeout.
+    let identity = tonic::transport::Identity::from_pem(&cert, &key);
+    let channel = endpoint()
+        .tls_config(tls.clone().identity(identity))
+        .unwrap()
+        .connect()
+        .await
+        .expect("TLS with a client certificate");
+    let mut client = HourglassClient::new(channel);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let err = client
+        .get_namespace(pb::GetNamespaceRequest {
+            name: "never-created".into(),
+        })
+        .await
+        .expect_err("no such namespace");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+    // Without one: refused by TLS, no handler answers.
+    let refused = match endpoint().tls_config(tls).unwrap().connect().await {
+        Err(_) => None,
+        Ok(channel) => Some(
+            HourglassClient::new(channel)
+                .get_namespace(pb::GetNamespaceRequest {
+                    name: "never-created".into(),
+                })
+                .await
+                .expect_err("a client without a certificate is served"),
+        ),
+    };
+    if let Some(err) = refused {
+        assert_ne!(err.code(), Code::NotFound, "{err:?}");
+        assert_eq!(reason_of(&err), "", "a handler answered: {err:?}");
+    }
+
+    // A silent connection, and one that finished TLS but sends no HTTP/2
+    // preface, are closed at the timeout.
+    let silent = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(&cert)
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key).unwrap();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
+    let quiet = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(quiet.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    assert!(closed_by_server(silent).await, "a silent connection stays");
+    assert!(
+        closed_by_server(quiet).await,
+        "a TLS connection without a preface stays"
+    );
+    assert_eq!(
+        handshake_timeouts(&server).await,
+        "hourglass_handshake_timeouts_total 2"
+    );
+}
+
 #[test]
 fn secrets_are_refused_on_the_command_line() {
     for args in [

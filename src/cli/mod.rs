@@ -14,14 +14,13 @@ use std::sync::Arc;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::{Serialize, Serializer};
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::auth::Authenticator;
 use crate::bulkhead::{DEFAULT_MAX_SCANS, DEFAULT_MAX_SCANS_PER_NAMESPACE};
 use crate::engine::budget::BudgetConfig;
 use crate::engine::reserve::RESPONSE_COST;
 use crate::engine::{ContinuationConfig, EngineConfig};
-use crate::server::{ServerConfig, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEALTH_INTERVAL};
+use crate::server::{ServerConfig, ServerTls, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEALTH_INTERVAL};
 use crate::storage::breaker::BreakerConfig;
 use crate::storage::cassandra::{CassandraConfig, Credentials};
 use crate::storage::hedging::HedgeConfig;
@@ -195,6 +194,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HOURGLASS_SEND_STALL", default_value_t = HumanDuration(crate::server::DEFAULT_SEND_STALL))]
     #[serde(serialize_with = "as_displayed")]
     pub send_stall: HumanDuration,
+    /// How long a new connection has for its TLS handshake (with TLS on)
+    /// and its client's HTTP/2 preface; one that takes longer is closed,
+    /// so silent connections cannot hold the server's file descriptors.
+    #[arg(long, env = "HOURGLASS_HANDSHAKE_TIMEOUT", default_value_t = HumanDuration(crate::server::DEFAULT_HANDSHAKE_TIMEOUT))]
+    #[serde(serialize_with = "as_displayed")]
+    pub handshake_timeout: HumanDuration,
     /// Bytes of requests being received that the server buffers at once,
     /// all calls together (a request past it is refused
     /// REQUEST_BUFFER_FULL); at least the 64 MiB message limit.
@@ -379,7 +384,7 @@ impl ServeArgs {
     }
 
     /// The gRPC server's TLS settings, if TLS is on; reads the PEM files.
-    pub fn tls_config(&self) -> anyhow::Result<Option<ServerTlsConfig>> {
+    pub fn tls_config(&self) -> anyhow::Result<Option<ServerTls>> {
         // Checked here, not by clap: the settings may come from different
         // sources (a flag, a variable, the config file), and a file that
         // names a certificate but no key must not serve plaintext.
@@ -398,17 +403,21 @@ impl ServeArgs {
                 anyhow::bail!("--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS")
             }
         };
-        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
-            read_pem("--tls-cert", cert, "CERTIFICATE-----")?,
-            read_pem("--tls-key", key, "PRIVATE KEY-----")?,
-        ));
-        if let Some(ca) = &self.tls_client_ca {
-            tls = tls.client_ca_root(Certificate::from_pem(read_pem(
-                "--tls-client-ca",
-                ca,
-                "CERTIFICATE-----",
-            )?));
-        }
+        let cert_pem = read_pem("--tls-cert", cert, "CERTIFICATE-----")?;
+        let key_pem = read_pem("--tls-key", key, "PRIVATE KEY-----")?;
+        let ca_pem = self
+            .tls_client_ca
+            .as_deref()
+            .map(|ca| read_pem("--tls-client-ca", ca, "CERTIFICATE-----"))
+            .transpose()?;
+        let tls = ServerTls::from_pem(&cert_pem, &key_pem, ca_pem.as_deref()).map_err(|e| {
+            let flags = if ca_pem.is_some() {
+                "--tls-cert, --tls-key, --tls-client-ca"
+            } else {
+                "--tls-cert, --tls-key"
+            };
+            anyhow::anyhow!("TLS ({flags}): {e}")
+        })?;
         Ok(Some(tls))
     }
 
@@ -450,6 +459,7 @@ impl ServeArgs {
             ("--default-budget", self.default_budget),
             ("--health-interval", self.health_interval),
             ("--send-stall", self.send_stall),
+            ("--handshake-timeout", self.handshake_timeout),
         ] {
             if value.0.is_zero() {
                 anyhow::bail!("{flag} must be more than 0");
@@ -506,6 +516,7 @@ impl ServeArgs {
         config.drain_delay = self.drain_delay.0;
         config.drain_timeout = self.drain_timeout.0;
         config.send_stall = self.send_stall.0;
+        config.handshake_timeout = self.handshake_timeout.0;
         config.request_buffer = self.request_buffer;
         config.health_interval = self.health_interval.0;
         Ok(config)

@@ -129,15 +129,15 @@ fn the_config_file_sits_between_variables_and_defaults() {
     );
 }
 
-/// A certificate and a key file (PEM blocks of the right kinds, not
-/// usable keys) in a directory named after `name` and this process.
+/// A self-signed certificate and its key, PEM files in a directory named
+/// after `name` and this process.
 fn pem_files(name: &str) -> (PathBuf, PathBuf) {
     let dir = std::env::temp_dir().join(format!("hourglass-cli-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let block = |label: &str| format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n");
-    std::fs::write(&cert, block("CERTIFICATE")).unwrap();
-    std::fs::write(&key, block("EC PRIVATE KEY")).unwrap();
+    let signed = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(&cert, signed.cert.pem()).unwrap();
+    std::fs::write(&key, signed.signing_key.serialize_pem()).unwrap();
     (cert, key)
 }
 
@@ -160,6 +160,24 @@ fn tls_files_must_hold_what_their_flag_names() {
         err.contains("--tls-key") && err.contains("PRIVATE KEY"),
         "{err}"
     );
+    // Blocks of the right kinds that do not parse: refused at start,
+    // naming the flags, not at the first connection.
+    let block = |label: &str| format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n");
+    let bad_key = key.with_file_name("bad-key.pem");
+    std::fs::write(&bad_key, block("EC PRIVATE KEY")).unwrap();
+    let b = bad_key.to_str().unwrap();
+    let a = serve_args(&["hourglass", "serve", "--tls-cert", c, "--tls-key", b]);
+    let err = a.tls_config().unwrap_err().to_string();
+    assert!(
+        err.contains("--tls-cert, --tls-key") && err.contains("key"),
+        "{err}"
+    );
+    let bad_cert = cert.with_file_name("bad-cert.pem");
+    std::fs::write(&bad_cert, block("CERTIFICATE")).unwrap();
+    let b = bad_cert.to_str().unwrap();
+    let a = serve_args(&["hourglass", "serve", "--tls-cert", b, "--tls-key", k]);
+    let err = a.tls_config().unwrap_err().to_string();
+    assert!(err.contains("--tls-cert, --tls-key"), "{err}");
 }
 
 /// A config file `name` in a directory of this test process, holding `text`.

@@ -176,6 +176,11 @@ pub struct TrackedStream {
 }
 
 impl TrackedStream {
+    /// The handle that aborts this connection (see the module docs).
+    pub fn abort_token(&self) -> CancellationToken {
+        self.abort.clone()
+    }
+
     fn inner(&mut self) -> Pin<&mut TcpStream> {
         Pin::new(self.inner.as_mut().expect("a stream until dropped"))
     }
