@@ -1019,3 +1019,35 @@ async fn queued_storage_gets_pages_of_the_pace_floor_not_the_smallest() {
         );
     }
 }
+
+/// Pages are sized in rows, but none asks for more than
+/// `pages::MAX_PAGE_BYTES` of rows of the size seen: with 8 KiB rows a
+/// page of the row maximum carried 40 MiB, which scans of streams whose
+/// clients stopped reading went on holding. The shards' first pages, sent
+/// before any row size is known, are slow start's.
+#[tokio::test(start_paused = true)]
+async fn storage_pages_are_bounded_in_bytes_as_well_as_rows() {
+    let ns = namespace(1_000_000_000, 2);
+    let store = MemoryStore::new();
+    store.create_namespace(&ns).await.unwrap();
+    let events: Vec<(i64, String, usize)> = (0..4_000)
+        .map(|i| (i * 10, format!("e{i:06}"), 8 << 10))
+        .collect();
+    let mut all = write_rows(&store, &ns, &events).await;
+    all.sort_by(|a, b| a.key.cmp(&b.key));
+    let limits = fake::record_page_limits(&store, MS);
+    let engine = fake::hot_engine(&store, ContinuationConfig::default());
+    let (rows, calls) = follow(&[&engine], &ns, Order::Ascending, 2_000 * MS, 1_000_000).await;
+    assert_rows(&rows, &all);
+    assert!(calls.len() <= 2, "{} calls", calls.len());
+    let bound = hourglass::engine::pages::byte_bound(all[0].weight(1));
+    assert_eq!(bound, 127, "8 KiB rows and their keys");
+    let limits = limits.lock().unwrap().clone();
+    let initial = EngineConfig::default().initial_storage_page;
+    let (first, later) = limits.split_at(2);
+    assert!(first.iter().all(|&l| l <= initial), "{limits:?}");
+    assert!(
+        !later.is_empty() && later.iter().all(|&l| l <= bound),
+        "{limits:?}"
+    );
+}

@@ -156,7 +156,8 @@ pub struct ServeArgs {
     /// Storage requests in flight per read.
     #[arg(long, env = "HOURGLASS_MAX_IN_FLIGHT", default_value_t = EngineConfig::default().max_in_flight)]
     pub max_in_flight: usize,
-    /// Largest storage page in rows.
+    /// Largest storage page in rows (a page also asks for at most 1 MiB of
+    /// rows at the mean row size the read has seen).
     #[arg(long, env = "HOURGLASS_MAX_STORAGE_PAGE", default_value_t = EngineConfig::default().max_storage_page)]
     pub max_storage_page: usize,
     /// Bytes of rows held for hot continuations, all reads together (0

@@ -217,6 +217,7 @@ impl<S: Storage> Scan<S> {
     ) {
         let timeout = self.remaining().saturating_sub(delay);
         let slack = self.hold_slack();
+        let byte_bound = pages::byte_bound(self.mean_row_bytes());
         let bucket = &mut self.buckets[bucket_idx];
         if !bucket.touched {
             bucket.touched = true;
@@ -226,6 +227,7 @@ impl<S: Storage> Scan<S> {
         let cursor = &mut bucket.shards[shard_idx];
         // Slow start only where the budget is tight: when even the full page
         // is expected to take a small share of the time left, ask for it.
+        // No page carries more than MAX_PAGE_BYTES of rows of the size seen.
         let full = page;
         let page = pages::slow_start(
             page,
@@ -236,7 +238,8 @@ impl<S: Storage> Scan<S> {
             self.model
                 .affordable_rows(timeout / pages::FIRST_PAGE_SHARE),
             &self.engine.config,
-        );
+        )
+        .min(byte_bound);
         tracing::debug!(
             bucket = b,
             shard = cursor.shard,

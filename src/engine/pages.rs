@@ -11,6 +11,18 @@ use super::EngineConfig;
 /// time left.
 pub const SLOW_START_HEADROOM: u32 = 8;
 
+/// The most bytes of rows a storage page asks for, at the mean row size
+/// seen: pages are sized in rows, and at `max_storage_page` rows of 8 KiB
+/// a page carried 40 MiB, so a few streams whose clients stopped reading
+/// held hundreds of MiB in pages that landed after their scans paused.
+pub const MAX_PAGE_BYTES: usize = 1 << 20;
+
+/// The rows of a page at most [`MAX_PAGE_BYTES`] for rows of `row_bytes`
+/// (at least one row).
+pub fn byte_bound(row_bytes: usize) -> usize {
+    (MAX_PAGE_BYTES / row_bytes.max(1)).max(1)
+}
+
 /// Rows the scan should have in hand or in flight: what the response may
 /// still take (`row_limit - rows_out`), no more than the time left can
 /// deliver (`affordable`), plus one to learn whether more remain.

@@ -1010,7 +1010,7 @@ impl<S: Storage> Scan<S> {
 
     /// Mean bytes of the rows of the last page that landed (else of the
     /// rows emitted), at least one.
-    fn mean_row_bytes(&self) -> usize {
+    pub(super) fn mean_row_bytes(&self) -> usize {
         if self.row_bytes > 0 {
             self.row_bytes
         } else {
