@@ -439,7 +439,9 @@ const ENVOY_TIMEOUT: &str = "x-envoy-expected-rq-timeout-ms";
 fn client_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
     let header = |name| metadata.get(name).and_then(|v| v.to_str().ok());
     let grpc = header("grpc-timeout").and_then(parse_grpc_timeout);
+    // Digits only: `u64::from_str` would take a sign.
     let envoy = header(ENVOY_TIMEOUT)
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|&ms| ms > 0)
         .map(Duration::from_millis);
@@ -1106,5 +1108,34 @@ mod tests {
         sink.flush();
         let rest = batch_len(&mut rx).expect("the rest");
         assert_eq!(first + rest, 2_000);
+    }
+
+    /// The client's deadline: the shorter of `grpc-timeout` and Envoy's
+    /// header; a value that is not a whole number of milliseconds (a sign
+    /// included) or a valid `grpc-timeout` is ignored.
+    #[test]
+    fn client_deadlines_take_valid_headers_only() {
+        let deadline = |headers: &[(&'static str, &'static str)]| {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            for (name, value) in headers {
+                metadata.insert(*name, value.parse().unwrap());
+            }
+            client_deadline(&metadata)
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(deadline(&[(ENVOY_TIMEOUT, "100")]), Some(ms(100)));
+        assert_eq!(deadline(&[("grpc-timeout", "100m")]), Some(ms(100)));
+        for bad in ["+100", "-1", " 100", "100ms", "", "0"] {
+            assert_eq!(deadline(&[(ENVOY_TIMEOUT, bad)]), None, "{bad:?}");
+        }
+        assert_eq!(deadline(&[("grpc-timeout", "+100m")]), None);
+        assert_eq!(
+            deadline(&[("grpc-timeout", "2S"), (ENVOY_TIMEOUT, "+100")]),
+            Some(ms(2_000))
+        );
+        assert_eq!(
+            deadline(&[("grpc-timeout", "2S"), (ENVOY_TIMEOUT, "150")]),
+            Some(ms(150))
+        );
     }
 }
