@@ -379,9 +379,23 @@ impl From<ServiceError> for tonic::Status {
             }
         };
         details.set_error_info(err.reason(), ERROR_DOMAIN, info);
-        tonic::Status::with_error_details(code, message, details)
+        let pushback = details.retry_info().and_then(|r| r.retry_delay);
+        let mut status = tonic::Status::with_error_details(code, message, details);
+        // The RetryInfo's wait as gRPC's own retry pushback, which clients
+        // with a retry policy wait for before their next attempt (gRPC A6).
+        if let Some(wait) = pushback {
+            status.metadata_mut().insert(
+                RETRY_PUSHBACK,
+                u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).into(),
+            );
+        }
+        status
     }
 }
+
+/// The trailer in which gRPC clients with a retry policy take the server's
+/// pushback, in milliseconds.
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
 
 #[cfg(test)]
 mod tests {
@@ -419,7 +433,13 @@ mod tests {
                 "{}",
                 status.message()
             );
+            // The same wait as gRPC's retry pushback.
+            let pushback = status.metadata().get(RETRY_PUSHBACK).expect("pushback");
+            assert_eq!(pushback.to_str().unwrap(), want.as_millis().to_string());
         }
+        // An error with no RetryInfo pushes nothing back.
+        let status = tonic::Status::from(ServiceError::invalid("series_id", "must not be empty"));
+        assert!(status.metadata().get(RETRY_PUSHBACK).is_none());
     }
 
     #[test]

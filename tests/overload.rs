@@ -20,6 +20,18 @@ async fn raw_call<Req: prost::Message, Resp: prost::Message + Default>(
     message: &Req,
     headers: &[(&'static str, &'static str)],
 ) -> Result<Resp, tonic::Status> {
+    raw_answer(addr, method, message, headers).await.0
+}
+
+/// [`raw_call`], and whether the answer was trailers-only: its status in
+/// the response head, which ends the stream (gRPC clients' retry policies
+/// may retry only such answers).
+async fn raw_answer<Req: prost::Message, Resp: prost::Message + Default>(
+    addr: std::net::SocketAddr,
+    method: &str,
+    message: &Req,
+    headers: &[(&'static str, &'static str)],
+) -> (Result<Resp, tonic::Status>, bool) {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (h2, connection) = h2::client::handshake(tcp).await.expect("handshake");
     tokio::spawn(connection);
@@ -41,6 +53,7 @@ async fn raw_call<Req: prost::Message, Resp: prost::Message + Default>(
     framed.extend(body);
     send.send_data(framed.into(), true).expect("send body");
     let (head, mut body) = response.await.expect("response").into_parts();
+    let trailers_only = head.headers.contains_key("grpc-status") && body.is_end_stream();
     let mut bytes = Vec::new();
     while let Some(chunk) = body.data().await {
         let chunk = chunk.expect("data");
@@ -51,9 +64,12 @@ async fn raw_call<Req: prost::Message, Resp: prost::Message + Default>(
     let status = tonic::Status::from_header_map(trailers.as_ref().unwrap_or(&head.headers))
         .expect("a grpc-status");
     if status.code() != tonic::Code::Ok {
-        return Err(status);
+        return (Err(status), trailers_only);
     }
-    Ok(Resp::decode(&bytes[5..]).expect("one message"))
+    (
+        Ok(Resp::decode(&bytes[5..]).expect("one message")),
+        trailers_only,
+    )
 }
 
 fn events(series: &str, n: usize) -> Vec<pb::Event> {
@@ -162,6 +178,24 @@ async fn no_framework_timeout_answers_in_place_of_the_service() {
         assert_eq!(answer.events.len(), 500, "{header} {value}");
         let stats = answer.stats.expect("stats");
         assert_eq!(stats.budget_micros, budget_ms * 1_000, "{header} {value}");
+    }
+
+    // A refusal before the deadline is trailers-only, with a deadline or
+    // without: gRPC clients' retry policies may retry it. An unknown
+    // namespace is refused alike by each method.
+    let unknown = read_request("never-created", "s", 0, i64::MAX);
+    for headers in [&[("grpc-timeout", "10S")][..], &[]] {
+        for method in ["ReadEvents", "StreamEvents"] {
+            let (answer, trailers_only) =
+                raw_answer::<_, pb::ReadEventsResponse>(addr, method, &unknown, headers).await;
+            let refused = answer.expect_err("no such namespace");
+            assert_eq!(
+                refused.code(),
+                tonic::Code::NotFound,
+                "{method} {headers:?}"
+            );
+            assert!(trailers_only, "{method} {headers:?}: the head went first");
+        }
     }
 
     // The priority class: batch and interactive are read; anything else is

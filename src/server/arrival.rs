@@ -7,11 +7,19 @@
 //! wraps every service in its `grpc-timeout` layer, which answers
 //! `CANCELLED "Timeout expired"` with no details when the handler has not
 //! returned its response head by the client's deadline. That layer times
-//! only the response head, so this layer gives it one at once (status 200,
-//! `application/grpc`) and sends the handler's answer in the body: its
-//! messages, then its status as trailers. A handler that fails before any
-//! message (a "trailers-only" response) has its status moved to the
-//! trailers. The client's own deadline still applies on the client.
+//! only the response head, so this layer gives it one (status 200,
+//! `application/grpc`) just before that deadline ([`EARLY_HEAD_MARGIN`])
+//! if the handler has not answered by then, and sends the handler's answer
+//! in the body: its messages, then its status as trailers (a handler that
+//! fails before any message, a "trailers-only" response, has its status
+//! moved to the trailers). The client's own deadline still applies on the
+//! client. A call with a `grpc-timeout` our parser does not take gets that
+//! head at once.
+//!
+//! A handler that answers before then is passed through as it answered: a
+//! refusal (overload, draining, a bad argument) stays a trailers-only
+//! response, which gRPC clients' retry policies may retry; a response
+//! whose head went first commits the call (gRPC A6), so none would.
 //!
 //! A ReadEvents body's sending is timed here, from the handler's answer to
 //! the transport taking its last frame, for the response reserve
@@ -27,7 +35,14 @@ use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::codegen::http::{self, HeaderMap, HeaderValue};
 
+use crate::engine::budget::parse_grpc_timeout;
 use crate::engine::reserve::{Stage, RESPONSE_COST};
+
+/// A handler that has not answered this long before the client's
+/// `grpc-timeout` runs out has the response head sent for it, before
+/// tonic's timeout (which starts just before ours and polls the call
+/// first) would end the call.
+pub const EARLY_HEAD_MARGIN: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Path prefix of the calls stamped and answered early.
 const OWN_PREFIX: &str = "/hourglass.v1.Hourglass/";
@@ -81,24 +96,65 @@ where
         request.extensions_mut().insert(Arrival(Instant::now()));
         // A unary read's sending is timed for the response reserve.
         let timed = request.uri().path() == READ_EVENTS;
-        let answer = self
+        // When tonic's timeout would end the call: the client's
+        // grpc-timeout; at once where ours cannot read it (tonic may).
+        let cut_off = request.headers().get("grpc-timeout").map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(parse_grpc_timeout)
+                .unwrap_or_default()
+        });
+        let mut answer = self
             .inner
             .call(request)
             .map(|r| r.map_err(Into::into))
             .boxed();
-        let mut head = http::Response::new(Body::new(Deferred {
-            state: State::Waiting(answer),
-            send: timed.then_some(Sending {
+        let sending = move || {
+            timed.then_some(Sending {
                 since: std::time::Instant::now(),
                 bytes: 0,
-            }),
-        }));
-        head.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        futures::future::ready(Ok(head)).boxed()
+            })
+        };
+        async move {
+            let answered = match cut_off {
+                None => Some((&mut answer).await),
+                Some(after) => {
+                    let early = after.saturating_sub(EARLY_HEAD_MARGIN);
+                    tokio::time::timeout(early, &mut answer).await.ok()
+                }
+            };
+            Ok(match answered {
+                Some(Ok(response)) if timed => {
+                    let (head, body) = response.into_parts();
+                    let body = Body::new(Deferred {
+                        state: State::Relaying(body),
+                        send: sending(),
+                    });
+                    http::Response::from_parts(head, body)
+                }
+                Some(Ok(response)) => response,
+                Some(Err(e)) => failed_below(&e).into_http(),
+                None => {
+                    let mut head = http::Response::new(Body::new(Deferred {
+                        state: State::Waiting(answer),
+                        send: sending(),
+                    }));
+                    head.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/grpc"),
+                    );
+                    head
+                }
+            })
+        }
+        .boxed()
     }
+}
+
+/// The status of a call whose service failed below the handler (logged).
+fn failed_below(e: &BoxError) -> tonic::Status {
+    tracing::warn!(error = %e, "call failed below the service");
+    tonic::Status::internal("internal error")
 }
 
 /// Path of the unary read, whose sending feeds [`RESPONSE_COST`].
@@ -161,11 +217,9 @@ impl http_body::Body for Deferred {
                             }
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, "call failed below the service");
                             let mut trailers = HeaderMap::new();
                             // A fixed message always encodes.
-                            let _ =
-                                tonic::Status::internal("internal error").add_header(&mut trailers);
+                            let _ = failed_below(&e).add_header(&mut trailers);
                             trailers
                         }
                     };
@@ -235,19 +289,31 @@ mod tests {
             .expect("request")
     }
 
+    /// A call of `path` with a `grpc-timeout` of `timeout`.
+    fn call_within(path: &str, timeout: &str) -> http::Request<()> {
+        http::Request::builder()
+            .uri(path)
+            .header("grpc-timeout", timeout)
+            .body(())
+            .expect("request")
+    }
+
+    fn failing() -> http::Response<Body> {
+        tonic::Status::resource_exhausted("full").into_http()
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn the_head_goes_at_once_and_a_late_failure_becomes_trailers() {
-        let failing = || tonic::Status::resource_exhausted("full").into_http();
+    async fn the_head_goes_before_the_deadline_and_a_late_failure_becomes_trailers() {
         let mut svc = ArrivalLayer.layer(handler(std::time::Duration::from_secs(5), failing));
         let before = Instant::now();
         let head = svc
-            .call(call("/hourglass.v1.Hourglass/ReadEvents"))
+            .call(call_within("/hourglass.v1.Hourglass/ReadEvents", "100m"))
             .await
             .expect("head");
         assert_eq!(
             before.elapsed(),
-            std::time::Duration::ZERO,
-            "no wait for the head"
+            std::time::Duration::from_millis(99),
+            "the head goes just before the deadline"
         );
         assert_eq!(head.headers()["content-type"], "application/grpc");
         assert!(!head.headers().contains_key("grpc-status"));
@@ -257,6 +323,42 @@ mod tests {
         let status = tonic::Status::from_header_map(&trailers).expect("a status");
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         assert_eq!(status.message(), "full");
+    }
+
+    /// A refusal before the deadline, or with no deadline at all, goes as
+    /// the handler answered it: trailers-only, retryable by gRPC clients'
+    /// retry policies.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_in_time_passes_through_trailers_only() {
+        let delay = std::time::Duration::from_millis(5);
+        for request in [
+            call_within("/hourglass.v1.Hourglass/ReadEvents", "1S"),
+            call_within("/hourglass.v1.Hourglass/WriteEvents", "6m"),
+            call("/hourglass.v1.Hourglass/StreamEvents"),
+        ] {
+            let path = request.uri().path().to_owned();
+            let mut svc = ArrivalLayer.layer(handler(delay, failing));
+            let before = Instant::now();
+            let head = svc.call(request).await.expect("head");
+            assert_eq!(before.elapsed(), delay, "{path}");
+            let status = tonic::Status::from_header_map(head.headers()).expect("trailers-only");
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{path}");
+            assert!(http_body::Body::is_end_stream(head.body()), "{path}");
+        }
+    }
+
+    /// A `grpc-timeout` this layer cannot read (tonic may: it takes a
+    /// sign) gets the head at once.
+    #[tokio::test(start_paused = true)]
+    async fn an_unread_deadline_gets_the_head_at_once() {
+        let mut svc = ArrivalLayer.layer(handler(std::time::Duration::from_secs(1), failing));
+        let before = Instant::now();
+        let head = svc
+            .call(call_within("/hourglass.v1.Hourglass/ReadEvents", "+100m"))
+            .await
+            .expect("head");
+        assert_eq!(before.elapsed(), std::time::Duration::ZERO);
+        assert!(!head.headers().contains_key("grpc-status"));
     }
 
     #[tokio::test(start_paused = true)]
