@@ -53,8 +53,12 @@ impl std::fmt::Display for Access {
 /// Why a call was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    /// No usable `authorization: Bearer <token>` header.
-    #[error("missing or malformed authorization header; send \"authorization: Bearer <token>\"")]
+    /// No usable `authorization: Bearer <token>` header: none, a
+    /// malformed one, or more than one (which would leave it to each
+    /// proxy and server which one counts).
+    #[error(
+        "missing, repeated or malformed authorization header; send one \"authorization: Bearer <token>\""
+    )]
     MissingToken,
     /// The token matches no client.
     #[error("unknown bearer token")]
@@ -188,7 +192,9 @@ impl Authenticator {
         &self,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<Arc<Principal>, AuthError> {
-        self.client_of(metadata.get("authorization").and_then(|v| v.to_str().ok()))
+        let mut values = metadata.get_all("authorization").iter();
+        let one = values.next().filter(|_| values.next().is_none());
+        self.client_of(one.and_then(|v| v.to_str().ok()))
     }
 
     /// The client presenting the bearer token in a request's HTTP
@@ -197,7 +203,9 @@ impl Authenticator {
         &self,
         headers: &http::HeaderMap,
     ) -> Result<Arc<Principal>, AuthError> {
-        self.client_of(headers.get("authorization").and_then(|v| v.to_str().ok()))
+        let mut values = headers.get_all("authorization").iter();
+        let one = values.next().filter(|_| values.next().is_none());
+        self.client_of(one.and_then(|v| v.to_str().ok()))
     }
 
     /// The client an `authorization` header value names.
@@ -284,6 +292,22 @@ mod tests {
                 .unwrap_err(),
             AuthError::MissingToken
         );
+        // Two headers, even both valid: refused, in metadata and in HTTP
+        // headers alike, whichever comes first.
+        for (first, second) in [("ta", "tb"), ("ta", "ta"), ("nobody", "ta")] {
+            let mut m = md(first);
+            m.append("authorization", format!("Bearer {second}").parse().unwrap());
+            assert_eq!(
+                auth.authenticate(&m).unwrap_err(),
+                AuthError::MissingToken,
+                "{first} {second}"
+            );
+            let headers = m.into_headers();
+            assert_eq!(
+                auth.authenticate_headers(&headers).unwrap_err(),
+                AuthError::MissingToken
+            );
+        }
     }
 
     #[test]
