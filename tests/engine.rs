@@ -1024,7 +1024,8 @@ async fn queued_storage_gets_pages_of_the_pace_floor_not_the_smallest() {
 /// `pages::MAX_PAGE_BYTES` of rows of the size seen: with 8 KiB rows a
 /// page of the row maximum carried 40 MiB, which scans of streams whose
 /// clients stopped reading went on holding. The shards' first pages, sent
-/// before any row size is known, are slow start's.
+/// before any row of the namespace was seen, are slow start's; a later
+/// read starts from the size the namespace's last page had.
 #[tokio::test(start_paused = true)]
 async fn storage_pages_are_bounded_in_bytes_as_well_as_rows() {
     let ns = namespace(1_000_000_000, 2);
@@ -1050,4 +1051,9 @@ async fn storage_pages_are_bounded_in_bytes_as_well_as_rows() {
         !later.is_empty() && later.iter().all(|&l| l <= bound),
         "{limits:?}"
     );
+    let limits = fake::record_page_limits(&store, MS);
+    let (again, _) = follow(&[&engine], &ns, Order::Descending, 2_000 * MS, 1_000_000).await;
+    assert_eq!(again.len(), all.len());
+    let limits = limits.lock().unwrap().clone();
+    assert!(limits.iter().all(|&l| l <= bound), "{limits:?}");
 }

@@ -111,6 +111,10 @@ pub struct LatencyModel {
     max_rows: usize,
     /// Moving mean and mean deviation of observed ÷ fitted latency.
     ratio: MeanDeviation,
+    /// Mean bytes of a row of the last page that landed (0 before any):
+    /// what a new read of the namespace takes its rows to weigh until its
+    /// own first page lands, for the byte bound on pages.
+    row_bytes: usize,
 }
 
 impl Default for LatencyModel {
@@ -124,6 +128,7 @@ impl Default for LatencyModel {
             per_row: PRIOR_PER_ROW_SECS,
             max_rows: 0,
             ratio: MeanDeviation::new(1.0, PRIOR_RATIO_DEVIATION),
+            row_bytes: 0,
         }
     }
 }
@@ -133,6 +138,16 @@ impl LatencyModel {
     pub fn observe(&mut self, rows: usize, took: Duration) {
         self.max_rows = self.max_rows.max(rows);
         self.fit(rows, took);
+    }
+
+    /// Mean bytes of a row of the last page that landed (0 before any).
+    pub fn row_bytes(&self) -> usize {
+        self.row_bytes
+    }
+
+    /// Records the mean bytes of a row of a page that landed.
+    pub fn observe_row_bytes(&mut self, bytes: usize) {
+        self.row_bytes = bytes;
     }
 
     /// Folds in a page of `rows` abandoned after `took` (a lower bound of its
@@ -239,6 +254,11 @@ impl LatencyModels {
     /// Records one page of a namespace.
     pub fn observe(&self, namespace: &str, rows: usize, took: Duration) {
         self.update(namespace, |m| m.observe(rows, took));
+    }
+
+    /// Records the mean bytes of a row of a page of a namespace.
+    pub fn observe_row_bytes(&self, namespace: &str, bytes: usize) {
+        self.update(namespace, |m| m.observe_row_bytes(bytes));
     }
 
     /// Records a page of a namespace abandoned after `took`.

@@ -154,7 +154,8 @@ pub(super) struct Scan<S> {
     /// (see [`Scan::leave_for_next`]): they come before every buffered
     /// shard row, so the next call emits them before the merge runs.
     pub(super) carry: VecDeque<Row>,
-    /// Mean bytes of the rows of the last page that landed (0 before any).
+    /// Mean bytes of the rows of the last page that landed (before any,
+    /// the namespace's last, or 0).
     pub(super) row_bytes: usize,
     /// For a call whose sink sends as it goes (a stream), once it has a
     /// row: how far behind its client is taken to be (see
@@ -213,6 +214,7 @@ impl<S: Storage> Scan<S> {
             row_bytes: 0,
             stream: None,
         };
+        scan.row_bytes = scan.model.row_bytes();
         // The first bucket's shards are fetched at once, beside (not after)
         // the bucket-index query, when it surely holds rows (resuming after
         // a row of it) or when the budget is too tight for two round trips
@@ -1260,6 +1262,9 @@ impl<S: Storage> Scan<S> {
                 let page_bytes: usize = rows.iter().map(|r| r.weight(series_len)).sum();
                 if let Some(mean) = page_bytes.checked_div(rows.len()) {
                     self.row_bytes = mean.max(1);
+                    self.engine
+                        .models
+                        .observe_row_bytes(&self.req.namespace.name, self.row_bytes);
                 }
                 let order = self.req.order;
                 let Some(cursor) = self.shard_mut(bucket, shard) else {
