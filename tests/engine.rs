@@ -1057,3 +1057,37 @@ async fn storage_pages_are_bounded_in_bytes_as_well_as_rows() {
     let limits = limits.lock().unwrap().clone();
     assert!(limits.iter().all(|&l| l <= bound), "{limits:?}");
 }
+
+/// A read from long before a series' first bucket, whose first (empty)
+/// bucket is read beside the bucket-index query and whose budget ends
+/// before the listed bucket's first row lands, covers the empty buckets
+/// the index skipped: its watermark is the listed bucket's start, not the
+/// end of the one bucket read beside the query. Following it still yields
+/// every row once.
+#[tokio::test(start_paused = true)]
+async fn a_call_stopping_before_the_first_listed_bucket_covers_the_empty_ones() {
+    let ns = namespace(1_000_000, 2);
+    let (store, all) = seeded(&ns, 500_000_000..500_000_010).await;
+    store.set_index_latency(2 * MS);
+    store.set_latency(|q| if q.bucket == 0 { MS } else { 40 * MS });
+    let engine = engine(&store);
+    let mut req = request(&ns, Order::Ascending, 10 * MS, 1_000);
+    req.start = 0;
+    req.end = 1_000_000_000;
+    let (rows, out) = read(&engine, &req).await;
+    let out = out.expect("an empty partial page");
+    assert!(rows.is_empty());
+    assert!(matches!(out.ending, Ending::Partial { .. }), "{out:?}");
+    assert_eq!(out.watermark, 500_000_000);
+    let mut got = Vec::new();
+    let mut req = fake::resumed(req, &out);
+    req.budget = hourglass::engine::budget::Budget::new(
+        &hourglass::engine::budget::BudgetConfig::default(),
+        Some(200 * MS),
+        None,
+    );
+    let (rows, out) = read(&engine, &req).await;
+    got.extend(rows);
+    assert!(matches!(out.expect("the rest").ending, Ending::Complete));
+    assert_rows(&got, &all);
+}

@@ -1226,6 +1226,32 @@ impl<S: Storage> Scan<S> {
                     (Some(&b), Order::Ascending) => (b < last).then(|| (b + 1, last)),
                     (Some(&b), Order::Descending) => (b > first).then(|| (first, b - 1)),
                 };
+                // Once this call passed a bucket and merged every one queued
+                // so far to its end (as when the first bucket was read
+                // beside this query), the buckets between the last one
+                // passed and the first listed are empty: the frontier passes
+                // them, as when a bucket is exhausted with the next one
+                // queued (see `merge`). A call that then stops before the
+                // listed bucket's first row reports them covered, not only
+                // the bucket read beside the query (its watermark was the
+                // range's start plus one bucket, 1970 for a read from 0).
+                // A call that passed nothing yet still has no progress to
+                // return (the index alone is none).
+                if let (Some(&next), true) = (
+                    found.first(),
+                    self.progressed() && self.buckets.is_empty() && self.carry.is_empty(),
+                ) {
+                    let order = self.req.order;
+                    let passed = match order {
+                        Order::Ascending => next - 1,
+                        Order::Descending => next + 1,
+                    };
+                    let width = self.req.namespace.bucket_width_micros;
+                    let boundary = position::bucket_exit(passed, width, &self.span, order);
+                    if position::is_beyond(&boundary, &self.frontier, order) {
+                        self.frontier = boundary;
+                    }
+                }
                 for bucket in found {
                     let cursor = self.bucket_cursor(bucket);
                     self.buckets.push_back(cursor);
