@@ -229,7 +229,10 @@ impl<IO> Greeting<IO> {
     }
 
     /// Takes `read`, the bytes just read, into the preface count; true once
-    /// the preface is complete.
+    /// the preface is complete. A first frame that is not a SETTINGS frame
+    /// (type 4, no ACK flag) never completes it (RFC 9113 makes it a
+    /// protocol error; the transport answers such frames, so the deadline
+    /// closes the connection).
     fn count(head: &mut Vec<u8>, settings_left: &mut usize, mut read: &[u8]) -> bool {
         if head.len() < PREFACE_HEAD {
             let take = read.len().min(PREFACE_HEAD - head.len());
@@ -238,11 +241,17 @@ impl<IO> Greeting<IO> {
             if head.len() < PREFACE_HEAD {
                 return false;
             }
-            // The SETTINGS frame's 24-bit payload length; a client that
-            // sent something else is the transport's to refuse.
-            *settings_left = usize::from(head[MAGIC.len()]) << 16
-                | usize::from(head[MAGIC.len() + 1]) << 8
-                | usize::from(head[MAGIC.len() + 2]);
+            let frame = &head[MAGIC.len()..];
+            if frame[3] != 4 || frame[4] & 1 != 0 {
+                *settings_left = usize::MAX;
+                return false;
+            }
+            // The SETTINGS frame's 24-bit payload length.
+            *settings_left =
+                usize::from(frame[0]) << 16 | usize::from(frame[1]) << 8 | usize::from(frame[2]);
+        }
+        if *settings_left == usize::MAX {
+            return false;
         }
         *settings_left = settings_left.saturating_sub(read.len());
         *settings_left == 0
@@ -339,5 +348,19 @@ mod tests {
         let mut empty = MAGIC.to_vec();
         empty.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
         assert!(Greeting::<()>::count(&mut head, &mut left, &empty));
+        // A PING, a WINDOW_UPDATE or a SETTINGS ACK first never completes
+        // it, whatever follows.
+        for frame in [
+            &[0, 0, 8, 6, 0, 0, 0, 0, 0][..],
+            &[0, 0, 4, 8, 0, 0, 0, 0, 0],
+            &[0, 0, 0, 4, 1, 0, 0, 0, 0],
+        ] {
+            let (mut head, mut left) = (Vec::new(), 0);
+            let mut other = MAGIC.to_vec();
+            other.extend_from_slice(frame);
+            assert!(!Greeting::<()>::count(&mut head, &mut left, &other));
+            assert!(!Greeting::<()>::count(&mut head, &mut left, &[0; 64]));
+            assert!(!Greeting::<()>::count(&mut head, &mut left, &empty));
+        }
     }
 }
