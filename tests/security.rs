@@ -335,6 +335,22 @@ async fn closed_by_server(mut stream: impl tokio::io::AsyncRead + Unpin) -> bool
     .is_ok()
 }
 
+/// A lookup of a namespace that does not exist: NOT_FOUND from a handler
+/// when the call is served, a transport error when it is not.
+async fn look_up_unknown(client: &mut HourglassClient<Channel>) -> tonic::Status {
+    client
+        .get_namespace(pb::GetNamespaceRequest {
+            name: "never-created".into(),
+        })
+        .await
+        .expect_err("no such namespace")
+}
+
+/// The handshake timeout of the tests below: time enough for a real
+/// client's TLS handshake and preface while other tests start a second
+/// Cassandra node beside them on two cores.
+const HANDSHAKE_TIMEOUT: &str = "3s";
+
 /// The handshake-timeout counter on `server`'s metrics endpoint.
 async fn handshake_timeouts(server: &ServerProcess) -> String {
     let metrics = server.scrape().await;
@@ -353,7 +369,7 @@ async fn handshake_timeouts(server: &ServerProcess) -> String {
 async fn connections_that_do_not_finish_their_handshake_in_time_are_closed() {
     use tokio::io::AsyncWriteExt as _;
     const MAGIC: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let server = ServerProcess::start(&["--handshake-timeout", "1s"]).await;
+    let server = ServerProcess::start(&["--handshake-timeout", HANDSHAKE_TIMEOUT]).await;
     let mut idle = server.client().await;
     let silent = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
     let mut magic_only = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
@@ -366,12 +382,7 @@ async fn connections_that_do_not_finish_their_handshake_in_time_are_closed() {
     // The client that sent its preface kept its connection, idle past the
     // timeout: only the two were closed.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let err = idle
-        .get_namespace(pb::GetNamespaceRequest {
-            name: "never-created".into(),
-        })
-        .await
-        .expect_err("no such namespace");
+    let err = look_up_unknown(&mut idle).await;
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert_eq!(
         handshake_timeouts(&server).await,
@@ -395,7 +406,7 @@ async fn mutual_tls_needs_a_client_certificate_and_a_timely_handshake() {
         "--tls-client-ca",
         pki.ca.to_str().unwrap(),
         "--handshake-timeout",
-        "1s",
+        HANDSHAKE_TIMEOUT,
     ])
     .await;
     let (ca, cert, key) = (
@@ -421,26 +432,14 @@ async fn mutual_tls_needs_a_client_certificate_and_a_timely_handshake() {
         .await
         .expect("TLS with a client certificate");
     let mut client = HourglassClient::new(channel);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let err = client
-        .get_namespace(pb::GetNamespaceRequest {
-            name: "never-created".into(),
-        })
-        .await
-        .expect_err("no such namespace");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let err = look_up_unknown(&mut client).await;
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
 
     // Without one: refused by TLS, no handler answers.
     let refused = match endpoint().tls_config(tls).unwrap().connect().await {
         Err(_) => None,
-        Ok(channel) => Some(
-            HourglassClient::new(channel)
-                .get_namespace(pb::GetNamespaceRequest {
-                    name: "never-created".into(),
-                })
-                .await
-                .expect_err("a client without a certificate is served"),
-        ),
+        Ok(channel) => Some(look_up_unknown(&mut HourglassClient::new(channel)).await),
     };
     if let Some(err) = refused {
         assert_ne!(err.code(), Code::NotFound, "{err:?}");
