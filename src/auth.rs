@@ -192,9 +192,7 @@ impl Authenticator {
         &self,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<Arc<Principal>, AuthError> {
-        let mut values = metadata.get_all("authorization").iter();
-        let one = values.next().filter(|_| values.next().is_none());
-        self.client_of(one.and_then(|v| v.to_str().ok()))
+        self.authenticate_headers(metadata.as_ref())
     }
 
     /// The client presenting the bearer token in a request's HTTP
