@@ -368,21 +368,50 @@ impl Admission {
     }
 }
 
-/// One admitted read: holds its slots until dropped (for a stream, until
-/// its client took its rows). [`Ticket::observe`] feeds the limit.
+/// One admitted read. Its static slot ([`Bulkhead`]) is held until the
+/// ticket is dropped (for a stream, until its client took its rows), so
+/// clients that do not read bound what the server buffers; its share of
+/// the adaptive limit only until [`Ticket::scan_ended`], since a read
+/// whose scan is over puts no more load on the replica or its storage.
+/// (Held to the end, eight streams whose clients stopped reading held a
+/// limit of six for the 10-20 s the send stall takes to close them, and
+/// every other read was refused meanwhile.) [`Ticket::observe`] feeds the
+/// limit.
 #[derive(Debug)]
 pub struct Ticket {
     _permit: ScanPermit,
     _in_flight: telemetry::ScanInFlight,
-    adaptive: Option<(Arc<Mutex<Adaptive>>, Arc<str>)>,
+    adaptive: Mutex<Option<Share>>,
 }
 
+/// A read's share of the adaptive limit: the limit, and its namespace.
+type Share = (Arc<Mutex<Adaptive>>, Arc<str>);
+
 impl Ticket {
-    fn new(permit: ScanPermit, adaptive: Option<(Arc<Mutex<Adaptive>>, Arc<str>)>) -> Self {
+    fn new(permit: ScanPermit, adaptive: Option<Share>) -> Self {
         Self {
             _permit: permit,
             _in_flight: telemetry::ScanInFlight::enter(),
-            adaptive,
+            adaptive: Mutex::new(adaptive),
+        }
+    }
+
+    /// The read's scan is over (its response may still be on its way):
+    /// its share of the adaptive limit and of its namespace's fair share
+    /// goes back; the static slot stays until the ticket is dropped.
+    /// Idempotent. Feed the limit ([`Ticket::observe`]) before, or the
+    /// sample goes nowhere.
+    pub fn scan_ended(&self) {
+        let taken = self.adaptive.lock().expect("ticket").take();
+        if let Some((a, name)) = taken {
+            let mut a = a.lock().expect("admission");
+            a.in_flight -= 1;
+            if let Some(n) = a.by_namespace.get_mut(&name) {
+                *n -= 1;
+                if *n == 0 {
+                    a.by_namespace.remove(&name);
+                }
+            }
         }
     }
 
@@ -402,7 +431,7 @@ impl Ticket {
     }
 
     fn with_limit(&self, f: impl FnOnce(&mut GradientLimit, usize)) {
-        if let Some((a, _)) = &self.adaptive {
+        if let Some((a, _)) = &*self.adaptive.lock().expect("ticket") {
             let mut a = a.lock().expect("admission");
             let in_flight = a.in_flight;
             f(&mut a.limit, in_flight);
@@ -412,16 +441,7 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if let Some((a, name)) = &self.adaptive {
-            let mut a = a.lock().expect("admission");
-            a.in_flight -= 1;
-            if let Some(n) = a.by_namespace.get_mut(name) {
-                *n -= 1;
-                if *n == 0 {
-                    a.by_namespace.remove(name);
-                }
-            }
-        }
+        self.scan_ended();
     }
 }
 
@@ -590,6 +610,51 @@ mod tests {
             .map(|_| a.try_admit("c", Class::Interactive).unwrap())
             .collect();
         assert_eq!(all.len(), 8, "slots come back on drop");
+    }
+
+    /// A read whose scan ended gives back its share of the adaptive limit
+    /// and of its namespace's fair share, but keeps its static slot until
+    /// its response is taken (the ticket dropped).
+    #[tokio::test(start_paused = true)]
+    async fn a_scan_that_ended_frees_its_adaptive_slot_but_not_its_static_one() {
+        let a = Admission::new(
+            Bulkhead::new(4, 4),
+            AdmissionConfig {
+                adaptive: true,
+                min_limit: 2,
+                initial_limit: 2,
+            },
+        );
+        let sending: Vec<_> = (0..2)
+            .map(|_| a.try_admit("a", Class::Interactive).unwrap())
+            .collect();
+        assert_eq!(
+            a.try_admit("a", Class::Interactive).unwrap_err(),
+            Full::Adaptive { limit: 2 }
+        );
+        for t in &sending {
+            t.scan_ended();
+            t.scan_ended();
+        }
+        let b = a.try_admit("b", Class::Interactive).unwrap();
+        let a1 = a.try_admit("a", Class::Interactive).unwrap();
+        assert!(
+            matches!(
+                a.try_admit("c", Class::Interactive).unwrap_err(),
+                Full::Server { limit: 4 }
+            ),
+            "the static slots stay taken until the responses are sent"
+        );
+        drop(sending);
+        drop((a1, b));
+        let again: Vec<_> = (0..2)
+            .map(|_| a.try_admit("c", Class::Interactive).unwrap())
+            .collect();
+        assert_eq!(again.len(), 2, "dropping after scan_ended frees once");
+        assert_eq!(
+            a.try_admit("c", Class::Interactive).unwrap_err(),
+            Full::Adaptive { limit: 2 }
+        );
     }
 
     #[test]

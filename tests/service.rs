@@ -463,3 +463,70 @@ async fn a_continued_stream_has_rows_even_while_a_page_outlasts_its_budget() {
         assert!(*sent > 0, "stream {i} sent nothing");
     }
 }
+
+/// Streams whose clients stopped reading keep their static slots (what the
+/// server buffers for them stays bounded) but give their share of the
+/// adaptive limit back once their scans end, here at their budget with
+/// their queues full: other reads are admitted again. Before, eight such
+/// streams held a limit of six until the send stall closed their
+/// connections, 10-20 s on, and every other read was refused meanwhile.
+#[tokio::test(start_paused = true)]
+async fn streams_whose_clients_stopped_reading_give_back_the_adaptive_limit() {
+    use hourglass::admission::{Admission, AdmissionConfig};
+    use hourglass::bulkhead::Bulkhead;
+    let store = MemoryStore::new();
+    let ns = Namespace::checked("wide".into(), 1_000_000_000, 4, 0).expect("valid");
+    store.create_namespace(&ns).await.expect("create");
+    let written: Vec<hourglass::model::NewEvent> = (0..8_000)
+        .map(|i| hourglass::model::NewEvent {
+            series_id: "s".into(),
+            row: hourglass::model::Row {
+                key: hourglass::model::Key::new(i, format!("e{i:06}")),
+                payload: vec![b'x'; 1 << 10].into(),
+                tags: Default::default(),
+            },
+        })
+        .collect();
+    store.write_events(&ns, &written).await.expect("write");
+    store.set_latency(|_| Duration::from_millis(1));
+    create(&store, "n").await;
+    let svc = service(&store).with_admission(Admission::new(
+        Bulkhead::new(8, 8),
+        AdmissionConfig {
+            adaptive: true,
+            min_limit: 2,
+            initial_limit: 2,
+        },
+    ));
+    let stalled_read = || {
+        Request::new(pb::ReadEventsRequest {
+            namespace: "wide".into(),
+            series_id: "s".into(),
+            start_time_micros: 0,
+            end_time_micros: 1_000_000,
+            slo_millis: 100,
+            ..Default::default()
+        })
+    };
+    // Their responses are never polled: 8 MiB of rows for a queue of 4.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        stalled.push(svc.stream_events(stalled_read()).await.expect("admitted"));
+    }
+    let refused = svc
+        .read_events(read("n"))
+        .await
+        .expect_err("the limit is taken");
+    assert_eq!(
+        refused.get_details_error_info().expect("ErrorInfo").reason,
+        "CONCURRENCY_LIMIT"
+    );
+    // Once the stalled streams' budgets have ended, reads are admitted.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for _ in 0..10 {
+        svc.read_events(read("n"))
+            .await
+            .expect("admitted beside the stalled streams");
+    }
+    drop(stalled);
+}

@@ -84,8 +84,8 @@ pub struct HourglassService<S> {
     misses: MissCache,
     /// False: budgets ignore SLOs and deadlines (benchmark baseline).
     partial_reads: bool,
-    /// Admits reads; a read holds its ticket while it scans (a stream,
-    /// until its client took its rows).
+    /// Admits reads; a read holds its ticket's static slot until its client
+    /// took its response, its share of the adaptive limit while it scans.
     admission: Admission,
     /// Bearer-token clients and their permissions; None: no authentication.
     auth: Option<Arc<Authenticator>>,
@@ -637,6 +637,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             let continued = outcome.stats.continued;
             let end = api::stream_end(outcome, |k| self.keys.issue(&fp, k));
             observe(&ticket, &req, first_row, continued);
+            ticket.scan_ended();
             Ok((encoded.finish(), end, ticket))
         }
         .await;
@@ -658,9 +659,9 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             watermark_micros,
             stats,
         });
-        // The read's slot is held until its client has taken the response,
-        // as a stream's is: a client that does not read cannot make the
-        // server hold more responses than there are slots.
+        // The read's static slot is held until its client has taken the
+        // response, as a stream's is: a client that does not read cannot
+        // make the server hold more responses than there are slots.
         response.extensions_mut().insert(HoldUntilSent::new(ticket));
         Ok(response)
     }
@@ -687,7 +688,8 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             Err(e) => return finish(call, Err(e), ok),
         };
         let least_page = self.engine.least_page_time(&req.namespace.name);
-        // The stream holds the ticket; the scan holds it too while it runs.
+        // The stream holds the ticket (its static slot); the scan holds it
+        // too while it runs (its share of the adaptive limit).
         let ticket = Arc::new(ticket);
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let progress = Arc::new(Progress::default());
@@ -707,6 +709,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
                 observe(&scanning, &req, first_row, outcome.stats.continued);
             }
             observe_failed(&scanning, &req, &result);
+            scanning.scan_ended();
             drop(scanning);
             // Rows the engine pushed are the client's before the end.
             sink.drained().await;
