@@ -37,6 +37,16 @@ use crate::telemetry;
 
 /// Share of the limit batch reads may take, so interactive reads find room.
 pub const BATCH_SHARE: f64 = 0.75;
+
+/// How many reads may run for a batch read to be admitted beside them:
+/// fewer than [`BATCH_SHARE`] of `limit`. With a limit of 5, fewer than
+/// 3.75 (so 3 running admit a fourth); with a limit of 1 a batch read may
+/// run alone.
+fn batch_share(limit: usize) -> usize {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let share = (limit as f64 * BATCH_SHARE).ceil() as usize;
+    share.max(1)
+}
 /// Lower bound of the adaptive limit per core of this machine. A read
 /// drives storage at full speed (pages pipelined per shard), so few reads
 /// saturate a replica and its storage: on the 2-core benchmark machine, one
@@ -328,6 +338,14 @@ impl Admission {
     fn admit(&self, namespace: &str, class: Class) -> Result<Ticket, Full> {
         let permit = self.bulkhead.try_acquire(namespace)?;
         let Some(adaptive) = &self.adaptive else {
+            // Without the adaptive limit, batch reads yield within the
+            // static one (the count includes this read's permit).
+            let running = self.bulkhead.in_use() - 1;
+            if class == Class::Batch && running >= batch_share(self.bulkhead.limit()) {
+                return Err(Full::Batch {
+                    limit: batch_share(self.bulkhead.limit()),
+                });
+            }
             return Ok(Ticket::new(permit, None));
         };
         let mut a = adaptive.lock().expect("admission");
@@ -335,15 +353,10 @@ impl Admission {
         if a.in_flight >= limit {
             return Err(Full::Adaptive { limit });
         }
-        if class == Class::Batch {
-            // Admitted while fewer than BATCH_SHARE of the limit run: with a
-            // limit of 5, while fewer than 3.75 (so 3 running admits a
-            // fourth); with a limit of 1 a batch read may run alone.
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let share = ((limit as f64 * BATCH_SHARE).ceil() as usize).max(1);
-            if a.in_flight >= share {
-                return Err(Full::Batch { limit: share });
-            }
+        if class == Class::Batch && a.in_flight >= batch_share(limit) {
+            return Err(Full::Batch {
+                limit: batch_share(limit),
+            });
         }
         let mine = a.by_namespace.get(namespace).copied().unwrap_or(0);
         let reading = a.by_namespace.len() + usize::from(mine == 0);
@@ -669,32 +682,46 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn batch_reads_run_while_fewer_than_three_quarters_of_the_limit_do() {
-        for (limit, admitted) in [(1, 1), (4, 3), (5, 4), (6, 5), (8, 6)] {
-            let a = Admission::new(
-                Bulkhead::new(100, 100),
-                AdmissionConfig {
-                    adaptive: true,
-                    min_limit: 1,
-                    initial_limit: limit,
-                },
-            );
-            let batch: Vec<_> = (0..admitted)
-                .map(|i| {
-                    a.try_admit("a", Class::Batch)
-                        .unwrap_or_else(|e| panic!("limit {limit}: read {i} refused: {e:?}"))
-                })
-                .collect();
-            let full = if admitted == limit {
-                Full::Adaptive { limit } // a batch read alone under a limit of 1
-            } else {
-                Full::Batch { limit: admitted }
-            };
-            assert_eq!(
-                a.try_admit("a", Class::Batch).unwrap_err(),
-                full,
-                "limit {limit}: {} running",
-                batch.len()
-            );
+        for adaptive in [true, false] {
+            for (limit, admitted) in [(1, 1), (4, 3), (5, 4), (6, 5), (8, 6)] {
+                // Off, the static bound is the limit.
+                let static_limit = if adaptive { 100 } else { limit };
+                let a = Admission::new(
+                    Bulkhead::new(static_limit, static_limit),
+                    AdmissionConfig {
+                        adaptive,
+                        min_limit: 1,
+                        initial_limit: limit,
+                    },
+                );
+                let batch: Vec<_> = (0..admitted)
+                    .map(|i| {
+                        a.try_admit("a", Class::Batch).unwrap_or_else(|e| {
+                            panic!("adaptive {adaptive}, limit {limit}: read {i} refused: {e:?}")
+                        })
+                    })
+                    .collect();
+                let full = match (admitted == limit, adaptive) {
+                    // A batch read alone under a limit of 1.
+                    (true, true) => Full::Adaptive { limit },
+                    (true, false) => Full::Namespace {
+                        name: "a".into(),
+                        limit,
+                    },
+                    (false, _) => Full::Batch { limit: admitted },
+                };
+                assert_eq!(
+                    a.try_admit("a", Class::Batch).unwrap_err(),
+                    full,
+                    "adaptive {adaptive}, limit {limit}: {} running",
+                    batch.len()
+                );
+                // Interactive reads take the rest.
+                let rest: Vec<_> = (admitted..limit)
+                    .map(|_| a.try_admit("a", Class::Interactive).unwrap())
+                    .collect();
+                assert_eq!(batch.len() + rest.len(), limit);
+            }
         }
     }
 

@@ -106,6 +106,11 @@ impl Bulkhead {
         self.server_limit
     }
 
+    /// Permits of the replica-wide bound held now.
+    pub fn in_use(&self) -> usize {
+        self.server_limit - self.server.available_permits()
+    }
+
     /// A permit for one scan of `namespace`, or which bound is full.
     /// Callers pass only namespaces that exist, so the map stays bounded by
     /// the namespaces created.

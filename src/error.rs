@@ -309,6 +309,12 @@ impl From<ServiceError> for tonic::Status {
                     info.insert("in_flight".into(), w.in_flight.to_string());
                     info.insert("waited_micros".into(), w.waited.as_micros().to_string());
                     info.insert("expected_micros".into(), w.expected.as_micros().to_string());
+                    // Storage was late: the same call retried (a token
+                    // read finds its held scan's pages landed) most likely
+                    // answers; spread, as refusals for load are.
+                    if storage_late(w, *budget) {
+                        details.set_retry_info(Some(overload_pushback()));
+                    }
                 }
                 Code::DeadlineExceeded
             }
@@ -379,18 +385,24 @@ impl From<ServiceError> for tonic::Status {
             }
         };
         details.set_error_info(err.reason(), ERROR_DOMAIN, info);
-        let pushback = details.retry_info().and_then(|r| r.retry_delay);
-        let mut status = tonic::Status::with_error_details(code, message, details);
-        // The RetryInfo's wait as gRPC's own retry pushback, which clients
-        // with a retry policy wait for before their next attempt (gRPC A6).
-        if let Some(wait) = pushback {
-            status.metadata_mut().insert(
-                RETRY_PUSHBACK,
-                u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).into(),
-            );
-        }
-        status
+        detailed_status(code, message, details)
     }
+}
+
+/// A status with `details`, and its RetryInfo's wait, if any, also as
+/// gRPC's own retry pushback, which clients with a retry policy wait for
+/// before their next attempt (gRPC A6). Every status with details the
+/// server sends is built here.
+pub fn detailed_status(code: Code, message: String, details: ErrorDetails) -> tonic::Status {
+    let pushback = details.retry_info().and_then(|r| r.retry_delay);
+    let mut status = tonic::Status::with_error_details(code, message, details);
+    if let Some(wait) = pushback {
+        status.metadata_mut().insert(
+            RETRY_PUSHBACK,
+            u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).into(),
+        );
+    }
+    status
 }
 
 /// The trailer in which gRPC clients with a retry policy take the server's
@@ -440,6 +452,36 @@ mod tests {
         // An error with no RetryInfo pushes nothing back.
         let status = tonic::Status::from(ServiceError::invalid("series_id", "must not be empty"));
         assert!(status.metadata().get(RETRY_PUSHBACK).is_none());
+    }
+
+    /// A read that fit no row because storage was late says to retry, with
+    /// a spread wait; one whose budget was too small does not (the same
+    /// budget would fail again).
+    #[test]
+    fn a_read_storage_was_late_for_suggests_a_retry_a_too_small_budget_not() {
+        let late = tonic::Status::from(no_row(8_900, 3_100));
+        assert_eq!(
+            late.get_details_error_info().unwrap().reason,
+            "STORAGE_LATE"
+        );
+        let wait = late
+            .get_details_retry_info()
+            .expect("RetryInfo")
+            .retry_delay
+            .expect("a wait");
+        assert!(
+            wait >= OVERLOAD_RETRY_DELAY / 2 && wait <= OVERLOAD_RETRY_DELAY * 3 / 2,
+            "{wait:?}"
+        );
+        let pushback = late.metadata().get(RETRY_PUSHBACK).expect("pushback");
+        assert_eq!(pushback.to_str().unwrap(), wait.as_millis().to_string());
+        let small = tonic::Status::from(no_row(4_300, 6_100));
+        assert_eq!(
+            small.get_details_error_info().unwrap().reason,
+            "BUDGET_TOO_SMALL"
+        );
+        assert!(small.get_details_retry_info().is_none());
+        assert!(small.metadata().get(RETRY_PUSHBACK).is_none());
     }
 
     #[test]

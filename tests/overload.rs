@@ -403,6 +403,20 @@ async fn requests_being_received_share_a_bounded_buffer() {
         "{refused:?}"
     );
     assert_eq!(reason_of(&refused), "REQUEST_BUFFER_FULL");
+    // Its RetryInfo's wait goes out as gRPC's retry pushback too, as every
+    // refusal's does.
+    let wait = refused
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo");
+    assert_eq!(
+        refused
+            .metadata()
+            .get(hourglass::error::RETRY_PUSHBACK)
+            .and_then(|v| v.to_str().ok()),
+        Some(wait.as_millis().to_string().as_str()),
+        "{refused:?}"
+    );
 
     // The stalled upload's connection is closed after the stall time.
     // (Its response headers came at once, as every call's do; its answer,

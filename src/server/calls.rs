@@ -204,7 +204,7 @@ impl RequestBudget {
     /// rejected request: no handler sees it).
     fn refusal(&self) -> tonic::Status {
         use crate::error::REASON_REQUEST_BUFFER_FULL;
-        use tonic_types::{ErrorDetails, StatusExt as _};
+        use tonic_types::ErrorDetails;
         metrics::counter!(crate::telemetry::REJECTED, "reason" => REASON_REQUEST_BUFFER_FULL)
             .increment(1);
         let mut details = ErrorDetails::with_retry_info(Some(REQUEST_BUFFER_RETRY));
@@ -217,7 +217,7 @@ impl RequestBudget {
             "server",
             format!("request bytes being received at once, at most {}", self.max),
         );
-        tonic::Status::with_error_details(
+        crate::error::detailed_status(
             tonic::Code::ResourceExhausted,
             format!(
                 "requests being received fill this server's {} MiB buffer; retry",
