@@ -213,11 +213,13 @@ async fn reads_failing_for_want_of_budget_cut_the_admission_limit() {
         assert_eq!(e.code(), Code::DeadlineExceeded);
         reasons.push(e.get_details_error_info().expect("ErrorInfo").reason);
     }
-    // The first reads' pages were late for the engine's prior (storage
-    // late); once it learnt from them that pages take a second, none could
-    // land in the budget (too small). Both cut the limit.
+    // The first reads' pages were late for what pages usually take (storage
+    // late, as in a stall); once the engine learnt that pages take a second
+    // for good (what pages usually take follows the line over about twenty
+    // pages: 14 reads here), none could land in the budget (too small).
+    // Both cut the limit.
     let late = reasons.iter().take_while(|r| *r == "STORAGE_LATE").count();
-    assert!((1..=5).contains(&late), "{reasons:?}");
+    assert!((1..=20).contains(&late), "{reasons:?}");
     assert!(
         reasons[late..].iter().all(|r| r == "BUDGET_TOO_SMALL"),
         "{reasons:?}"
@@ -529,4 +531,66 @@ async fn streams_whose_clients_stopped_reading_give_back_the_adaptive_limit() {
             .expect("admitted beside the stalled streams");
     }
     drop(stalled);
+}
+
+/// Calls stuck on storage through a stall fail `STORAGE_LATE` (retry),
+/// not `BUDGET_TOO_SMALL` (a longer budget): the model's line and tail
+/// widen with the stall's first pages, but a page that waited three times
+/// what a page usually takes is late whatever they say. Before, every
+/// call after the first four said "storage may take up to" 23-37 ms,
+/// more than the 20 ms budget, and advised a longer one. Once storage
+/// stays slow, the budget is too small.
+#[tokio::test(start_paused = true)]
+async fn calls_through_a_storage_stall_say_storage_was_late() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let store = MemoryStore::new();
+    create(&store, "n").await;
+    let ns = Namespace::checked("n".into(), 1_000, 1, 0).expect("valid");
+    let written: Vec<hourglass::model::NewEvent> = (0..100)
+        .map(|i| hourglass::model::NewEvent {
+            series_id: "s".into(),
+            row: hourglass::model::Row {
+                key: hourglass::model::Key::new(i, format!("e{i:03}")),
+                payload: vec![b'x'; 8].into(),
+                tags: Default::default(),
+            },
+        })
+        .collect();
+    store.write_events(&ns, &written).await.expect("write");
+    let latency = Arc::new(AtomicU64::new(1));
+    let now = latency.clone();
+    store.set_latency(move |_| Duration::from_millis(now.load(Ordering::Relaxed)));
+    store.set_index_latency(Duration::from_millis(1));
+    let svc = service(&store);
+    for _ in 0..20 {
+        svc.read_events(read("n")).await.expect("a healthy read");
+    }
+    latency.store(150, Ordering::Relaxed);
+    let mut reasons = Vec::new();
+    for _ in 0..60 {
+        let e = svc
+            .read_events(read("n"))
+            .await
+            .expect_err("no row through the stall");
+        assert_eq!(e.code(), Code::DeadlineExceeded);
+        let info = e.get_details_error_info().expect("ErrorInfo");
+        // Storage late says to retry; a budget too small does not.
+        assert_eq!(
+            e.get_details_retry_info().is_some(),
+            info.reason == "STORAGE_LATE",
+            "{e:?}"
+        );
+        reasons.push(info.reason);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        reasons[..10].iter().all(|r| r == "STORAGE_LATE"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[40..].iter().all(|r| r == "BUDGET_TOO_SMALL"),
+        "{reasons:?}"
+    );
+    latency.store(1, Ordering::Relaxed);
+    svc.read_events(read("n")).await.expect("the stall is over");
 }

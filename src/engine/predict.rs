@@ -115,7 +115,14 @@ pub struct LatencyModel {
     /// what a new read of the namespace takes its rows to weigh until its
     /// own first page lands, for the byte bound on pages.
     row_bytes: usize,
+    /// The line followed slowly (see [`LatencyModel::predict_usual`]).
+    usual_base: f64,
+    usual_per_row: f64,
 }
+
+/// Weight of the line's latest fit in the line followed slowly: its time
+/// constant is twenty pages.
+const USUAL_ALPHA: f64 = 0.05;
 
 impl Default for LatencyModel {
     fn default() -> Self {
@@ -129,6 +136,8 @@ impl Default for LatencyModel {
             max_rows: 0,
             ratio: MeanDeviation::new(1.0, PRIOR_RATIO_DEVIATION),
             row_bytes: 0,
+            usual_base: PRIOR_BASE_SECS,
+            usual_per_row: PRIOR_PER_ROW_SECS,
         }
     }
 }
@@ -184,6 +193,8 @@ impl LatencyModel {
         let slope = (cov + PRIOR_ROWS_VARIANCE * PRIOR_PER_ROW_SECS) / (var + PRIOR_ROWS_VARIANCE);
         self.per_row = slope.max(PRIOR_PER_ROW_SECS * MIN_PER_ROW_SHARE);
         self.base = (self.mean_y - self.per_row * self.mean_x).max(0.0);
+        self.usual_base += USUAL_ALPHA * (self.base - self.usual_base);
+        self.usual_per_row += USUAL_ALPHA * (self.per_row - self.usual_per_row);
     }
 
     /// The mean deviation of observed ÷ fitted latency: how far pages
@@ -195,6 +206,16 @@ impl LatencyModel {
     /// Expected latency of a page of `rows`, with a safety factor.
     pub fn predict(&self, rows: usize) -> Duration {
         Duration::from_secs_f64((self.base + self.per_row * rows as f64) * SAFETY)
+    }
+
+    /// What a page of `rows` usually takes, with the safety factor: the
+    /// line followed over about twenty pages rather than ten, so a storage
+    /// stall, whose pages (landed late or abandoned) lift the line within a
+    /// few calls, lifts this one only once it has lasted. Calls that fail
+    /// without a row are judged by it (see `engine::Waited`): storage late
+    /// during a stall, the budget too small once storage is slow for good.
+    pub fn predict_usual(&self, rows: usize) -> Duration {
+        Duration::from_secs_f64((self.usual_base + self.usual_per_row * rows as f64) * SAFETY)
     }
 
     /// How much slower than the line a slow page is: the ratio's mean plus
@@ -281,6 +302,29 @@ impl LatencyModels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a page usually takes follows the line slowly: a stall's few
+    /// pages lift the line nine times over, the usual latency a third as
+    /// far; storage that stays slow moves it all the way.
+    #[test]
+    fn the_usual_latency_rides_out_a_stall_but_follows_a_lasting_change() {
+        let mut m = LatencyModel::default();
+        for _ in 0..200 {
+            m.observe(100, Duration::from_millis(1));
+        }
+        let before = m.predict_usual(100);
+        for _ in 0..8 {
+            m.observe_abandoned(100, Duration::from_millis(18));
+        }
+        let (line, usual) = (m.predict(100), m.predict_usual(100));
+        assert!(line > before * 8, "{line:?} against {before:?}");
+        assert!(usual * 3 < line, "{usual:?} against the line's {line:?}");
+        for _ in 0..200 {
+            m.observe(100, Duration::from_millis(18));
+        }
+        let after = m.predict_usual(100).as_secs_f64() / SAFETY;
+        assert!((0.015..0.019).contains(&after), "{after}");
+    }
 
     #[test]
     fn learns_base_and_rate() {
