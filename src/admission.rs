@@ -382,14 +382,13 @@ impl Admission {
 }
 
 /// One admitted read. Its static slot ([`Bulkhead`]) is held until the
-/// ticket is dropped (for a stream, until its client took its rows), so
-/// clients that do not read bound what the server buffers; its share of
-/// the adaptive limit only until [`Ticket::scan_ended`], since a read
-/// whose scan is over puts no more load on the replica or its storage.
-/// (Held to the end, eight streams whose clients stopped reading held a
-/// limit of six for the 10-20 s the send stall takes to close them, and
-/// every other read was refused meanwhile.) [`Ticket::observe`] feeds the
-/// limit.
+/// ticket is dropped (until its client took its response), so clients that
+/// do not read bound what the server buffers; its share of the adaptive
+/// limit as long, or until [`Ticket::scan_ended`] (a stream's scan, whose
+/// client may leave its queue unread for the 10-20 s the send stall takes
+/// to close it: held to the end, eight such streams held a limit of six
+/// and every other read was refused meanwhile). [`Ticket::observe`] feeds
+/// the limit.
 #[derive(Debug)]
 pub struct Ticket {
     _permit: ScanPermit,
