@@ -463,6 +463,20 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// Admission under a static bound of `bound` scans (per namespace too),
+    /// with the adaptive limit (`adaptive`) between `min` and the bound,
+    /// starting at `initial`.
+    fn admission(bound: usize, adaptive: bool, min: usize, initial: usize) -> Admission {
+        Admission::new(
+            Bulkhead::new(bound, bound),
+            AdmissionConfig {
+                adaptive,
+                min_limit: min,
+                initial_limit: initial,
+            },
+        )
+    }
+
     /// Feeds `windows` windows of samples of `latency` with the limit in use.
     async fn feed(l: &mut GradientLimit, latency: Duration, windows: usize) {
         for _ in 0..windows {
@@ -583,14 +597,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn reads_beyond_the_limit_the_batch_share_or_a_fair_share_are_refused() {
-        let a = Admission::new(
-            Bulkhead::new(100, 100),
-            AdmissionConfig {
-                adaptive: true,
-                min_limit: 4,
-                initial_limit: 8,
-            },
-        );
+        let a = admission(100, true, 4, 8);
         let batch: Vec<_> = (0..6)
             .map(|_| a.try_admit("a", Class::Batch).unwrap())
             .collect();
@@ -629,14 +636,7 @@ mod tests {
     /// its response is taken (the ticket dropped).
     #[tokio::test(start_paused = true)]
     async fn a_scan_that_ended_frees_its_adaptive_slot_but_not_its_static_one() {
-        let a = Admission::new(
-            Bulkhead::new(4, 4),
-            AdmissionConfig {
-                adaptive: true,
-                min_limit: 2,
-                initial_limit: 2,
-            },
-        );
+        let a = admission(4, true, 2, 2);
         let sending: Vec<_> = (0..2)
             .map(|_| a.try_admit("a", Class::Interactive).unwrap())
             .collect();
@@ -685,14 +685,7 @@ mod tests {
             for (limit, admitted) in [(1, 1), (4, 3), (5, 4), (6, 5), (8, 6)] {
                 // Off, the static bound is the limit.
                 let static_limit = if adaptive { 100 } else { limit };
-                let a = Admission::new(
-                    Bulkhead::new(static_limit, static_limit),
-                    AdmissionConfig {
-                        adaptive,
-                        min_limit: 1,
-                        initial_limit: limit,
-                    },
-                );
+                let a = admission(static_limit, adaptive, 1, limit);
                 let batch: Vec<_> = (0..admitted)
                     .map(|i| {
                         a.try_admit("a", Class::Batch).unwrap_or_else(|e| {
@@ -759,15 +752,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_refusal_raises_the_pressure_that_pauses_fetching_ahead() {
         let pressure = Arc::new(Pressure::default());
-        let a = Admission::new(
-            Bulkhead::new(2, 2),
-            AdmissionConfig {
-                adaptive: true,
-                min_limit: 1,
-                initial_limit: 1,
-            },
-        )
-        .with_pressure(pressure.clone());
+        let a = admission(2, true, 1, 1).with_pressure(pressure.clone());
         let one = a.try_admit("a", Class::Interactive).unwrap();
         assert!(!pressure.is_high(), "an admitted read raises nothing");
         assert!(a.try_admit("a", Class::Interactive).is_err());

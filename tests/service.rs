@@ -46,6 +46,22 @@ async fn create(store: &MemoryStore, name: &str) {
     store.create_namespace(&ns).await.expect("create");
 }
 
+/// Writes `n` events of series "s" to `ns`, at times 0 to n - 1 (ids
+/// `e000000` on), each with a payload of `payload` bytes.
+async fn write_series(store: &MemoryStore, ns: &Namespace, n: i64, payload: usize) {
+    let written: Vec<hourglass::model::NewEvent> = (0..n)
+        .map(|i| hourglass::model::NewEvent {
+            series_id: "s".into(),
+            row: hourglass::model::Row {
+                key: hourglass::model::Key::new(i, format!("e{i:06}")),
+                payload: vec![b'x'; payload].into(),
+                tags: Default::default(),
+            },
+        })
+        .collect();
+    store.write_events(ns, &written).await.expect("write");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_slow_namespace_lookup_ends_the_read_within_its_budget() {
     let store = MemoryStore::new();
@@ -416,17 +432,7 @@ async fn a_continued_stream_has_rows_even_while_a_page_outlasts_its_budget() {
     let store = MemoryStore::new();
     let ns = Namespace::checked("streams".into(), 1_000, 4, 0).expect("valid");
     store.create_namespace(&ns).await.expect("create");
-    let written: Vec<hourglass::model::NewEvent> = (0..20_000)
-        .map(|i| hourglass::model::NewEvent {
-            series_id: "s".into(),
-            row: hourglass::model::Row {
-                key: hourglass::model::Key::new(i, format!("e{i:06}")),
-                payload: vec![b'x'; 8].into(),
-                tags: Default::default(),
-            },
-        })
-        .collect();
-    store.write_events(&ns, &written).await.expect("write");
+    write_series(&store, &ns, 20_000, 8).await;
     let pages = Arc::new(AtomicUsize::new(0));
     store.set_latency(move |_| {
         // Every seventh page stalls for two and a half budgets.
@@ -479,17 +485,7 @@ async fn streams_whose_clients_stopped_reading_give_back_the_adaptive_limit() {
     let store = MemoryStore::new();
     let ns = Namespace::checked("wide".into(), 1_000_000_000, 4, 0).expect("valid");
     store.create_namespace(&ns).await.expect("create");
-    let written: Vec<hourglass::model::NewEvent> = (0..8_000)
-        .map(|i| hourglass::model::NewEvent {
-            series_id: "s".into(),
-            row: hourglass::model::Row {
-                key: hourglass::model::Key::new(i, format!("e{i:06}")),
-                payload: vec![b'x'; 1 << 10].into(),
-                tags: Default::default(),
-            },
-        })
-        .collect();
-    store.write_events(&ns, &written).await.expect("write");
+    write_series(&store, &ns, 8_000, 1 << 10).await;
     store.set_latency(|_| Duration::from_millis(1));
     create(&store, "n").await;
     let svc = service(&store).with_admission(Admission::new(
@@ -546,17 +542,7 @@ async fn calls_through_a_storage_stall_say_storage_was_late() {
     let store = MemoryStore::new();
     create(&store, "n").await;
     let ns = Namespace::checked("n".into(), 1_000, 1, 0).expect("valid");
-    let written: Vec<hourglass::model::NewEvent> = (0..100)
-        .map(|i| hourglass::model::NewEvent {
-            series_id: "s".into(),
-            row: hourglass::model::Row {
-                key: hourglass::model::Key::new(i, format!("e{i:03}")),
-                payload: vec![b'x'; 8].into(),
-                tags: Default::default(),
-            },
-        })
-        .collect();
-    store.write_events(&ns, &written).await.expect("write");
+    write_series(&store, &ns, 100, 8).await;
     let latency = Arc::new(AtomicU64::new(1));
     let now = latency.clone();
     store.set_latency(move |_| Duration::from_millis(now.load(Ordering::Relaxed)));
