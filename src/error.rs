@@ -210,10 +210,10 @@ fn late_message(work: LateWork, budget: Duration) -> String {
 /// should do, or that its budget was too small for what storage takes.
 /// Whether a read that fit no row in `budget` failed because storage was
 /// late: the request it waited on most was later than the latency model
-/// expects of a slow one, and a slow one fits the budget (else the budget
+/// expects of a slow one, and a usual one fits the budget (else the budget
 /// was too small for what storage usually takes, late or not).
 fn storage_late(w: &Waited, budget: Duration) -> bool {
-    w.late() && w.expected < budget
+    w.late() && w.usual < budget
 }
 
 fn no_progress_message(
@@ -224,13 +224,17 @@ fn no_progress_message(
     let head = format!("no row could be read within the {budget:?} budget (set by {set_by:?})");
     match waited_on {
         None => format!("{head}; retry with a longer deadline or SLO"),
-        Some(w) if w.expected >= budget => format!(
-            "{head}: storage may take up to {:?}, more than the budget ({} requests in flight, the most waited {:?}); retry with a longer deadline or SLO",
-            w.expected, w.in_flight, w.waited
+        Some(w) if w.usual >= budget => format!(
+            "{head}: storage usually takes {:?}, more than the budget ({} requests in flight, the most waited {:?}); retry with a longer deadline or SLO",
+            w.usual, w.in_flight, w.waited
         ),
         Some(w) if storage_late(w, budget) => format!(
             "{head}: storage was late ({} requests in flight, one waited {:?} where at most {:?} was expected); retry",
             w.in_flight, w.waited, w.expected
+        ),
+        Some(w) if w.expected >= budget => format!(
+            "{head}: storage may take up to {:?}, more than the budget ({} requests in flight, the most waited {:?}); retry with a longer deadline or SLO",
+            w.expected, w.in_flight, w.waited
         ),
         Some(w) => format!(
             "{head}: {} requests in flight, none late (the most waited {:?} of the up to {:?} storage may take); retry with a longer deadline or SLO",
@@ -309,6 +313,7 @@ impl From<ServiceError> for tonic::Status {
                     info.insert("in_flight".into(), w.in_flight.to_string());
                     info.insert("waited_micros".into(), w.waited.as_micros().to_string());
                     info.insert("expected_micros".into(), w.expected.as_micros().to_string());
+                    info.insert("usual_micros".into(), w.usual.as_micros().to_string());
                     // Storage was late: the same call retried (a token
                     // read finds its held scan's pages landed) most likely
                     // answers; spread, as refusals for load are.
@@ -415,8 +420,8 @@ mod tests {
 
     /// A 10 ms read that stopped without a row while 4 requests were in
     /// flight, the one waited on most for `waited_us` where slow ones take
-    /// `expected_us`.
-    fn no_row(waited_us: u64, expected_us: u64) -> ServiceError {
+    /// `expected_us` and usual ones `usual_us`.
+    fn no_row(waited_us: u64, expected_us: u64, usual_us: u64) -> ServiceError {
         ServiceError::NoProgress {
             budget: Duration::from_millis(10),
             set_by: BudgetSource::Slo,
@@ -424,6 +429,7 @@ mod tests {
                 in_flight: 4,
                 waited: Duration::from_micros(waited_us),
                 expected: Duration::from_micros(expected_us),
+                usual: Duration::from_micros(usual_us),
             }),
         }
     }
@@ -459,7 +465,7 @@ mod tests {
     /// budget would fail again).
     #[test]
     fn a_read_storage_was_late_for_suggests_a_retry_a_too_small_budget_not() {
-        let late = tonic::Status::from(no_row(8_900, 3_100));
+        let late = tonic::Status::from(no_row(8_900, 3_100, 1_100));
         assert_eq!(
             late.get_details_error_info().unwrap().reason,
             "STORAGE_LATE"
@@ -475,7 +481,7 @@ mod tests {
         );
         let pushback = late.metadata().get(RETRY_PUSHBACK).expect("pushback");
         assert_eq!(pushback.to_str().unwrap(), wait.as_millis().to_string());
-        let small = tonic::Status::from(no_row(4_300, 6_100));
+        let small = tonic::Status::from(no_row(4_300, 6_100, 2_000));
         assert_eq!(
             small.get_details_error_info().unwrap().reason,
             "BUDGET_TOO_SMALL"
@@ -511,16 +517,28 @@ mod tests {
                 Code::DeadlineExceeded,
                 "BUDGET_TOO_SMALL",
             ),
-            (no_row(8_900, 3_100), Code::DeadlineExceeded, "STORAGE_LATE"),
-            // Later than a slow page, but a slow page does not fit the
+            (
+                no_row(8_900, 3_100, 1_100),
+                Code::DeadlineExceeded,
+                "STORAGE_LATE",
+            ),
+            // Later than a slow page, but a usual page does not fit the
             // budget either: the budget is too small.
             (
-                no_row(16_000, 13_600),
+                no_row(16_000, 13_600, 10_400),
                 Code::DeadlineExceeded,
                 "BUDGET_TOO_SMALL",
             ),
+            // Later than a slow page, which would not fit the budget, but a
+            // usual one does: storage was late (a continued call whose page
+            // had waited since the call before it).
             (
-                no_row(4_300, 6_100),
+                no_row(16_000, 13_600, 4_500),
+                Code::DeadlineExceeded,
+                "STORAGE_LATE",
+            ),
+            (
+                no_row(4_300, 6_100, 2_000),
                 Code::DeadlineExceeded,
                 "BUDGET_TOO_SMALL",
             ),
@@ -591,18 +609,19 @@ mod tests {
                 _ => {}
             }
         }
-        let late = tonic::Status::from(no_row(8_900, 3_100));
+        let late = tonic::Status::from(no_row(8_900, 3_100, 1_100));
         let info = late.get_details_error_info().expect("ErrorInfo");
         assert_eq!(info.metadata["budget_micros"], "10000");
         assert_eq!(info.metadata["in_flight"], "4");
         assert_eq!(info.metadata["waited_micros"], "8900");
         assert_eq!(info.metadata["expected_micros"], "3100");
+        assert_eq!(info.metadata["usual_micros"], "1100");
         assert_eq!(
             late.message(),
             "no row could be read within the 10ms budget (set by Slo): storage was late \
              (4 requests in flight, one waited 8.9ms where at most 3.1ms was expected); retry"
         );
-        let small = tonic::Status::from(no_row(4_300, 6_100));
+        let small = tonic::Status::from(no_row(4_300, 6_100, 2_000));
         let info = small.get_details_error_info().expect("ErrorInfo");
         assert_eq!(info.metadata["waited_micros"], "4300");
         assert_eq!(info.metadata["expected_micros"], "6100");
@@ -611,6 +630,12 @@ mod tests {
             "no row could be read within the 10ms budget (set by Slo): 4 requests in flight, \
              none late (the most waited 4.3ms of the up to 6.1ms storage may take); retry with \
              a longer deadline or SLO"
+        );
+        assert_eq!(
+            tonic::Status::from(no_row(16_000, 13_600, 10_400)).message(),
+            "no row could be read within the 10ms budget (set by Slo): storage usually takes \
+             10.4ms, more than the budget (4 requests in flight, the most waited 16ms); retry \
+             with a longer deadline or SLO"
         );
         let status = tonic::Status::from(ServiceError::invalid(
             "events[2].event_id",

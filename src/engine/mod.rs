@@ -279,9 +279,9 @@ pub struct ReadOutcome {
 
 /// The storage request a call that stopped without progress waited on
 /// most, judged against the latency model: when it had waited longer than
-/// the model expects of a slow request of its size ([`Waited::late`]),
-/// storage was late; otherwise the budget could not cover what storage
-/// usually takes.
+/// the model expects of a slow request of its size ([`Waited::late`]) and
+/// a usual one fits the budget, storage was late; otherwise the budget
+/// could not cover what storage takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Waited {
     /// Storage requests (pages, probes, index queries) in flight when the
@@ -294,6 +294,14 @@ pub struct Waited {
     /// [`SLOW_AT_MOST_USUAL`] times what such a request usually takes
     /// ([`predict::LatencyModel::predict_usual`]).
     pub expected: Duration,
+    /// What such a request usually takes
+    /// ([`predict::LatencyModel::predict_usual`]). A budget this does not
+    /// fit is too small, whether the request was late or not; one it fits
+    /// is not, even when a slow request (`expected`) would not fit: a
+    /// continued call under a 5 ms SLO whose page had waited 20.5 ms, where
+    /// usual ones took 2.2 ms, was told its budget was too small because a
+    /// slow one, three times that, did not fit.
+    pub usual: Duration,
 }
 
 /// A request counts as late once it has waited this many times what a
@@ -315,12 +323,12 @@ impl Waited {
         waited: Duration,
         in_flight: usize,
     ) -> Self {
+        let usual = model.predict_usual(rows);
         Self {
             in_flight,
             waited,
-            expected: model
-                .predict_tail(rows)
-                .min(model.predict_usual(rows) * SLOW_AT_MOST_USUAL),
+            expected: model.predict_tail(rows).min(usual * SLOW_AT_MOST_USUAL),
+            usual,
         }
     }
 
