@@ -15,7 +15,10 @@ use crate::api::pb::hourglass_client::HourglassClient;
 /// budget (DEADLINE_EXCEEDED, reason BUDGET_TOO_SMALL or STORAGE_LATE)
 /// before giving up.
 pub const NO_PROGRESS_RETRIES: u32 = 5;
-/// Pause before the first repeat; it grows linearly with each attempt.
+/// Pause before the first repeat of a call whose error suggests no wait
+/// (BUDGET_TOO_SMALL, or the client's own deadline); it grows linearly
+/// with each attempt. A STORAGE_LATE error's RetryInfo is waited out
+/// instead.
 pub const NO_PROGRESS_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 /// Calls repeated after the server refused them with a RetryInfo (for load,
 /// RESOURCE_EXHAUSTED; or UNAVAILABLE: a draining replica, an open
@@ -27,17 +30,30 @@ pub const MAX_OVERLOAD_WAIT: Duration = Duration::from_secs(1);
 /// The wait a refusal suggests, if `status` is one a retry helps
 /// (RESOURCE_EXHAUSTED or UNAVAILABLE with a RetryInfo).
 fn overload_wait(status: &Status) -> Option<Duration> {
-    use tonic_types::StatusExt;
     if !matches!(
         status.code(),
         tonic::Code::ResourceExhausted | tonic::Code::Unavailable
     ) {
         return None;
     }
+    suggested_wait(status)
+}
+
+/// The wait `status`'s RetryInfo suggests, at most [`MAX_OVERLOAD_WAIT`].
+fn suggested_wait(status: &Status) -> Option<Duration> {
+    use tonic_types::StatusExt;
     status
         .get_details_retry_info()
         .and_then(|r| r.retry_delay)
         .map(|d| d.min(MAX_OVERLOAD_WAIT))
+}
+
+/// How long to wait before the `attempt`th repeat (from 1) of a call that
+/// made no progress: what its RetryInfo suggests (STORAGE_LATE: a wait
+/// drawn to spread the retries of calls the same stall failed), else
+/// `backoff` times `attempt`.
+fn no_progress_wait(status: &Status, attempt: u32, backoff: Duration) -> Duration {
+    suggested_wait(status).unwrap_or(backoff * attempt)
 }
 
 /// Whether `status` says the call ended without a row where the same call
@@ -99,7 +115,9 @@ pub struct FollowOptions {
     /// [`is_no_progress`]) before its error ends the stream; 0 passes the
     /// first such error on.
     pub no_progress_retries: u32,
-    /// Pause before the first repeat; it grows linearly with each one.
+    /// Pause before the first repeat when the error suggests no wait; it
+    /// grows linearly with each one. A RetryInfo's wait (STORAGE_LATE) is
+    /// taken instead when there is one.
     pub no_progress_backoff: Duration,
     /// Repeats of a call the server refused with a RetryInfo
     /// (RESOURCE_EXHAUSTED or UNAVAILABLE), each after the suggested wait
@@ -156,7 +174,8 @@ pub fn follow<T: Transport>(
                     Ok(r) => break r.into_inner(),
                     Err(s) if is_no_progress(&s) && attempt < options.no_progress_retries => {
                         attempt += 1;
-                        tokio::time::sleep(options.no_progress_backoff * attempt).await;
+                        let wait = no_progress_wait(&s, attempt, options.no_progress_backoff);
+                        tokio::time::sleep(wait).await;
                     }
                     Err(s) if refused < options.overload_retries && overload_wait(&s).is_some() => {
                         refused += 1;
@@ -295,6 +314,35 @@ mod tests {
         assert!(is_no_progress(&Status::cancelled("Timeout expired")));
         assert!(is_no_progress(&Status::deadline_exceeded("deadline")));
         assert!(!is_no_progress(&Status::cancelled("the caller gave up")));
+    }
+
+    /// STORAGE_LATE's RetryInfo is waited out (the server spreads the
+    /// retries of calls one stall failed); an error without one backs off
+    /// by the client's own steps.
+    #[test]
+    fn a_call_without_a_row_waits_what_its_retry_info_suggests() {
+        let backoff = Duration::from_millis(100);
+        let mut details = ErrorDetails::with_error_info(
+            "STORAGE_LATE",
+            "hourglass.v1",
+            [("budget_micros".to_string(), "5000".to_string())],
+        );
+        details.set_retry_info(Some(Duration::from_millis(37)));
+        let late = Status::with_error_details(Code::DeadlineExceeded, "no row", details);
+        assert!(is_no_progress(&late));
+        assert_eq!(
+            no_progress_wait(&late, 3, backoff),
+            Duration::from_millis(37)
+        );
+        let small = no_row("BUDGET_TOO_SMALL", "5000");
+        assert_eq!(
+            no_progress_wait(&small, 3, backoff),
+            Duration::from_millis(300)
+        );
+        assert_eq!(
+            no_progress_wait(&Status::cancelled("Timeout expired"), 1, backoff),
+            backoff
+        );
     }
 
     #[test]
