@@ -65,11 +65,16 @@ pub const REASONS: &[&str] = &[
     "NAMESPACE_FAIR_SHARE",
     "BUDGET_SPENT_WAITING",
     REASON_REQUEST_BUFFER_FULL,
+    REASON_TOO_MANY_MESSAGES,
 ];
 
 /// The reason of a request refused because the requests being received
 /// fill the server's request buffer (see `server::calls`).
 pub const REASON_REQUEST_BUFFER_FULL: &str = "REQUEST_BUFFER_FULL";
+
+/// The reason of a request refused because its body holds more than the
+/// one message its method takes (see `server::calls`).
+pub const REASON_TOO_MANY_MESSAGES: &str = "TOO_MANY_MESSAGES";
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]

@@ -28,6 +28,9 @@ enum Call {
     /// These bytes as the request message of the method at this path, as
     /// a client with an encoder of its own might send them.
     Raw(&'static str, Vec<u8>),
+    /// These messages, each sent whole, as one request to the method at
+    /// this path (which takes one).
+    Several(&'static str, Vec<Vec<u8>>),
 }
 
 /// Sends a message's bytes as they are and decodes none (see [`Call::Raw`]).
@@ -76,11 +79,8 @@ impl tonic::codec::Decoder for RawCodec {
     }
 }
 
-async fn raw_call(
-    server: &TestServer,
-    path: &'static str,
-    message: Vec<u8>,
-) -> Result<(), tonic::Status> {
+/// A client of `server` that sends and takes messages as raw bytes.
+async fn raw_client(server: &TestServer) -> tonic::client::Grpc<tonic::transport::Channel> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
         .expect("address")
         .connect()
@@ -88,8 +88,32 @@ async fn raw_call(
         .expect("connect");
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.expect("ready");
+    grpc
+}
+
+async fn raw_call(
+    server: &TestServer,
+    path: &'static str,
+    message: Vec<u8>,
+) -> Result<(), tonic::Status> {
+    let mut grpc = raw_client(server).await;
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
     grpc.unary(tonic::Request::new(message), path, RawCodec)
+        .await
+        .map(|_| ())
+}
+
+/// `messages` as one request's body to the method at `path`, as a
+/// client-streaming call sends them.
+async fn several_messages(
+    server: &TestServer,
+    path: &'static str,
+    messages: Vec<Vec<u8>>,
+) -> Result<(), tonic::Status> {
+    let mut grpc = raw_client(server).await;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    let request = tonic::Request::new(futures::stream::iter(messages));
+    grpc.client_streaming(request, path, RawCodec)
         .await
         .map(|_| ())
 }
@@ -185,6 +209,7 @@ async fn status_of(server: &mut TestServer, call: Call) -> tonic::Status {
         Call::Create(r) => c.create_namespace(r).await.map(|_| ()),
         Call::Get(r) => c.get_namespace(r).await.map(|_| ()),
         Call::Raw(path, message) => raw_call(server, path, message).await,
+        Call::Several(path, messages) => several_messages(server, path, messages).await,
     }
     .expect_err("the request must be refused")
 }
@@ -199,6 +224,7 @@ async fn every_bad_request_gets_its_code_reason_field_and_message() {
         .map(|i| event("s", i * 50_000, &format!("e{i}")))
         .collect();
     write_all(&server.client, NS, good.clone()).await;
+    let good_read = prost::Message::encode_to_vec(&read(|_| {}));
 
     // A real token of (bad, s, [0, 1s), ascending).
     let token = server
@@ -722,6 +748,33 @@ async fn every_bad_request_gets_its_code_reason_field_and_message() {
             "INVALID_FIELD",
             Some("namespace"),
             "not a valid protobuf encoding",
+        ),
+        // Every method takes one message: a body that carries two (the
+        // first a good read) is refused whole, as grpc-go and grpc-java
+        // refuse such a cardinality violation, not answered for the first.
+        case(
+            "read: two messages",
+            Call::Several(READ_EVENTS, vec![good_read.clone(), good_read.clone()]),
+            Internal,
+            "TOO_MANY_MESSAGES",
+            None,
+            "more than one message",
+        ),
+        case(
+            "stream: two messages",
+            Call::Several(STREAM_EVENTS, vec![good_read.clone(), Vec::new()]),
+            Internal,
+            "TOO_MANY_MESSAGES",
+            None,
+            "more than one message",
+        ),
+        case(
+            "create: two messages",
+            Call::Several(CREATE_NAMESPACE, vec![Vec::new(), Vec::new()]),
+            Internal,
+            "TOO_MANY_MESSAGES",
+            None,
+            "more than one message",
         ),
     ];
     assert!(cases.len() >= 25);

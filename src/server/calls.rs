@@ -24,6 +24,13 @@
 //! any handler or credential check runs: 16 uploads held one KiB short of
 //! 62 MB took a server from 67 MB to 984 MB.)
 //!
+//! Every Hourglass method takes one request message. A counted call's body
+//! that begins a second message fails INTERNAL `TOO_MANY_MESSAGES`
+//! ([`MessageCount`]), as grpc-go and grpc-java answer such a cardinality
+//! violation, before any handler sees the first (tonic takes the first
+//! message and drops the rest: a unary call carrying two read requests
+//! was answered OK for the first).
+//!
 //! Health and reflection calls are not counted: a health `Watch` never
 //! ends by itself and serves no data. Once the drain closes connections
 //! (the `goaway` token), a `Watch` ends UNAVAILABLE "server shutting down"
@@ -240,6 +247,8 @@ const REQUEST_BUFFER_RETRY: Duration = Duration::from_secs(1);
 pub struct RequestBody<B> {
     inner: Pin<Box<B>>,
     budget: Option<RequestBudget>,
+    /// The gRPC messages begun in the body, for a method that takes one.
+    messages: Option<MessageCount>,
     held: usize,
     /// Started at the first data frame that leaves the body unfinished.
     watch: Option<ConnectionAbort>,
@@ -277,6 +286,13 @@ where
         match futures::ready!(this.inner.as_mut().poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
+                    if let Some(count) = &mut this.messages {
+                        if !count.feed(data) {
+                            let refusal = MessageCount::refusal();
+                            this.release();
+                            return Poll::Ready(Some(Err(Box::new(refusal))));
+                        }
+                    }
                     if let Some(budget) = &this.budget {
                         if !budget.take(data.len()) {
                             let refusal = budget.refusal();
@@ -311,6 +327,69 @@ where
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Follows the gRPC framing of a request body (each message: a flag
+/// byte, a 4-byte big-endian length, that many bytes) to tell when a
+/// second message begins.
+#[derive(Debug, Default)]
+struct MessageCount {
+    /// Messages begun.
+    begun: u32,
+    /// The current message's prefix, as far as it has come.
+    prefix: [u8; 5],
+    /// Bytes of `prefix` in hand; 0 between messages.
+    prefix_len: usize,
+    /// Bytes of the current message's body still to come.
+    left: usize,
+}
+
+impl MessageCount {
+    /// Takes the body's next bytes; false once a second message begins.
+    fn feed(&mut self, mut data: &[u8]) -> bool {
+        while !data.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(data.len());
+                self.left -= n;
+                data = &data[n..];
+                continue;
+            }
+            if self.prefix_len == 0 {
+                self.begun += 1;
+                if self.begun > 1 {
+                    return false;
+                }
+            }
+            let n = (self.prefix.len() - self.prefix_len).min(data.len());
+            self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&data[..n]);
+            self.prefix_len += n;
+            data = &data[n..];
+            if self.prefix_len == self.prefix.len() {
+                let [_, length @ ..] = self.prefix;
+                self.left = u32::from_be_bytes(length) as usize;
+                self.prefix_len = 0;
+            }
+        }
+        true
+    }
+
+    /// The refusal of a body that began a second message (counted as a
+    /// rejected request: no handler sees it).
+    fn refusal() -> tonic::Status {
+        use crate::error::REASON_TOO_MANY_MESSAGES;
+        metrics::counter!(crate::telemetry::REJECTED, "reason" => REASON_TOO_MANY_MESSAGES)
+            .increment(1);
+        let details = tonic_types::ErrorDetails::with_error_info(
+            REASON_TOO_MANY_MESSAGES,
+            crate::error::ERROR_DOMAIN,
+            std::collections::HashMap::<String, String>::new(),
+        );
+        crate::error::detailed_status(
+            tonic::Code::Internal,
+            "the request holds more than one message; this method takes exactly one".into(),
+            details,
+        )
     }
 }
 
@@ -496,6 +575,7 @@ where
         let request = request.map(|body| RequestBody {
             inner: Box::pin(body),
             budget: counted.then(|| self.requests.clone()),
+            messages: counted.then(MessageCount::default),
             held: 0,
             watch,
             progress: None,
@@ -641,5 +721,36 @@ mod tests {
         assert!(!waiting.is_finished(), "one call still in flight");
         drop(b);
         waiting.await.expect("idle once both ended");
+    }
+
+    /// A gRPC message as a client frames it.
+    fn framed(body: &[u8]) -> Vec<u8> {
+        let mut out = vec![0];
+        let len = u32::try_from(body.len()).expect("a small message");
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn a_second_message_is_seen_however_the_body_is_cut() {
+        let one = framed(b"a request");
+        let mut two = one.clone();
+        two.extend(framed(b""));
+        two.extend(framed(b"another"));
+        // Whole, in pieces of every size, and cut in the prefix.
+        for piece in 1..=two.len() {
+            let mut count = MessageCount::default();
+            let fed: Vec<bool> = one.chunks(piece).map(|c| count.feed(c)).collect();
+            assert!(fed.iter().all(|ok| *ok), "one message, pieces of {piece}");
+            let mut count = MessageCount::default();
+            let fed: Vec<bool> = two.chunks(piece).map(|c| count.feed(c)).collect();
+            assert!(fed.contains(&false), "three messages, pieces of {piece}");
+        }
+        // An empty message is one message.
+        assert!(MessageCount::default().feed(&framed(b"")));
+        let mut count = MessageCount::default();
+        assert!(count.feed(&framed(b"")));
+        assert!(!count.feed(&[0]), "a second, however short");
     }
 }
