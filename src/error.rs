@@ -265,6 +265,7 @@ impl From<ReadError> for ServiceError {
                 budget,
                 set_by,
                 waited_on,
+                ..
             } => Self::NoProgress {
                 budget,
                 set_by,

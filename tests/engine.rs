@@ -242,9 +242,11 @@ async fn no_progress_within_the_budget_is_an_error_not_an_empty_page() {
             budget,
             set_by,
             waited_on,
+            began: scan_began,
         }) => {
             assert_eq!(budget, 50 * MS);
             assert_eq!(set_by, BudgetSource::Slo);
+            assert_eq!(scan_began, Duration::ZERO, "the scan began at once");
             // The engine's prior expects pages of a few milliseconds: the
             // 100 ms ones were late, the budget was not too small for them.
             let late = waited_on.expect("a page in flight");

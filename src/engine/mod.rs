@@ -343,12 +343,15 @@ impl Waited {
 pub enum ReadError {
     /// Not even one row or bucket fit in the budget. `waited_on` is the
     /// request in flight that waited most past (or least short of) what
-    /// the model expects, if one was in flight.
-    #[error("no progress possible within the {budget:?} budget ({set_by:?}){}", waited_on.map_or(String::new(), |w| format!("; waited on {w:?}")))]
+    /// the model expects, if one was in flight; `began` how much of the
+    /// budget had gone when the call's scan began (the call's wait for a
+    /// worker, for the rest of its request, for a held scan's hand-over).
+    #[error("no progress possible within the {budget:?} budget ({set_by:?}), the scan begun after {began:?}{}", waited_on.map_or(String::new(), |w| format!("; waited on {w:?}")))]
     NoProgress {
         budget: Duration,
         set_by: BudgetSource,
         waited_on: Option<Waited>,
+        began: Duration,
     },
     /// Storage failed before any progress.
     #[error(transparent)]

@@ -161,6 +161,9 @@ pub(super) struct Scan<S> {
     /// row: how far behind its client is taken to be (see
     /// [`StreamClock`]); None for a response built at the end.
     pub(super) stream: Option<StreamClock>,
+    /// How much of the call's budget had gone when its scan began (see
+    /// [`ReadError::NoProgress`]).
+    began: Duration,
 }
 
 /// How far a stream's client is behind, as a queue it works off at the
@@ -213,6 +216,7 @@ impl<S: Storage> Scan<S> {
             carry: VecDeque::new(),
             row_bytes: 0,
             stream: None,
+            began: req.budget.elapsed(),
         };
         scan.row_bytes = scan.model.row_bytes();
         // The first bucket's shards are fetched at once, beside (not after)
@@ -275,6 +279,7 @@ impl<S: Storage> Scan<S> {
     pub(super) fn continue_with(&mut self, req: &ReadRequest) {
         debug_assert_eq!(req.resume_after.as_ref(), Some(&self.frontier));
         self.req = req.clone();
+        self.began = req.budget.elapsed();
         self.start_frontier = self.frontier.clone();
         self.rows_out = 0;
         self.bytes_out = 0;
@@ -559,6 +564,7 @@ impl<S: Storage> Scan<S> {
                 budget: self.req.budget.total,
                 set_by: self.req.budget.source,
                 waited_on: self.waited_on(Instant::now()),
+                began: self.began,
             },
         })
     }

@@ -244,7 +244,6 @@ impl<S: Storage> HourglassService<S> {
         request: Request<pb::ReadEventsRequest>,
     ) -> Result<Prepared, ServiceError> {
         let arrived = arrival(&request);
-        let waited = arrived.elapsed();
         let deadline = client_deadline(request.metadata());
         let principal = self.authenticate(&request)?;
         // Who reads, for the per-client bound on held continuations.
@@ -304,27 +303,25 @@ impl<S: Storage> HourglassService<S> {
             },
             fp,
             ticket,
-            waited,
         })
     }
 }
 
 /// The error of a read the engine could not start: a budget that would
 /// have covered the smallest page (`least_page`) but was mostly spent before
-/// the handler ran is the replica's doing, refused as load
-/// (`BUDGET_SPENT_WAITING`), not a budget too small.
-fn read_failed(
-    e: ReadError,
-    budget: &Budget,
-    waited: Duration,
-    least_page: Duration,
-) -> ServiceError {
+/// the call's scan began (waiting for a worker, for the rest of the request,
+/// for a held scan's hand-over) is the replica's doing, refused as load
+/// (`BUDGET_SPENT_WAITING`), not a budget too small. (Counted to the
+/// handler alone, a continued call whose held scan was handed over after
+/// its deadline on a machine short of CPU failed `BUDGET_TOO_SMALL`,
+/// with nothing in flight, though its scan held rows for it.)
+fn read_failed(e: ReadError, budget: &Budget, least_page: Duration) -> ServiceError {
     match e {
-        ReadError::NoProgress { .. }
-            if waited * 2 >= budget.total && budget.total >= least_page =>
+        ReadError::NoProgress { began, .. }
+            if began * 2 >= budget.total && budget.total >= least_page =>
         {
             ServiceError::Overloaded(Full::BudgetSpent {
-                left: budget.total.saturating_sub(waited),
+                left: budget.total.saturating_sub(began),
             })
         }
         e => e.into(),
@@ -336,8 +333,6 @@ struct Prepared {
     read: ReadRequest,
     fp: QueryFingerprint,
     ticket: Ticket,
-    /// From the call's arrival to its handler.
-    waited: Duration,
 }
 
 /// Checks `access` to `namespace` for the caller (always allowed without
@@ -623,7 +618,6 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
                 read: req,
                 fp,
                 ticket,
-                waited,
             } = self.prepare_read(request).await?;
             // Rows are encoded as they come (see crate::response).
             let mut encoded = EncodedEvents::new(req.series_id.clone());
@@ -633,7 +627,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             observe_failed(&ticket, &req, &outcome);
             let outcome = outcome.map_err(|e| {
                 let least = self.engine.least_page_time(&req.namespace.name);
-                read_failed(e, &req.budget, waited, least)
+                read_failed(e, &req.budget, least)
             })?;
             let continued = outcome.stats.continued;
             let end = api::stream_end(outcome, |k| self.keys.issue(&fp, k));
@@ -686,7 +680,6 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             read: req,
             fp,
             ticket,
-            waited,
         } = match prepared {
             Ok(p) => p,
             Err(e) => return finish(call, Err(e), ok),
@@ -719,7 +712,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             // Rows the engine pushed are the client's before the end.
             sink.drained().await;
             let result = result
-                .map_err(|e| read_failed(e, &req.budget, waited, least_page))
+                .map_err(|e| read_failed(e, &req.budget, least_page))
                 .map(|outcome| api::stream_end(outcome, |k| keys.issue(&fp, k)));
             let msg =
                 finish(call, result, partial_or_complete).map(|end| pb::StreamEventsResponse {
@@ -976,6 +969,43 @@ impl RowSink for StreamSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A read that fit no row after most of its budget went before its
+    /// scan began (here, waiting for a held scan's hand-over) was the
+    /// replica's doing: refused as load with what was left; one whose scan
+    /// began in time, or whose budget could not cover the smallest page,
+    /// keeps its reason.
+    #[test]
+    fn a_read_whose_scan_began_late_was_refused_for_load() {
+        let budget = Budget::new(
+            &BudgetConfig::default(),
+            Some(Duration::from_millis(10)),
+            None,
+        );
+        let failed = |began_ms: u64| ReadError::NoProgress {
+            budget: budget.total,
+            set_by: budget.source,
+            waited_on: None,
+            began: Duration::from_millis(began_ms),
+        };
+        let least = Duration::from_millis(2);
+        let reason = |e: ServiceError| e.reason();
+        match read_failed(failed(6), &budget, least) {
+            ServiceError::Overloaded(Full::BudgetSpent { left }) => {
+                assert_eq!(left, Duration::from_millis(4));
+            }
+            other => panic!("not refused for load: {other:?}"),
+        }
+        assert_eq!(
+            reason(read_failed(failed(1), &budget, least)),
+            "BUDGET_TOO_SMALL"
+        );
+        let beyond = Duration::from_millis(20);
+        assert_eq!(
+            reason(read_failed(failed(6), &budget, beyond)),
+            "BUDGET_TOO_SMALL"
+        );
+    }
 
     fn sink() -> (StreamSink, mpsc::Receiver<StreamMessage>) {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
