@@ -38,8 +38,12 @@
 //!   evicts the oldest scans; a scan held less than [`STALE_FOR_ROOM`] ago
 //!   makes room to fetch ahead by evicting only scans held longer than that
 //!   before it (clients that went away), so a cache full of those does not
-//!   starve a chain being read, and chains being read do not evict each
-//!   other.
+//!   starve a chain being read, and fetching ahead never evicts a chain
+//!   being read (a new hold does evict the oldest held scans, read or not,
+//!   when the held ones would not fit: chains that together need more than
+//!   `max_bytes` evict each other). The pages a call asked for its own
+//!   response are outside the bound; the bytes published (held scans plus
+//!   calls' leases) count them, so they can read above `max_bytes`.
 //! * A call whose scan will be held fetches ahead under the same bound: from
 //!   its first fetch ahead to its end, what its scan holds counts against
 //!   `max_bytes` as a [`Lease`] (handed over to the entry when the scan is
