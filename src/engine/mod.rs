@@ -346,7 +346,7 @@ pub enum ReadError {
     /// the model expects, if one was in flight; `began` how much of the
     /// budget had gone when the call's scan began (the call's wait for a
     /// worker, for the rest of its request, for a held scan's hand-over).
-    #[error("no progress possible within the {budget:?} budget ({set_by:?}), the scan begun after {began:?}{}", waited_on.map_or(String::new(), |w| format!("; waited on {w:?}")))]
+    #[error("no progress possible within the {budget:?} budget ({set_by:?}), the scan began after {began:?}{}", waited_on.map_or(String::new(), |w| format!("; waited on {w:?}")))]
     NoProgress {
         budget: Duration,
         set_by: BudgetSource,
