@@ -244,6 +244,38 @@ async fn reads_failing_for_want_of_budget_cut_the_admission_limit() {
     assert!(limit < 10, "the limit stayed at {limit}");
 }
 
+/// A read whose budget could not cover the smallest page however idle the
+/// replica (a deadline within the server's margin: a budget of zero) says
+/// nothing of the replica's load and leaves the limit alone. Before, one
+/// client looping such calls held the limit at its floor for every other.
+#[tokio::test(start_paused = true)]
+async fn reads_whose_budget_is_zero_leave_the_admission_limit_alone() {
+    use hourglass::admission::{Admission, AdmissionConfig};
+    use hourglass::bulkhead::Bulkhead;
+    let store = MemoryStore::new();
+    create(&store, "n").await;
+    let svc = service(&store).with_admission(Admission::new(
+        Bulkhead::new(100, 100),
+        AdmissionConfig {
+            adaptive: true,
+            min_limit: 2,
+            initial_limit: 20,
+        },
+    ));
+    for _ in 0..100 {
+        let mut req = read("n");
+        // 1 ms, within the 5 ms margin.
+        req.metadata_mut()
+            .insert("grpc-timeout", "1m".parse().expect("ascii"));
+        let e = svc.read_events(req).await.expect_err("no budget");
+        assert_eq!(e.code(), Code::DeadlineExceeded);
+        let info = e.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "BUDGET_TOO_SMALL");
+        assert_eq!(info.metadata["budget_micros"], "0");
+    }
+    assert_eq!(svc.admission_limit(), Some(20));
+}
+
 #[tokio::test(start_paused = true)]
 async fn batch_reads_yield_to_interactive_ones_when_the_limit_is_near() {
     use hourglass::admission::{Admission, AdmissionConfig};
@@ -474,10 +506,12 @@ async fn a_continued_stream_has_rows_even_while_a_page_outlasts_its_budget() {
 
 /// Streams whose clients stopped reading keep their static slots (what the
 /// server buffers for them stays bounded) but give their share of the
-/// adaptive limit back once their scans end, here at their budget with
-/// their queues full: other reads are admitted again. Before, eight such
+/// adaptive limit back once their queues are full, long before their 30 s
+/// budgets end: other reads are admitted again. Before, eight such
 /// streams held a limit of six until the send stall closed their
-/// connections, 10-20 s on, and every other read was refused meanwhile.
+/// connections, 10-20 s on, and every other read was refused meanwhile;
+/// then, with the share going back at the scan's end, streams under a
+/// long SLO still held it for their budgets.
 #[tokio::test(start_paused = true)]
 async fn streams_whose_clients_stopped_reading_give_back_the_adaptive_limit() {
     use hourglass::admission::{Admission, AdmissionConfig};
@@ -502,7 +536,11 @@ async fn streams_whose_clients_stopped_reading_give_back_the_adaptive_limit() {
             series_id: "s".into(),
             start_time_micros: 0,
             end_time_micros: 1_000_000,
-            slo_millis: 100,
+            slo_millis: 30_000,
+            // Past the 8,000 rows of 8 MiB: the scans end only with their
+            // budget.
+            page_size: Some(100_000),
+            page_bytes_limit: Some(32 << 20),
             ..Default::default()
         })
     };
@@ -519,7 +557,7 @@ async fn streams_whose_clients_stopped_reading_give_back_the_adaptive_limit() {
         refused.get_details_error_info().expect("ErrorInfo").reason,
         "CONCURRENCY_LIMIT"
     );
-    // Once the stalled streams' budgets have ended, reads are admitted.
+    // Once the stalled streams' queues are full, reads are admitted.
     tokio::time::sleep(Duration::from_millis(150)).await;
     for _ in 0..10 {
         svc.read_events(read("n"))
