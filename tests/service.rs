@@ -30,6 +30,27 @@ fn service(store: &MemoryStore) -> HourglassService<MemoryStore> {
     HourglassService::new(engine, keys, BudgetConfig::default())
 }
 
+/// [`service`] with adaptive admission under `slots` static slots (for the
+/// server and for each namespace), the limit starting at `initial` and
+/// never below `min`.
+fn adaptive_service(
+    store: &MemoryStore,
+    slots: usize,
+    min: usize,
+    initial: usize,
+) -> HourglassService<MemoryStore> {
+    use hourglass::admission::{Admission, AdmissionConfig};
+    use hourglass::bulkhead::Bulkhead;
+    service(store).with_admission(Admission::new(
+        Bulkhead::new(slots, slots),
+        AdmissionConfig {
+            adaptive: true,
+            min_limit: min,
+            initial_limit: initial,
+        },
+    ))
+}
+
 fn read(namespace: &str) -> Request<pb::ReadEventsRequest> {
     Request::new(pb::ReadEventsRequest {
         namespace: namespace.into(),
@@ -206,20 +227,11 @@ async fn unknown_namespaces_are_remembered_briefly() {
 /// never answered late (it fails at its stop, before the deadline).
 #[tokio::test(start_paused = true)]
 async fn reads_failing_for_want_of_budget_cut_the_admission_limit() {
-    use hourglass::admission::{Admission, AdmissionConfig};
-    use hourglass::bulkhead::Bulkhead;
     let store = MemoryStore::new();
     create(&store, "n").await;
     store.set_latency(|_| Duration::from_secs(1));
     store.set_index_latency(Duration::from_secs(1));
-    let svc = service(&store).with_admission(Admission::new(
-        Bulkhead::new(100, 100),
-        AdmissionConfig {
-            adaptive: true,
-            min_limit: 2,
-            initial_limit: 20,
-        },
-    ));
+    let svc = adaptive_service(&store, 100, 2, 20);
     let mut reasons = Vec::new();
     for _ in 0..100 {
         let e = svc
@@ -250,18 +262,9 @@ async fn reads_failing_for_want_of_budget_cut_the_admission_limit() {
 /// client looping such calls held the limit at its floor for every other.
 #[tokio::test(start_paused = true)]
 async fn reads_whose_budget_is_zero_leave_the_admission_limit_alone() {
-    use hourglass::admission::{Admission, AdmissionConfig};
-    use hourglass::bulkhead::Bulkhead;
     let store = MemoryStore::new();
     create(&store, "n").await;
-    let svc = service(&store).with_admission(Admission::new(
-        Bulkhead::new(100, 100),
-        AdmissionConfig {
-            adaptive: true,
-            min_limit: 2,
-            initial_limit: 20,
-        },
-    ));
+    let svc = adaptive_service(&store, 100, 2, 20);
     for _ in 0..100 {
         let mut req = read("n");
         // 1 ms, within the 5 ms margin.
@@ -278,20 +281,11 @@ async fn reads_whose_budget_is_zero_leave_the_admission_limit_alone() {
 
 #[tokio::test(start_paused = true)]
 async fn batch_reads_yield_to_interactive_ones_when_the_limit_is_near() {
-    use hourglass::admission::{Admission, AdmissionConfig};
-    use hourglass::bulkhead::Bulkhead;
     let store = MemoryStore::new();
     create(&store, "n").await;
     store.set_index_latency(Duration::from_secs(1));
     // A limit of 4: batch reads may hold 3 slots.
-    let svc = Arc::new(service(&store).with_admission(Admission::new(
-        Bulkhead::new(100, 100),
-        AdmissionConfig {
-            adaptive: true,
-            min_limit: 4,
-            initial_limit: 4,
-        },
-    )));
+    let svc = Arc::new(adaptive_service(&store, 100, 4, 4));
     let call = |class: &'static str| {
         let mut r = read("n");
         r.get_mut().slo_millis = 5_000;
@@ -514,22 +508,13 @@ async fn a_continued_stream_has_rows_even_while_a_page_outlasts_its_budget() {
 /// long SLO still held it for their budgets.
 #[tokio::test(start_paused = true)]
 async fn streams_whose_clients_stopped_reading_give_back_the_adaptive_limit() {
-    use hourglass::admission::{Admission, AdmissionConfig};
-    use hourglass::bulkhead::Bulkhead;
     let store = MemoryStore::new();
     let ns = Namespace::checked("wide".into(), 1_000_000_000, 4, 0).expect("valid");
     store.create_namespace(&ns).await.expect("create");
     write_series(&store, &ns, 8_000, 1 << 10).await;
     store.set_latency(|_| Duration::from_millis(1));
     create(&store, "n").await;
-    let svc = service(&store).with_admission(Admission::new(
-        Bulkhead::new(8, 8),
-        AdmissionConfig {
-            adaptive: true,
-            min_limit: 2,
-            initial_limit: 2,
-        },
-    ));
+    let svc = adaptive_service(&store, 8, 2, 2);
     let stalled_read = || {
         Request::new(pb::ReadEventsRequest {
             namespace: "wide".into(),
