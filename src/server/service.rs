@@ -624,9 +624,13 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             let mut sink = FirstRow::new(&mut encoded);
             let outcome = self.engine.read(&req, &mut sink).await;
             let first_row = sink.at;
-            let least = self.engine.least_page_time(&req.namespace.name);
-            observe_failed(&ticket, &req, &outcome, least);
-            let outcome = outcome.map_err(|e| read_failed(e, &req.budget, least))?;
+            let outcome = outcome.map_err(|e| {
+                // Only a failed read needs the least page time (a lock on
+                // the latency models and a copy).
+                let least = self.engine.least_page_time(&req.namespace.name);
+                observe_failed(&ticket, &req, &e, least);
+                read_failed(e, &req.budget, least)
+            })?;
             let continued = outcome.stats.continued;
             let end = api::stream_end(outcome, |k| self.keys.issue(&fp, k));
             observe(&ticket, &req, first_row, continued);
@@ -682,7 +686,6 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             Ok(p) => p,
             Err(e) => return finish(call, Err(e), ok),
         };
-        let least_page = self.engine.least_page_time(&req.namespace.name);
         // The stream holds the ticket (its static slot); the scan holds it
         // too while it runs (its share of the adaptive limit: a stream's
         // client may hold its queue unread for the send stall's 10-20 s).
@@ -702,17 +705,22 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             let mut timed = FirstRow::new(&mut sink);
             let result = engine.read(&req, &mut timed).await;
             let first_row = timed.at;
-            if let Ok(outcome) = &result {
-                observe(&scanning, &req, first_row, outcome.stats.continued);
-            }
-            observe_failed(&scanning, &req, &result, least_page);
+            let result = match result {
+                Ok(outcome) => {
+                    observe(&scanning, &req, first_row, outcome.stats.continued);
+                    Ok(outcome)
+                }
+                Err(e) => {
+                    let least_page = engine.least_page_time(&req.namespace.name);
+                    observe_failed(&scanning, &req, &e, least_page);
+                    Err(read_failed(e, &req.budget, least_page))
+                }
+            };
             scanning.scan_ended();
             drop(scanning);
             // Rows the engine pushed are the client's before the end.
             sink.drained().await;
-            let result = result
-                .map_err(|e| read_failed(e, &req.budget, least_page))
-                .map(|outcome| api::stream_end(outcome, |k| keys.issue(&fp, k)));
+            let result = result.map(|outcome| api::stream_end(outcome, |k| keys.issue(&fp, k)));
             let msg =
                 finish(call, result, partial_or_complete).map(|end| pb::StreamEventsResponse {
                     message: Some(pb::stream_events_response::Message::End(end)),
@@ -830,13 +838,8 @@ fn observe(ticket: &Ticket, req: &ReadRequest, first_row: Option<Instant>, conti
 /// cover the smallest page (`least_page`) however idle the replica: one
 /// client looping calls whose deadline fell within the margin (a budget of
 /// zero) held the limit at its floor for every other client (Node audit).
-fn observe_failed<T>(
-    ticket: &Ticket,
-    req: &ReadRequest,
-    result: &Result<T, ReadError>,
-    least_page: Duration,
-) {
-    let failed = matches!(result, Err(ReadError::NoProgress { .. }));
+fn observe_failed(ticket: &Ticket, req: &ReadRequest, error: &ReadError, least_page: Duration) {
+    let failed = matches!(error, ReadError::NoProgress { .. });
     if failed && req.budget.total >= least_page {
         ticket.observe_failed(req.budget.elapsed());
     }
