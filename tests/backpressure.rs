@@ -187,3 +187,87 @@ async fn a_streams_client_reads_as_the_rows_come() {
     assert!(matches!(out.ending, Ending::Partial { .. }));
     assert_rows(&sink.rows, &all[..rows]);
 }
+
+/// Takes rows like a stream whose client reads each row `pace` after the
+/// last, from the time it was pushed on (slower than the replica's usual
+/// client), and says how far behind it is ([`RowSink::unsent`]).
+struct SlowClient {
+    rows: Vec<Row>,
+    pace: Duration,
+    /// When the client will have read every row pushed.
+    done: Option<Instant>,
+    /// Whether the sink reports its client's lag (the engine's own model
+    /// knows only the replica's usual client).
+    reports: bool,
+}
+
+impl RowSink for SlowClient {
+    fn push(&mut self, row: Row) {
+        let now = Instant::now();
+        let from = self.done.map_or(now, |d| d.max(now));
+        self.done = Some(from + self.pace);
+        self.rows.push(row);
+    }
+
+    fn sends_as_it_goes(&self) -> bool {
+        true
+    }
+
+    fn unsent(&self) -> Duration {
+        match self.done {
+            Some(done) if self.reports => done.saturating_duration_since(Instant::now()),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// A stream whose client reads ten times slower than the replica's usual
+/// one still has every row read by its deadline: its sink measures the
+/// client's lag and the scan keeps it back from the budget (the clock is
+/// read every 32 rows, so the last 32 may be late by their reading). Not
+/// reported, the scan sent rows for its whole budget at the usual 10 µs a
+/// row, which the client finished reading long after it.
+#[tokio::test(start_paused = true)]
+async fn a_stream_whose_client_is_slow_ends_by_its_deadline_at_the_client() {
+    let ns = namespace(1_000_000, 4);
+    let (store, all) = seeded(&ns, (0..100_000).map(i64::from)).await;
+    store.set_latency(|_| MS);
+    let pace = Duration::from_micros(100);
+    let budget = 50 * MS;
+    let mut late_without = Duration::ZERO;
+    for reports in [true, false] {
+        let engine = costed_engine(&store, Duration::from_micros(10));
+        let began = Instant::now();
+        let mut sink = SlowClient {
+            rows: Vec::new(),
+            pace,
+            done: None,
+            reports,
+        };
+        let out = engine
+            .read(&request(&ns, Order::Ascending, budget, 100_000), &mut sink)
+            .await
+            .expect("partial");
+        assert!(matches!(out.ending, Ending::Partial { .. }));
+        assert_rows(&sink.rows, &all[..sink.rows.len()]);
+        let deadline = began + budget;
+        let done = sink.done.expect("rows");
+        let late = done.saturating_duration_since(deadline);
+        if reports {
+            assert!(late <= pace * 32, "read {late:?} past the deadline");
+            // Not much less than the client could read in the budget.
+            let fit = usize::try_from(budget.as_micros() / pace.as_micros()).unwrap();
+            assert!(
+                sink.rows.len() >= fit * 3 / 4,
+                "{} rows of the {fit} its client can read",
+                sink.rows.len()
+            );
+        } else {
+            late_without = late;
+        }
+    }
+    assert!(
+        late_without > budget,
+        "unreported, the client read {late_without:?} past the deadline"
+    );
+}

@@ -390,6 +390,15 @@ pub trait RowSink: Send {
     fn backlogged(&self) -> bool {
         false
     }
+    /// The time the client still needs for what the sink handed on that
+    /// its transport has not sent, at the pace measured on this call (zero
+    /// when not measured): the scan keeps at least this back from its
+    /// budget, beside the response cost of what it pushed since (see
+    /// `Scan::cost_reserve`), so a client slower than the replica's usual
+    /// one still gets the rows and the end in time.
+    fn unsent(&self) -> Duration {
+        Duration::ZERO
+    }
     /// Completes once the rows held back are handed on.
     fn drained(&mut self) -> impl std::future::Future<Output = ()> + Send {
         std::future::ready(())

@@ -172,7 +172,9 @@ pub(super) struct Scan<S> {
 /// first `rows` and `bytes` of the call, all come on top. Rows counted as
 /// sent at the last mark rather than when they went can only make the
 /// backlog larger than it is, never smaller; the scan marks it every
-/// [`EMIT_CLOCK_EVERY`] rows.
+/// [`EMIT_CLOCK_EVERY`] rows and before it waits on storage. At a mark the
+/// backlog is at least what the sink measured its client still needs
+/// ([`RowSink::unsent`]): a client slower than the response cost says.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct StreamClock {
     mark: Instant,
@@ -436,10 +438,12 @@ impl<S: Storage> Scan<S> {
             })
     }
 
-    /// Marks a stream's clock now (see [`StreamClock`]).
-    fn mark_stream(&mut self) {
+    /// Marks a stream's clock now (see [`StreamClock`]); `unsent` is what
+    /// the sink measured its client still needs ([`RowSink::unsent`]),
+    /// which the backlog is at least.
+    fn mark_stream(&mut self, unsent: Duration) {
         if self.stream.is_some() {
-            let backlog = self.cost_reserve(self.rows_out, self.bytes_out);
+            let backlog = self.cost_reserve(self.rows_out, self.bytes_out).max(unsent);
             self.stream = Some(StreamClock {
                 mark: Instant::now(),
                 backlog,
@@ -693,7 +697,7 @@ impl<S: Storage> Scan<S> {
             };
             debug_assert!(!self.in_flight.is_empty(), "waiting on nothing");
             sink.flush_but(self.left_for_next());
-            self.mark_stream();
+            self.mark_stream(sink.unsent());
             // Timers go off at the tick after their deadline: the stop's is
             // set early once the call has rows to answer with (before, an
             // early stop only gives up the time a first page may still land
@@ -743,7 +747,7 @@ impl<S: Storage> Scan<S> {
         let series_len = self.req.series_id.len();
         while let Some(row) = self.carry.front() {
             let weight = row.weight(series_len);
-            if let Some(limit) = self.limit_before(weight) {
+            if let Some(limit) = self.limit_before(weight, sink) {
                 return Some(limit);
             }
             let row = self.carry.pop_front().expect("a front row");
@@ -778,7 +782,7 @@ impl<S: Storage> Scan<S> {
                         .buf
                         .front()
                         .map_or(0, |r| r.weight(series_len));
-                    if let Some(limit) = self.limit_before(weight) {
+                    if let Some(limit) = self.limit_before(weight, sink) {
                         return Some(limit);
                     }
                     let row = self.buckets[0].shards[i]
@@ -799,13 +803,13 @@ impl<S: Storage> Scan<S> {
     /// come, so only what it has not had time for counts, see
     /// [`Scan::cost_reserve`]; the clock is read every [`EMIT_CLOCK_EVERY`]
     /// rows, and a first row always goes).
-    fn limit_before(&mut self, weight: usize) -> Option<PartialReason> {
+    fn limit_before(&mut self, weight: usize, sink: &impl RowSink) -> Option<PartialReason> {
         if let Some(limit) = limit_before(self.rows_out, self.bytes_out, weight, &self.req) {
             return Some(limit);
         }
         let clock_due = self.rows_out > 0 && self.rows_out % EMIT_CLOCK_EVERY == 0;
         if clock_due {
-            self.mark_stream();
+            self.mark_stream(sink.unsent());
         }
         (clock_due && !self.row_fits(weight)).then(|| self.req.budget.source.into())
     }

@@ -13,6 +13,7 @@
 mod arrival;
 mod calls;
 mod connections;
+mod drain;
 mod handshake;
 mod health;
 mod service;

@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use super::arrival::Arrival;
 use super::calls::{watch_stall, Authenticated, ConnectionAbort, HoldUntilSent, Progress, Watched};
+use super::drain::Drain;
 use crate::admission::{Admission, AdmissionConfig, Class, Ticket, CLASS_HEADER};
 use crate::api::{self, pb, ReadParams};
 use crate::auth::{Access, Authenticator, Principal};
@@ -698,8 +699,10 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         let engine = self.engine.clone();
         let keys = self.keys.clone();
         let scanning = ticket.clone();
+        let drain = Arc::new(Drain::default());
+        let taking = drain.clone();
         let run = async move {
-            let mut sink = StreamSink::new(req.series_id.clone(), tx.clone())
+            let mut sink = StreamSink::new(req.series_id.clone(), tx.clone(), drain)
                 .watched(offered.clone())
                 .releasing(scanning.clone());
             let mut timed = FirstRow::new(&mut sink);
@@ -752,9 +755,20 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
         let stream = ReceiverStream::new(rx).map(move |m| {
             let _alive = (&guard, &ticket);
             finished.0.took();
+            taking.took(batch_bytes(&m));
             m
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// The encoded event bytes of a StreamEvents message (none but a batch's).
+fn batch_bytes(message: &StreamMessage) -> usize {
+    match message {
+        Ok(pb::StreamEventsResponse {
+            message: Some(pb::stream_events_response::Message::Batch(b)),
+        }) => b.encoded_events.len(),
+        _ => 0,
     }
 }
 
@@ -868,8 +882,12 @@ struct StreamSink {
     /// When the first row of the batch was pushed.
     since: Option<std::time::Instant>,
     tx: mpsc::Sender<StreamMessage>,
-    /// Batches made while the queue was full, oldest first.
+    /// Batches made while the queue was full, oldest first, and their
+    /// bytes.
     held: std::collections::VecDeque<StreamMessage>,
+    held_bytes: usize,
+    /// What the transport has not taken of the queue, and its pace.
+    drain: Arc<Drain>,
     /// Counts the batches queued, for the stall watch.
     progress: Option<Arc<Progress>>,
     /// The stream's admission ticket, whose share of the adaptive limit
@@ -879,13 +897,15 @@ struct StreamSink {
 }
 
 impl StreamSink {
-    fn new(series_id: Arc<str>, tx: mpsc::Sender<StreamMessage>) -> Self {
+    fn new(series_id: Arc<str>, tx: mpsc::Sender<StreamMessage>, drain: Arc<Drain>) -> Self {
         Self {
             batch: EncodedEvents::new(series_id),
             sent_last: None,
             since: None,
             tx,
             held: std::collections::VecDeque::new(),
+            held_bytes: 0,
+            drain,
             progress: None,
             share: None,
         }
@@ -910,7 +930,8 @@ impl StreamSink {
         self
     }
 
-    fn queued(&self) {
+    fn queued(&self, bytes: usize) {
+        self.drain.queued(bytes);
         if let Some(p) = &self.progress {
             p.offered();
         }
@@ -944,21 +965,25 @@ impl RowSink for StreamSink {
         };
         self.since = None;
         self.sent_last = Some(self.batch.key_of(last));
+        let events = self.batch.take_but(keep);
+        let bytes = events.len();
         let batch = Ok(pb::StreamEventsResponse {
             message: Some(pb::stream_events_response::Message::Batch(pb::EventBatch {
-                encoded_events: self.batch.take_but(keep),
+                encoded_events: events,
                 events: Vec::new(),
             })),
         });
         if !self.held.is_empty() {
             self.held.push_back(batch);
+            self.held_bytes += bytes;
             return;
         }
         match self.tx.try_send(batch) {
-            Ok(()) => self.queued(),
+            Ok(()) => self.queued(bytes),
             Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(batch)) => {
                 self.held.push_back(batch);
+                self.held_bytes += bytes;
                 if let Some(ticket) = self.share.take() {
                     ticket.scan_ended();
                 }
@@ -968,6 +993,10 @@ impl RowSink for StreamSink {
 
     fn backlogged(&self) -> bool {
         !self.held.is_empty()
+    }
+
+    fn unsent(&self) -> Duration {
+        self.drain.behind(self.held_bytes)
     }
 
     /// Gives back rows of the batch not sent yet: the last `n`, or all of
@@ -990,11 +1019,14 @@ impl RowSink for StreamSink {
             let Ok(room) = self.tx.reserve().await else {
                 // The client went away: nothing more to send.
                 self.held.clear();
+                self.held_bytes = 0;
                 return;
             };
             if let Some(batch) = self.held.pop_front() {
+                let bytes = batch_bytes(&batch);
+                self.held_bytes -= bytes;
                 room.send(batch);
-                self.queued();
+                self.queued(bytes);
             }
         }
     }
@@ -1043,7 +1075,7 @@ mod tests {
 
     fn sink() -> (StreamSink, mpsc::Receiver<StreamMessage>) {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        (StreamSink::new("s".into(), tx), rx)
+        (StreamSink::new("s".into(), tx, Arc::default()), rx)
     }
 
     fn row(i: usize, payload: usize) -> Row {
@@ -1111,6 +1143,42 @@ mod tests {
         );
         assert_eq!(more, STREAM_QUEUE + 1, "every row held back went, in order");
         assert!(!sink.backlogged());
+    }
+
+    /// The sink counts the bytes of its batches wherever they wait (queued
+    /// for the transport, held back), so what it says its client still
+    /// needs is all of them at the pace the transport took them.
+    #[tokio::test(start_paused = true)]
+    async fn a_streams_unsent_time_counts_every_batch_its_client_has_not_had() {
+        let (tx, mut rx) = mpsc::channel(STREAM_QUEUE);
+        let drain = Arc::new(Drain::default());
+        let mut sink = StreamSink::new("s".into(), tx, drain.clone());
+        for i in 1..=STREAM_QUEUE + 2 {
+            sink.push(row(i, 1000));
+            sink.flush();
+        }
+        assert_eq!(sink.held.len(), 2);
+        assert_eq!(sink.unsent(), Duration::ZERO, "no pace measured yet");
+        // The transport takes a batch every millisecond.
+        let mut bytes = Vec::new();
+        for _ in 0..2 {
+            let m = rx.try_recv().expect("a queued batch");
+            bytes.push(batch_bytes(&m));
+            drain.took(batch_bytes(&m));
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        let m = rx.try_recv().expect("a queued batch");
+        drain.took(batch_bytes(&m));
+        let each = bytes[0];
+        assert!(each > 1000 && bytes[1] == each, "{bytes:?}");
+        // Left: 1 batch queued, 1 in the transport, 2 held.
+        assert_eq!(sink.unsent(), Duration::from_millis(4));
+        sink.drained().await;
+        assert_eq!(
+            sink.unsent(),
+            Duration::from_millis(4),
+            "held or queued alike"
+        );
     }
 
     #[tokio::test(start_paused = true)]
