@@ -153,7 +153,12 @@ pub struct ServeArgs {
     /// Buckets read ahead of the one being merged.
     #[arg(long, env = "HOURGLASS_READAHEAD_BUCKETS", default_value_t = EngineConfig::default().readahead_buckets)]
     pub readahead_buckets: usize,
-    /// Storage requests in flight per read.
+    /// Storage requests in flight per read past which a call sends no page
+    /// for the buckets after the one being merged. That bucket has a page
+    /// in flight for each of its shards whatever this (its merge needs
+    /// every shard's next rows), besides the bucket-index query and probes;
+    /// fetching ahead is bounded by bytes instead (see
+    /// --continuation-bytes).
     #[arg(long, env = "HOURGLASS_MAX_IN_FLIGHT", default_value_t = EngineConfig::default().max_in_flight)]
     pub max_in_flight: usize,
     /// Largest storage page in rows (a page also asks for at most 1 MiB of

@@ -12,7 +12,8 @@
 //! * All storage work of a read lives in futures owned by the read; dropping
 //!   the read (client gone, deadline) drops them: no work outlives its request.
 //! * Read-ahead fetches upcoming buckets and shards concurrently, bounded by
-//!   [`EngineConfig::max_in_flight`]; fetched rows the response does not use
+//!   [`EngineConfig::max_in_flight`] (the requests a call has in flight) or,
+//!   fetching ahead, by the bytes the scan may hold; fetched rows the response does not use
 //!   are discarded, never skipped: the frontier only moves over emitted rows.
 
 pub mod budget;
@@ -52,7 +53,12 @@ pub struct EngineConfig {
     pub initial_storage_page: usize,
     /// Buckets fetched ahead of the one being merged.
     pub readahead_buckets: usize,
-    /// Storage requests in flight per read.
+    /// Storage requests in flight per read past which a call sends no page
+    /// for the buckets after the one being merged. That bucket has a page
+    /// in flight for each of its shards whatever this (its merge needs
+    /// every shard's next rows), plus the bucket-index query and probes;
+    /// fetching ahead (a held scan's, or a call's once it has rows) is
+    /// bounded by the bytes it may hold instead.
     pub max_in_flight: usize,
     /// Buckets per bucket-index query.
     pub index_page: usize,
