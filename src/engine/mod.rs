@@ -13,8 +13,9 @@
 //!   the read (client gone, deadline) drops them: no work outlives its request.
 //! * Read-ahead fetches upcoming buckets and shards concurrently, bounded by
 //!   [`EngineConfig::max_in_flight`] (the requests a call has in flight) or,
-//!   fetching ahead, by the bytes the scan may hold; fetched rows the response does not use
-//!   are discarded, never skipped: the frontier only moves over emitted rows.
+//!   fetching ahead, by the bytes the scan may hold; fetched rows the
+//!   response does not use are discarded, never skipped: the frontier only
+//!   moves over emitted rows.
 
 pub mod budget;
 mod continuations;

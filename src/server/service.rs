@@ -625,13 +625,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             let mut sink = FirstRow::new(&mut encoded);
             let outcome = self.engine.read(&req, &mut sink).await;
             let first_row = sink.at;
-            let outcome = outcome.map_err(|e| {
-                // Only a failed read needs the least page time (a lock on
-                // the latency models and a copy).
-                let least = self.engine.least_page_time(&req.namespace.name);
-                observe_failed(&ticket, &req, &e, least);
-                read_failed(e, &req.budget, least)
-            })?;
+            let outcome = outcome.map_err(|e| failed_read(&self.engine, &ticket, &req, e))?;
             let continued = outcome.stats.continued;
             let end = api::stream_end(outcome, |k| self.keys.issue(&fp, k));
             observe(&ticket, &req, first_row, continued);
@@ -713,11 +707,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
                     observe(&scanning, &req, first_row, outcome.stats.continued);
                     Ok(outcome)
                 }
-                Err(e) => {
-                    let least_page = engine.least_page_time(&req.namespace.name);
-                    observe_failed(&scanning, &req, &e, least_page);
-                    Err(read_failed(e, &req.budget, least_page))
-                }
+                Err(e) => Err(failed_read(&engine, &scanning, &req, e)),
             };
             scanning.scan_ended();
             drop(scanning);
@@ -846,6 +836,21 @@ fn observe(ticket: &Ticket, req: &ReadRequest, first_row: Option<Instant>, conti
     let to_first_row = first_row.unwrap_or_else(Instant::now) - req.budget.started;
     let late = req.budget.elapsed() > req.budget.total || to_first_row > req.budget.total / 2;
     ticket.observe((!continued).then_some(to_first_row), late);
+}
+
+/// A read that failed: fed to the admission limit ([`observe_failed`])
+/// and mapped to the service's error ([`read_failed`]), both against the
+/// namespace's least page time, which only a failed read needs (it takes
+/// the latency models' lock and copies a model).
+fn failed_read<S: Storage>(
+    engine: &ReadEngine<S>,
+    ticket: &Ticket,
+    req: &ReadRequest,
+    error: ReadError,
+) -> ServiceError {
+    let least_page = engine.least_page_time(&req.namespace.name);
+    observe_failed(ticket, req, &error, least_page);
+    read_failed(error, &req.budget, least_page)
 }
 
 /// Feeds a read that failed for want of budget (not one row by its stop)
