@@ -44,10 +44,9 @@ pub struct Drain {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Bytes of messages queued and not taken yet.
+    /// Bytes of messages queued and not taken yet (a batch has at least
+    /// one row, so messages wait exactly when this is above zero).
     queued_bytes: u64,
-    /// Messages queued and not taken yet.
-    queued: usize,
     /// The last take while another message waited behind it: when, and
     /// its bytes (the transport sends them until its next take).
     paced_since: Option<(Instant, u64)>,
@@ -64,14 +63,12 @@ impl Drain {
     pub fn queued(&self, bytes: usize) {
         let mut s = self.lock();
         s.queued_bytes += bytes as u64;
-        s.queued += 1;
     }
 
     /// A message of `bytes` counted as queued could not be.
     pub fn unqueued(&self, bytes: usize) {
         let mut s = self.lock();
         s.queued_bytes = s.queued_bytes.saturating_sub(bytes as u64);
-        s.queued = s.queued.saturating_sub(1);
     }
 
     /// The transport took a message of `bytes` from its queue.
@@ -88,9 +85,8 @@ impl Drain {
             }
         }
         s.queued_bytes = s.queued_bytes.saturating_sub(bytes);
-        s.queued = s.queued.saturating_sub(1);
         s.in_transport = bytes;
-        if s.queued > 0 {
+        if s.queued_bytes > 0 {
             s.paced_since = Some((now, bytes));
         }
     }
