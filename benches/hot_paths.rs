@@ -15,6 +15,7 @@ fn tokens(c: &mut Criterion) {
         bucket_width_micros: 60_000_000,
         shards: 8,
         retention_seconds: 0,
+        indexes_shards: true,
     };
     let ring = KeyRing::parse("k1:0123456789abcdef0123", Duration::from_secs(3600)).unwrap();
     let fp = QueryFingerprint::new(&ns, "series-1", 0, i64::MAX, Order::Ascending);

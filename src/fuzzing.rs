@@ -42,6 +42,7 @@ fn fingerprint() -> QueryFingerprint {
         bucket_width_micros: 1_000_000,
         shards: 4,
         retention_seconds: 0,
+        indexes_shards: true,
     };
     QueryFingerprint::new(&ns, "s", i64::MIN, i64::MAX, Order::Ascending)
 }

@@ -49,6 +49,15 @@ pub struct Namespace {
     pub shards: u32,
     /// TTL applied on write; 0 means none.
     pub retention_seconds: u32,
+    /// Whether the bucket index names the shards each bucket's rows were
+    /// written to, so a read asks only those (see
+    /// [`crate::storage::IndexedBucket`]). True for namespaces created by
+    /// this release (every write indexes its shards); false for those
+    /// created before, whose buckets may hold rows no index entry names,
+    /// so a read asks every shard of each bucket. Not a setting: two
+    /// namespaces of the same settings are the same (see
+    /// [`Namespace::same_settings`]).
+    pub indexes_shards: bool,
 }
 
 /// A namespace setting outside the range the API accepts; `field` is the
@@ -106,7 +115,17 @@ impl Namespace {
             bucket_width_micros,
             shards,
             retention_seconds,
+            indexes_shards: true,
         })
+    }
+
+    /// Whether `other` has this namespace's name and settings (whatever
+    /// either's [`Namespace::indexes_shards`]).
+    pub fn same_settings(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.bucket_width_micros == other.bucket_width_micros
+            && self.shards == other.shards
+            && self.retention_seconds == other.retention_seconds
     }
 
     /// The bucket that holds `time`: floor(time / width), correct for negative
@@ -387,6 +406,7 @@ mod tests {
             bucket_width_micros: 10,
             shards: 4,
             retention_seconds: 0,
+            indexes_shards: true,
         };
         assert_eq!(ns.shard_of("a"), (0xaf63_dc4c_8601_ec8c_u64 % 4) as u32);
     }

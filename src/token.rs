@@ -350,6 +350,7 @@ mod tests {
             bucket_width_micros: 60_000_000,
             shards: 4,
             retention_seconds: 0,
+            indexes_shards: true,
         }
     }
 

@@ -240,6 +240,7 @@ async fn every_bad_request_gets_its_code_reason_field_and_message() {
         bucket_width_micros: 1_000_000,
         shards: 2,
         retention_seconds: 0,
+        indexes_shards: true,
     };
     let fingerprint = QueryFingerprint::new(&ns_model, "s", 0, 1_000_000, Order::Ascending);
     let test_keys = KeyRing::parse(TEST_KEYS, Duration::from_secs(3600)).unwrap();

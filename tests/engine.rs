@@ -595,6 +595,79 @@ async fn a_cold_call_does_not_spend_round_trips_on_rows_it_holds() {
     );
 }
 
+/// A store whose queries queue behind each other, as on one storage node:
+/// a query takes 0.1 ms for every query in flight when it starts (itself
+/// included).
+fn queueing(store: &MemoryStore) {
+    let queue = store.clone();
+    store.set_latency(move |_| {
+        Duration::from_micros(100) * u32::try_from(queue.in_flight()).unwrap_or(u32::MAX)
+    });
+}
+
+/// A sparse series of a 256-shard namespace, one row per 1 ms bucket: the
+/// bucket index names the shard each bucket's row is in, so a read asks
+/// that shard alone, and a chain under a 20 ms SLO on a store whose
+/// queries queue behind each other finishes with every row. Asking all 256
+/// shards of a bucket, as before, took 25.6 ms for the last of them: no
+/// call could merge a bucket, and every one failed (seen, with the index's
+/// shards ignored).
+#[tokio::test(start_paused = true)]
+async fn a_sparse_series_of_many_shards_asks_only_the_shards_holding_rows() {
+    let ns = namespace(1_000, 256);
+    let times: Vec<i64> = (0..200).map(|i| i * 1_000 + 500).collect();
+    let (store, all) = seeded(&ns, times.clone()).await;
+    queueing(&store);
+
+    let engine = engine(&store);
+    let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 10_000 * MS, 1_000)).await;
+    assert!(matches!(out.unwrap().ending, Ending::Complete));
+    assert_rows(&rows, &all);
+    assert_eq!(store.shard_queries(), 200, "one query per bucket");
+
+    let (rows, calls) = follow(&[&engine], &ns, Order::Ascending, 20 * MS, 1_000).await;
+    assert_rows(&rows, &all);
+    let pages: u64 = calls.iter().map(|c| c.stats.storage_pages).sum();
+    assert!(
+        pages <= 200 + calls.len() as u64,
+        "{pages} pages in {} calls for 200 rows",
+        calls.len()
+    );
+
+    // Descending, the same.
+    let before = store.shard_queries();
+    let (rows, _) = read(
+        &engine,
+        &request(&ns, Order::Descending, 10_000 * MS, 1_000),
+    )
+    .await;
+    let mut reversed = all.clone();
+    reversed.reverse();
+    assert_rows(&rows, &reversed);
+    assert_eq!(store.shard_queries() - before, 200);
+}
+
+/// A namespace created before the bucket index named shards (its entries
+/// may not name those its older rows are in) asks every shard of each
+/// bucket, and finds every row.
+#[tokio::test(start_paused = true)]
+async fn a_namespace_from_before_shards_were_indexed_asks_every_shard() {
+    let ns = Arc::new(hourglass::model::Namespace {
+        indexes_shards: false,
+        ..(*namespace(1_000, 16)).clone()
+    });
+    let (store, all) = seeded(&ns, (0..20).map(|i| i * 1_000 + 500)).await;
+    let engine = engine(&store);
+    let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 10_000 * MS, 1_000)).await;
+    assert!(matches!(out.unwrap().ending, Ending::Complete));
+    assert_rows(&rows, &all);
+    assert!(
+        store.shard_queries() >= 20 * 16,
+        "every shard of every bucket: {}",
+        store.shard_queries()
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn page_sizes_shrink_to_the_time_left() {
     // 1 ms + 10 µs per row: with a 30 ms SLO a 5000-row page (51 ms) never fits.

@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use hourglass::api::pb;
+use hourglass::storage::Storage;
 
 const WIDTH: i64 = 10_000; // 10 ms buckets
 
@@ -608,4 +609,175 @@ async fn a_default_client_streams_large_rows_in_batches_it_can_take() {
         .expect("resume")
         .into_inner();
     assert_eq!(rest.events, written[streamed.len()..=streamed.len()]);
+}
+
+/// A sparse series of a 256-shard namespace, one row per 1 ms bucket: the
+/// bucket index names the shard each row is in, so a read asks one shard
+/// per bucket, not 256 (read whole, and followed in pages of 10).
+#[tokio::test]
+async fn a_sparse_series_of_many_shards_asks_only_the_shards_holding_rows() {
+    let mut server = TestServer::start().await;
+    create_namespace(&mut server.client, "sparse256", 1_000, 256).await;
+    let written: Vec<_> = (0..100)
+        .map(|i| event("sp", i * 1_000 + 17, &format!("e{i}")))
+        .collect();
+    write_all(&server.client, "sparse256", written.clone()).await;
+    let want = expected(&written, 0, 100_000, false);
+
+    let mut req = read_request("sparse256", "sp", 0, 100_000);
+    req.slo_millis = 10_000;
+    let page = server
+        .client
+        .read_events(req.clone())
+        .await
+        .expect("read")
+        .into_inner();
+    assert_eq!(page.events, want);
+    assert!(!page.partial);
+    let stats = page.stats.expect("stats");
+    assert_eq!(stats.buckets_visited, 100);
+    assert_eq!(stats.storage_pages, 100, "one query per bucket");
+
+    req.page_size = Some(10);
+    req.slo_millis = 1_000;
+    let (events, pages) = read_to_end(&mut server.client, req.clone()).await;
+    assert_eq!(events, want);
+    let queries: u64 = pages
+        .iter()
+        .filter_map(|p| p.stats)
+        .map(|s| s.storage_pages)
+        .sum();
+    assert!(queries <= 100 + pages.len() as u64, "{queries} queries");
+
+    req.order = pb::Order::Descending as i32;
+    let (events, _) = read_to_end(&mut server.client, req).await;
+    assert_eq!(events, expected(&written, 0, 100_000, true));
+}
+
+/// A namespace an older release created: its bucket index may name no
+/// shard, or (once this release wrote to the bucket) only the shards
+/// written since, so a read asks every shard of each bucket and misses
+/// no row written before.
+#[tokio::test]
+async fn a_namespace_from_an_older_release_asks_every_shard() {
+    let store = store().await;
+    let ks = keyspace();
+    let session = store.session();
+    // As an older release wrote them: the namespace row without
+    // `indexes_shards`, an index entry without shards, and a row.
+    session
+        .query_unpaged(
+            format!(
+                "INSERT INTO {ks}.namespaces (name, bucket_width_micros, shards, \
+                 retention_seconds) VALUES ('legacy', 1000000, 8, 0)"
+            ),
+            (),
+        )
+        .await
+        .expect("namespace row");
+    let ns = hourglass::model::Namespace::checked("legacy".into(), 1_000_000, 8, 0).unwrap();
+    let old_shard = ns.shard_of("old");
+    let new_id = (0..1_000)
+        .map(|i| format!("new{i}"))
+        .find(|id| ns.shard_of(id) != old_shard)
+        .unwrap();
+    session
+        .query_unpaged(
+            format!(
+                "INSERT INTO {ks}.series_buckets (namespace, series_id, bucket) \
+                 VALUES ('legacy', 's', 0)"
+            ),
+            (),
+        )
+        .await
+        .expect("index entry");
+    session
+        .query_unpaged(
+            format!(
+                "INSERT INTO {ks}.events (namespace, series_id, bucket, shard, event_time, \
+                 event_id, payload) VALUES ('legacy', 's', 0, ?, 5, 'old', 0x01)"
+            ),
+            (i32::try_from(old_shard).unwrap(),),
+        )
+        .await
+        .expect("event row");
+
+    let mut server = TestServer::start().await;
+    let got = server
+        .client
+        .get_namespace(pb::GetNamespaceRequest {
+            name: "legacy".into(),
+        })
+        .await
+        .expect("the namespace")
+        .into_inner();
+    assert_eq!(got.shards, 8);
+    // This release writes a row to another shard of the same bucket: the
+    // index entry now names that shard alone.
+    write_all(&server.client, "legacy", vec![event("s", 7, &new_id)]).await;
+    let page = server
+        .client
+        .read_events(read_request("legacy", "s", 0, 1_000_000))
+        .await
+        .expect("read")
+        .into_inner();
+    let ids: Vec<_> = page.events.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, ["old", new_id.as_str()]);
+    assert_eq!(page.stats.expect("stats").storage_pages, 8, "every shard");
+}
+
+/// Tables an older release made lack the columns added since; a replica
+/// starting on them adds the columns and reads the namespaces already
+/// there as from before shards were indexed.
+#[tokio::test]
+async fn tables_of_an_older_release_gain_the_new_columns() {
+    let mut cfg = cassandra_config();
+    cfg.keyspace = format!("{}_old", cfg.keyspace);
+    let ks = cfg.keyspace.clone();
+    let first = store().await;
+    let session = first.session();
+    for ddl in [
+        format!(
+            "CREATE KEYSPACE {ks} WITH replication = \
+             {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
+        ),
+        format!(
+            "CREATE TABLE {ks}.namespaces (name text PRIMARY KEY, \
+             bucket_width_micros bigint, shards int, retention_seconds int)"
+        ),
+        format!(
+            "CREATE TABLE {ks}.series_buckets (namespace text, series_id text, \
+             bucket bigint, PRIMARY KEY ((namespace, series_id), bucket))"
+        ),
+        format!(
+            "INSERT INTO {ks}.namespaces (name, bucket_width_micros, shards, \
+             retention_seconds) VALUES ('before', 1000, 4, 0)"
+        ),
+    ] {
+        session.query_unpaged(ddl, ()).await.expect("old schema");
+    }
+    let upgraded = hourglass::storage::cassandra::CassandraStore::connect(&cfg)
+        .await
+        .expect("a replica starts on an older release's tables");
+    let before = upgraded
+        .get_namespace("before")
+        .await
+        .expect("read")
+        .expect("the namespace");
+    assert_eq!((before.shards, before.indexes_shards), (4, false));
+    let ns = hourglass::model::Namespace::checked("after".into(), 1_000, 4, 0).unwrap();
+    assert_eq!(
+        upgraded.create_namespace(&ns).await.expect("create"),
+        hourglass::storage::Created::New
+    );
+    let after = upgraded.get_namespace("after").await.unwrap().unwrap();
+    assert!(after.indexes_shards);
+    // A second replica finds the columns there.
+    hourglass::storage::cassandra::CassandraStore::connect(&cfg)
+        .await
+        .expect("a second replica starts");
+    session
+        .query_unpaged(format!("DROP KEYSPACE {ks}"), ())
+        .await
+        .expect("drop");
 }

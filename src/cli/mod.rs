@@ -155,8 +155,9 @@ pub struct ServeArgs {
     pub readahead_buckets: usize,
     /// Storage requests in flight per read past which a call sends no page
     /// for the buckets after the one being merged. That bucket has a page
-    /// in flight for each of its shards whatever this (its merge needs
-    /// every shard's next rows), besides the bucket-index query and probes;
+    /// in flight for each of its shards holding rows whatever this (its
+    /// merge needs each such shard's next rows), besides the bucket-index
+    /// query and probes;
     /// fetching ahead is bounded by bytes instead (see
     /// --continuation-bytes).
     #[arg(long, env = "HOURGLASS_MAX_IN_FLIGHT", default_value_t = EngineConfig::default().max_in_flight)]

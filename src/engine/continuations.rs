@@ -651,6 +651,7 @@ mod tests {
             bucket_width_micros: 10,
             shards: 2,
             retention_seconds: 0,
+            indexes_shards: true,
         });
         let req = ReadRequest {
             namespace: ns,

@@ -13,7 +13,7 @@ use super::pages;
 use super::scan::Scan;
 use super::{Ending, PartialReason, ReadError};
 use crate::model::{Row, Span};
-use crate::storage::{BucketQuery, ShardQuery, Storage, StorageError};
+use crate::storage::{BucketQuery, IndexedBucket, ShardQuery, Storage, StorageError};
 use crate::telemetry;
 
 /// A finished storage request of a scan, with what it asked and got.
@@ -28,7 +28,7 @@ pub(super) enum Fetched {
         probe: bool,
         attempt: u32,
         started: Instant,
-        result: Result<Vec<i64>, StorageError>,
+        result: Result<Vec<IndexedBucket>, StorageError>,
     },
     /// A page of one shard partition of a bucket.
     Shard {

@@ -226,8 +226,16 @@ impl<S: Storage> Scan<S> {
         // a row of it) or when the budget is too tight for two round trips
         // in a row (at most HEAD_BESIDE_INDEX_BUDGET, or too tight for slow
         // start) (a gamble: if the bucket is empty, its shards answer
-        // nothing and the index lists the rest).
-        if let Some((first, last)) = scan.index_todo {
+        // nothing and the index lists the rest). Not in a namespace whose
+        // index names the shards holding rows when it has more shards than
+        // a read sends pages at once (`max_in_flight`): asking all of them
+        // costs more than the round trip the index takes (a sparse series
+        // of 256 shards sent 256 queries a call, and its calls under a 20
+        // ms SLO failed for want of a single row).
+        let ask_all_costs = req.namespace.indexes_shards
+            && usize::try_from(req.namespace.shards).unwrap_or(usize::MAX)
+                > engine.config.max_in_flight;
+        if let (Some((first, last)), false) = (scan.index_todo, ask_all_costs) {
             let head = match req.order {
                 Order::Ascending => first,
                 Order::Descending => last,
@@ -243,14 +251,17 @@ impl<S: Storage> Scan<S> {
                     Order::Ascending => (first < last).then(|| (first + 1, last)),
                     Order::Descending => (first < last).then(|| (first, last - 1)),
                 };
-                let cursor = scan.bucket_cursor(head);
+                let cursor = scan.bucket_cursor(head, None);
                 scan.buckets.push_back(cursor);
             }
         }
         scan
     }
 
-    pub(super) fn bucket_cursor(&self, bucket: i64) -> BucketCursor {
+    /// The cursor of `bucket`, whose rows are in `shards` where the index
+    /// names them (None: any shard may hold rows). A shard it does not name
+    /// holds none and starts done, so no page is asked of it.
+    pub(super) fn bucket_cursor(&self, bucket: i64, shards: Option<&[u32]>) -> BucketCursor {
         BucketCursor {
             bucket,
             touched: false,
@@ -259,7 +270,7 @@ impl<S: Storage> Scan<S> {
                     shard,
                     span: self.span.clone(),
                     buf: VecDeque::new(),
-                    done: false,
+                    done: shards.is_some_and(|listed| listed.binary_search(&shard).is_err()),
                     requested: 0,
                     pages: 0,
                     sent: None,
@@ -1230,11 +1241,11 @@ impl<S: Storage> Scan<S> {
                 self.index_probe_late_at = None;
                 let (first, last) = range;
                 let limit = self.engine.config.index_page;
-                self.index_todo = match (found.last(), self.req.order) {
+                self.index_todo = match (found.last().map(|f| f.bucket), self.req.order) {
                     _ if found.len() < limit => None,
                     (None, _) => None,
-                    (Some(&b), Order::Ascending) => (b < last).then(|| (b + 1, last)),
-                    (Some(&b), Order::Descending) => (b > first).then(|| (first, b - 1)),
+                    (Some(b), Order::Ascending) => (b < last).then(|| (b + 1, last)),
+                    (Some(b), Order::Descending) => (b > first).then(|| (first, b - 1)),
                 };
                 // Once this call passed a bucket and merged every one queued
                 // so far to its end (as when the first bucket was read
@@ -1247,8 +1258,8 @@ impl<S: Storage> Scan<S> {
                 // range's start plus one bucket, 1970 for a read from 0).
                 // A call that passed nothing yet still has no progress to
                 // return (the index alone is none).
-                if let (Some(&next), true) = (
-                    found.first(),
+                if let (Some(next), true) = (
+                    found.first().map(|f| f.bucket),
                     self.progressed() && self.buckets.is_empty() && self.carry.is_empty(),
                 ) {
                     let order = self.req.order;
@@ -1262,8 +1273,8 @@ impl<S: Storage> Scan<S> {
                         self.frontier = boundary;
                     }
                 }
-                for bucket in found {
-                    let cursor = self.bucket_cursor(bucket);
+                for listed in found {
+                    let cursor = self.bucket_cursor(listed.bucket, listed.shards.as_deref());
                     self.buckets.push_back(cursor);
                 }
                 None

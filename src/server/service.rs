@@ -548,7 +548,8 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             let created = carry_on(async move { Ok(storage.create_namespace(&to_create).await?) });
             let ns = match by_deadline(budget, LateWork::Create, created).await? {
                 Created::New => ns,
-                Created::Existing(existing) if existing == ns => ns,
+                // The stored one: it says whether its buckets index their shards.
+                Created::Existing(existing) if existing.same_settings(&ns) => existing,
                 Created::Existing(existing) => {
                     return Err(ServiceError::NamespaceConflict(existing))
                 }

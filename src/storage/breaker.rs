@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{BucketQuery, Created, ShardQuery, Storage, StorageError};
+use super::{BucketQuery, Created, IndexedBucket, ShardQuery, Storage, StorageError};
 use crate::model::{Namespace, NewEvent, Row};
 use crate::telemetry;
 
@@ -278,7 +278,7 @@ impl<S: Storage> Storage for Breaker<S> {
         self.call(self.inner.write_events(ns, events)).await
     }
 
-    async fn list_buckets(&self, query: BucketQuery) -> Result<Vec<i64>, StorageError> {
+    async fn list_buckets(&self, query: BucketQuery) -> Result<Vec<IndexedBucket>, StorageError> {
         self.call(self.inner.list_buckets(query)).await
     }
 
@@ -307,6 +307,7 @@ mod tests {
                 bucket_width_micros: 1000,
                 shards: 1,
                 retention_seconds: 0,
+                indexes_shards: true,
             }),
             series_id: "s".into(),
             bucket: 0,

@@ -1,12 +1,19 @@
 //! Cassandra / ScyllaDB storage through the scylla driver.
 //!
 //! Tables (in the configured keyspace, created idempotently):
-//! * `namespaces`: one row per namespace and its bucketing.
+//! * `namespaces`: one row per namespace and its bucketing; `indexes_shards`
+//!   is true for namespaces created since the bucket index names shards
+//!   (null, read as false, for older ones).
 //! * `events`: partition (namespace, series_id, bucket, shard), clustering
 //!   (event_time, event_id) ascending; payload and frozen tags (frozen, so an
 //!   insert writes no collection tombstone).
 //! * `series_buckets`: partition (namespace, series_id), clustering bucket:
-//!   the index of non-empty buckets, so sparse reads skip empty buckets.
+//!   the index of non-empty buckets, so sparse reads skip empty buckets;
+//!   `shards`, the set of shards written in the bucket (each element with
+//!   its write's TTL), so a read asks only those. A sparse series of a
+//!   256-shard namespace cost a read 256 queries per bucket without it.
+//!   Columns added since a table was first created are added to an
+//!   existing table as a replica starts ([`add_missing_columns`]).
 //!
 //! One file (about 600 lines) on purpose: the schema, the prepared
 //! statements, the reads and writes that bind them and the classification
@@ -32,7 +39,7 @@ use super::hedging::{
     probe_demoted, size_class, AvoidDemoted, HedgeAt, HedgeConfig, HedgePolicy, HedgeStats,
     Hedging, Trace, SIZE_CLASSES,
 };
-use super::{BucketQuery, Cause, Created, ShardQuery, Storage, StorageError};
+use super::{BucketQuery, Cause, Created, IndexedBucket, ShardQuery, Storage, StorageError};
 use crate::model::{self, Key, Namespace, NewEvent, Order, Row};
 
 /// Default replication for a keyspace created by Hourglass.
@@ -184,7 +191,7 @@ pub struct CassandraStore {
     /// The profile of reads that do not hedge, the base of the others.
     plain: ExecutionProfile,
     /// Bucket-index entries written recently, to skip rewriting them.
-    index_cache: Mutex<HashMap<(String, String, i64), Instant>>,
+    index_cache: Mutex<HashMap<IndexKey, Instant>>,
 }
 
 struct Statements {
@@ -198,6 +205,14 @@ struct Statements {
     buckets_asc: PreparedStatement,
     buckets_desc: PreparedStatement,
 }
+
+/// A bucket-index entry this replica wrote: namespace, series, bucket and
+/// a shard written in it.
+type IndexKey = (String, String, i64, u32);
+
+/// A `namespaces` row: name, bucket width, shards, retention and whether
+/// its buckets index their shards (null before that column).
+type NamespaceRow = (String, i64, i32, i32, Option<bool>);
 
 type EventRow = (
     i64,
@@ -309,7 +324,8 @@ impl CassandraStore {
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {ks}.namespaces (name text PRIMARY KEY, \
-                 bucket_width_micros bigint, shards int, retention_seconds int)"
+                 bucket_width_micros bigint, shards int, retention_seconds int, \
+                 indexes_shards boolean)"
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {ks}.events (namespace text, series_id text, \
@@ -321,12 +337,13 @@ impl CassandraStore {
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {ks}.series_buckets (namespace text, series_id text, \
-                 bucket bigint, PRIMARY KEY ((namespace, series_id), bucket)) \
+                 bucket bigint, shards set<int>, PRIMARY KEY ((namespace, series_id), bucket)) \
                  WITH speculative_retry = '{SPECULATIVE_RETRY}'"
             ),
         ] {
             session.query_unpaged(ddl, ()).await.map_err(classify)?;
         }
+        add_missing_columns(session, ks).await?;
         // A DDL that finds its table already there (another replica made it)
         // changes nothing, so the driver does not wait for agreement after
         // it; yet the table may not have reached every node. A statement is
@@ -360,25 +377,25 @@ impl CassandraStore {
         };
         let buckets = |dir: &str| {
             format!(
-                "SELECT bucket FROM {ks}.series_buckets WHERE namespace = ? AND series_id = ? \
+                "SELECT bucket, shards FROM {ks}.series_buckets WHERE namespace = ? AND series_id = ? \
                  AND bucket >= ? AND bucket <= ? ORDER BY bucket {dir} LIMIT ?"
             )
         };
         let mut insert_namespace = prepare(format!(
-            "INSERT INTO {ks}.namespaces (name, bucket_width_micros, shards, retention_seconds) \
-             VALUES (?, ?, ?, ?) IF NOT EXISTS"
+            "INSERT INTO {ks}.namespaces (name, bucket_width_micros, shards, retention_seconds, \
+             indexes_shards) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS"
         ))
         .await?;
         insert_namespace.set_is_idempotent(false);
         Ok(Statements {
             insert_namespace,
             select_namespace: prepare(format!(
-                "SELECT name, bucket_width_micros, shards, retention_seconds \
+                "SELECT name, bucket_width_micros, shards, retention_seconds, indexes_shards \
                  FROM {ks}.namespaces WHERE name = ?"
             ))
             .await?,
             list_namespaces: prepare(format!(
-                "SELECT name, bucket_width_micros, shards, retention_seconds \
+                "SELECT name, bucket_width_micros, shards, retention_seconds, indexes_shards \
                  FROM {ks}.namespaces LIMIT ?"
             ))
             .await?,
@@ -388,8 +405,8 @@ impl CassandraStore {
             ))
             .await?,
             insert_bucket: prepare(format!(
-                "INSERT INTO {ks}.series_buckets (namespace, series_id, bucket) \
-                 VALUES (?, ?, ?) USING TTL ?"
+                "UPDATE {ks}.series_buckets USING TTL ? SET shards = shards + ? \
+                 WHERE namespace = ? AND series_id = ? AND bucket = ?"
             ))
             .await?,
             read_asc: prepare(read("ASC")).await?,
@@ -516,14 +533,14 @@ impl CassandraStore {
         &self.session
     }
 
-    fn index_cached(&self, key: &(String, String, i64)) -> bool {
+    fn index_cached(&self, key: &IndexKey) -> bool {
         let cache = self.index_cache.lock().expect("index cache lock");
         cache
             .get(key)
             .is_some_and(|t| t.elapsed() < INDEX_CACHE_TTL)
     }
 
-    fn remember_index(&self, keys: impl IntoIterator<Item = (String, String, i64)>) {
+    fn remember_index(&self, keys: impl IntoIterator<Item = IndexKey>) {
         let mut cache = self.index_cache.lock().expect("index cache lock");
         if cache.len() > INDEX_CACHE_MAX {
             cache.clear();
@@ -531,6 +548,50 @@ impl CassandraStore {
         let now = Instant::now();
         cache.extend(keys.into_iter().map(|k| (k, now)));
     }
+}
+
+/// Columns added to Hourglass's tables since they were first created:
+/// (table, column, CQL type). `CREATE TABLE IF NOT EXISTS` leaves a table
+/// made by an older release as it was, so each is added where missing.
+const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+    ("namespaces", "indexes_shards", "boolean"),
+    ("series_buckets", "shards", "set<int>"),
+];
+
+/// Adds each of [`ADDED_COLUMNS`] its table lacks. Replicas starting at
+/// once may both add one; the loser's error is ignored once the column is
+/// there.
+async fn add_missing_columns(session: &Session, ks: &str) -> Result<(), StorageError> {
+    let has = |table: &'static str, column: &'static str| async move {
+        let res = session
+            .query_unpaged(
+                "SELECT column_name FROM system_schema.columns \
+                 WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+                (ks.to_lowercase(), table, column),
+            )
+            .await
+            .map_err(classify)?;
+        Ok::<_, StorageError>(res.into_rows_result().map_err(fatal)?.rows_num() > 0)
+    };
+    for (table, column, kind) in ADDED_COLUMNS {
+        if has(table, column).await? {
+            continue;
+        }
+        tracing::info!(
+            table,
+            column,
+            "adding a column to a table of an older release"
+        );
+        let added = session
+            .query_unpaged(format!("ALTER TABLE {ks}.{table} ADD {column} {kind}"), ())
+            .await;
+        if let Err(e) = added {
+            if !has(table, column).await? {
+                return Err(classify(e));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs storage requests with at most [`WRITE_CONCURRENCY`] in flight,
@@ -657,19 +718,23 @@ impl Storage for CassandraStore {
                     ns.bucket_width_micros,
                     int(ns.shards),
                     int(ns.retention_seconds),
+                    ns.indexes_shards,
                 ),
             )
             .await
             .map_err(classify)?;
         let rows = res.into_rows_result().map_err(fatal)?;
-        let (applied,) = rows
-            .first_row::<(bool,)>()
-            .or_else(|_| {
-                // On conflict Cassandra returns [applied] plus the existing columns.
-                rows.first_row::<(bool, Option<String>, Option<i64>, Option<i32>, Option<i32>)>()
-                    .map(|r| (r.0,))
-            })
-            .map_err(fatal)?;
+        // On conflict Cassandra returns [applied] plus the existing row's
+        // columns, whichever the table has: only the first is read.
+        let row = rows.first_row::<scylla::value::Row>().map_err(fatal)?;
+        let applied = match row.columns.first() {
+            Some(Some(scylla::value::CqlValue::Boolean(applied))) => *applied,
+            other => {
+                return Err(StorageError::Fatal(
+                    format!("namespace insert answered {other:?} for [applied]").into(),
+                ))
+            }
+        };
         if applied {
             return Ok(Created::New);
         }
@@ -691,10 +756,13 @@ impl Storage for CassandraStore {
             .map_err(classify)?;
         let rows = res.into_rows_result().map_err(fatal)?;
         let mut found = Vec::new();
-        for row in rows.rows::<(String, i64, i32, i32)>().map_err(fatal)? {
-            let (name, width, shards, retention) = row.map_err(fatal)?;
+        for row in rows.rows::<NamespaceRow>().map_err(fatal)? {
+            let (name, width, shards, retention, indexes) = row.map_err(fatal)?;
             match Namespace::checked(name.clone(), width, shards.into(), retention.into()) {
-                Ok(ns) => found.push(ns),
+                Ok(ns) => found.push(Namespace {
+                    indexes_shards: indexes.unwrap_or(false),
+                    ..ns
+                }),
                 Err(problem) => tracing::warn!(%name, %problem, "stored namespace left out"),
             }
         }
@@ -709,13 +777,15 @@ impl Storage for CassandraStore {
             .await
             .map_err(classify)?;
         let rows = res.into_rows_result().map_err(fatal)?;
-        let row = rows
-            .maybe_first_row::<(String, i64, i32, i32)>()
-            .map_err(fatal)?;
+        let row = rows.maybe_first_row::<NamespaceRow>().map_err(fatal)?;
         // Checked like a created namespace: another writer or a manual edit
         // must not turn into billions of cursors or a division by zero.
-        row.map(|(name, width, shards, retention)| {
+        row.map(|(name, width, shards, retention, indexes)| {
             Namespace::checked(name.clone(), width, shards.into(), retention.into())
+                .map(|ns| Namespace {
+                    indexes_shards: indexes.unwrap_or(false),
+                    ..ns
+                })
                 .map_err(|problem| StorageError::InvalidNamespace { name, problem })
         })
         .transpose()
@@ -732,18 +802,23 @@ impl Storage for CassandraStore {
                 .push(e);
         }
         let (_, ttl) = write_ttls(ns.retention_seconds, unix_now());
-        let mut index: Vec<(String, String, i64)> = partitions
+        // The index entries not written lately: one write per bucket, adding
+        // the shards this write puts rows in.
+        let mut index: Vec<IndexKey> = partitions
             .keys()
-            .map(|(s, b, _)| (ns.name.clone(), s.to_string(), *b))
+            .map(|&(s, b, shard)| (ns.name.clone(), s.to_string(), b, shard))
             .collect();
-        index.dedup();
         index.retain(|k| !self.index_cached(k));
+        let mut by_bucket: BTreeMap<(&str, i64), Vec<i32>> = BTreeMap::new();
+        for (_, s, b, shard) in &index {
+            by_bucket.entry((s, *b)).or_default().push(int(*shard));
+        }
         let insert_bucket = with_timeout(&self.stmts.insert_bucket, WRITE_TIMEOUT);
-        let mut index_writes = Vec::with_capacity(index.len());
-        for (n, s, b) in &index {
+        let mut index_writes = Vec::with_capacity(by_bucket.len());
+        for ((s, b), shards) in &by_bucket {
             index_writes.push(
                 self.session
-                    .execute_unpaged(&insert_bucket, (n, s, *b, ttl)),
+                    .execute_unpaged(&insert_bucket, (ttl, shards, &ns.name, s, *b)),
             );
         }
         run_bounded(index_writes).await?;
@@ -770,7 +845,7 @@ impl Storage for CassandraStore {
         run_bounded(batches).await
     }
 
-    async fn list_buckets(&self, q: BucketQuery) -> Result<Vec<i64>, StorageError> {
+    async fn list_buckets(&self, q: BucketQuery) -> Result<Vec<IndexedBucket>, StorageError> {
         let stmt = match q.order {
             Order::Ascending => &self.stmts.buckets_asc,
             Order::Descending => &self.stmts.buckets_desc,
@@ -785,9 +860,24 @@ impl Storage for CassandraStore {
             )
             .await?;
         let rows = res.into_rows_result().map_err(fatal)?;
-        rows.rows::<(i64,)>()
+        // Entries written before shards were indexed have none (null), and
+        // a namespace created before may have buckets whose entry names
+        // some shards but not those its older rows are in: every shard may
+        // hold rows of either (see `Namespace::indexes_shards`).
+        rows.rows::<(i64, Option<Vec<i32>>)>()
             .map_err(fatal)?
-            .map(|r| r.map(|(b,)| b).map_err(fatal))
+            .map(|r| {
+                let (bucket, shards) = r.map_err(fatal)?;
+                let shards = shards.filter(|_| q.namespace.indexes_shards).map(|s| {
+                    let mut s: Vec<u32> = s
+                        .into_iter()
+                        .filter_map(|x| u32::try_from(x).ok())
+                        .collect();
+                    s.sort_unstable();
+                    s
+                });
+                Ok(IndexedBucket { bucket, shards })
+            })
             .collect()
     }
 

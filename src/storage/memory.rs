@@ -7,13 +7,16 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{BucketQuery, Created, ShardQuery, Storage, StorageError};
+use super::{BucketQuery, Created, IndexedBucket, ShardQuery, Storage, StorageError};
 use crate::model::{Key, Namespace, NewEvent, Order, Row};
 
 /// Latency of a shard query as a function of the query.
 pub type LatencyFn = Arc<dyn Fn(&ShardQuery) -> Duration + Send + Sync>;
 
 type PartitionKey = (String, String, i64, u32);
+
+/// A series' bucket index: each non-empty bucket and the shards written in it.
+type BucketIndex = BTreeMap<i64, BTreeSet<u32>>;
 
 /// The fake store. Cheap to clone; clones share data.
 #[derive(Clone, Default)]
@@ -25,7 +28,7 @@ pub struct MemoryStore {
 struct Inner {
     namespaces: Mutex<HashMap<String, Namespace>>,
     partitions: Mutex<BTreeMap<PartitionKey, BTreeMap<Key, Row>>>,
-    buckets: Mutex<HashMap<(String, String), BTreeSet<i64>>>,
+    buckets: Mutex<HashMap<(String, String), BucketIndex>>,
     latency: Mutex<Option<LatencyFn>>,
     namespace_latency: Mutex<Duration>,
     index_latency: Mutex<Duration>,
@@ -103,7 +106,8 @@ impl MemoryStore {
 
     /// Lists `bucket` in `series`' bucket index without writing rows to it,
     /// as Cassandra's index does once the bucket's rows expired (its entry
-    /// outlives them) or when a write failed after making the entry.
+    /// outlives them) or when a write failed after making the entry; the
+    /// entry names every shard.
     pub fn index_bucket(&self, ns: &Namespace, series: &str, bucket: i64) {
         self.inner
             .buckets
@@ -111,7 +115,7 @@ impl MemoryStore {
             .expect("lock")
             .entry((ns.name.clone(), series.to_string()))
             .or_default()
-            .insert(bucket);
+            .insert(bucket, (0..ns.shards).collect());
     }
 
     pub fn fail_next(&self, errors: impl IntoIterator<Item = StorageError>) {
@@ -183,7 +187,9 @@ impl Storage for MemoryStore {
             buckets
                 .entry((ns.name.clone(), e.series_id.clone()))
                 .or_default()
-                .insert(bucket);
+                .entry(bucket)
+                .or_default()
+                .insert(shard);
             parts
                 .entry((ns.name.clone(), e.series_id.clone(), bucket, shard))
                 .or_default()
@@ -192,7 +198,7 @@ impl Storage for MemoryStore {
         Ok(())
     }
 
-    async fn list_buckets(&self, q: BucketQuery) -> Result<Vec<i64>, StorageError> {
+    async fn list_buckets(&self, q: BucketQuery) -> Result<Vec<IndexedBucket>, StorageError> {
         let _guard = InFlight::enter(&self.inner.in_flight);
         self.inner.index_queries.fetch_add(1, Ordering::SeqCst);
         let stalled = self.inner.index_stalls.lock().expect("lock").pop_front();
@@ -205,10 +211,18 @@ impl Storage for MemoryStore {
             tokio::time::sleep(latency).await;
         }
         let buckets = self.inner.buckets.lock().expect("lock");
-        let Some(set) = buckets.get(&(q.namespace.name.clone(), q.series_id.to_string())) else {
+        let Some(map) = buckets.get(&(q.namespace.name.clone(), q.series_id.to_string())) else {
             return Ok(Vec::new());
         };
-        let range = set.range(q.first..=q.last).copied();
+        let range = map
+            .range(q.first..=q.last)
+            .map(|(&bucket, shards)| IndexedBucket {
+                bucket,
+                shards: q
+                    .namespace
+                    .indexes_shards
+                    .then(|| shards.iter().copied().collect()),
+            });
         Ok(match q.order {
             Order::Ascending => range.take(q.limit).collect(),
             Order::Descending => range.rev().take(q.limit).collect(),

@@ -187,6 +187,27 @@ pub fn chain(err: &dyn std::error::Error) -> String {
     out
 }
 
+/// A non-empty bucket of a series, as the bucket index lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexedBucket {
+    pub bucket: i64,
+    /// The shards rows were written to in this bucket, ascending; None
+    /// when the index does not know them (a namespace created before
+    /// shards were indexed, see [`Namespace::indexes_shards`]), and then
+    /// every shard may hold rows.
+    pub shards: Option<Vec<u32>>,
+}
+
+impl IndexedBucket {
+    /// A bucket whose shards are unknown: a read asks every shard.
+    pub fn any_shard(bucket: i64) -> Self {
+        Self {
+            bucket,
+            shards: None,
+        }
+    }
+}
+
 /// Result of creating a namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Created {
@@ -231,11 +252,14 @@ pub trait Storage: Send + Sync + 'static {
         events: &[NewEvent],
     ) -> impl Future<Output = Result<(), StorageError>> + Send;
 
-    /// Non-empty buckets of a series within a bucket range, in order.
+    /// Non-empty buckets of a series within a bucket range, in order, with
+    /// the shards that hold rows in each where the namespace indexes them.
+    /// A shard a listed bucket does not name holds no row of the series in
+    /// that bucket (the index is written before the rows).
     fn list_buckets(
         &self,
         query: BucketQuery,
-    ) -> impl Future<Output = Result<Vec<i64>, StorageError>> + Send;
+    ) -> impl Future<Output = Result<Vec<IndexedBucket>, StorageError>> + Send;
 
     /// Rows of one shard partition inside the query's span, in order.
     fn read_shard(
@@ -283,7 +307,7 @@ impl<S: Storage> Storage for Arc<S> {
     fn list_buckets(
         &self,
         query: BucketQuery,
-    ) -> impl Future<Output = Result<Vec<i64>, StorageError>> + Send {
+    ) -> impl Future<Output = Result<Vec<IndexedBucket>, StorageError>> + Send {
         (**self).list_buckets(query)
     }
 

@@ -24,6 +24,7 @@ pub fn namespace(width: i64, shards: u32) -> Arc<Namespace> {
         bucket_width_micros: width,
         shards,
         retention_seconds: 0,
+        indexes_shards: true,
     })
 }
 
