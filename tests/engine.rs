@@ -668,6 +668,55 @@ async fn a_namespace_from_before_shards_were_indexed_asks_every_shard() {
     );
 }
 
+/// A bucket whose rows are all in one of its four shards: the rows a call
+/// wants are asked of that shard alone, in pages sized for it alone, and
+/// the shards the index does not name say nothing of where it ends, so
+/// the next bucket is only probed. (With pages sized for four shards and
+/// the unnamed ones taken for shards that had ended, the call sent 15
+/// pages, a quarter of its rows and then fewer each time, and asked the
+/// next bucket for 97 rows a shard, seen.)
+#[tokio::test(start_paused = true)]
+async fn a_bucket_with_rows_in_one_shard_is_asked_of_that_shard_alone() {
+    let ns = namespace(1_000_000, 4);
+    let store = MemoryStore::new();
+    store.create_namespace(&ns).await.unwrap();
+    let mut events: Vec<(i64, String, usize)> = (0..)
+        .map(|i| format!("a{i}"))
+        .filter(|id| ns.shard_of(id) == 2)
+        .take(3_000)
+        .enumerate()
+        .map(|(i, id)| (i as i64 * 100, id, 1))
+        .collect();
+    events.extend((0..3_000).map(|i| (1_000_000 + i * 100, format!("b{i}"), 1)));
+    let mut all = write_rows(&store, &ns, &events).await;
+    all.sort_by(|a, b| a.key.cmp(&b.key));
+    let asked: Arc<std::sync::Mutex<Vec<(i64, u32, usize)>>> = Arc::default();
+    let seen = asked.clone();
+    store.set_latency(move |q| {
+        seen.lock().unwrap().push((q.bucket, q.shard, q.limit));
+        MS
+    });
+    let engine = engine(&store);
+    let (rows, out) = read(&engine, &request(&ns, Order::Ascending, 1_000 * MS, 400)).await;
+    assert_rows(&rows, &all[..400]);
+    assert!(matches!(
+        out.unwrap().ending,
+        Ending::Partial {
+            reason: PartialReason::RowLimit,
+            ..
+        }
+    ));
+    let asked = asked.lock().unwrap().clone();
+    let probe = EngineConfig::default().min_storage_page;
+    for &(bucket, shard, limit) in &asked {
+        match bucket {
+            0 => assert_eq!(shard, 2, "{asked:?}"),
+            _ => assert!(limit <= probe, "only probes after it: {asked:?}"),
+        }
+    }
+    assert!(asked.len() <= 8, "{asked:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn page_sizes_shrink_to_the_time_left() {
     // 1 ms + 10 µs per row: with a 30 ms SLO a 5000-row page (51 ms) never fits.

@@ -119,6 +119,9 @@ fn expected_rest(sibling: usize, fetched: usize, min_page: usize) -> usize {
 pub(super) struct BucketCursor {
     pub(super) bucket: i64,
     pub(super) shards: Vec<ShardCursor>,
+    /// Shards that may hold rows: those the index names, or all of them
+    /// (the others start done). Pages are sized for these.
+    pub(super) listed: usize,
     pub(super) touched: bool,
 }
 
@@ -262,9 +265,13 @@ impl<S: Storage> Scan<S> {
     /// names them (None: any shard may hold rows). A shard it does not name
     /// holds none and starts done, so no page is asked of it.
     pub(super) fn bucket_cursor(&self, bucket: i64, shards: Option<&[u32]>) -> BucketCursor {
+        let all = self.req.namespace.shards;
         BucketCursor {
             bucket,
             touched: false,
+            listed: shards.map_or(all as usize, |listed| {
+                listed.iter().filter(|&&s| s < all).count().max(1)
+            }),
             shards: (0..self.req.namespace.shards)
                 .map(|shard| ShardCursor {
                     shard,
@@ -859,7 +866,7 @@ impl<S: Storage> Scan<S> {
         let (sizing, wanted, room) = if engine.config.continuations.enabled() {
             (remaining, affordable, None)
         } else {
-            let shards = self.buckets.front().map_or(1, |b| b.shards.len());
+            let shards = self.buckets.front().map_or(1, |b| b.listed);
             let room = self.response_room(shards);
             let sizing = self.projected_remaining();
             let wanted = self
@@ -903,7 +910,9 @@ impl<S: Storage> Scan<S> {
             // Pages land with time to spare for merging what the other
             // shards return (rows that arrive too late are discarded); a
             // bucket after one that may hold all the rows is only probed.
-            let page = pages::shard_page(want, shards, pace, i > 0 && probe_only, cfg);
+            // The rows wanted are shared among the shards that may hold
+            // them.
+            let page = pages::shard_page(want, bucket.listed, pace, i > 0 && probe_only, cfg);
             let blocking = i == 0 && bucket.shards.iter().any(ShardCursor::idle);
             if blocking
                 && affordable < cfg.min_storage_page
@@ -934,7 +943,14 @@ impl<S: Storage> Scan<S> {
             // flight are expected to end near the same count: the buckets
             // after it get their share of the rows wanted now, not a probe
             // that costs the call a round trip when the pages land short.
-            let sibling_end = shards.iter().filter(|s| s.done).map(|s| s.fetched).max();
+            // A shard the index does not name (done before any page) holds
+            // no row of the series, which says nothing of where the others
+            // end.
+            let sibling_end = shards
+                .iter()
+                .filter(|s| s.done && s.pages > 0)
+                .map(|s| s.fetched)
+                .max();
             for s in shards {
                 let expected = sibling_end
                     .filter(|_| !s.done && s.requested > 0)
