@@ -15,7 +15,7 @@
 //!   Columns added since a table was first created are added to an
 //!   existing table as a replica starts ([`add_missing_columns`]).
 //!
-//! One file (about 600 lines) on purpose: the schema, the prepared
+//! One file (about 950 lines) on purpose: the schema, the prepared
 //! statements, the reads and writes that bind them and the classification
 //! of the driver's errors change together.
 
