@@ -198,16 +198,6 @@ pub struct IndexedBucket {
     pub shards: Option<Vec<u32>>,
 }
 
-impl IndexedBucket {
-    /// A bucket whose shards are unknown: a read asks every shard.
-    pub fn any_shard(bucket: i64) -> Self {
-        Self {
-            bucket,
-            shards: None,
-        }
-    }
-}
-
 /// Result of creating a namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Created {
