@@ -92,6 +92,11 @@ pub(super) struct ShardCursor {
 }
 
 impl ShardCursor {
+    /// The bucket index does not name this shard as holding rows: it was
+    /// done before any page was asked of it.
+    fn unlisted(&self) -> bool {
+        self.done && self.pages == 0
+    }
     /// Nothing buffered, nothing in flight, rows may remain: a page is due.
     fn idle(&self) -> bool {
         self.buf.is_empty() && self.low(1)
@@ -102,6 +107,14 @@ impl ShardCursor {
     /// merge waits on one shard's round trip after another.
     fn low(&self, page: usize) -> bool {
         !self.done && self.requested == 0 && self.buf.len() < page
+    }
+}
+
+impl BucketCursor {
+    /// Shards that may hold rows: those the index names, or all of them (at
+    /// least one). Pages are sized for these.
+    pub(super) fn listed(&self) -> usize {
+        self.shards.iter().filter(|s| !s.unlisted()).count().max(1)
     }
 }
 
@@ -119,9 +132,6 @@ fn expected_rest(sibling: usize, fetched: usize, min_page: usize) -> usize {
 pub(super) struct BucketCursor {
     pub(super) bucket: i64,
     pub(super) shards: Vec<ShardCursor>,
-    /// Shards that may hold rows: those the index names, or all of them
-    /// (the others start done). Pages are sized for these.
-    pub(super) listed: usize,
     pub(super) touched: bool,
 }
 
@@ -265,13 +275,9 @@ impl<S: Storage> Scan<S> {
     /// names them (None: any shard may hold rows). A shard it does not name
     /// holds none and starts done, so no page is asked of it.
     pub(super) fn bucket_cursor(&self, bucket: i64, shards: Option<&[u32]>) -> BucketCursor {
-        let all = self.req.namespace.shards;
         BucketCursor {
             bucket,
             touched: false,
-            listed: shards.map_or(all as usize, |listed| {
-                listed.iter().filter(|&&s| s < all).count().max(1)
-            }),
             shards: (0..self.req.namespace.shards)
                 .map(|shard| ShardCursor {
                     shard,
@@ -866,7 +872,7 @@ impl<S: Storage> Scan<S> {
         let (sizing, wanted, room) = if engine.config.continuations.enabled() {
             (remaining, affordable, None)
         } else {
-            let shards = self.buckets.front().map_or(1, |b| b.listed);
+            let shards = self.buckets.front().map_or(1, BucketCursor::listed);
             let room = self.response_room(shards);
             let sizing = self.projected_remaining();
             let wanted = self
@@ -912,7 +918,7 @@ impl<S: Storage> Scan<S> {
             // bucket after one that may hold all the rows is only probed.
             // The rows wanted are shared among the shards that may hold
             // them.
-            let page = pages::shard_page(want, bucket.listed, pace, i > 0 && probe_only, cfg);
+            let page = pages::shard_page(want, bucket.listed(), pace, i > 0 && probe_only, cfg);
             let blocking = i == 0 && bucket.shards.iter().any(ShardCursor::idle);
             if blocking
                 && affordable < cfg.min_storage_page
@@ -948,7 +954,7 @@ impl<S: Storage> Scan<S> {
             // end.
             let sibling_end = shards
                 .iter()
-                .filter(|s| s.done && s.pages > 0)
+                .filter(|s| s.done && !s.unlisted())
                 .map(|s| s.fetched)
                 .max();
             for s in shards {
