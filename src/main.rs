@@ -1,5 +1,6 @@
 //! The `hourglass` binary: parses arguments (with the config file), sets up
-//! logging, dispatches to the library.
+//! logging, dispatches to the library (`serve`, `config check`,
+//! `index-shards`).
 
 use hourglass::cli::{self, Cli, CliError, Command, ConfigCommand, LogFormat};
 use tracing_subscriber::layer::SubscriberExt;
@@ -41,6 +42,9 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve(&args).await,
             Command::Config(ConfigCommand::Check) => {
                 cli::check_config(cli.config.as_deref()).map(|text| print!("{text}"))
+            }
+            Command::IndexShards(args) => {
+                cli::index_shards(&args).await.map(|text| print!("{text}"))
             }
         }
     });

@@ -22,8 +22,9 @@ use crate::engine::reserve::RESPONSE_COST;
 use crate::engine::{ContinuationConfig, EngineConfig};
 use crate::server::{ServerConfig, ServerTls, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEALTH_INTERVAL};
 use crate::storage::breaker::BreakerConfig;
-use crate::storage::cassandra::{CassandraConfig, Credentials};
+use crate::storage::cassandra::{CassandraConfig, CassandraStore, Credentials};
 use crate::storage::hedging::HedgeConfig;
+use crate::storage::shard_index;
 use crate::telemetry::DEFAULT_METRICS_LISTEN;
 use crate::token::{KeyRing, DEFAULT_TOKEN_TTL};
 
@@ -85,6 +86,27 @@ pub enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Bring a namespace an older release created onto the shard index:
+    /// name in each bucket's index entry the shards holding its rows, then
+    /// mark the namespace, so reads ask only those shards instead of every
+    /// one. Run it once every replica runs this release; running replicas
+    /// pick the change up as they restart. Takes the settings of `serve`
+    /// (its flags, HOURGLASS_* variables and the config file), of which it
+    /// uses the Cassandra ones.
+    IndexShards(Box<IndexShardsArgs>),
+}
+
+/// The subcommands that take `serve`'s settings, the config file's included.
+const SERVE_SETTINGS: [&str; 2] = ["serve", "index-shards"];
+
+/// The arguments of `index-shards`.
+#[derive(Debug, Args)]
+pub struct IndexShardsArgs {
+    /// The namespace to bring onto the shard index.
+    #[arg(long)]
+    pub namespace: String,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// The arguments of `serve`. Serialized (secrets hidden) by `config check`.
@@ -602,7 +624,8 @@ fn config_path_from(args: &[String]) -> Option<PathBuf> {
     std::env::var_os("HOURGLASS_CONFIG").map(PathBuf::from)
 }
 
-/// Makes the values of a TOML config file the defaults of `serve`'s flags:
+/// Makes the values of a TOML config file the defaults of `serve`'s flags
+/// (in every subcommand taking them, [`SERVE_SETTINGS`]):
 /// every key names a flag (`max-budget` or `max_budget`), so flags and
 /// variables still beat the file. Unknown keys and non-scalar values are
 /// errors naming the key.
@@ -616,10 +639,11 @@ fn apply_config_file(command: clap::Command, path: &Path) -> anyhow::Result<clap
             toml_problem(&text, &e)
         )
     })?;
-    let mut serve = command
+    let serve = command
         .find_subcommand("serve")
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no serve subcommand"))?;
+    let mut settings = Vec::new();
     // Global flags (`log-format`) are the root command's; `config` names
     // the file itself.
     let mut global = Vec::new();
@@ -671,10 +695,18 @@ fn apply_config_file(command: clap::Command, path: &Path) -> anyhow::Result<clap
         if is_global {
             global.push((id, value));
         } else {
-            serve = serve.mut_arg(id, |a| a.default_value(value));
+            settings.push((id, value));
         }
     }
-    let mut command = command.mut_subcommand("serve", |_| serve);
+    let mut command = command;
+    for name in SERVE_SETTINGS {
+        command = command.mut_subcommand(name, |mut sub| {
+            for (id, value) in &settings {
+                sub = sub.mut_arg(id, |a| a.default_value(value.clone()));
+            }
+            sub
+        });
+    }
     for (id, value) in global {
         command = command.mut_arg(id, |a| a.default_value(value));
     }
@@ -702,6 +734,36 @@ fn line_and_column(text: &str, at: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
+}
+
+/// `index-shards`: brings the namespace onto the shard index (see
+/// [`crate::storage::shard_index`]), telling its progress on stderr about
+/// once a second; returns the summary.
+pub async fn index_shards(args: &IndexShardsArgs) -> anyhow::Result<String> {
+    let name = &args.namespace;
+    crate::api::check_namespace_name("--namespace", name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = args.serve.cassandra_config()?;
+    let store = CassandraStore::connect(&cfg).await?;
+    let mut told = std::time::Instant::now();
+    let report = shard_index::index_shards(&store, name, |r| {
+        if told.elapsed() >= std::time::Duration::from_secs(1) {
+            eprintln!(
+                "{} series, {} buckets looked at, {} shards holding rows so far",
+                r.series, r.buckets, r.shards
+            );
+            told = std::time::Instant::now();
+        }
+    })
+    .await?;
+    Ok(if report.already {
+        format!("namespace {name:?} indexes its shards already: nothing to do\n")
+    } else {
+        format!(
+            "namespace {name:?}: {} series, {} buckets looked at, {} shards holding rows named; \
+             it now indexes its shards (running replicas ask every shard until they restart)\n",
+            report.series, report.buckets, report.shards
+        )
+    })
 }
 
 /// `config check`: the effective `serve` configuration, one `key = value`

@@ -10,8 +10,39 @@ fn args(v: &[&str]) -> Vec<String> {
 fn serve_args(v: &[&str]) -> ServeArgs {
     match parse(&args(v)).unwrap().command {
         Command::Serve(a) => *a,
-        Command::Config(_) => panic!("parsed serve"),
+        other => panic!("parsed {other:?} for serve"),
     }
+}
+
+/// `index-shards` takes `serve`'s settings from the same sources: flags
+/// first, then the config file.
+#[test]
+fn index_shards_takes_the_settings_of_serve() {
+    let file = config_file(
+        "index-shards",
+        "keyspace = \"from_file\"\nconsistency = \"one\"\n",
+    );
+    let file = file.display().to_string();
+    let parsed = parse(&args(&[
+        "hourglass",
+        "--config",
+        &file,
+        "index-shards",
+        "--namespace",
+        "old",
+        "--cassandra",
+        "10.0.0.9:9042",
+    ]))
+    .unwrap();
+    let Command::IndexShards(a) = parsed.command else {
+        panic!("parsed {:?}", parsed.command)
+    };
+    assert_eq!(a.namespace, "old");
+    assert_eq!(a.serve.keyspace, "from_file");
+    assert_eq!(a.serve.consistency.0, scylla::statement::Consistency::One);
+    assert_eq!(a.serve.cassandra, ["10.0.0.9:9042"]);
+    // The namespace is required.
+    assert!(parse(&args(&["hourglass", "index-shards"])).is_err());
 }
 
 #[test]

@@ -13,9 +13,11 @@
 //!   its write's TTL), so a read asks only those. A sparse series of a
 //!   256-shard namespace cost a read 256 queries per bucket without it.
 //!   Columns added since a table was first created are added to an
-//!   existing table as a replica starts ([`add_missing_columns`]).
+//!   existing table as a replica starts ([`add_missing_columns`]); a
+//!   namespace an older release created is brought onto the shard index
+//!   by [`super::shard_index`].
 //!
-//! One file (about 950 lines) on purpose: the schema, the prepared
+//! One file (about 1,000 lines) on purpose: the schema, the prepared
 //! statements, the reads and writes that bind them and the classification
 //! of the driver's errors change together.
 
@@ -192,6 +194,8 @@ pub struct CassandraStore {
     plain: ExecutionProfile,
     /// Bucket-index entries written recently, to skip rewriting them.
     index_cache: Mutex<HashMap<IndexKey, Instant>>,
+    keyspace: String,
+    consistency: Consistency,
 }
 
 struct Statements {
@@ -310,6 +314,8 @@ impl CassandraStore {
             hedged,
             plain,
             index_cache: Mutex::new(HashMap::new()),
+            keyspace: cfg.keyspace.clone(),
+            consistency: cfg.consistency,
         })
     }
 
@@ -533,6 +539,16 @@ impl CassandraStore {
         &self.session
     }
 
+    /// The keyspace holding the tables.
+    pub fn keyspace(&self) -> &str {
+        &self.keyspace
+    }
+
+    /// The consistency level of reads and writes.
+    pub fn consistency(&self) -> Consistency {
+        self.consistency
+    }
+
     fn index_cached(&self, key: &IndexKey) -> bool {
         let cache = self.index_cache.lock().expect("index cache lock");
         cache
@@ -608,7 +624,7 @@ async fn run_bounded<T>(
 
 /// Maps driver errors onto retryable and non-retryable storage errors, the
 /// way latte does: timeouts, overload and unavailability are transient.
-fn classify(err: ExecutionError) -> StorageError {
+pub(super) fn classify(err: ExecutionError) -> StorageError {
     let transient = match &err {
         ExecutionError::RequestTimeout(_)
         | ExecutionError::ConnectionPoolError(_)
@@ -637,16 +653,16 @@ fn classify(err: ExecutionError) -> StorageError {
 
 /// A driver error that no retry will fix (a row that does not decode, a
 /// statement that does not prepare).
-fn fatal(err: impl std::error::Error + Send + Sync + 'static) -> StorageError {
+pub(super) fn fatal(err: impl std::error::Error + Send + Sync + 'static) -> StorageError {
     StorageError::Fatal(Cause::new(err))
 }
 
 /// A validated count (shards, retention) as CQL's `int`.
-fn int(v: u32) -> i32 {
+pub(super) fn int(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
 
-fn unix_now() -> i64 {
+pub(super) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -658,7 +674,7 @@ fn unix_now() -> i64 {
 /// that nothing expires after [`MAX_EXPIRY_UNIX_SECONDS`] less a margin,
 /// which older stores refuse: near that date retention is shortened rather
 /// than every write failing.
-fn write_ttls(retention: u32, now: i64) -> (i32, i32) {
+pub(super) fn write_ttls(retention: u32, now: i64) -> (i32, i32) {
     if retention == 0 {
         return (0, 0);
     }

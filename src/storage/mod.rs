@@ -12,6 +12,7 @@ pub mod cassandra;
 pub mod hedging;
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory;
+pub mod shard_index;
 
 use std::future::Future;
 use std::net::IpAddr;

@@ -1,0 +1,216 @@
+//! Bringing a namespace an older release created onto the shard index
+//! (`hourglass index-shards`).
+//!
+//! A namespace created before the bucket index named shards
+//! (`indexes_shards` false or null) is read by asking every shard of each
+//! bucket: its index entries may name no shard, or only those written since
+//! the upgrade, while older rows sit in others. This looks, for every
+//! bucket of every series of the namespace, which shards hold a row (one
+//! `LIMIT 1` query per shard), adds them to the bucket's entry, and then
+//! sets the namespace's flag, so reads ask only the shards named.
+//!
+//! Invariants:
+//! * The flag is set last, once every bucket's entry names every shard that
+//!   held a row when it was looked at; rows written meanwhile name their
+//!   shards themselves (this release's writes do), so no row is left in a
+//!   shard its entry does not name. Hence every replica must run this
+//!   release before it starts (an older replica's writes name no shard).
+//! * Interrupted, it leaves the flag unset and the entries only larger:
+//!   reads stay as they were, and running it again finishes the work.
+//! * A shard's element gets the TTL a write made now would give it (the
+//!   namespace's retention plus the index's slack; none without retention),
+//!   so the entry still outlives the rows it names.
+//! * Replicas read a namespace's flag when they first load it (as they
+//!   start, or on their first read of it): those running keep asking every
+//!   shard until restarted, which is slower, never wrong.
+
+use futures::{StreamExt, TryStreamExt};
+use scylla::statement::prepared::PreparedStatement;
+
+use super::cassandra::{classify, fatal, int, unix_now, write_ttls, CassandraStore};
+use super::{Storage, StorageError};
+use crate::model::Namespace;
+
+/// Shard queries in flight at once.
+const CONCURRENCY: usize = 64;
+/// Rows per page of the scans of the bucket index.
+const PAGE_ROWS: i32 = 1_000;
+
+/// Why a namespace could not be brought onto the shard index.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexShardsError {
+    #[error("namespace {0:?} does not exist")]
+    NotFound(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// What was done, so far or in all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The namespace indexed its shards already: nothing was done.
+    pub already: bool,
+    /// Series whose buckets were looked at.
+    pub series: u64,
+    /// Buckets looked at.
+    pub buckets: u64,
+    /// Shards found holding rows (and named in their bucket's entry).
+    pub shards: u64,
+}
+
+/// Brings the namespace `name` onto the shard index (see the module docs),
+/// calling `progress` after each bucket.
+pub async fn index_shards(
+    store: &CassandraStore,
+    name: &str,
+    mut progress: impl FnMut(&Report),
+) -> Result<Report, IndexShardsError> {
+    let ns = store
+        .get_namespace(name)
+        .await?
+        .ok_or_else(|| IndexShardsError::NotFound(name.to_string()))?;
+    if ns.indexes_shards {
+        return Ok(Report {
+            already: true,
+            ..Report::default()
+        });
+    }
+    let s = Statements::prepare(store).await?;
+    let mut report = Report::default();
+    for series in s.series_of(store, name).await? {
+        report.series += 1;
+        for bucket in s.buckets_of(store, name, &series).await? {
+            let shards = s.shards_holding_rows(store, &ns, &series, bucket).await?;
+            if !shards.is_empty() {
+                let (_, ttl) = write_ttls(ns.retention_seconds, unix_now());
+                store
+                    .session()
+                    .execute_unpaged(&s.name_shards, (ttl, &shards, name, &series, bucket))
+                    .await
+                    .map_err(classify)?;
+            }
+            report.buckets += 1;
+            report.shards += shards.len() as u64;
+            progress(&report);
+        }
+    }
+    store
+        .session()
+        .execute_unpaged(&s.set_flag, (name,))
+        .await
+        .map_err(classify)?;
+    Ok(report)
+}
+
+/// The statements of the work, with the store's consistency.
+struct Statements {
+    all_series: PreparedStatement,
+    buckets: PreparedStatement,
+    any_row: PreparedStatement,
+    name_shards: PreparedStatement,
+    set_flag: PreparedStatement,
+}
+
+impl Statements {
+    async fn prepare(store: &CassandraStore) -> Result<Self, StorageError> {
+        let ks = store.keyspace();
+        let prepare = |cql: String| async move {
+            let mut p = store.session().prepare(cql).await.map_err(fatal)?;
+            p.set_consistency(store.consistency());
+            p.set_page_size(PAGE_ROWS);
+            Ok::<_, StorageError>(p)
+        };
+        Ok(Self {
+            // Every partition of the index, all namespaces: the index is
+            // partitioned by (namespace, series), so a namespace's series
+            // are found only by scanning them all.
+            all_series: prepare(format!(
+                "SELECT DISTINCT namespace, series_id FROM {ks}.series_buckets"
+            ))
+            .await?,
+            buckets: prepare(format!(
+                "SELECT bucket FROM {ks}.series_buckets WHERE namespace = ? AND series_id = ?"
+            ))
+            .await?,
+            any_row: prepare(format!(
+                "SELECT event_time FROM {ks}.events WHERE namespace = ? AND series_id = ? \
+                 AND bucket = ? AND shard = ? LIMIT 1"
+            ))
+            .await?,
+            name_shards: prepare(format!(
+                "UPDATE {ks}.series_buckets USING TTL ? SET shards = shards + ? \
+                 WHERE namespace = ? AND series_id = ? AND bucket = ?"
+            ))
+            .await?,
+            set_flag: prepare(format!(
+                "UPDATE {ks}.namespaces SET indexes_shards = true WHERE name = ?"
+            ))
+            .await?,
+        })
+    }
+
+    /// The series of namespace `name` with an index entry.
+    async fn series_of(
+        &self,
+        store: &CassandraStore,
+        name: &str,
+    ) -> Result<Vec<String>, StorageError> {
+        let rows = store
+            .session()
+            .execute_iter(self.all_series.clone(), ())
+            .await
+            .map_err(fatal)?
+            .rows_stream::<(String, String)>()
+            .map_err(fatal)?;
+        rows.try_filter_map(|(ns, series)| async move { Ok((ns == name).then_some(series)) })
+            .try_collect()
+            .await
+            .map_err(fatal)
+    }
+
+    /// The buckets the index lists for `series` of namespace `name`.
+    async fn buckets_of(
+        &self,
+        store: &CassandraStore,
+        name: &str,
+        series: &str,
+    ) -> Result<Vec<i64>, StorageError> {
+        store
+            .session()
+            .execute_iter(self.buckets.clone(), (name, series))
+            .await
+            .map_err(fatal)?
+            .rows_stream::<(i64,)>()
+            .map_err(fatal)?
+            .map_ok(|(bucket,)| bucket)
+            .try_collect()
+            .await
+            .map_err(fatal)
+    }
+
+    /// The shards of `bucket` of `series` holding a row, ascending.
+    async fn shards_holding_rows(
+        &self,
+        store: &CassandraStore,
+        ns: &Namespace,
+        series: &str,
+        bucket: i64,
+    ) -> Result<Vec<i32>, StorageError> {
+        let asks = (0..ns.shards).map(|shard| async move {
+            let res = store
+                .session()
+                .execute_unpaged(&self.any_row, (&ns.name, series, bucket, int(shard)))
+                .await
+                .map_err(classify)?;
+            let rows = res.into_rows_result().map_err(fatal)?.rows_num();
+            Ok::<_, StorageError>((rows > 0).then_some(int(shard)))
+        });
+        let mut found: Vec<i32> = futures::stream::iter(asks)
+            .buffer_unordered(CONCURRENCY)
+            .try_filter_map(|shard| async move { Ok(shard) })
+            .try_collect()
+            .await?;
+        found.sort_unstable();
+        Ok(found)
+    }
+}
