@@ -754,7 +754,14 @@ pub async fn index_shards(args: &IndexShardsArgs) -> anyhow::Result<String> {
             told = std::time::Instant::now();
         }
     })
-    .await?;
+    .await
+    .map_err(|e| match e {
+        shard_index::IndexShardsError::Storage(e) => anyhow::anyhow!(
+            "{e}; stopped before marking the namespace, so reads are as they were: run \
+             index-shards again"
+        ),
+        e @ shard_index::IndexShardsError::NotFound(_) => e.into(),
+    })?;
     Ok(if report.already {
         format!("namespace {name:?} indexes its shards already: nothing to do\n")
     } else {
