@@ -756,9 +756,9 @@ pub async fn index_shards(args: &IndexShardsArgs) -> anyhow::Result<String> {
     })
     .await
     .map_err(|e| match e {
-        shard_index::IndexShardsError::Storage(e) => anyhow::anyhow!(
-            "{e}; stopped before marking the namespace, so reads are as they were: run \
-             index-shards again"
+        shard_index::IndexShardsError::Storage(e) => anyhow::Error::new(e).context(
+            "index-shards stopped before marking the namespace, so reads are as they were; \
+             run it again",
         ),
         e @ shard_index::IndexShardsError::NotFound(_) => e.into(),
     })?;

@@ -16,7 +16,8 @@
 //!   shard its entry does not name. Hence every replica must run this
 //!   release before it starts (an older replica's writes name no shard).
 //! * Interrupted, it leaves the flag unset and the entries only larger:
-//!   reads stay as they were, and running it again finishes the work.
+//!   reads stay as they were, and running it again finishes the work. A
+//!   query failing transiently is tried [`TRIES`] times before it stops.
 //! * A shard's element gets the TTL a write made now would give it (the
 //!   namespace's retention plus the index's slack; none without retention),
 //!   so the entry still outlives the rows it names.
@@ -33,6 +34,11 @@ use crate::model::Namespace;
 
 /// Shard queries in flight at once.
 const CONCURRENCY: usize = 64;
+/// Tries of one query that fails transiently (a timeout, an overloaded
+/// node), the waits between them doubling from [`FIRST_BACKOFF`]: a run
+/// of millions of queries should not end, and start over, for one.
+const TRIES: u32 = 5;
+const FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 /// Rows per page of the scans of the bucket index.
 const PAGE_ROWS: i32 = 1_000;
 
@@ -83,11 +89,15 @@ pub async fn index_shards(
             let shards = s.shards_holding_rows(store, &ns, &series, bucket).await?;
             if !shards.is_empty() {
                 let (_, ttl) = write_ttls(ns.retention_seconds, unix_now());
-                store
-                    .session()
-                    .execute_unpaged(&s.name_shards, (ttl, &shards, name, &series, bucket))
-                    .await
-                    .map_err(classify)?;
+                let values = (ttl, &shards, name, &series, bucket);
+                retrying(|| async {
+                    store
+                        .session()
+                        .execute_unpaged(&s.name_shards, values)
+                        .await
+                        .map_err(classify)
+                })
+                .await?;
             }
             report.buckets += 1;
             report.shards += shards.len() as u64;
@@ -196,14 +206,16 @@ impl Statements {
         series: &str,
         bucket: i64,
     ) -> Result<Vec<i32>, StorageError> {
-        let asks = (0..ns.shards).map(|shard| async move {
-            let res = store
-                .session()
-                .execute_unpaged(&self.any_row, (&ns.name, series, bucket, int(shard)))
-                .await
-                .map_err(classify)?;
-            let rows = res.into_rows_result().map_err(fatal)?.rows_num();
-            Ok::<_, StorageError>((rows > 0).then_some(int(shard)))
+        let asks = (0..ns.shards).map(|shard| {
+            retrying(move || async move {
+                let res = store
+                    .session()
+                    .execute_unpaged(&self.any_row, (&ns.name, series, bucket, int(shard)))
+                    .await
+                    .map_err(classify)?;
+                let rows = res.into_rows_result().map_err(fatal)?.rows_num();
+                Ok::<_, StorageError>((rows > 0).then_some(int(shard)))
+            })
         });
         let mut found: Vec<i32> = futures::stream::iter(asks)
             .buffer_unordered(CONCURRENCY)
@@ -212,5 +224,75 @@ impl Statements {
             .await?;
         found.sort_unstable();
         Ok(found)
+    }
+}
+
+/// Runs `query` until it succeeds, fails for good, or has failed
+/// transiently [`TRIES`] times.
+async fn retrying<T, F: std::future::Future<Output = Result<T, StorageError>>>(
+    mut query: impl FnMut() -> F,
+) -> Result<T, StorageError> {
+    let mut backoff = FIRST_BACKOFF;
+    let mut tries = 1;
+    loop {
+        match query().await {
+            Err(e) if e.is_transient() && tries < TRIES => {
+                tracing::warn!(error = %e, tries, "a query failed; trying again");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                tries += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    fn transient() -> StorageError {
+        StorageError::Transient("timed out".into())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_are_tried_again_fatal_ones_are_not() {
+        // Two timeouts, then an answer: the answer, after 100 + 200 ms.
+        let calls = Cell::new(0);
+        let began = tokio::time::Instant::now();
+        let got = retrying(|| {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move {
+                if n < 3 {
+                    Err(transient())
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(got.expect("answered"), 3);
+        assert_eq!(began.elapsed(), FIRST_BACKOFF * 3);
+        // Always timing out: given up after TRIES.
+        calls.set(0);
+        let got: Result<(), _> = retrying(|| {
+            calls.set(calls.get() + 1);
+            async { Err(transient()) }
+        })
+        .await;
+        assert!(matches!(got, Err(StorageError::Transient(_))));
+        assert_eq!(calls.get(), TRIES);
+        // A fatal error: at once.
+        calls.set(0);
+        let got: Result<(), _> = retrying(|| {
+            calls.set(calls.get() + 1);
+            async { Err(StorageError::Fatal("syntax".into())) }
+        })
+        .await;
+        assert!(matches!(got, Err(StorageError::Fatal(_))));
+        assert_eq!(calls.get(), 1);
     }
 }
