@@ -549,6 +549,24 @@ impl CassandraStore {
         self.consistency
     }
 
+    /// Adds `shards` to the index entry of `bucket` of `series`, with the
+    /// TTL a write made now gives them, as a write does.
+    pub(super) async fn name_shards(
+        &self,
+        ns: &Namespace,
+        series: &str,
+        bucket: i64,
+        shards: &[i32],
+    ) -> Result<(), StorageError> {
+        let (_, ttl) = write_ttls(ns.retention_seconds, unix_now());
+        let insert_bucket = with_timeout(&self.stmts.insert_bucket, WRITE_TIMEOUT);
+        self.session
+            .execute_unpaged(&insert_bucket, (ttl, shards, &ns.name, series, bucket))
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
     fn index_cached(&self, key: &IndexKey) -> bool {
         let cache = self.index_cache.lock().expect("index cache lock");
         cache
@@ -662,7 +680,7 @@ pub(super) fn int(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
 
-pub(super) fn unix_now() -> i64 {
+fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -674,7 +692,7 @@ pub(super) fn unix_now() -> i64 {
 /// that nothing expires after [`MAX_EXPIRY_UNIX_SECONDS`] less a margin,
 /// which older stores refuse: near that date retention is shortened rather
 /// than every write failing.
-pub(super) fn write_ttls(retention: u32, now: i64) -> (i32, i32) {
+fn write_ttls(retention: u32, now: i64) -> (i32, i32) {
     if retention == 0 {
         return (0, 0);
     }

@@ -28,7 +28,7 @@
 use futures::{StreamExt, TryStreamExt};
 use scylla::statement::prepared::PreparedStatement;
 
-use super::cassandra::{classify, fatal, int, unix_now, write_ttls, CassandraStore};
+use super::cassandra::{classify, fatal, int, CassandraStore};
 use super::{Storage, StorageError};
 use crate::model::Namespace;
 
@@ -88,16 +88,7 @@ pub async fn index_shards(
         for bucket in s.buckets_of(store, name, &series).await? {
             let shards = s.shards_holding_rows(store, &ns, &series, bucket).await?;
             if !shards.is_empty() {
-                let (_, ttl) = write_ttls(ns.retention_seconds, unix_now());
-                let values = (ttl, &shards, name, &series, bucket);
-                retrying(|| async {
-                    store
-                        .session()
-                        .execute_unpaged(&s.name_shards, values)
-                        .await
-                        .map_err(classify)
-                })
-                .await?;
+                retrying(|| store.name_shards(&ns, &series, bucket, &shards)).await?;
             }
             report.buckets += 1;
             report.shards += shards.len() as u64;
@@ -117,7 +108,6 @@ struct Statements {
     all_series: PreparedStatement,
     buckets: PreparedStatement,
     any_row: PreparedStatement,
-    name_shards: PreparedStatement,
     set_flag: PreparedStatement,
 }
 
@@ -145,11 +135,6 @@ impl Statements {
             any_row: prepare(format!(
                 "SELECT event_time FROM {ks}.events WHERE namespace = ? AND series_id = ? \
                  AND bucket = ? AND shard = ? LIMIT 1"
-            ))
-            .await?,
-            name_shards: prepare(format!(
-                "UPDATE {ks}.series_buckets USING TTL ? SET shards = shards + ? \
-                 WHERE namespace = ? AND series_id = ? AND bucket = ?"
             ))
             .await?,
             set_flag: prepare(format!(
