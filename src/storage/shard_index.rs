@@ -95,11 +95,14 @@ pub async fn index_shards(
             progress(&report);
         }
     }
-    store
-        .session()
-        .execute_unpaged(&s.set_flag, (name,))
-        .await
-        .map_err(classify)?;
+    retrying(|| async {
+        store
+            .session()
+            .execute_unpaged(&s.set_flag, (name,))
+            .await
+            .map_err(classify)
+    })
+    .await?;
     Ok(report)
 }
 
