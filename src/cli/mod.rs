@@ -747,10 +747,17 @@ pub async fn index_shards(args: &IndexShardsArgs) -> anyhow::Result<String> {
     let mut told = std::time::Instant::now();
     let report = shard_index::index_shards(&store, name, |r| {
         if told.elapsed() >= std::time::Duration::from_secs(1) {
-            eprintln!(
-                "{} series, {} buckets looked at, {} shards holding rows so far",
-                r.series, r.buckets, r.shards
-            );
+            if r.series == 0 {
+                eprintln!(
+                    "finding the namespace's series: {} series of all namespaces read from the bucket index so far",
+                    r.index_partitions
+                );
+            } else {
+                eprintln!(
+                    "{} series, {} buckets looked at, {} shards holding rows so far",
+                    r.series, r.buckets, r.shards
+                );
+            }
             told = std::time::Instant::now();
         }
     })

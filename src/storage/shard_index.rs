@@ -62,10 +62,13 @@ pub struct Report {
     pub buckets: u64,
     /// Shards found holding rows (and named in their bucket's entry).
     pub shards: u64,
+    /// Partitions of the bucket index (series of every namespace) read to
+    /// find the namespace's series.
+    pub index_partitions: u64,
 }
 
 /// Brings the namespace `name` onto the shard index (see the module docs),
-/// calling `progress` after each bucket.
+/// calling `progress` as it reads the bucket index and after each bucket.
 pub async fn index_shards(
     store: &CassandraStore,
     name: &str,
@@ -83,15 +86,34 @@ pub async fn index_shards(
     }
     let s = Statements::prepare(store).await?;
     let mut report = Report::default();
-    for series in s.series_of(store, name).await? {
+    let all_series = s
+        .series_of(store, name, |partitions| {
+            report.index_partitions = partitions;
+            progress(&report);
+        })
+        .await?;
+    // Buckets are looked at side by side, so that about CONCURRENCY shard
+    // queries are in flight whatever the namespace's shard count (one
+    // bucket at a time, a 4-shard namespace had 4).
+    let buckets_at_once = (CONCURRENCY / usize::try_from(ns.shards).unwrap_or(1).max(1)).max(1);
+    for series in all_series {
         report.series += 1;
-        for bucket in s.buckets_of(store, name, &series).await? {
-            let shards = s.shards_holding_rows(store, &ns, &series, bucket).await?;
-            if !shards.is_empty() {
-                retrying(|| store.name_shards(&ns, &series, bucket, &shards)).await?;
-            }
+        let (s, ns, series) = (&s, &ns, &series);
+        let looked =
+            s.buckets_of(store, name, series)
+                .await?
+                .into_iter()
+                .map(|bucket| async move {
+                    let shards = s.shards_holding_rows(store, ns, series, bucket).await?;
+                    if !shards.is_empty() {
+                        retrying(|| store.name_shards(ns, series, bucket, &shards)).await?;
+                    }
+                    Ok::<_, StorageError>(shards.len())
+                });
+        let mut looked = futures::stream::iter(looked).buffer_unordered(buckets_at_once);
+        while let Some(shards) = looked.next().await {
             report.buckets += 1;
-            report.shards += shards.len() as u64;
+            report.shards += shards? as u64;
             progress(&report);
         }
     }
@@ -147,23 +169,34 @@ impl Statements {
         })
     }
 
-    /// The series of namespace `name` with an index entry.
+    /// The series of namespace `name` with an index entry, calling
+    /// `progress` with the count of index partitions read so far, once a
+    /// page.
     async fn series_of(
         &self,
         store: &CassandraStore,
         name: &str,
+        mut progress: impl FnMut(u64),
     ) -> Result<Vec<String>, StorageError> {
-        let rows = store
+        let mut rows = store
             .session()
             .execute_iter(self.all_series.clone(), ())
             .await
             .map_err(fatal)?
             .rows_stream::<(String, String)>()
             .map_err(fatal)?;
-        rows.try_filter_map(|(ns, series)| async move { Ok((ns == name).then_some(series)) })
-            .try_collect()
-            .await
-            .map_err(fatal)
+        let (mut found, mut read) = (Vec::new(), 0u64);
+        while let Some((ns, series)) = rows.try_next().await.map_err(fatal)? {
+            read += 1;
+            if ns == name {
+                found.push(series);
+            }
+            if read % u64::from(PAGE_ROWS.unsigned_abs()) == 0 {
+                progress(read);
+            }
+        }
+        progress(read);
+        Ok(found)
     }
 
     /// The buckets the index lists for `series` of namespace `name`.
