@@ -408,38 +408,47 @@ impl<S: Storage> Scan<S> {
     }
 
     /// The time a response needs after the scan stops whatever its size:
-    /// the fixed floor (at most an eighth of the budget) and the allowance
+    /// the fixed floor (at most an eighth of the budget) and, once the call
+    /// has rows or while the replica refuses reads for load, the allowance
     /// for this process and its client waking late on a loaded machine (see
     /// [`super::reserve`]), together at most half the budget.
     ///
-    /// A call without rows keeps the allowance back too. What follows its
-    /// stop is the same hops whether it answers or fails, and a first page
-    /// landing in that allowance answers it with rows its client has after
-    /// the budget: one replica under 2,000 reads a second at a 10 ms SLO
-    /// (`hourglass-load run --rate 2000`, 100,000-row series) answered 10%
-    /// of its calls after the SLO, almost all with one round of first
-    /// pages (30 rows) that landed past the stop a call with rows would
-    /// have had: p99/SLO 1.23-1.31 as the client saw it, 0.87-0.89 with
-    /// the allowance kept (p99.9 1.41-1.55 against 0.99-1.17). The price
-    /// is calls failing `DEADLINE_EXCEEDED` instead: 560-820 in 3 s
-    /// against 120-310, beside 1,600-2,000 answered and 5,200-5,900
-    /// refused; with 16 closed-loop clients 20-35 against 3-7 of about
-    /// 4,000, and rows delivered within the SLO 10-30% fewer in both. One
-    /// client's token chains (three each at 5 and 10 ms, hot continuations
-    /// on and off) did no worse: every one at 10 ms finished; at 5 ms three
-    /// of three with them on (two before) and none with them off (none
-    /// before: 5 ms calls without the cache fail on this machine). Pages are sized by the
-    /// same reserve: sized by a smaller one, they landed with too little
-    /// time left to emit their rows.
+    /// A call without rows on a replica that refuses nothing gives up no
+    /// time to the allowance: a first page landing late answers it where
+    /// stopping early would fail it, and its answer reaches its client
+    /// soon. Giving it up always failed cold calls that would have
+    /// answered: a debug build's 10 ms token chain (`tests/deadline.rs`)
+    /// stopped its first call at 7.9 ms instead of 8.75, and all 29 tries
+    /// failed `BUDGET_TOO_SMALL` in a fresh clone.
+    ///
+    /// Under load the answer itself is late. One replica took 2,000 reads a
+    /// second at a 10 ms SLO (`hourglass-load run --rate 2000`,
+    /// 100,000-row series). It answered 10% of its calls after the SLO,
+    /// almost all with one round of first pages (30 rows) that landed past
+    /// the stop a call with rows would have had. The client saw p99/SLO
+    /// 1.23-1.31, and 0.87-0.89 with the allowance kept by calls without
+    /// rows too (p99.9 1.41-1.55 against 0.99-1.17). The price is calls
+    /// failing `DEADLINE_EXCEEDED` instead: 560-820 in 3 s against 120-310,
+    /// beside 1,600-2,000 answered and 5,200-5,900 refused.
     fn fixed_reserve(&self) -> Duration {
+        self.fixed_reserve_for(self.rows_out > 0 || self.engine.pressure.is_high())
+    }
+
+    /// [`Scan::fixed_reserve`] of a call that has rows (`with_rows`) or not.
+    /// Rows asked for are emitted under the reserve of a call with rows, so
+    /// sizing pages by the smaller one had pages land with too little time
+    /// left to emit them: a 5 ms call sized its pages for 4.3 ms and
+    /// emitted them under 2.4, and one that will not be held dropped 480
+    /// rows of 512.
+    fn fixed_reserve_for(&self, with_rows: bool) -> Duration {
         let cfg = &self.engine.config;
         let floor = cfg
             .response_reserve
             .min(self.req.budget.total / RESERVE_FLOOR_SHARE);
-        let late = cfg.response_cost.map_or(
-            Duration::ZERO,
-            super::reserve::ResponseCost::lateness_allowance,
-        );
+        let late = match cfg.response_cost {
+            Some(cost) if with_rows => cost.lateness_allowance(),
+            _ => Duration::ZERO,
+        };
         (floor + late).min(self.req.budget.total / 2)
     }
 
@@ -515,7 +524,7 @@ impl<S: Storage> Scan<S> {
     /// later stop lands after the real one, and a scan dropped at its stop
     /// discards its rows.
     fn projected_remaining(&self) -> Duration {
-        let reserve = (self.fixed_reserve() + self.cost_with(self.held_rows()))
+        let reserve = (self.fixed_reserve_for(true) + self.cost_with(self.held_rows()))
             .min(self.req.budget.total / 2);
         (self.req.budget.deadline - reserve).saturating_duration_since(Instant::now())
     }
@@ -542,7 +551,7 @@ impl<S: Storage> Scan<S> {
             .budget
             .deadline
             .saturating_duration_since(Instant::now())
-            .saturating_sub(self.fixed_reserve() + taken);
+            .saturating_sub(self.fixed_reserve_for(true) + taken);
         let fits = |rows: usize| {
             let page = rows.div_ceil(shards.max(1));
             self.model.predict(page) + cost(rows).saturating_sub(taken) <= left
