@@ -329,13 +329,53 @@ struct Refused {
     wait: Option<Duration>,
     request: pb::ReadEventsRequest,
     intended: Instant,
+    tally: Tally,
+}
+
+/// What one logical read's calls scanned and delivered so far, and whether
+/// every one of them was answered within the measured window: such a read,
+/// once finished, counts in [`RunStats::whole_reads_rows`]. A read the
+/// window's end cuts off leaves rows its held scan fetched ahead that no
+/// call delivers, which says more of where the run stopped than of what
+/// reading costs.
+#[derive(Clone, Copy, Debug)]
+struct Tally {
+    scanned: u64,
+    delivered: u64,
+    whole: bool,
+}
+
+impl Tally {
+    /// A read begun at an instant the window counts (`whole`) or not.
+    fn new(whole: bool) -> Self {
+        Self {
+            scanned: 0,
+            delivered: 0,
+            whole,
+        }
+    }
+
+    /// A call of the read was answered, within the window (`counted`) or
+    /// not, having scanned and delivered these rows (none for an error).
+    fn call(&mut self, counted: bool, scanned: u64, delivered: u64) {
+        self.whole &= counted;
+        self.scanned += scanned;
+        self.delivered += delivered;
+    }
+
+    /// The read finished: its (scanned, delivered) rows when every call
+    /// was answered within the window.
+    fn finish(self) -> Option<(u64, u64)> {
+        self.whole.then_some((self.scanned, self.delivered))
+    }
 }
 
 /// One logical read from `request` (a fresh read, or one refused before,
 /// carrying its token), recording each response as it arrives. The first
 /// response's latency counts from `sent`; the whole read's from `intended`.
 /// A read still following tokens when the run ends is abandoned and not
-/// counted as a whole read.
+/// counted as a whole read. `tally` is what the read's calls before this
+/// one (refused since) scanned and delivered.
 async fn logical_read(
     client: Client,
     args: &RunArgs,
@@ -343,6 +383,7 @@ async fn logical_read(
     (intended, sent): (Instant, Instant),
     shared: &Mutex<Shared>,
     window: Window,
+    mut tally: Tally,
 ) -> Option<Refused> {
     // Every response counts as it comes: a call that made no progress is
     // an error of the run, not repeated.
@@ -366,6 +407,7 @@ async fn logical_read(
         }
         let page = match result {
             Err(status) => {
+                tally.call(counted, 0, 0);
                 let refused = status.code() == tonic::Code::ResourceExhausted;
                 if counted {
                     *s.total
@@ -387,10 +429,16 @@ async fn logical_read(
                     wait: status.get_details_retry_info().and_then(|r| r.retry_delay),
                     request: current,
                     intended,
+                    tally,
                 });
             }
             Ok(page) => page,
         };
+        tally.call(
+            counted,
+            page.stats.map_or(0, |st| st.rows_scanned),
+            page.events.len() as u64,
+        );
         if counted {
             let latency = latency_since_intended(sent, now);
             let rows = page.events.len() as u64;
@@ -431,6 +479,10 @@ async fn logical_read(
             if window.counts(intended) {
                 s.reads += 1;
                 s.total.reads.record(latency_since_intended(intended, now));
+            }
+            if let Some((scanned, delivered)) = tally.finish() {
+                s.total.whole_reads_rows += delivered;
+                s.total.whole_reads_rows_scanned += scanned;
             }
             return None;
         }
@@ -543,7 +595,9 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
                     let (c, a, sh) = (client.clone(), args.clone(), shared.clone());
                     ops.spawn(async move {
                         let request = request_for(&a);
-                        logical_read(c, &a, request, (intended, intended), &sh, window).await;
+                        let tally = Tally::new(window.counts(intended));
+                        logical_read(c, &a, request, (intended, intended), &sh, window, tally)
+                            .await;
                     });
                     while ops.try_join_next().is_some() {}
                 }
@@ -561,16 +615,25 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
                             let now = Instant::now();
                             // A refused read goes on from its last token: it
                             // is the same logical read, not a new one.
-                            let (request, intended) = match resume.take() {
-                                Some(r) if !window.over(now) => (r.request, r.intended),
-                                None if ticket(now) => (request_for(&a), now),
+                            let (request, intended, tally) = match resume.take() {
+                                Some(r) if !window.over(now) => (r.request, r.intended, r.tally),
+                                None if ticket(now) => {
+                                    (request_for(&a), now, Tally::new(window.counts(now)))
+                                }
                                 _ => break,
                             };
                             // A refused client waits as the server suggests
                             // (spread by the server), as a good client does.
-                            resume =
-                                logical_read(c.clone(), &a, request, (intended, now), &sh, window)
-                                    .await;
+                            resume = logical_read(
+                                c.clone(),
+                                &a,
+                                request,
+                                (intended, now),
+                                &sh,
+                                window,
+                                tally,
+                            )
+                            .await;
                             if let Some(wait) = resume.as_ref().and_then(|r| r.wait) {
                                 tokio::time::sleep(wait).await;
                             }
@@ -637,6 +700,8 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         reads: s.total.reads.summary(),
         rows: s.total.rows,
         rows_scanned: s.total.rows_scanned,
+        whole_reads_rows: s.total.whole_reads_rows,
+        whole_reads_rows_scanned: s.total.whole_reads_rows_scanned,
         continued: s.total.continued,
         rows_per_s,
         mb_per_s,
@@ -654,4 +719,30 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
     };
     report.save(&args.report)?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn a_read_counts_whole_only_when_every_call_was_in_the_window() {
+        // Three calls in the window, across a refusal (the tally is carried).
+        let mut t = Tally::new(true);
+        t.call(true, 1_200, 1_000);
+        t.call(true, 0, 0); // refused
+        t.call(true, 900, 1_000);
+        assert_eq!(t.finish(), Some((2_100, 2_000)));
+
+        // The window ended before its last call was answered.
+        let mut t = Tally::new(true);
+        t.call(true, 1_000, 1_000);
+        t.call(false, 1_500, 1_000);
+        assert_eq!(t.finish(), None);
+
+        // Begun in the warm-up.
+        let mut t = Tally::new(false);
+        t.call(true, 1_000, 1_000);
+        assert_eq!(t.finish(), None);
+    }
 }

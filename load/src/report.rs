@@ -24,6 +24,14 @@ pub struct Report {
     pub reads: Summary,
     pub rows: u64,
     pub rows_scanned: u64,
+    /// Rows delivered to logical reads that finished with every call
+    /// answered within the window, and the rows their calls report
+    /// scanned: read amplification without the rows held scans fetched
+    /// ahead for reads the window's end cut off.
+    #[serde(default)]
+    pub whole_reads_rows: u64,
+    #[serde(default)]
+    pub whole_reads_rows_scanned: u64,
     /// Responses that continued a scan held on the server.
     #[serde(default)]
     pub continued: u64,
@@ -57,6 +65,16 @@ pub struct Report {
 }
 
 impl Report {
+    /// Rows scanned ÷ rows delivered over the logical reads that finished
+    /// within the window (NaN when none did).
+    pub fn whole_reads_amplification(&self) -> f64 {
+        if self.whole_reads_rows == 0 {
+            f64::NAN
+        } else {
+            self.whole_reads_rows_scanned as f64 / self.whole_reads_rows as f64
+        }
+    }
+
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read report {}: {e}", path.display()))?;
@@ -126,6 +144,16 @@ impl Report {
             ),
         );
         line(&mut out, "rows scanned", self.rows_scanned.to_string());
+        line(
+            &mut out,
+            "whole reads",
+            format!(
+                "{} rows scanned for {} delivered (amplification {:.3})",
+                self.whole_reads_rows_scanned,
+                self.whole_reads_rows,
+                self.whole_reads_amplification()
+            ),
+        );
         line(
             &mut out,
             "hot continuations",

@@ -132,6 +132,12 @@ pub struct RunStats {
     pub rows: u64,
     pub bytes: u64,
     pub rows_scanned: u64,
+    /// Rows delivered to, and scanned for, logical reads that finished with
+    /// every call answered within the measured window (see `Tally` in
+    /// `lib.rs`): their ratio is read amplification without the rows held
+    /// scans fetched ahead for reads the window's end cut off.
+    pub whole_reads_rows: u64,
+    pub whole_reads_rows_scanned: u64,
     /// Responses that continued a scan held on the server (hot continuations).
     pub continued: u64,
     /// Latency of calls refused for load (RESOURCE_EXHAUSTED).
