@@ -19,7 +19,7 @@ pub mod pb {
         tonic::include_file_descriptor_set!("hourglass_descriptor");
 }
 
-/// Rows per response when the request says 0.
+/// Rows per response when the request leaves `page_size` unset.
 pub const DEFAULT_PAGE_SIZE: usize = 1000;
 /// Most rows per response.
 pub const MAX_PAGE_SIZE: usize = 100_000;
