@@ -367,7 +367,7 @@ impl ChainCell {
             med(&self.in_server),
             med(&self.outside),
             secs / unbounded_s,
-            self.scanned as f64 / self.rows.max(1) as f64,
+            crate::report::amplification(self.scanned, self.rows),
             self.calls,
             self.deadline_exceeded,
             self.storage_late,
@@ -963,12 +963,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let amplification = scanned as f64 / delivered.max(1) as f64;
-    let whole_amplification = if whole_delivered == 0 {
-        f64::NAN
-    } else {
-        whole_scanned as f64 / whole_delivered as f64
-    };
+    let amplification = crate::report::amplification(scanned, delivered);
+    let whole_amplification = crate::report::amplification(whole_scanned, whole_delivered);
 
     // The series of the overload section: the largest up to 100,000 rows,
     // so a read is several calls at the tighter SLOs.

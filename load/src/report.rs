@@ -64,15 +64,21 @@ pub struct Report {
     pub interrupted: bool,
 }
 
+/// Rows scanned ÷ rows delivered: read amplification (NaN when nothing was
+/// delivered).
+pub fn amplification(scanned: u64, delivered: u64) -> f64 {
+    if delivered == 0 {
+        f64::NAN
+    } else {
+        scanned as f64 / delivered as f64
+    }
+}
+
 impl Report {
     /// Rows scanned ÷ rows delivered over the logical reads that finished
     /// within the window (NaN when none did).
     pub fn whole_reads_amplification(&self) -> f64 {
-        if self.whole_reads_rows == 0 {
-            f64::NAN
-        } else {
-            self.whole_reads_rows_scanned as f64 / self.whole_reads_rows as f64
-        }
+        amplification(self.whole_reads_rows_scanned, self.whole_reads_rows)
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Self> {
