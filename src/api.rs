@@ -359,7 +359,7 @@ impl From<ReadStats> for pb::ReadStats {
             rows_scanned,
             rows_delivered,
             storage_pages,
-            probes: _,
+            probes,
             index_pages,
             buckets_visited,
             retries,
@@ -377,6 +377,7 @@ impl From<ReadStats> for pb::ReadStats {
             elapsed_micros: micros(elapsed),
             budget_micros: micros(budget),
             continued,
+            probes,
         }
     }
 }
@@ -400,6 +401,38 @@ pub fn stream_end(outcome: ReadOutcome, token: impl FnOnce(&Key) -> String) -> p
 mod tests {
     use super::*;
     use prost::Message;
+
+    /// Every field of the engine's stats reaches the response's.
+    #[test]
+    fn read_stats_carry_every_field() {
+        let s = ReadStats {
+            rows_scanned: 1,
+            rows_delivered: 2,
+            storage_pages: 3,
+            probes: 4,
+            index_pages: 5,
+            buckets_visited: 6,
+            retries: 7,
+            elapsed: Duration::from_micros(8),
+            budget: Duration::from_micros(9),
+            continued: true,
+        };
+        assert_eq!(
+            pb::ReadStats::from(s),
+            pb::ReadStats {
+                rows_scanned: 1,
+                rows_delivered: 2,
+                storage_pages: 3,
+                index_pages: 5,
+                buckets_visited: 6,
+                retries: 7,
+                elapsed_micros: 8,
+                budget_micros: 9,
+                continued: true,
+                probes: 4,
+            }
+        );
+    }
 
     /// A row's weight is exactly what it adds to an encoded response.
     #[test]

@@ -723,7 +723,15 @@ async fn a_namespace_from_an_older_release_asks_every_shard() {
         .into_inner();
     let ids: Vec<_> = page.events.iter().map(|e| e.event_id.as_str()).collect();
     assert_eq!(ids, ["old", new_id.as_str()]);
-    assert_eq!(page.stats.expect("stats").storage_pages, 8, "every shard");
+    // Every shard once. On a loaded machine a straggling page gets a probe
+    // beside it, a copy that storage_pages counts too (one node: no copy of
+    // the index query), as it does a retry.
+    let stats = page.stats.expect("stats");
+    assert_eq!(
+        stats.storage_pages - stats.probes - stats.retries,
+        8,
+        "every shard: {stats:?}"
+    );
 }
 
 /// Tables an older release made lack the columns added since; a replica

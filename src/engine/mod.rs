@@ -263,8 +263,7 @@ pub struct ReadStats {
     /// Shard pages requested, probes included.
     pub storage_pages: u64,
     /// Probes sent while the call had no row: pages beside a late page,
-    /// copies of a late bucket-index query (not in the proto's
-    /// `ReadStats`).
+    /// copies of a late bucket-index query.
     pub probes: u64,
     pub index_pages: u64,
     pub buckets_visited: u64,
