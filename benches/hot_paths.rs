@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use hourglass::engine::merge::{pick, Pick};
+use hourglass::engine::merge::{pick, Head, Pick};
 use hourglass::model::{Key, Namespace, Order, Row};
 use hourglass::token::{KeyRing, QueryFingerprint};
 
@@ -27,10 +27,21 @@ fn tokens(c: &mut Criterion) {
     });
 }
 
+/// A shard's buffered rows, whether it is done, and how far it was fetched.
+type Shard = (VecDeque<Row>, bool, Key);
+
+fn view(x: &Shard) -> Head<'_> {
+    Head {
+        buf: &x.0,
+        done: x.1,
+        fetched_to: &x.2,
+    }
+}
+
 fn merge(c: &mut Criterion) {
     let shards = 8;
     let rows_per_shard = 1000;
-    let make = || -> Vec<(VecDeque<Row>, bool)> {
+    let make = || -> Vec<Shard> {
         (0..shards)
             .map(|s| {
                 let rows = (0..rows_per_shard)
@@ -40,7 +51,7 @@ fn merge(c: &mut Criterion) {
                         tags: Default::default(),
                     })
                     .collect();
-                (rows, true)
+                (rows, true, Key::boundary(i64::MIN))
             })
             .collect()
     };
@@ -49,7 +60,7 @@ fn merge(c: &mut Criterion) {
             make,
             |mut s| {
                 let mut n = 0;
-                while let Pick::Row(i) = pick(&s, |x| (&x.0, x.1), Order::Ascending) {
+                while let Pick::Row(i) = pick(&s, view, Order::Ascending) {
                     s[i].0.pop_front();
                     n += 1;
                 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::engine::{Ending, PartialReason, ReadOutcome, ReadStats};
 use crate::error::ServiceError;
-use crate::model::{self, Key, Namespace, NewEvent, Order, Row};
+use crate::model::{self, Key, Namespace, NewEvent, Order, Row, ShardStart};
 
 /// Generated protobuf and gRPC code.
 #[allow(clippy::pedantic)]
@@ -383,10 +383,17 @@ impl From<ReadStats> for pb::ReadStats {
 }
 
 /// The end-of-read fields shared by ReadEvents and StreamEvents.
-pub fn stream_end(outcome: ReadOutcome, token: impl FnOnce(&Key) -> String) -> pb::StreamEnd {
+pub fn stream_end(
+    outcome: ReadOutcome,
+    token: impl FnOnce(&Key, &[ShardStart]) -> String,
+) -> pb::StreamEnd {
     let (partial, reason, token) = match &outcome.ending {
         Ending::Complete => (false, pb::PartialReason::None, String::new()),
-        Ending::Partial { reason, frontier } => (true, (*reason).into(), token(frontier)),
+        Ending::Partial { reason, frontier } => (
+            true,
+            (*reason).into(),
+            token(frontier, &outcome.shard_starts),
+        ),
     };
     pb::StreamEnd {
         partial,

@@ -254,6 +254,25 @@ impl Key {
     }
 }
 
+/// Where one shard of the bucket a resumed read begins in is known to
+/// hold no row: between the read's frontier and the boundary at `time`,
+/// in read order (ascending, no row of the shard beyond the frontier has
+/// `time < self.time`; descending, none has `time >= self.time`), as of
+/// when its page was fetched. A partial read gives one for each shard of
+/// its frontier's bucket whose next row it had seen (a page fetched ahead
+/// of the frontier) or whose end it had reached; the continuation token
+/// carries them, so a resumed read on any replica asks each such shard
+/// for rows from there on, and can merge the other shards' rows before
+/// it (see `engine::merge`) instead of waiting for every shard's first
+/// page. A row written between calls into that gap is not returned,
+/// which the freshness rule allows (a row written ahead of the token may
+/// or may not be); rows that existed are never skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardStart {
+    pub shard: u32,
+    pub time: i64,
+}
+
 /// Read order over the clustering key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Order {

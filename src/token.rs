@@ -11,9 +11,17 @@
 //! [16] HMAC-SHA256(key, all previous bytes), truncated
 //! ```
 //!
-//! Version 1 tokens (expiry in whole unix seconds) are still read, so
-//! tokens in flight survive an upgrade; new tokens are version 2, whose
-//! expiry is exact to the millisecond.
+//! Version 3 adds, before the MAC, where shards of the frontier's bucket
+//! are known to hold nothing ([`ShardStart`]):
+//!
+//! ```text
+//! u8 count (1..=MAX_SHARD_STARTS) | count x (u16 shard | i32 time - frontier time)
+//! ```
+//!
+//! A token without shard starts is written as version 2, so servers of the
+//! release before read it. Version 1 tokens (expiry in whole unix seconds)
+//! are still read, so tokens in flight survive an upgrade; the expiry of
+//! versions 2 and 3 is exact to the millisecond.
 //!
 //! Invariants: a token decodes only if its MAC verifies under the key named
 //! inside it, it has not expired, and its fingerprint equals the fingerprint
@@ -29,10 +37,15 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::model::{Key, Namespace, Order, MAX_EVENT_ID_LEN};
+use crate::model::{Key, Namespace, Order, ShardStart, MAX_EVENT_ID_LEN};
 
-/// Current token format version.
+/// Token format version without shard starts.
 pub const TOKEN_VERSION: u8 = 2;
+/// Token format version with shard starts.
+pub const TOKEN_VERSION_STARTS: u8 = 3;
+/// Most shard starts a token carries (a read of a namespace with more
+/// shards resumes the others from the frontier).
+pub const MAX_SHARD_STARTS: usize = 32;
 /// The previous format, still read: its expiry is in unix seconds.
 const TOKEN_VERSION_SECONDS: u8 = 1;
 const FINGERPRINT_LEN: usize = 16;
@@ -158,9 +171,45 @@ impl KeyRing {
 
     /// [`KeyRing::issue`] at `now` (unix milliseconds), for tests.
     pub fn issue_at(&self, query: &QueryFingerprint, frontier: &Key, now: u64) -> String {
+        self.issue_with_starts_at(query, frontier, &[], now)
+    }
+
+    /// Signs a token for `query` resuming after `frontier`, with the shard
+    /// starts of its bucket: at most [`MAX_SHARD_STARTS`], and only those
+    /// within an `i32` of microseconds of the frontier (others are left
+    /// out, so their shards resume from the frontier).
+    pub fn issue_with_starts(
+        &self,
+        query: &QueryFingerprint,
+        frontier: &Key,
+        starts: &[ShardStart],
+    ) -> String {
+        self.issue_with_starts_at(query, frontier, starts, unix_millis())
+    }
+
+    /// [`KeyRing::issue_with_starts`] at `now` (unix milliseconds).
+    pub fn issue_with_starts_at(
+        &self,
+        query: &QueryFingerprint,
+        frontier: &Key,
+        starts: &[ShardStart],
+        now: u64,
+    ) -> String {
+        let starts: Vec<(u16, i32)> = starts
+            .iter()
+            .filter_map(|s| {
+                let offset = i32::try_from(i128::from(s.time) - i128::from(frontier.time)).ok()?;
+                Some((u16::try_from(s.shard).ok()?, offset))
+            })
+            .take(MAX_SHARD_STARTS)
+            .collect();
         let id = self.signing_id.as_bytes();
-        let mut buf = Vec::with_capacity(64 + id.len() + frontier.id.len());
-        buf.push(TOKEN_VERSION);
+        let mut buf = Vec::with_capacity(64 + id.len() + frontier.id.len() + 6 * starts.len());
+        buf.push(if starts.is_empty() {
+            TOKEN_VERSION
+        } else {
+            TOKEN_VERSION_STARTS
+        });
         buf.push(u8::try_from(id.len()).expect("key ids are at most 255 bytes (KeyRing::parse)"));
         buf.extend_from_slice(id);
         let ttl = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
@@ -172,6 +221,13 @@ impl KeyRing {
         let id_len = u16::try_from(frontier.id.len()).unwrap_or(u16::MAX);
         buf.extend_from_slice(&id_len.to_be_bytes());
         buf.extend_from_slice(frontier.id.as_bytes());
+        if !starts.is_empty() {
+            buf.push(u8::try_from(starts.len()).expect("at most MAX_SHARD_STARTS"));
+            for (shard, offset) in starts {
+                buf.extend_from_slice(&shard.to_be_bytes());
+                buf.extend_from_slice(&offset.to_be_bytes());
+            }
+        }
         let mac = mac(&self.keys[&self.signing_id], &buf);
         buf.extend_from_slice(&mac);
         URL_SAFE_NO_PAD.encode(buf)
@@ -191,6 +247,15 @@ impl KeyRing {
         self.verify_at(token, query, unix_millis())
     }
 
+    /// [`KeyRing::verify`], with the shard starts the token carries.
+    pub fn verify_with_starts(
+        &self,
+        token: &str,
+        query: &QueryFingerprint,
+    ) -> Result<(Key, Vec<ShardStart>), TokenError> {
+        self.verify_with_starts_at(token, query, unix_millis())
+    }
+
     /// [`KeyRing::verify`] at `now` (unix milliseconds), for tests: a token
     /// is valid up to and including its expiry millisecond.
     pub fn verify_at(
@@ -199,12 +264,24 @@ impl KeyRing {
         query: &QueryFingerprint,
         now: u64,
     ) -> Result<Key, TokenError> {
+        self.verify_with_starts_at(token, query, now)
+            .map(|(frontier, _)| frontier)
+    }
+
+    /// [`KeyRing::verify_with_starts`] at `now` (unix milliseconds).
+    pub fn verify_with_starts_at(
+        &self,
+        token: &str,
+        query: &QueryFingerprint,
+        now: u64,
+    ) -> Result<(Key, Vec<ShardStart>), TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed("too long"));
         }
         let raw = URL_SAFE_NO_PAD
             .decode(token)
             .map_err(|_| TokenError::Malformed("not base64url"))?;
+        fits_its_layout(&raw)?;
         // The MAC is split off first: everything parsed below lies in the
         // signed part, never in the tag.
         let signed_len = raw
@@ -214,7 +291,7 @@ impl KeyRing {
         let (signed, tag) = raw.split_at(signed_len);
         let mut r = Reader(signed);
         let version = r.u8()?;
-        if version != TOKEN_VERSION && version != TOKEN_VERSION_SECONDS {
+        if ![TOKEN_VERSION, TOKEN_VERSION_SECONDS, TOKEN_VERSION_STARTS].contains(&version) {
             return Err(TokenError::UnsupportedVersion(version));
         }
         let id_len = usize::from(r.u8()?);
@@ -245,6 +322,21 @@ impl KeyRing {
         }
         let frontier_id = std::str::from_utf8(r.take(frontier_len)?)
             .map_err(|_| TokenError::Malformed("frontier id is not UTF-8"))?;
+        let mut starts = Vec::new();
+        if version == TOKEN_VERSION_STARTS {
+            let count = usize::from(r.u8()?);
+            if count == 0 || count > MAX_SHARD_STARTS {
+                return Err(TokenError::Malformed("shard start count out of range"));
+            }
+            for _ in 0..count {
+                let shard = u32::from(r.u16()?);
+                let offset = i32::from_be_bytes(r.take(4)?.try_into().expect("4 bytes"));
+                starts.push(ShardStart {
+                    shard,
+                    time: time.saturating_add(i64::from(offset)),
+                });
+            }
+        }
         if !r.0.is_empty() {
             return Err(TokenError::Malformed("trailing bytes"));
         }
@@ -254,8 +346,30 @@ impl KeyRing {
         if fingerprint != query.0 {
             return Err(TokenError::QueryMismatch);
         }
-        Ok(Key::new(time, frontier_id))
+        Ok((Key::new(time, frontier_id), starts))
     }
+}
+
+/// A token cut short is malformed, not forged: the layout its own length
+/// fields give needs more bytes than it has. Those fields are read before
+/// the MAC is checked only to tell the two apart; nothing they say is used
+/// until it verifies. A token of a version not read passes, for the version
+/// check to name it.
+fn fits_its_layout(raw: &[u8]) -> Result<(), TokenError> {
+    let mut r = Reader(raw);
+    let version = r.u8()?;
+    if ![TOKEN_VERSION, TOKEN_VERSION_SECONDS, TOKEN_VERSION_STARTS].contains(&version) {
+        return Ok(());
+    }
+    let id_len = usize::from(r.u8()?);
+    r.take(id_len + 8 + FINGERPRINT_LEN + 8)?;
+    let frontier_len = usize::from(r.u16()?);
+    r.take(frontier_len)?;
+    if version == TOKEN_VERSION_STARTS {
+        let count = usize::from(r.u8()?);
+        r.take(6 * count)?;
+    }
+    r.take(MAC_LEN).map(|_| ())
 }
 
 fn mac(key: &[u8], data: &[u8]) -> [u8; MAC_LEN] {
@@ -379,6 +493,88 @@ mod tests {
     }
 
     #[test]
+    fn shard_starts_round_trip_and_stay_bounded() {
+        let frontier = Key::new(1_000, "e-1");
+        let starts: Vec<ShardStart> = (0..40)
+            .map(|shard| ShardStart {
+                shard,
+                time: 1_000 + i64::from(shard) * 7,
+            })
+            .collect();
+        let t = ring().issue_with_starts_at(&fp(), &frontier, &starts, 100);
+        let (at, got) = ring().verify_with_starts_at(&t, &fp(), 100).unwrap();
+        assert_eq!(at, frontier);
+        assert_eq!(got, starts[..MAX_SHARD_STARTS], "the first 32 are kept");
+        assert!(t.len() <= MAX_TOKEN_LEN);
+        // The frontier alone, for callers that want only it.
+        assert_eq!(ring().verify_at(&t, &fp(), 100), Ok(frontier.clone()));
+
+        // Starts an i32 of microseconds cannot reach, or a shard no u16
+        // names, are left out; none left gives a version 2 token.
+        let far = [
+            ShardStart {
+                shard: 1,
+                time: 1_000 + i64::from(i32::MAX) + 1,
+            },
+            ShardStart {
+                shard: 1 << 16,
+                time: 1_001,
+            },
+        ];
+        let t = ring().issue_with_starts_at(&fp(), &frontier, &far, 100);
+        assert_eq!(URL_SAFE_NO_PAD.decode(&t).unwrap()[0], TOKEN_VERSION);
+        assert_eq!(
+            ring().verify_with_starts_at(&t, &fp(), 100),
+            Ok((frontier.clone(), vec![]))
+        );
+        let near = [ShardStart {
+            shard: 3,
+            time: 1_000 + i64::from(i32::MIN),
+        }];
+        let t = ring().issue_with_starts_at(&fp(), &frontier, &near, 100);
+        assert_eq!(
+            ring().verify_with_starts_at(&t, &fp(), 100),
+            Ok((frontier, near.to_vec()))
+        );
+    }
+
+    #[test]
+    fn a_version_3_token_with_a_bad_start_list_is_malformed() {
+        let mut body = vec![TOKEN_VERSION_STARTS, 2, b'k', b'1'];
+        body.extend_from_slice(&u64::MAX.to_be_bytes());
+        body.extend_from_slice(&fp().0);
+        body.extend_from_slice(&5i64.to_be_bytes());
+        body.extend_from_slice(&1u16.to_be_bytes());
+        body.push(b'a');
+        for (tail, why) in [
+            (vec![], "truncated"),
+            (vec![0], "shard start count out of range"),
+            (
+                [33].into_iter().chain([0; 33 * 6]).collect(),
+                "shard start count out of range",
+            ),
+            (vec![1, 0, 1, 0, 0, 0], "truncated"),
+            (vec![1, 0, 1, 0, 0, 0, 9, 9], "trailing bytes"),
+        ] {
+            let mut b = body.clone();
+            b.extend_from_slice(&tail);
+            let t = ring().seal_unchecked(&b);
+            assert_eq!(
+                ring().verify_at(&t, &fp(), 0),
+                Err(TokenError::Malformed(why)),
+                "tail {tail:?}"
+            );
+        }
+        let mut b = body;
+        b.extend_from_slice(&[1, 0, 2, 0xff, 0xff, 0xff, 0xfe]);
+        let t = ring().seal_unchecked(&b);
+        assert_eq!(
+            ring().verify_with_starts_at(&t, &fp(), 0),
+            Ok((Key::new(5, "a"), vec![ShardStart { shard: 2, time: 3 }]))
+        );
+    }
+
+    #[test]
     fn rejects_garbage_and_truncation() {
         let r = ring();
         assert_eq!(
@@ -393,9 +589,21 @@ mod tests {
             r.verify_at(&"A".repeat(MAX_TOKEN_LEN + 1), &fp(), 0),
             Err(TokenError::Malformed("too long"))
         );
-        let t = r.issue_at(&fp(), &Key::new(7, "abc"), 0);
-        for cut in 1..t.len() {
-            assert!(r.verify_at(&t[..cut], &fp(), 0).is_err(), "cut {cut}");
+        let starts = [ShardStart { shard: 1, time: 9 }];
+        for t in [
+            r.issue_at(&fp(), &Key::new(7, "abc"), 0),
+            r.issue_with_starts_at(&fp(), &Key::new(7, "abc"), &starts, 0),
+        ] {
+            let raw = URL_SAFE_NO_PAD.decode(&t).unwrap();
+            for cut in 0..raw.len() {
+                let short = URL_SAFE_NO_PAD.encode(&raw[..cut]);
+                assert_eq!(
+                    r.verify_at(&short, &fp(), 0),
+                    Err(TokenError::Malformed("truncated")),
+                    "cut at byte {cut} of {}",
+                    raw.len()
+                );
+            }
         }
         assert_eq!(
             r.verify_at(&URL_SAFE_NO_PAD.encode([9u8; 3 + MAC_LEN]), &fp(), 0),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use fake::{
     assert_rows, follow, hot_config, hot_engine, namespace, read, request, seeded, seeded_in, MS,
 };
-use hourglass::engine::{ContinuationConfig, Ending};
+use hourglass::engine::{ContinuationConfig, Ending, ReadError};
 use hourglass::model::Order;
 
 #[tokio::test(start_paused = true)]
@@ -363,5 +363,73 @@ async fn a_page_stuck_across_calls_gets_probes_in_every_call() {
         assert!(stalled.load(Ordering::Relaxed), "{order:?}: a page stalled");
         let probed = calls.iter().filter(|c| c.stats.probes > 0).count();
         assert!(probed > 3, "{order:?}: calls that probed: {probed}");
+    }
+}
+
+/// A read resumed from a token whose shard starts say where each shard of
+/// its bucket holds no row merges the other shards' rows before a stalled
+/// shard's start instead of waiting on it: the call returns those rows,
+/// exactly the next ones in order, where the same call with the frontier
+/// alone has none to return. Following on gives every row once.
+#[tokio::test(start_paused = true)]
+async fn a_token_s_shard_starts_let_a_call_merge_around_a_stalled_shard() {
+    let ns = namespace(1_000_000, 4);
+    for order in [Order::Ascending, Order::Descending] {
+        let (store, all) = seeded_in(&ns, (0..20_000).map(|i| i64::from(i) * 100), order).await;
+        let engine = fake::engine(&store);
+        let healthy =
+            |q: &hourglass::storage::ShardQuery| MS + Duration::from_micros(q.limit as u64);
+        store.set_latency(healthy);
+        let (mut rows, out) = read(&engine, &request(&ns, order, 10 * MS, 100_000)).await;
+        let out = out.expect("first call");
+        assert!(matches!(out.ending, Ending::Partial { .. }), "{order:?}");
+        // Stall a shard with a start that does not hold the next row, for
+        // longer than any budget here.
+        let next = &all[rows.len()];
+        let stalled = out
+            .shard_starts
+            .iter()
+            .map(|s| s.shard)
+            .find(|&s| s != ns.shard_of(&next.key.id))
+            .unwrap_or_else(|| panic!("{order:?}: starts {:?}", out.shard_starts));
+        store.set_latency(move |q| {
+            if q.shard == stalled {
+                Duration::from_secs(1)
+            } else {
+                healthy(q)
+            }
+        });
+        let mut cold = fake::resumed(request(&ns, order, 10 * MS, 100_000), &out);
+        cold.shard_starts.clear();
+        let (none, failed) = read(&engine, &cold).await;
+        assert!(
+            matches!(failed, Err(ReadError::NoProgress { .. })) && none.is_empty(),
+            "{order:?}: without starts the call waits on the stalled shard: {failed:?}"
+        );
+        let req = fake::resumed(request(&ns, order, 10 * MS, 100_000), &out);
+        let (got, out) = read(&engine, &req).await;
+        let out = out.expect("the other shards' rows come");
+        assert!(!got.is_empty(), "{order:?}: no row");
+        assert_rows(&got, &all[rows.len()..rows.len() + got.len()]);
+        assert!(
+            got.iter().all(|r| ns.shard_of(&r.key.id) != stalled),
+            "{order:?}: a row of the stalled shard came"
+        );
+        rows.extend(got);
+        // Storage heals: the read goes on to the end.
+        store.set_latency(healthy);
+        let mut last = out;
+        for call in 0.. {
+            assert!(call < 1_000, "{order:?}: the read did not finish");
+            let req = fake::resumed(request(&ns, order, 10 * MS, 100_000), &last);
+            let (got, out) = read(&engine, &req).await;
+            rows.extend(got);
+            let out = out.unwrap_or_else(|e| panic!("{order:?} call {call}: {e}"));
+            if out.ending == Ending::Complete {
+                break;
+            }
+            last = out;
+        }
+        assert_rows(&rows, &all);
     }
 }

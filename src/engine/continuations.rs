@@ -659,6 +659,7 @@ mod tests {
             start: 0,
             end: 100,
             resume_after: None,
+            shard_starts: Vec::new(),
             order: Order::Ascending,
             row_limit: 10,
             byte_limit: 1000,

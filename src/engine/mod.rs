@@ -8,7 +8,10 @@
 //! * The frontier is the last position handed to the sink (a row key, or a
 //!   bucket boundary once a whole bucket after it was read). Everything between
 //!   the span's start and the frontier has been delivered; nothing after it
-//!   has. A continuation token is exactly this frontier.
+//!   has. A continuation token is exactly this frontier, with the shard
+//!   starts of its bucket ([`crate::model::ShardStart`]): where shards are
+//!   known, from pages fetched, to hold nothing beyond it. A shard resumed
+//!   from its start holds up the merge only for rows beyond that start.
 //! * All storage work of a read lives in futures owned by the read; dropping
 //!   the read (client gone, deadline) drops them: no work outlives its request.
 //! * Read-ahead fetches upcoming buckets and shards concurrently, bounded by
@@ -32,7 +35,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{Key, Namespace, Order, Row};
+use crate::model::{Key, Namespace, Order, Row, ShardStart};
 use crate::storage::{Storage, StorageError};
 use crate::telemetry;
 use budget::{Budget, BudgetSource};
@@ -170,6 +173,9 @@ pub struct ReadRequest {
     pub end: i64,
     /// Where to resume: the previous frontier, or None for the range start.
     pub resume_after: Option<Key>,
+    /// Where shards of the bucket the read resumes in hold no row beyond
+    /// `resume_after` (from its token; empty for none).
+    pub shard_starts: Vec<ShardStart>,
     pub order: Order,
     /// Most rows to emit (>= 1).
     pub row_limit: usize,
@@ -280,6 +286,9 @@ pub struct ReadOutcome {
     pub ending: Ending,
     /// See `ReadEventsResponse.watermark_micros` in the proto.
     pub watermark: i64,
+    /// For a partial read's token: where shards of the bucket its next call
+    /// begins in hold no row beyond the frontier (see [`ShardStart`]).
+    pub shard_starts: Vec<ShardStart>,
     pub stats: ReadStats,
 }
 

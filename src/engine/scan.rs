@@ -15,13 +15,13 @@ use tokio::time::Instant;
 
 use super::continuations::Lease;
 use super::fetch::{Fetched, Resend};
-use super::merge::{pick, Pick};
+use super::merge::{pick, Head, Pick};
 use super::predict::LatencyModel;
 use super::{pages, position};
 use super::{
     Core, Ending, PartialReason, ReadError, ReadOutcome, ReadRequest, ReadStats, RowSink, Waited,
 };
-use crate::model::{Key, Order, Row, Span};
+use crate::model::{bucket_start, Key, Order, Row, ShardStart, Span};
 use crate::storage::{Storage, StorageError};
 use crate::telemetry;
 
@@ -108,6 +108,49 @@ impl ShardCursor {
     fn low(&self, page: usize) -> bool {
         !self.done && self.requested == 0 && self.buf.len() < page
     }
+
+    /// This shard as the merge sees it.
+    fn head(&self, order: Order) -> Head<'_> {
+        Head {
+            buf: &self.buf,
+            done: self.done,
+            fetched_to: self.fetched_to(order),
+        }
+    }
+
+    /// The position this shard's rows not yet fetched lie strictly beyond,
+    /// in read order.
+    fn fetched_to(&self, order: Order) -> &Key {
+        match order {
+            Order::Ascending => &self.span.after,
+            Order::Descending => &self.span.before,
+        }
+    }
+
+    /// Where this shard of bucket `bucket` (of `width`) is known to hold
+    /// no row up to, beyond `frontier`, for a token
+    /// ([`ShardStart`]): its first buffered row's time, or if none is
+    /// buffered how far it was fetched, or once done the bucket's end.
+    /// None when that is not beyond the frontier.
+    fn start(&self, bucket: i64, width: i64, frontier: &Key, order: Order) -> Option<ShardStart> {
+        let time = match (self.buf.front(), order) {
+            (Some(head), Order::Ascending) => head.key.time,
+            (Some(head), Order::Descending) => head.key.time.saturating_add(1),
+            (None, Order::Ascending) if self.done => bucket_start(bucket.saturating_add(1), width),
+            (None, Order::Descending) if self.done => bucket_start(bucket, width),
+            (None, Order::Ascending) => self.span.after.time,
+            // Rows below `before`: at a row key (t, id), those at t with a
+            // smaller id remain, so the boundary above t.
+            (None, Order::Descending) => {
+                let before = &self.span.before;
+                before.time.saturating_add(i64::from(!before.id.is_empty()))
+            }
+        };
+        position::is_beyond(&Key::boundary(time), frontier, order).then_some(ShardStart {
+            shard: self.shard,
+            time,
+        })
+    }
 }
 
 impl BucketCursor {
@@ -177,6 +220,9 @@ pub(super) struct Scan<S> {
     /// How much of the call's budget had gone when its scan began (see
     /// [`ReadError::NoProgress`]).
     began: Duration,
+    /// The bucket a resumed read begins in and its token's shard starts
+    /// ([`ShardStart`]), applied when that bucket's cursor is made.
+    starts: Option<(i64, Vec<ShardStart>)>,
 }
 
 /// How far a stream's client is behind, as a queue it works off at the
@@ -232,6 +278,7 @@ impl<S: Storage> Scan<S> {
             row_bytes: 0,
             stream: None,
             began: req.budget.elapsed(),
+            starts: None,
         };
         scan.row_bytes = scan.model.row_bytes();
         // The first bucket's shards are fetched at once, beside (not after)
@@ -248,6 +295,13 @@ impl<S: Storage> Scan<S> {
         let ask_all_costs = req.namespace.indexes_shards
             && usize::try_from(req.namespace.shards).unwrap_or(usize::MAX)
                 > engine.config.max_in_flight;
+        if let (Some((first, last)), Some(_)) = (scan.index_todo, &req.resume_after) {
+            let head = match req.order {
+                Order::Ascending => first,
+                Order::Descending => last,
+            };
+            scan.starts = (!req.shard_starts.is_empty()).then(|| (head, req.shard_starts.clone()));
+        }
         if let (Some((first, last)), false) = (scan.index_todo, ask_all_costs) {
             let head = match req.order {
                 Order::Ascending => first,
@@ -275,7 +329,7 @@ impl<S: Storage> Scan<S> {
     /// names them (None: any shard may hold rows). A shard it does not name
     /// holds none and starts done, so no page is asked of it.
     pub(super) fn bucket_cursor(&self, bucket: i64, shards: Option<&[u32]>) -> BucketCursor {
-        BucketCursor {
+        let mut cursor = BucketCursor {
             bucket,
             touched: false,
             shards: (0..self.req.namespace.shards)
@@ -293,6 +347,52 @@ impl<S: Storage> Scan<S> {
                     fetched: 0,
                 })
                 .collect(),
+        };
+        if let Some((_, starts)) = self.starts.as_ref().filter(|(b, _)| *b == bucket) {
+            let width = self.req.namespace.bucket_width_micros;
+            for start in starts {
+                let Some(shard) = cursor.shards.get_mut(start.shard as usize) else {
+                    continue;
+                };
+                let from = Key::boundary(start.time);
+                // A start at or past the bucket's end: the shard has no
+                // row left in it. One not beyond the frontier says nothing.
+                let exit = position::bucket_exit(bucket, width, &shard.span, self.req.order);
+                if !position::is_beyond(&exit, &from, self.req.order) {
+                    shard.done = true;
+                } else if position::is_beyond(
+                    &from,
+                    shard.fetched_to(self.req.order),
+                    self.req.order,
+                ) {
+                    shard.span = shard.span.resume_from(&from, self.req.order);
+                }
+            }
+        }
+        cursor
+    }
+
+    /// The shard starts of the bucket a read resuming at `frontier` begins
+    /// in, for its token (see [`ShardStart`]); none while merged rows are
+    /// left for the next call (their shards are not tracked), or when that
+    /// bucket is not this scan's head.
+    fn shard_starts(&self, frontier: &Key) -> Vec<ShardStart> {
+        let order = self.req.order;
+        let width = self.req.namespace.bucket_width_micros;
+        let head = Span::of_range(self.req.start, self.req.end)
+            .resume_from(frontier, order)
+            .buckets(width)
+            .map(|(first, last)| match order {
+                Order::Ascending => first,
+                Order::Descending => last,
+            });
+        match (self.buckets.front(), head) {
+            (Some(b), Some(head)) if b.bucket == head && self.carry.is_empty() => b
+                .shards
+                .iter()
+                .filter_map(|s| s.start(b.bucket, width, frontier, order))
+                .collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -344,9 +444,14 @@ impl<S: Storage> Scan<S> {
             "call ends"
         );
         let watermark = position::watermark(&ending, self.req.order, self.req.start, self.req.end);
+        let shard_starts = match &ending {
+            Ending::Partial { frontier, .. } => self.shard_starts(frontier),
+            Ending::Complete => Vec::new(),
+        };
         ReadOutcome {
             ending,
             watermark,
+            shard_starts,
             stats: std::mem::take(&mut self.stats),
         }
     }
@@ -793,7 +898,7 @@ impl<S: Storage> Scan<S> {
             self.deliver(row, weight, sink);
         }
         while let Some(head) = self.buckets.front_mut() {
-            match pick(&head.shards, |s| (&s.buf, s.done), order) {
+            match pick(&head.shards, |s| s.head(order), order) {
                 Pick::NeedData => return None,
                 Pick::Exhausted => {
                     let b = head.bucket;

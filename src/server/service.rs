@@ -277,12 +277,12 @@ impl<S: Storage> HourglassService<S> {
         );
         let namespace = self.namespace(&p.namespace, Some(&budget)).await?;
         let fp = QueryFingerprint::new(&namespace, &p.series_id, p.start, p.end, p.order);
-        let resume_after = match &p.token {
-            None => None,
+        let (resume_after, shard_starts) = match &p.token {
+            None => (None, Vec::new()),
             Some(t) => {
-                let frontier = self.keys.verify(t, &fp)?;
+                let (frontier, starts) = self.keys.verify_with_starts(t, &fp)?;
                 check_frontier(&frontier, p.start, p.end, p.order)?;
-                Some(frontier)
+                (Some(frontier), starts)
             }
         };
         let ticket = self
@@ -296,6 +296,7 @@ impl<S: Storage> HourglassService<S> {
                 start: p.start,
                 end: p.end,
                 resume_after,
+                shard_starts,
                 order: p.order,
                 row_limit: p.page_size,
                 byte_limit: p.page_bytes,
@@ -628,7 +629,7 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             let first_row = sink.at;
             let outcome = outcome.map_err(|e| failed_read(&self.engine, &ticket, &req, e))?;
             let continued = outcome.stats.continued;
-            let end = api::stream_end(outcome, |k| self.keys.issue(&fp, k));
+            let end = api::stream_end(outcome, |k, s| self.keys.issue_with_starts(&fp, k, s));
             observe(&ticket, &req, first_row, continued);
             Ok((encoded.finish(), end, ticket))
         }
@@ -714,7 +715,8 @@ impl<S: Storage> pb::hourglass_server::Hourglass for HourglassService<S> {
             drop(scanning);
             // Rows the engine pushed are the client's before the end.
             sink.drained().await;
-            let result = result.map(|outcome| api::stream_end(outcome, |k| keys.issue(&fp, k)));
+            let result = result
+                .map(|outcome| api::stream_end(outcome, |k, s| keys.issue_with_starts(&fp, k, s)));
             let msg =
                 finish(call, result, partial_or_complete).map(|end| pb::StreamEventsResponse {
                     message: Some(pb::stream_events_response::Message::End(end)),

@@ -86,6 +86,7 @@ pub fn request(ns: &Arc<Namespace>, order: Order, slo: Duration, row_limit: usiz
         start: i64::MIN,
         end: i64::MAX,
         resume_after: None,
+        shard_starts: Vec::new(),
         order,
         row_limit,
         byte_limit: usize::MAX,
@@ -123,9 +124,11 @@ pub fn frontier(out: &ReadOutcome) -> Key {
     }
 }
 
-/// `req` resuming after the frontier of `out`, a partial read.
+/// `req` resuming after the frontier of `out`, a partial read, with its
+/// shard starts, as its token carries them.
 pub fn resumed(mut req: ReadRequest, out: &ReadOutcome) -> ReadRequest {
     req.resume_after = Some(frontier(out));
+    req.shard_starts.clone_from(&out.shard_starts);
     req
 }
 
@@ -165,8 +168,8 @@ pub async fn write_rows(
 
 /// Follows a read of series "s" to its end: each call under `slo` with
 /// `row_limit`, presenting the previous frontier, on `engines` in turn (more
-/// than one stand for replicas behind a balancer). Returns the rows and
-/// each call's outcome.
+/// than one stand for replicas behind a balancer), with its shard starts
+/// as a token carries them. Returns the rows and each call's outcome.
 pub async fn follow(
     engines: &[&ReadEngine<MemoryStore>],
     ns: &Arc<Namespace>,
@@ -175,20 +178,20 @@ pub async fn follow(
     row_limit: usize,
 ) -> (Vec<Row>, Vec<ReadOutcome>) {
     let mut rows = Vec::new();
-    let mut outcomes = Vec::new();
-    let mut resume = None;
+    let mut outcomes: Vec<ReadOutcome> = Vec::new();
     for call in 0.. {
         assert!(call < 100_000, "the read did not finish");
         let mut req = request(ns, order, slo, row_limit);
-        req.resume_after = resume.clone();
+        if let Some(last) = outcomes.last() {
+            req = resumed(req, last);
+        }
         let (got, out) = read(engines[call % engines.len()], &req).await;
         let out = out.expect("progress in every call");
         rows.extend(got);
-        let ending = out.ending.clone();
+        let complete = out.ending == Ending::Complete;
         outcomes.push(out);
-        match ending {
-            Ending::Complete => break,
-            Ending::Partial { frontier, .. } => resume = Some(frontier),
+        if complete {
+            break;
         }
     }
     (rows, outcomes)
