@@ -17,7 +17,10 @@
 //! last row returned, or the boundary at which a fully read bucket ends
 //! ([`bucket_exit`]), whichever is further. A response's token is its
 //! frontier; a resumed read covers exactly what lies strictly beyond it
-//! ([`Span::resume_from`]): so following tokens yields every row once.
+//! ([`Span::resume_from`]): so following tokens yields every row once. A
+//! token's shard starts ([`crate::model::ShardStart`]) are boundaries
+//! further on, each where fetched rows showed one shard holds nothing
+//! between the frontier and it: that shard resumes from there.
 //!
 //! The **watermark** ([`watermark`]) turns the frontier into a time: how far
 //! the range is covered, as the proto's `watermark_micros` states.

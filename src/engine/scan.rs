@@ -436,18 +436,19 @@ impl<S: Storage> Scan<S> {
     pub(super) fn outcome(&mut self, ending: Ending) -> ReadOutcome {
         self.stats.rows_delivered = self.rows_out as u64;
         self.stats.elapsed = self.req.budget.elapsed();
-        tracing::debug!(
-            rows_out = self.rows_out,
-            rows_scanned = self.stats.rows_scanned,
-            held_rows = self.held_rows(),
-            elapsed = ?self.stats.elapsed,
-            "call ends"
-        );
-        let watermark = position::watermark(&ending, self.req.order, self.req.start, self.req.end);
         let shard_starts = match &ending {
             Ending::Partial { frontier, .. } => self.shard_starts(frontier),
             Ending::Complete => Vec::new(),
         };
+        tracing::debug!(
+            rows_out = self.rows_out,
+            rows_scanned = self.stats.rows_scanned,
+            held_rows = self.held_rows(),
+            shard_starts = shard_starts.len(),
+            elapsed = ?self.stats.elapsed,
+            "call ends"
+        );
+        let watermark = position::watermark(&ending, self.req.order, self.req.start, self.req.end);
         ReadOutcome {
             ending,
             watermark,
