@@ -82,7 +82,18 @@ pub struct BenchArgs {
     /// Rows of the series the replica-fault section follows.
     #[arg(long, default_value_t = 100_000)]
     pub fault_rows: u64,
+    /// Seconds of unmeasured reads after seeding (whole reads and token
+    /// chains, cache on and off), and longer while the node is younger than
+    /// [`NODE_WARM_SECS`]: a node serves its first minutes 2-4 times slower
+    /// than later (one client following tokens under 10 ms read 114,000
+    /// rows/s one minute after a restart, 563,000 three minutes after), so
+    /// a run on a node just started measured its start. 0: none.
+    #[arg(long, default_value_t = 60.0)]
+    pub warmup_secs: f64,
 }
+
+/// The warm-up goes on until the node has been up this long.
+pub const NODE_WARM_SECS: f64 = 180.0;
 
 /// A server subprocess, killed on drop.
 struct ServerProcess {
@@ -176,6 +187,52 @@ impl ProcStat {
     fn field(&self, n: usize) -> Option<&str> {
         self.0.get(n.checked_sub(3)?).map(String::as_str)
     }
+}
+
+/// Seconds process `pid` has run: its start (field 22, in clock ticks of
+/// 100 a second after boot) against `/proc/uptime`; None when unknown.
+fn process_age_secs(pid: u32) -> Option<f64> {
+    let started = ProcStat::read(pid)?.field(22)?.parse::<f64>().ok()? / 100.0;
+    let uptime = std::fs::read_to_string("/proc/uptime").ok()?;
+    let uptime = uptime.split_whitespace().next()?.parse::<f64>().ok()?;
+    Some(uptime - started)
+}
+
+/// The node's age; infinite when unknown (no pid file: taken as warm).
+fn node_age_secs() -> f64 {
+    cassandra_pid()
+        .and_then(process_age_secs)
+        .unwrap_or(f64::INFINITY)
+}
+
+/// Reads `rows` of the biggest series through `hot` (whole, and a token
+/// chain under 10 ms) and `cold` (a chain without hot continuations), not
+/// measured, for at least `secs` and until the node is [`NODE_WARM_SECS`]
+/// old; returns the seconds spent.
+async fn warm_up(hot: &str, cold: &str, rows: u64, secs: f64) -> anyhow::Result<f64> {
+    let began = Instant::now();
+    let mut round = 0;
+    while began.elapsed().as_secs_f64() < secs || node_age_secs() < NODE_WARM_SECS {
+        let whole = RunArgs {
+            page_size: SCAN_PAGE_SIZE,
+            ..run_args(hot, rows, format!("warmup-whole-{round}"))
+        };
+        let t = whole_read_secs(&whole, rows).await?;
+        for url in [hot, cold] {
+            crate::run(&RunArgs {
+                slo_ms: Some(10),
+                page_size: SCAN_PAGE_SIZE,
+                ..run_args(url, rows, format!("warmup-chain-{round}"))
+            })
+            .await?;
+        }
+        eprintln!(
+            "   round {round}: whole read {t:.2} s, node up {:.0} s",
+            node_age_secs()
+        );
+        round += 1;
+    }
+    Ok(began.elapsed().as_secs_f64())
 }
 
 /// The niceness of process `pid` (0 when unknown). `scripts/bench` runs the
@@ -831,6 +888,17 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .await?;
     }
 
+    let warmed = if args.warmup_secs > 0.0 {
+        eprintln!(
+            "== warming up: reads for {} s, and until the node is {NODE_WARM_SECS} s old",
+            args.warmup_secs
+        );
+        warm_up(&a.url, &c.url, biggest, args.warmup_secs).await?
+    } else {
+        0.0
+    };
+    let node_age = node_age_secs();
+
     eprintln!("== scan efficiency on {biggest} rows, alternating service / direct");
     let (mut svc, mut direct1, mut direct4, mut svc_cpu, mut jvm_cpu) =
         (vec![], vec![], vec![], vec![], vec![]);
@@ -992,7 +1060,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     writeln!(md, "# Benchmarks\n")?;
     writeln!(
         md,
-        "Produced by `scripts/bench` (`{command}`), on {}.\n",
+        "Produced by `scripts/bench` (`{command}`), on {}. Measured after {warmed:.0} s of unmeasured reads (`--warmup-secs`, and until the node had been up {NODE_WARM_SECS:.0} s), the node up {node_age:.0} s when measuring began.\n",
         machine(&a)
     )?;
     writeln!(md, "Series are seeded through `WriteEvents` ({ROWS_PER_SEC} rows per second of event time, {BUCKET_SECS} s buckets, {SHARDS} shards, 64-byte payloads). Whole-series service scans use page size {SCAN_PAGE_SIZE} (deadline cells 10000); the direct scan reads the same partitions with the scylla driver (page size 5000). Service and direct runs alternate A B A B, {} times; medians are reported.\n", args.repeats)?;
