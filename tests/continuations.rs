@@ -79,6 +79,14 @@ async fn a_miss_on_another_replica_or_after_expiry_resumes_from_the_token_alone(
     assert_rows(&rows, &all);
     assert!(calls.len() > 2);
     assert!(calls.iter().all(|o| !o.stats.continued));
+    // Every call left rows for its held scan's next call, and tokens still
+    // say where the shards of their bucket start (from those rows first),
+    // so the other replica's call merges without waiting on every shard;
+    // a start past a shard's next row would have lost rows above.
+    assert!(
+        calls.iter().any(|o| !o.shard_starts.is_empty()),
+        "no token carried shard starts"
+    );
 
     // A scan held past its age is gone.
     let held = ContinuationConfig {

@@ -133,15 +133,16 @@ impl ShardCursor {
     /// buffered how far it was fetched, or once done the bucket's end.
     /// None when that is not beyond the frontier.
     fn start(&self, bucket: i64, width: i64, frontier: &Key, order: Order) -> Option<ShardStart> {
-        let time = match (self.buf.front(), order) {
-            (Some(head), Order::Ascending) => head.key.time,
-            (Some(head), Order::Descending) => head.key.time.saturating_add(1),
-            (None, Order::Ascending) if self.done => bucket_start(bucket.saturating_add(1), width),
-            (None, Order::Descending) if self.done => bucket_start(bucket, width),
-            (None, Order::Ascending) => self.span.after.time,
+        if let Some(head) = self.buf.front() {
+            return Self::start_at(head, self.shard, frontier, order);
+        }
+        let time = match order {
+            Order::Ascending if self.done => bucket_start(bucket.saturating_add(1), width),
+            Order::Descending if self.done => bucket_start(bucket, width),
+            Order::Ascending => self.span.after.time,
             // Rows below `before`: at a row key (t, id), those at t with a
             // smaller id remain, so the boundary above t.
-            (None, Order::Descending) => {
+            Order::Descending => {
                 let before = &self.span.before;
                 before.time.saturating_add(i64::from(!before.id.is_empty()))
             }
@@ -150,6 +151,17 @@ impl ShardCursor {
             shard: self.shard,
             time,
         })
+    }
+
+    /// The start of shard `shard` whose next row is `next`: the boundary
+    /// before it in read order, if beyond `frontier`.
+    fn start_at(next: &Row, shard: u32, frontier: &Key, order: Order) -> Option<ShardStart> {
+        let time = match order {
+            Order::Ascending => next.key.time,
+            Order::Descending => next.key.time.saturating_add(1),
+        };
+        position::is_beyond(&Key::boundary(time), frontier, order)
+            .then_some(ShardStart { shard, time })
     }
 }
 
@@ -171,6 +183,9 @@ impl BucketCursor {
 fn expected_rest(sibling: usize, fetched: usize, min_page: usize) -> usize {
     (sibling + sibling / 8 + min_page).saturating_sub(fetched)
 }
+
+/// The bucket and shard a merged row came from.
+pub(super) type Origin = (i64, u32);
 
 pub(super) struct BucketCursor {
     pub(super) bucket: i64,
@@ -209,7 +224,11 @@ pub(super) struct Scan<S> {
     /// Merged rows a call stopped by its budget left for the next call
     /// (see [`Scan::leave_for_next`]): they come before every buffered
     /// shard row, so the next call emits them before the merge runs.
-    pub(super) carry: VecDeque<Row>,
+    pub(super) carry: VecDeque<(Row, Origin)>,
+    /// Where each row this call emitted came from, in order, while scans
+    /// are held (rows left for the next call keep it, so its token can say
+    /// where their shards start); empty otherwise.
+    emitted: VecDeque<Origin>,
     /// Mean bytes of the rows of the last page that landed (before any,
     /// the namespace's last, or 0).
     pub(super) row_bytes: usize,
@@ -275,6 +294,7 @@ impl<S: Storage> Scan<S> {
             },
             last_error: None,
             carry: VecDeque::new(),
+            emitted: VecDeque::new(),
             row_bytes: 0,
             stream: None,
             began: req.budget.elapsed(),
@@ -373,9 +393,9 @@ impl<S: Storage> Scan<S> {
     }
 
     /// The shard starts of the bucket a read resuming at `frontier` begins
-    /// in, for its token (see [`ShardStart`]); none while merged rows are
-    /// left for the next call (their shards are not tracked), or when that
-    /// bucket is not this scan's head.
+    /// in, for its token (see [`ShardStart`]): a shard's first row left for
+    /// the next call, or else what its cursor knows. None when that bucket
+    /// is not this scan's head.
     fn shard_starts(&self, frontier: &Key) -> Vec<ShardStart> {
         let order = self.req.order;
         let width = self.req.namespace.bucket_width_micros;
@@ -387,10 +407,19 @@ impl<S: Storage> Scan<S> {
                 Order::Descending => last,
             });
         match (self.buckets.front(), head) {
-            (Some(b), Some(head)) if b.bucket == head && self.carry.is_empty() => b
+            (Some(b), Some(head)) if b.bucket == head => b
                 .shards
                 .iter()
-                .filter_map(|s| s.start(b.bucket, width, frontier, order))
+                .filter_map(|s| {
+                    let carried = self
+                        .carry
+                        .iter()
+                        .find(|(_, from)| *from == (b.bucket, s.shard));
+                    match carried {
+                        Some((row, _)) => ShardCursor::start_at(row, s.shard, frontier, order),
+                        None => s.start(b.bucket, width, frontier, order),
+                    }
+                })
                 .collect(),
             _ => Vec::new(),
         }
@@ -409,6 +438,7 @@ impl<S: Storage> Scan<S> {
         self.start_frontier = self.frontier.clone();
         self.rows_out = 0;
         self.bytes_out = 0;
+        self.emitted.clear();
         self.stream = None;
         self.last_error = None;
         // The probe cap is per call: a page stuck since an earlier call
@@ -479,8 +509,12 @@ impl<S: Storage> Scan<S> {
         let series_len = self.req.series_id.len();
         self.rows_out -= back.len();
         self.bytes_out -= back.iter().map(|r| r.weight(series_len)).sum::<usize>();
-        for row in back.into_iter().rev() {
-            self.carry.push_front(row);
+        let from = self
+            .emitted
+            .split_off(self.emitted.len().saturating_sub(back.len()));
+        debug_assert_eq!(from.len(), back.len(), "every row emitted is logged");
+        for carried in back.into_iter().zip(from).rev() {
+            self.carry.push_front(carried);
         }
         self.frontier = last.clone();
         *frontier = last;
@@ -890,13 +924,13 @@ impl<S: Storage> Scan<S> {
         let order = self.req.order;
         let width = self.req.namespace.bucket_width_micros;
         let series_len = self.req.series_id.len();
-        while let Some(row) = self.carry.front() {
+        while let Some((row, _)) = self.carry.front() {
             let weight = row.weight(series_len);
             if let Some(limit) = self.limit_before(weight, sink) {
                 return Some(limit);
             }
-            let row = self.carry.pop_front().expect("a front row");
-            self.deliver(row, weight, sink);
+            let (row, from) = self.carry.pop_front().expect("a front row");
+            self.deliver(row, weight, from, sink);
         }
         while let Some(head) = self.buckets.front_mut() {
             match pick(&head.shards, |s| s.head(order), order) {
@@ -930,11 +964,13 @@ impl<S: Storage> Scan<S> {
                     if let Some(limit) = self.limit_before(weight, sink) {
                         return Some(limit);
                     }
-                    let row = self.buckets[0].shards[i]
+                    let head = &mut self.buckets[0];
+                    let from = (head.bucket, head.shards[i].shard);
+                    let row = head.shards[i]
                         .buf
                         .pop_front()
                         .expect("picked a non-empty shard");
-                    self.deliver(row, weight, sink);
+                    self.deliver(row, weight, from, sink);
                 }
             }
         }
@@ -959,8 +995,12 @@ impl<S: Storage> Scan<S> {
         (clock_due && !self.row_fits(weight)).then(|| self.req.budget.source.into())
     }
 
-    /// Hands `row` (of `weight` bytes) to the sink; the frontier follows.
-    fn deliver(&mut self, row: Row, weight: usize, sink: &mut impl RowSink) {
+    /// Hands `row` (of `weight` bytes, merged from `from`) to the sink; the
+    /// frontier follows.
+    fn deliver(&mut self, row: Row, weight: usize, from: Origin, sink: &mut impl RowSink) {
+        if self.engine.config.continuations.enabled() {
+            self.emitted.push_back(from);
+        }
         if self.stream.is_none() && sink.sends_as_it_goes() {
             self.stream = Some(StreamClock {
                 mark: Instant::now(),
