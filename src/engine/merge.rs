@@ -39,22 +39,27 @@ pub fn pick<T>(shards: &[T], view: impl Fn(&T) -> Head<'_>, order: Order) -> Pic
         Order::Ascending => a < b,
         Order::Descending => a > b,
     };
-    let mut best: Option<(usize, &Row)> = None;
+    // The head row that comes first, and the least far fetched of the
+    // shards that are empty but not done: a row before it is safe.
+    let mut best: Option<(usize, &Key)> = None;
+    let mut waiting: Option<&Key> = None;
     for (i, s) in shards.iter().enumerate() {
-        if let Some(row) = view(s).buf.front() {
-            if best.is_none_or(|(_, b)| first(&row.key, &b.key)) {
-                best = Some((i, row));
+        let h = view(s);
+        match h.buf.front() {
+            Some(row) if best.is_none_or(|(_, b)| first(&row.key, b)) => {
+                best = Some((i, &row.key));
             }
+            None if !h.done && waiting.is_none_or(|w| first(h.fetched_to, w)) => {
+                waiting = Some(h.fetched_to);
+            }
+            _ => {}
         }
     }
-    let waits = shards.iter().any(|s| {
-        let h = view(s);
-        h.buf.is_empty() && !h.done && best.is_none_or(|(_, row)| !first(&row.key, h.fetched_to))
-    });
-    match (waits, best) {
-        (true, _) => Pick::NeedData,
-        (false, Some((i, _))) => Pick::Row(i),
-        (false, None) => Pick::Exhausted,
+    match (best, waiting) {
+        (Some((i, key)), Some(w)) if first(key, w) => Pick::Row(i),
+        (_, Some(_)) => Pick::NeedData,
+        (Some((i, _)), None) => Pick::Row(i),
+        (None, None) => Pick::Exhausted,
     }
 }
 

@@ -184,6 +184,14 @@ fn expected_rest(sibling: usize, fetched: usize, min_page: usize) -> usize {
     (sibling + sibling / 8 + min_page).saturating_sub(fetched)
 }
 
+/// The bucket a read of buckets `(first, last)` in `order` begins with.
+fn first_bucket((first, last): (i64, i64), order: Order) -> i64 {
+    match order {
+        Order::Ascending => first,
+        Order::Descending => last,
+    }
+}
+
 /// The bucket and shard a merged row came from.
 pub(super) type Origin = (i64, u32);
 
@@ -315,18 +323,14 @@ impl<S: Storage> Scan<S> {
         let ask_all_costs = req.namespace.indexes_shards
             && usize::try_from(req.namespace.shards).unwrap_or(usize::MAX)
                 > engine.config.max_in_flight;
-        if let (Some((first, last)), Some(_)) = (scan.index_todo, &req.resume_after) {
-            let head = match req.order {
-                Order::Ascending => first,
-                Order::Descending => last,
-            };
-            scan.starts = (!req.shard_starts.is_empty()).then(|| (head, req.shard_starts.clone()));
+        let head = scan
+            .index_todo
+            .map(|buckets| first_bucket(buckets, req.order));
+        if let (Some(head), Some(_), false) = (head, &req.resume_after, req.shard_starts.is_empty())
+        {
+            scan.starts = Some((head, req.shard_starts.clone()));
         }
-        if let (Some((first, last)), false) = (scan.index_todo, ask_all_costs) {
-            let head = match req.order {
-                Order::Ascending => first,
-                Order::Descending => last,
-            };
+        if let (Some((first, last)), Some(head), false) = (scan.index_todo, head, ask_all_costs) {
             let certain = req
                 .resume_after
                 .as_ref()
@@ -402,10 +406,7 @@ impl<S: Storage> Scan<S> {
         let head = Span::of_range(self.req.start, self.req.end)
             .resume_from(frontier, order)
             .buckets(width)
-            .map(|(first, last)| match order {
-                Order::Ascending => first,
-                Order::Descending => last,
-            });
+            .map(|buckets| first_bucket(buckets, order));
         match (self.buckets.front(), head) {
             (Some(b), Some(head)) if b.bucket == head => b
                 .shards
