@@ -108,6 +108,9 @@ pub struct KeyRing {
     signing_id: String,
     keys: HashMap<String, Vec<u8>>,
     ttl: Duration,
+    /// Whether new tokens carry shard starts (version 3); see
+    /// [`KeyRing::with_shard_starts`].
+    shard_starts: bool,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -117,6 +120,7 @@ impl std::fmt::Debug for KeyRing {
             .field("signing_id", &self.signing_id)
             .field("key_ids", &self.keys.keys().collect::<Vec<_>>())
             .field("ttl", &self.ttl)
+            .field("shard_starts", &self.shard_starts)
             .finish()
     }
 }
@@ -151,7 +155,18 @@ impl KeyRing {
             signing_id: signing_id.ok_or(KeyRingError::Empty)?,
             keys,
             ttl,
+            shard_starts: true,
         })
+    }
+
+    /// Whether new tokens carry shard starts (default true). Off, every
+    /// token is written as version 2, which the release before reads: for
+    /// a fleet upgraded replica by replica, until every replica reads
+    /// version 3. Tokens of either version are read either way.
+    #[must_use]
+    pub fn with_shard_starts(mut self, on: bool) -> Self {
+        self.shard_starts = on;
+        self
     }
 
     /// How many keys verify tokens.
@@ -197,6 +212,7 @@ impl KeyRing {
     ) -> String {
         let starts: Vec<(u16, i32)> = starts
             .iter()
+            .filter(|_| self.shard_starts)
             .filter_map(|s| {
                 let offset = i32::try_from(i128::from(s.time) - i128::from(frontier.time)).ok()?;
                 Some((u16::try_from(s.shard).ok()?, offset))
@@ -535,6 +551,27 @@ mod tests {
         assert_eq!(
             ring().verify_with_starts_at(&t, &fp(), 100),
             Ok((frontier, near.to_vec()))
+        );
+    }
+
+    #[test]
+    fn a_ring_without_shard_starts_writes_version_2_and_reads_both() {
+        let frontier = Key::new(1_000, "e-1");
+        let starts = [ShardStart {
+            shard: 1,
+            time: 1_005,
+        }];
+        let with = ring().issue_with_starts_at(&fp(), &frontier, &starts, 100);
+        let off = ring().with_shard_starts(false);
+        let without = off.issue_with_starts_at(&fp(), &frontier, &starts, 100);
+        assert_eq!(URL_SAFE_NO_PAD.decode(&without).unwrap()[0], TOKEN_VERSION);
+        assert_eq!(
+            off.verify_with_starts_at(&without, &fp(), 100),
+            Ok((frontier.clone(), vec![]))
+        );
+        assert_eq!(
+            off.verify_with_starts_at(&with, &fp(), 100),
+            Ok((frontier, starts.to_vec()))
         );
     }
 

@@ -110,6 +110,9 @@ pub struct IndexShardsArgs {
 }
 
 /// The arguments of `serve`. Serialized (secrets hidden) by `config check`.
+// On/off flags are the command line's own switches, each its own setting,
+// not a state machine folded into bools.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Args, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct ServeArgs {
@@ -158,6 +161,11 @@ pub struct ServeArgs {
     #[arg(long, env = "HOURGLASS_TOKEN_TTL", default_value_t = HumanDuration(DEFAULT_TOKEN_TTL))]
     #[serde(serialize_with = "as_displayed")]
     pub token_ttl: HumanDuration,
+    /// Write shard starts into continuation tokens (format version 3);
+    /// false writes version 2, which the release before reads: set it while
+    /// a fleet is upgraded from that release, replica by replica.
+    #[arg(long, env = "HOURGLASS_TOKEN_SHARD_STARTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub token_shard_starts: bool,
     /// Read budget when a request has neither an SLO nor a deadline.
     #[arg(long, env = "HOURGLASS_DEFAULT_BUDGET", default_value_t = HumanDuration(BudgetConfig::default().default))]
     #[serde(serialize_with = "as_displayed")]
@@ -360,6 +368,7 @@ impl ServeArgs {
             ),
         };
         KeyRing::parse(spec.trim(), self.token_ttl.0)
+            .map(|ring| ring.with_shard_starts(self.token_shard_starts))
             .map_err(|e| anyhow::anyhow!("token keys: {e}"))
     }
 

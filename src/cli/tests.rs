@@ -55,6 +55,9 @@ fn flag_defaults_are_the_library_defaults() {
     assert_eq!(a.consistency.0, CassandraConfig::default().consistency);
     assert_eq!(a.metrics_listen.0, Some(DEFAULT_METRICS_LISTEN));
     assert_eq!(a.breaker_cool_down.0, BreakerConfig::default().cool_down);
+    assert!(a.token_shard_starts, "tokens carry shard starts by default");
+    let off = serve_args(&["hourglass", "serve", "--token-shard-starts", "false"]);
+    assert!(!off.token_shard_starts);
 }
 
 #[test]
