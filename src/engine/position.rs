@@ -49,6 +49,17 @@ pub fn is_beyond(to: &Key, from: &Key, order: Order) -> bool {
     }
 }
 
+/// The time of the furthest boundary at or behind position `key` in read
+/// order: ascending, `key.time` (the boundary before every row at that
+/// time); descending, the same for a boundary and `key.time + 1` for a row
+/// key, since rows at `key.time` with lower ids lie beyond it.
+pub fn boundary_behind(key: &Key, order: Order) -> i64 {
+    match order {
+        Order::Ascending => key.time,
+        Order::Descending => key.time.saturating_add(i64::from(!key.id.is_empty())),
+    }
+}
+
 /// The watermark of a read of `[start, end)` that ended with `ending`:
 /// ascending, every row with `time < watermark` is delivered; descending,
 /// every row with `time >= watermark`. A complete read covers its range.
@@ -59,14 +70,7 @@ pub fn watermark(ending: &Ending, order: Order, start: i64, end: i64) -> i64 {
     match (ending, order) {
         (Ending::Complete, Order::Ascending) => end,
         (Ending::Complete, Order::Descending) => start,
-        (Ending::Partial { frontier, .. }, Order::Ascending) => frontier.time,
-        (Ending::Partial { frontier, .. }, Order::Descending) => {
-            if frontier.id.is_empty() {
-                frontier.time
-            } else {
-                frontier.time.saturating_add(1)
-            }
-        }
+        (Ending::Partial { frontier, .. }, order) => boundary_behind(frontier, order),
     }
 }
 

@@ -139,13 +139,7 @@ impl ShardCursor {
         let time = match order {
             Order::Ascending if self.done => bucket_start(bucket.saturating_add(1), width),
             Order::Descending if self.done => bucket_start(bucket, width),
-            Order::Ascending => self.span.after.time,
-            // Rows below `before`: at a row key (t, id), those at t with a
-            // smaller id remain, so the boundary above t.
-            Order::Descending => {
-                let before = &self.span.before;
-                before.time.saturating_add(i64::from(!before.id.is_empty()))
-            }
+            _ => position::boundary_behind(self.fetched_to(order), order),
         };
         position::is_beyond(&Key::boundary(time), frontier, order).then_some(ShardStart {
             shard: self.shard,
@@ -156,10 +150,7 @@ impl ShardCursor {
     /// The start of shard `shard` whose next row is `next`: the boundary
     /// before it in read order, if beyond `frontier`.
     fn start_at(next: &Row, shard: u32, frontier: &Key, order: Order) -> Option<ShardStart> {
-        let time = match order {
-            Order::Ascending => next.key.time,
-            Order::Descending => next.key.time.saturating_add(1),
-        };
+        let time = position::boundary_behind(&next.key, order);
         position::is_beyond(&Key::boundary(time), frontier, order)
             .then_some(ShardStart { shard, time })
     }
