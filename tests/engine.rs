@@ -1237,3 +1237,47 @@ async fn a_call_stopping_before_the_first_listed_bucket_covers_the_empty_ones() 
     assert!(matches!(out.expect("the rest").ending, Ending::Complete));
     assert_rows(&got, &all);
 }
+
+/// A call resumed from its token after a row of a bucket reads on in that
+/// bucket without listing the buckets after it: the index query waits
+/// until a shard reaches the bucket's end. A token chain of calls of 100
+/// rows through buckets of 1,000 lists buckets at most twice per bucket
+/// (the call that sees a shard end, and the next one if that call stopped
+/// before the bucket's last row), not once per call, and still reads every
+/// row once, in order, both ways.
+#[tokio::test(start_paused = true)]
+async fn a_resumed_call_lists_buckets_only_near_its_bucket_end() {
+    let ns = namespace(1_000, 4);
+    for order in [Order::Ascending, Order::Descending] {
+        let (store, mut all) = seeded(&ns, 0..20_000).await;
+        if order == Order::Descending {
+            all.reverse();
+        }
+        store.set_latency(|_| MS);
+        store.set_index_latency(MS);
+        let engine = engine(&store);
+        let req = request(&ns, order, 1_000 * MS, 100);
+        let (first, out) = read(&engine, &req).await;
+        let out = out.expect("a first call");
+        assert_rows(&first, &all[..100]);
+        let listed = store.index_queries();
+        // The next call resumes in the middle of the first bucket.
+        let (next, out) = read(&engine, &fake::resumed(req.clone(), &out)).await;
+        out.expect("a resumed call");
+        assert_rows(&next, &all[100..200]);
+        assert_eq!(
+            store.index_queries(),
+            listed,
+            "{order:?}: a call that stays in its bucket lists none"
+        );
+        let (rows, outcomes) = follow(&[&engine], &ns, order, 1_000 * MS, 100).await;
+        assert_rows(&rows, &all);
+        let queries = store.index_queries() - listed;
+        assert!(outcomes.len() >= 200, "{order:?}: {} calls", outcomes.len());
+        assert!(
+            queries <= 2 * 20 + 1,
+            "{order:?}: {queries} index queries for {} calls through 20 buckets",
+            outcomes.len()
+        );
+    }
+}
