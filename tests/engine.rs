@@ -1239,12 +1239,13 @@ async fn a_call_stopping_before_the_first_listed_bucket_covers_the_empty_ones() 
 }
 
 /// A call resumed from its token after a row of a bucket reads on in that
-/// bucket without listing the buckets after it: the index query waits
-/// until a shard reaches the bucket's end. A token chain of calls of 100
-/// rows through buckets of 1,000 lists buckets at most twice per bucket
-/// (the call that sees a shard end, and the next one if that call stopped
-/// before the bucket's last row), not once per call, and still reads every
-/// row once, in order, both ways.
+/// bucket without listing the buckets after it, once the namespace's
+/// resumed calls have shown they mostly stop before their bucket's end: the
+/// index query waits until a shard reaches the bucket's end. A token chain
+/// of calls of 100 rows through buckets of 1,000 then lists buckets at
+/// most twice per bucket (the call that sees a shard end, and the next one
+/// if that call stopped before the bucket's last row), not once per call,
+/// and still reads every row once, in order, both ways.
 #[tokio::test(start_paused = true)]
 async fn a_resumed_call_lists_buckets_only_near_its_bucket_end() {
     let ns = namespace(1_000, 4);
@@ -1256,6 +1257,10 @@ async fn a_resumed_call_lists_buckets_only_near_its_bucket_end() {
         store.set_latency(|_| MS);
         store.set_index_latency(MS);
         let engine = engine(&store);
+        // The first chain teaches the namespace that resumed calls stay in
+        // their bucket; its first calls list buckets as before.
+        let (rows, _) = follow(&[&engine], &ns, order, 1_000 * MS, 100).await;
+        assert_rows(&rows, &all);
         let req = request(&ns, order, 1_000 * MS, 100);
         let (first, out) = read(&engine, &req).await;
         let out = out.expect("a first call");
@@ -1280,4 +1285,30 @@ async fn a_resumed_call_lists_buckets_only_near_its_bucket_end() {
             outcomes.len()
         );
     }
+}
+
+/// Where buckets hold few rows next to what a call reads, every resumed
+/// call reaches its bucket's end, and its index query goes at once, beside
+/// the bucket's pages, not a round trip later: a call of 25 rows resumed
+/// in the middle of a bucket of 10 answers as soon as a call listing at
+/// once can, after a chain of such calls.
+#[tokio::test(start_paused = true)]
+async fn where_buckets_are_small_a_resumed_call_lists_them_at_once() {
+    let ns = namespace(100, 1);
+    let (store, all) = seeded(&ns, (0..200).map(|i| i * 10)).await;
+    store.set_latency(|_| MS);
+    store.set_index_latency(MS);
+    let engine = engine(&store);
+    let (rows, _) = follow(&[&engine], &ns, Order::Ascending, 1_000 * MS, 25).await;
+    assert_rows(&rows, &all);
+    let req = request(&ns, Order::Ascending, 1_000 * MS, 25);
+    let (_, out) = read(&engine, &req).await;
+    let resumed = fake::resumed(req, &out.expect("a first call"));
+    let began = Instant::now();
+    let (rows, out) = read(&engine, &resumed).await;
+    out.expect("a resumed call");
+    assert_rows(&rows, &all[25..50]);
+    // Index and page side by side, then the next buckets' pages: 4 ms
+    // (a call that waited to list them took 5).
+    assert_eq!(began.elapsed(), 4 * MS, "index beside the first page");
 }

@@ -118,7 +118,13 @@ pub struct LatencyModel {
     /// The line followed slowly (see [`LatencyModel::predict_usual`]).
     usual_base: f64,
     usual_per_row: f64,
+    /// Moving share of calls resumed from a token inside a bucket that
+    /// reached that bucket's end (see [`LatencyModel::resumed_calls_stay`]).
+    crossings: f64,
 }
+
+/// Weight of a new call in [`LatencyModel::resumed_calls_stay`]'s share.
+const CROSSING_ALPHA: f64 = 0.125;
 
 /// Weight of the line's latest fit in the line followed slowly: its time
 /// constant is twenty pages.
@@ -138,6 +144,7 @@ impl Default for LatencyModel {
             row_bytes: 0,
             usual_base: PRIOR_BASE_SECS,
             usual_per_row: PRIOR_PER_ROW_SECS,
+            crossings: 1.0,
         }
     }
 }
@@ -157,6 +164,23 @@ impl LatencyModel {
     /// Records the mean bytes of a row of a page that landed.
     pub fn observe_row_bytes(&mut self, bytes: usize) {
         self.row_bytes = bytes;
+    }
+
+    /// Whether calls resumed from a token inside a bucket mostly stop before
+    /// that bucket's end: fewer than half of the recent ones reached it (a
+    /// moving share, a new call weighing an eighth). Such calls can leave
+    /// the bucket-index query until a shard reaches the end (see
+    /// `Scan::index_can_wait`); where buckets hold few rows next to what a
+    /// call reads, it goes at once, beside the bucket's pages. Before any
+    /// call, it goes at once.
+    pub fn resumed_calls_stay(&self) -> bool {
+        self.crossings < 0.5
+    }
+
+    /// Folds in whether a call resumed inside a bucket reached its end.
+    pub fn observe_crossing(&mut self, crossed: bool) {
+        let x = if crossed { 1.0 } else { 0.0 };
+        self.crossings += CROSSING_ALPHA * (x - self.crossings);
     }
 
     /// Folds in a page of `rows` abandoned after `took` (a lower bound of its
@@ -287,6 +311,12 @@ impl LatencyModels {
         self.update(namespace, |m| m.observe_abandoned(rows, took));
     }
 
+    /// Records whether a call resumed inside a bucket of a namespace
+    /// reached that bucket's end.
+    pub fn observe_crossing(&self, namespace: &str, crossed: bool) {
+        self.update(namespace, |m| m.observe_crossing(crossed));
+    }
+
     fn update(&self, namespace: &str, f: impl FnOnce(&mut LatencyModel)) {
         let mut map = self.by_namespace.lock().expect("latency model lock");
         if let Some(m) = map.get_mut(namespace) {
@@ -324,6 +354,30 @@ mod tests {
         }
         let after = m.predict_usual(100).as_secs_f64() / SAFETY;
         assert!((0.015..0.019).contains(&after), "{after}");
+    }
+
+    /// Resumed calls list buckets at once until most of them are seen to
+    /// stop inside their bucket, and again once most reach its end.
+    #[test]
+    fn resumed_calls_stay_once_most_stop_inside_their_bucket() {
+        let mut m = LatencyModel::default();
+        assert!(!m.resumed_calls_stay(), "no evidence: list at once");
+        // An eighth a call: six calls from 1.0 bring the share under a half.
+        for _ in 0..5 {
+            m.observe_crossing(false);
+        }
+        assert!(!m.resumed_calls_stay());
+        m.observe_crossing(false);
+        assert!(m.resumed_calls_stay());
+        // One call in five reaching its end keeps it so.
+        for i in 0..100 {
+            m.observe_crossing(i % 5 == 0);
+        }
+        assert!(m.resumed_calls_stay());
+        for _ in 0..6 {
+            m.observe_crossing(true);
+        }
+        assert!(!m.resumed_calls_stay(), "now most reach it");
     }
 
     #[test]

@@ -242,9 +242,13 @@ pub(super) struct Scan<S> {
     /// ([`ShardStart`]), applied when that bucket's cursor is made.
     starts: Option<(i64, Vec<ShardStart>)>,
     /// The bucket a resumed read was queued in straight from its token
-    /// (resuming after a row of it), while the bucket-index query waits for
-    /// the read to near that bucket's end (see [`Scan::index_can_wait`]).
+    /// (resuming after a row of it), until its first call ends: whether
+    /// that call reached the bucket's end teaches the namespace's model
+    /// ([`LatencyModel::resumed_calls_stay`]).
     resumed_in: Option<i64>,
+    /// Whether the bucket-index query waits for the read to near the end of
+    /// the bucket it resumed in (see [`Scan::index_can_wait`]).
+    index_waits: bool,
 }
 
 /// How far a stream's client is behind, as a queue it works off at the
@@ -303,6 +307,7 @@ impl<S: Storage> Scan<S> {
             began: req.budget.elapsed(),
             starts: None,
             resumed_in: None,
+            index_waits: false,
         };
         scan.row_bytes = scan.model.row_bytes();
         // The first bucket's shards are fetched at once, beside (not after)
@@ -340,7 +345,10 @@ impl<S: Storage> Scan<S> {
                 };
                 let cursor = scan.bucket_cursor(head, None);
                 scan.buckets.push_back(cursor);
-                scan.resumed_in = certain.then_some(head);
+                // Only a read with buckets after this one has an index
+                // query to leave.
+                scan.resumed_in = (certain && scan.index_todo.is_some()).then_some(head);
+                scan.index_waits = certain && scan.model.resumed_calls_stay();
             }
         }
         scan
@@ -462,6 +470,14 @@ impl<S: Storage> Scan<S> {
 
     /// What this scan's call achieved (its stats are reset for a next call).
     pub(super) fn outcome(&mut self, ending: Ending) -> ReadOutcome {
+        if self.resumed_in.is_some() {
+            let crossed = ending == Ending::Complete || self.reached_bucket_end();
+            self.engine
+                .models
+                .observe_crossing(&self.req.namespace.name, crossed);
+            self.resumed_in = None;
+            self.index_waits = false;
+        }
         self.stats.rows_delivered = self.rows_out as u64;
         self.stats.elapsed = self.req.budget.elapsed();
         let shard_starts = match &ending {
@@ -1400,14 +1416,23 @@ impl<S: Storage> Scan<S> {
     /// 60,000 rows read some 1,500 rows a call. The price comes once per
     /// bucket: the call that reaches its end waits a round trip for the
     /// index before it reads on.
+    ///
+    /// It waits only in a namespace whose resumed calls mostly stop before
+    /// their bucket's end ([`LatencyModel::resumed_calls_stay`]): where a
+    /// bucket holds few rows next to what a call reads, the call that
+    /// waited would pay that round trip every time.
     fn index_can_wait(&self) -> bool {
+        self.index_waits && !self.reached_bucket_end()
+    }
+
+    /// Whether the read left, or reached the end of, the bucket it resumed
+    /// in: it moved past it, or a shard of it has no row left in it.
+    fn reached_bucket_end(&self) -> bool {
         match (self.resumed_in, self.buckets.front()) {
             (Some(bucket), Some(head)) => {
-                head.bucket == bucket
-                    && self.buckets.len() == 1
-                    && !head.shards.iter().any(|s| s.done)
+                head.bucket != bucket || head.shards.iter().any(|s| s.done)
             }
-            _ => false,
+            _ => true,
         }
     }
 
