@@ -371,8 +371,13 @@ async fn requests_being_received_share_a_bounded_buffer() {
     create_namespace(&mut client, "uploads", 1_000_000, 1).await;
 
     // An upload announcing 2 MiB that sends 900 KiB and stops.
-    let mut upload = stalled_upload(server.addr).await;
-    upload.sent.as_ref().expect("send part");
+    let addr = server.addr;
+    let start_upload = || async move {
+        let upload = stalled_upload(addr).await;
+        upload.sent.as_ref().expect("send part");
+        upload
+    };
+    let mut upload = start_upload().await;
 
     // A write of about 300 KiB does not fit beside it.
     let payload = bytes::Bytes::from(vec![b'p'; 100 << 10]);
@@ -403,8 +408,7 @@ async fn requests_being_received_share_a_bounded_buffer() {
         // bound at once. A stalled upload gets no answer for 3 s, so one
         // answered within 100 ms was refused: another takes its place.
         if (&mut upload.answer).now_or_never().is_some() {
-            upload = stalled_upload(server.addr).await;
-            upload.sent.as_ref().expect("send part");
+            upload = start_upload().await;
         }
         match write(&mut client).await {
             Err(e) => {
@@ -413,8 +417,7 @@ async fn requests_being_received_share_a_bounded_buffer() {
                         .await
                         .is_ok();
                 if upload_refused {
-                    upload = stalled_upload(server.addr).await;
-                    upload.sent.as_ref().expect("send part");
+                    upload = start_upload().await;
                     continue;
                 }
                 refused = Some(e);

@@ -348,7 +348,7 @@ impl<S: Storage> Scan<S> {
                 // Only a read with buckets after this one has an index
                 // query to leave.
                 scan.resumed_in = (certain && scan.index_todo.is_some()).then_some(head);
-                scan.index_waits = certain && scan.model.resumed_calls_stay();
+                scan.index_waits = scan.resumed_in.is_some() && scan.model.resumed_calls_stay();
             }
         }
         scan
