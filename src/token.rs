@@ -210,9 +210,9 @@ impl KeyRing {
         starts: &[ShardStart],
         now: u64,
     ) -> String {
+        let starts = if self.shard_starts { starts } else { &[] };
         let starts: Vec<(u16, i32)> = starts
             .iter()
-            .filter(|_| self.shard_starts)
             .filter_map(|s| {
                 let offset = i32::try_from(i128::from(s.time) - i128::from(frontier.time)).ok()?;
                 Some((u16::try_from(s.shard).ok()?, offset))

@@ -242,13 +242,11 @@ pub(super) struct Scan<S> {
     /// ([`ShardStart`]), applied when that bucket's cursor is made.
     starts: Option<(i64, Vec<ShardStart>)>,
     /// The bucket a resumed read was queued in straight from its token
-    /// (resuming after a row of it), until its first call ends: whether
-    /// that call reached the bucket's end teaches the namespace's model
-    /// ([`LatencyModel::resumed_calls_stay`]).
+    /// (resuming after a row of it), until its first call ends: while it is
+    /// set the bucket-index query may wait (see [`Scan::index_can_wait`]),
+    /// and whether that call reached the bucket's end teaches the
+    /// namespace's model ([`LatencyModel::resumed_calls_stay`]).
     resumed_in: Option<i64>,
-    /// Whether the bucket-index query waits for the read to near the end of
-    /// the bucket it resumed in (see [`Scan::index_can_wait`]).
-    index_waits: bool,
 }
 
 /// How far a stream's client is behind, as a queue it works off at the
@@ -307,7 +305,6 @@ impl<S: Storage> Scan<S> {
             began: req.budget.elapsed(),
             starts: None,
             resumed_in: None,
-            index_waits: false,
         };
         scan.row_bytes = scan.model.row_bytes();
         // The first bucket's shards are fetched at once, beside (not after)
@@ -348,7 +345,6 @@ impl<S: Storage> Scan<S> {
                 // Only a read with buckets after this one has an index
                 // query to leave.
                 scan.resumed_in = (certain && scan.index_todo.is_some()).then_some(head);
-                scan.index_waits = scan.resumed_in.is_some() && scan.model.resumed_calls_stay();
             }
         }
         scan
@@ -476,7 +472,6 @@ impl<S: Storage> Scan<S> {
                 .models
                 .observe_crossing(&self.req.namespace.name, crossed);
             self.resumed_in = None;
-            self.index_waits = false;
         }
         self.stats.rows_delivered = self.rows_out as u64;
         self.stats.elapsed = self.req.budget.elapsed();
@@ -1421,8 +1416,10 @@ impl<S: Storage> Scan<S> {
     /// their bucket's end ([`LatencyModel::resumed_calls_stay`]): where a
     /// bucket holds few rows next to what a call reads, the call that
     /// waited would pay that round trip every time.
+    /// (The scan's copy of the model learns page latencies as pages land,
+    /// never this share, so the answer holds for the whole call.)
     fn index_can_wait(&self) -> bool {
-        self.index_waits && !self.reached_bucket_end()
+        self.model.resumed_calls_stay() && !self.reached_bucket_end()
     }
 
     /// Whether the read left, or reached the end of, the bucket it resumed
