@@ -404,9 +404,8 @@ async fn requests_being_received_share_a_bounded_buffer() {
         // A write received while the upload's bytes were still coming in
         // can take its share of the buffer first: the upload is then the
         // one refused REQUEST_BUFFER_FULL (about one run in twenty-five),
-        // and holds nothing; or both are, when their frames cross the
-        // bound at once. A stalled upload gets no answer for 3 s, so one
-        // answered within 100 ms was refused: another takes its place.
+        // and holds nothing. A stalled upload gets no answer for 3 s, so
+        // one answered within 100 ms was refused: another takes its place.
         if (&mut upload.answer).now_or_never().is_some() {
             upload = start_upload().await;
         }

@@ -193,14 +193,16 @@ impl RequestBudget {
         }
     }
 
-    /// Takes `n` bytes, unless that would pass the bound.
+    /// Takes `n` bytes, unless that would pass the bound. The count never
+    /// passes it, even for an instant: adding first and giving back on
+    /// refusal let two bodies that crossed the bound together both be
+    /// refused, where the first alone fitted.
     fn take(&self, n: usize) -> bool {
-        let before = self.used.fetch_add(n, Ordering::Relaxed);
-        if before.saturating_add(n) > self.max {
-            self.used.fetch_sub(n, Ordering::Relaxed);
-            return false;
-        }
-        true
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(n).filter(|after| *after <= self.max)
+            })
+            .is_ok()
     }
 
     fn give_back(&self, n: usize) {
@@ -721,6 +723,63 @@ mod tests {
         assert!(!waiting.is_finished(), "one call still in flight");
         drop(b);
         waiting.await.expect("idle once both ended");
+    }
+
+    /// Two bodies that cross the bound at once: exactly one is refused
+    /// when only one fits, and the count never passes the bound (adding
+    /// first and giving back on refusal refused both now and then, and a
+    /// watcher saw the count above the bound).
+    #[test]
+    fn bodies_crossing_the_bound_together_refuse_only_the_one_that_does_not_fit() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Barrier;
+        const N: usize = 1000;
+        let budget = RequestBudget::new(3 * N);
+        assert!(budget.take(2 * N), "a body holding two thirds");
+        let done = Arc::new(AtomicBool::new(false));
+        let watcher = std::thread::spawn({
+            let (used, done) = (budget.used.clone(), done.clone());
+            move || {
+                let mut most = 0;
+                while !done.load(Ordering::Relaxed) {
+                    most = most.max(used.load(Ordering::Relaxed));
+                }
+                most
+            }
+        });
+        let barrier = Arc::new(Barrier::new(2));
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                let (budget, barrier) = (budget.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    (0..20_000)
+                        .map(|_| {
+                            barrier.wait();
+                            let took = budget.take(N);
+                            barrier.wait();
+                            if took {
+                                budget.give_back(N);
+                            }
+                            took
+                        })
+                        .collect::<Vec<bool>>()
+                })
+            })
+            .collect();
+        let rounds: Vec<Vec<bool>> = racers
+            .into_iter()
+            .map(|r| r.join().expect("racer"))
+            .collect();
+        done.store(true, Ordering::Relaxed);
+        let most = watcher.join().expect("watcher");
+        for (round, (a, b)) in rounds[0].iter().zip(&rounds[1]).enumerate() {
+            assert!(
+                a ^ b,
+                "round {round}: exactly one of the two fits ({a}, {b})"
+            );
+        }
+        assert!(most <= 3 * N, "the count reached {most}, past the bound");
+        assert_eq!(budget.used.load(Ordering::Relaxed), 2 * N);
     }
 
     /// A gRPC message as a client frames it.
