@@ -859,8 +859,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let b = ServerProcess::start(&args.cassandra, 50162, false, &[])?;
     // Server a without hot continuations: every token resumes cold.
     let c = ServerProcess::start(&args.cassandra, 50163, true, &["--continuation-bytes", "0"])?;
-    // Server a with the static bulkhead only, and server a as it starts,
-    // for the overload section: both meet their first read there.
+    // Server a with the static bulkhead only, and one like server a: the
+    // overload section's two servers, which nothing before it uses.
     let d = ServerProcess::start(
         &args.cassandra,
         50164,

@@ -743,6 +743,7 @@ mod tests {
                 let mut most = 0;
                 while !done.load(Ordering::Relaxed) {
                     most = most.max(used.load(Ordering::Relaxed));
+                    std::hint::spin_loop();
                 }
                 most
             }
