@@ -650,10 +650,10 @@ async fn overload_section(
 /// so that what the bench measures is the node serving its own keyspace,
 /// not one carrying others. Every table costs the node heap whether or not
 /// it is read: with 245 such keyspaces (790 tables), one unbounded read of
-/// the 1,000,000-row series took 3.0-3.5 s, its heap held 412 MB after each
+/// the 1,000,000-row series took 3.0-3.6 s, its heap held 412 MB after each
 /// young collection, and the node spent 4.4-5.3 s of CPU per million rows;
-/// after dropping them and restarting, 2.2 s, 74 MB and 2.9 s (both nodes
-/// restarted and read for six minutes before). Returns how many it dropped.
+/// after dropping them and restarting, 2.2 s, 74 MB and 2.9 s (each node
+/// state restarted and read for five to six minutes before). Returns how many it dropped.
 async fn drop_test_keyspaces(contact: &str) -> anyhow::Result<usize> {
     let session = scylla::client::session_builder::SessionBuilder::new()
         .known_node(contact)

@@ -47,7 +47,7 @@ pub fn cassandra() -> &'static str {
 /// the tests do not drop their own, and every table costs the node heap
 /// and time whether it is read or not, so a node that served many test
 /// runs serves the next ones slower (with 245 such keyspaces, one
-/// unbounded read of a 1,000,000-row series took 3.0-3.5 s where it took
+/// unbounded read of a 1,000,000-row series took 3.0-3.6 s where it took
 /// 2.2 s without). Best effort: what cannot be dropped is said and left.
 fn drop_stale_keyspaces(addr: &str) {
     let addr = addr.to_string();
