@@ -644,19 +644,19 @@ async fn overload_section(
     Ok(table)
 }
 
-/// Drops the keyspaces earlier test runs left on the local node at `contact`
+/// Drops the keyspaces earlier test runs left on the local node
 /// (`hg_<test>_<pid>`, one per test process, which the tests do not drop)
-/// and, if there were any, restarts the local node (`scripts/cassandra`),
+/// and, if there were any, restarts it (`scripts/cassandra`),
 /// so that what the bench measures is the node serving its own keyspace,
 /// not one carrying others. Every table costs the node heap whether or not
 /// it is read: with 245 such keyspaces (790 tables), one unbounded read of
 /// the 1,000,000-row series took 3.0-3.6 s, its heap held 412 MB after each
 /// young collection, and the node spent 4.4-5.3 s of CPU per million rows;
 /// after dropping them and restarting, 2.2 s, 74 MB and 2.9 s (each node
-/// state restarted and read for five to six minutes before). Returns how many it dropped.
-async fn drop_test_keyspaces(contact: &str) -> anyhow::Result<usize> {
+/// state restarted and read for five to six minutes before).
+async fn drop_test_keyspaces() -> anyhow::Result<()> {
     let session = scylla::client::session_builder::SessionBuilder::new()
-        .known_node(contact)
+        .known_node(LOCAL_NODE)
         .connection_timeout(Duration::from_secs(30))
         .build()
         .await?;
@@ -671,7 +671,7 @@ async fn drop_test_keyspaces(contact: &str) -> anyhow::Result<usize> {
         .filter(|name| name.starts_with("hg_"))
         .collect();
     if names.is_empty() {
-        return Ok(0);
+        return Ok(());
     }
     eprintln!(
         "== dropping {} keyspaces left by test runs, then restarting the node",
@@ -690,7 +690,7 @@ async fn drop_test_keyspaces(contact: &str) -> anyhow::Result<usize> {
         let status = Command::new("scripts/cassandra").arg(action).status()?;
         anyhow::ensure!(status.success(), "scripts/cassandra {action}: {status}");
     }
-    Ok(names.len())
+    Ok(())
 }
 
 /// `scripts/cassandra cluster <action> <node>`.
@@ -908,7 +908,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         cluster(&["stop"])?;
     }
     if args.cassandra == LOCAL_NODE {
-        drop_test_keyspaces(LOCAL_NODE).await?;
+        drop_test_keyspaces().await?;
     }
     let a = ServerProcess::start(&args.cassandra, 50161, true, &[])?;
     let b = ServerProcess::start(&args.cassandra, 50162, false, &[])?;
