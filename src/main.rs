@@ -8,6 +8,22 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
 
+/// The server allocates per call (pages from the driver, merged rows, the
+/// encoded response) on a few threads at once; jemalloc's per-thread
+/// caches serve that better than glibc's malloc. Against the local node,
+/// side by side with the system allocator (same commit, 5 s cells
+/// alternating, medians of 4-6), rows a second delivered within the
+/// budget by clients following tokens: 16 clients under a 10 ms SLO +18%
+/// (283k against 240k), under 50 ms +9%, 4 clients under 10 ms +5%, one
+/// +36%, at the same client-observed p99/SLO (0.86-0.99 either way); an
+/// unbounded read of 1,000,000 rows as fast (2.0-2.1 s); resident memory
+/// after the runs 58 MB against 235 MB.
+/// The reserve's model of the client's decoding was recalibrated with it
+/// (see `engine::reserve::CLIENT_DECODE_PER_ENCODE`).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let cli = match cli::parse(&args) {
