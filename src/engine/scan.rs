@@ -728,6 +728,21 @@ impl<S: Storage> Scan<S> {
         lo
     }
 
+    /// Rows the response's byte limit can still take beyond those sent and
+    /// those the scan holds or has asked for, at the mean row size seen,
+    /// with a sixteenth to spare: rows vary in size, and a round short of
+    /// the limit costs the call a round trip, one past it the rows the next
+    /// call reads again.
+    fn byte_room(&self) -> usize {
+        let left = self
+            .req
+            .byte_limit
+            .saturating_sub(self.bytes_out)
+            .saturating_sub(self.held_bytes());
+        let rows = left / self.mean_row_bytes();
+        rows.saturating_add(rows / 16)
+    }
+
     /// Scan time left.
     pub(super) fn remaining(&self) -> Duration {
         self.stop_at().saturating_duration_since(Instant::now())
@@ -1044,6 +1059,11 @@ impl<S: Storage> Scan<S> {
         } else {
             let shards = self.buckets.front().map_or(1, BucketCursor::listed);
             let room = self.response_room(shards);
+            if !self.round_trip_pays(room) {
+                return false;
+            }
+            // Nor more than its byte limit can take (see [`Self::byte_room`]).
+            let room = room.min(self.byte_room());
             let sizing = self.projected_remaining();
             let wanted = self
                 .model
@@ -1051,11 +1071,6 @@ impl<S: Storage> Scan<S> {
                 .min(self.held_rows() + room);
             (sizing, wanted, Some(room))
         };
-        if let Some(room) = room {
-            if !self.round_trip_pays(room) {
-                return false;
-            }
-        }
         let need = pages::rows_needed(self.req.row_limit, self.rows_out, wanted);
         self.list_more_buckets();
         let pace = pages::pace(&self.model, sizing / 2, cfg);
