@@ -119,7 +119,7 @@ pub fn register_zero(partial_reasons: &[&'static str], rejected_reasons: &[&'sta
     for &reason in rejected_reasons {
         metrics::counter!(REJECTED, "reason" => reason).increment(0);
     }
-    for result in ["hit", "miss"] {
+    for result in ["hit", "skip", "miss"] {
         metrics::counter!(CONTINUATIONS, "result" => result).increment(0);
     }
     for cause in ["age", "capacity", "client"] {

@@ -896,7 +896,9 @@ proptest! {
     /// For random series (ids, payloads, times near the ends of i64, many
     /// buckets and shards), ranges, orders, page sizes, byte limits, budgets
     /// (some too small for progress), engine settings (hot continuations on
-    /// and off), latencies, storage failures and writes between calls (with
+    /// and off), one replica or two taking calls in turn (a held scan then
+    /// moved forward to the token: `Scan::skip_to`), latencies, storage
+    /// failures and writes between calls (with
     /// continuations off: held scans see writes by the freshness rule,
     /// tests/continuations.rs), following frontiers yields every
     /// row of the range exactly once, in order; every response stays within
@@ -918,6 +920,7 @@ proptest! {
         byte_limit in prop_oneof![1usize..200, 200usize..5_000, Just(usize::MAX)],
         slo_ms in 1u64..80,
         config in arb_engine_config(),
+        replicas in 1usize..=2,
         failures in proptest::collection::vec(0usize..3, 1..8),
         seed in any::<u64>(),
     ) {
@@ -933,7 +936,9 @@ proptest! {
                 Duration::from_micros(h % 30_000 + 10 * q.limit as u64)
             });
             let hot = config.continuations.enabled();
-            let engine = ReadEngine::new(Arc::new(store.clone()), config);
+            let engines: Vec<_> = (0..replicas)
+                .map(|_| ReadEngine::new(Arc::new(store.clone()), config.clone()))
+                .collect();
             let order = if descending { Order::Descending } else { Order::Ascending };
             let mut got: Vec<Row> = Vec::new();
             let mut resume: Option<Key> = None;
@@ -961,7 +966,7 @@ proptest! {
                 req.byte_limit = byte_limit;
                 req.resume_after = resume.clone();
                 let began = Instant::now();
-                let (rows, out) = read(&engine, &req).await;
+                let (rows, out) = read(&engines[call % replicas], &req).await;
                 prop_assert!(began.elapsed() <= req.budget.total, "ran past its budget");
                 // A held scan's pages may still be landing.
                 prop_assert!(hot || store.in_flight() == 0);

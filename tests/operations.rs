@@ -61,6 +61,7 @@ async fn health_metrics_and_graceful_shutdown() {
         "hourglass_scans_in_flight 0",
         "hourglass_storage_circuit_state 0",
         "hourglass_continuations_total{result=\"hit\"} 0",
+        "hourglass_continuations_total{result=\"skip\"} 0",
         "hourglass_continuation_evictions_total{cause=\"capacity\"} 0",
         "hourglass_continuation_bytes 0",
     ] {
@@ -173,6 +174,57 @@ async fn health_metrics_and_graceful_shutdown() {
 /// A stream its client drops mid-read ends as `cancelled` in the metrics,
 /// and the rows its scan read count as scanned (before, a cancelled call
 /// left no trace in either).
+/// Two replicas behind a balancer that alternates: each call after each
+/// replica's first finds its client's scan held there at the position
+/// before its token (the call in between went to the other replica),
+/// moves it forward and continues it. Every row comes once, in order, and
+/// both replicas count those calls as `skip`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_taking_calls_in_turn_move_their_held_scans_forward() {
+    let replicas = [
+        ServerProcess::start(&[]).await,
+        ServerProcess::start(&[]).await,
+    ];
+    let written = seeded(&replicas[0], "turns", 1_000).await;
+    let mut clients = [replicas[0].client().await, replicas[1].client().await];
+    let mut req = pb::ReadEventsRequest {
+        page_size: Some(100),
+        ..read_request("turns", "s", 0, i64::MAX)
+    };
+    let (mut events, mut continued) = (Vec::new(), Vec::new());
+    for call in 0.. {
+        assert!(call < 20, "the read did not finish");
+        let page = clients[call % 2]
+            .read_events(req.clone())
+            .await
+            .expect("read")
+            .into_inner();
+        events.extend(page.events);
+        continued.push(page.stats.expect("stats").continued);
+        if !page.partial {
+            break;
+        }
+        req.continuation_token = page.continuation_token;
+    }
+    assert_eq!(events, written, "every row once, in order");
+    assert_eq!(continued.len(), 10, "the tenth page knows it is the last");
+    assert_eq!(continued[..2], [false, false], "each replica's first call");
+    assert!(continued[2..].iter().all(|&c| c), "{continued:?}");
+    for (i, replica) in replicas.iter().enumerate() {
+        let scrape = replica.scrape().await;
+        let count = |result: &str| {
+            metric(
+                &scrape,
+                &format!("hourglass_continuations_total{{result=\"{result}\"}}"),
+            )
+        };
+        // The first call on the first replica presents no token.
+        #[allow(clippy::float_cmp)]
+        let counted = [count("hit"), count("skip"), count("miss")] == [0.0, 4.0, i as f64];
+        assert!(counted, "replica {i}:\n{scrape}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_the_client_drops_is_counted_cancelled_with_its_rows_scanned() {
     const CANCELLED: &str =

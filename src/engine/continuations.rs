@@ -61,6 +61,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::position::is_beyond;
 use super::scan::Scan;
 use super::ReadRequest;
 use crate::model::{Key, Order};
@@ -204,6 +205,17 @@ impl HeldKey {
             frontier: frontier.clone(),
         }
     }
+
+    /// Whether `other` is for the same query (any position).
+    fn same_query(&self, other: &Self) -> bool {
+        self.namespace == other.namespace
+            && self.bucket_width == other.bucket_width
+            && self.shards == other.shards
+            && self.series_id == other.series_id
+            && self.start == other.start
+            && self.end == other.end
+            && self.order == other.order
+    }
 }
 
 /// A held scan: its task keeps it (landing its pages in flight) until a call
@@ -276,6 +288,24 @@ impl<S> Table<S> {
         self.evict_first("capacity", |h| {
             h.seq < seq && now.saturating_duration_since(h.since) > STALE_FOR_ROOM
         })
+    }
+
+    /// The held scan of `client` for the query of `key` that stopped
+    /// furthest along short of `key`'s position, if any: one a call of
+    /// `client` at that position can move forward and continue
+    /// ([`Scan::skip_to`]). A linear search of at most `max_entries`, on a
+    /// miss only.
+    fn behind(&self, key: &HeldKey, client: &str) -> Option<HeldKey> {
+        let candidates = self.entries.iter().filter(|(k, h)| {
+            *h.client == *client
+                && k.same_query(key)
+                && is_beyond(&key.frontier, &k.frontier, key.order)
+        });
+        let furthest = match key.order {
+            Order::Ascending => candidates.max_by(|(a, _), (b, _)| a.frontier.cmp(&b.frontier)),
+            Order::Descending => candidates.min_by(|(a, _), (b, _)| a.frontier.cmp(&b.frontier)),
+        };
+        furthest.map(|(k, _)| k.clone())
     }
 
     /// Drops the oldest held scan (of `client`, if given); false when none.
@@ -438,7 +468,12 @@ impl<S: Storage> Continuations<S> {
     }
 
     /// Takes the scan held for `req`'s token, waiting no later than `until`
-    /// for its task to hand it over. None on a miss.
+    /// for its task to hand it over; or, when none is held at the token's
+    /// position, the scan of the same client and query held furthest along
+    /// short of it, moved forward to it ([`Scan::skip_to`]): the chain's
+    /// calls in between went elsewhere (round-robin over replicas), and
+    /// what that scan fetched ahead meanwhile serves this call. None on a
+    /// miss.
     pub(super) async fn take(&self, req: &ReadRequest, until: Instant) -> Option<Scan<S>> {
         let frontier = req.resume_after.as_ref()?;
         if !self.config.enabled() {
@@ -446,9 +481,15 @@ impl<S: Storage> Continuations<S> {
             metrics::counter!(telemetry::CONTINUATIONS, "result" => "miss").increment(1);
             return None;
         }
-        let held = {
+        let (held, behind) = {
             let mut t = self.table.lock().expect("continuation table");
-            let held = t.remove(&HeldKey::new(req, frontier));
+            let key = HeldKey::new(req, frontier);
+            let held = if let Some(h) = t.remove(&key) {
+                (Some(h), false)
+            } else {
+                let behind = t.behind(&key, &req.client);
+                (behind.and_then(|k| t.remove(&k)), true)
+            };
             t.publish();
             held
         };
@@ -462,9 +503,18 @@ impl<S: Storage> Continuations<S> {
             }
             None => None,
         };
-        let result = if scan.is_some() { "hit" } else { "miss" };
+        let result = match (&scan, behind) {
+            (None, _) => "miss",
+            (Some(_), false) => "hit",
+            (Some(_), true) => "skip",
+        };
         metrics::counter!(telemetry::CONTINUATIONS, "result" => result).increment(1);
-        scan
+        scan.map(|mut scan| {
+            if behind {
+                scan.skip_to(frontier);
+            }
+            scan
+        })
     }
 }
 

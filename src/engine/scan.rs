@@ -464,6 +464,41 @@ impl<S: Storage> Scan<S> {
         };
     }
 
+    /// Moves this held scan, stopped at its frontier, forward to
+    /// `position` further on in its query's read order, where its client's
+    /// chain now stands after calls served elsewhere (another replica, or a
+    /// scan this replica no longer held): every row at or behind `position`
+    /// is dropped from what it holds, rows still to land are kept only
+    /// beyond it (a page lands through its shard's span, see
+    /// [`Scan::absorb`]), a shard whose bucket ends at or behind `position`
+    /// is done, and buckets listed from now on start beyond it. What it
+    /// then merges is exactly what a read resuming at `position` yields,
+    /// but for the freshness rule (rows as of when their page was fetched).
+    pub(super) fn skip_to(&mut self, position: &Key) {
+        let order = self.req.order;
+        let width = self.req.namespace.bucket_width_micros;
+        debug_assert!(position::is_beyond(position, &self.frontier, order));
+        let beyond = |key: &Key| position::is_beyond(key, position, order);
+        self.carry.retain(|(row, _)| beyond(&row.key));
+        for bucket in &mut self.buckets {
+            for shard in &mut bucket.shards {
+                while shard.buf.front().is_some_and(|row| !beyond(&row.key)) {
+                    shard.buf.pop_front();
+                }
+                if shard.done || beyond(shard.fetched_to(order)) {
+                    continue;
+                }
+                shard.span = shard.span.resume_from(position, order);
+                let exit = position::bucket_exit(bucket.bucket, width, &shard.span, order);
+                if shard.buf.is_empty() && !beyond(&exit) {
+                    shard.done = true;
+                }
+            }
+        }
+        self.span = self.span.resume_from(position, order);
+        self.frontier = position.clone();
+    }
+
     /// What this scan's call achieved (its stats are reset for a next call).
     pub(super) fn outcome(&mut self, ending: Ending) -> ReadOutcome {
         if self.resumed_in.is_some() {

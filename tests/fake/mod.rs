@@ -177,6 +177,18 @@ pub async fn follow(
     slo: Duration,
     row_limit: usize,
 ) -> (Vec<Row>, Vec<ReadOutcome>) {
+    follow_as(engines, ns, order, slo, row_limit, |_| "test".into()).await
+}
+
+/// [`follow`], call `i` made by client `client(i)`.
+pub async fn follow_as(
+    engines: &[&ReadEngine<MemoryStore>],
+    ns: &Arc<Namespace>,
+    order: Order,
+    slo: Duration,
+    row_limit: usize,
+    client: impl Fn(usize) -> Arc<str>,
+) -> (Vec<Row>, Vec<ReadOutcome>) {
     let mut rows = Vec::new();
     let mut outcomes: Vec<ReadOutcome> = Vec::new();
     for call in 0.. {
@@ -185,6 +197,7 @@ pub async fn follow(
         if let Some(last) = outcomes.last() {
             req = resumed(req, last);
         }
+        req.client = client(call);
         let (got, out) = read(engines[call % engines.len()], &req).await;
         let out = out.expect("progress in every call");
         rows.extend(got);
