@@ -646,15 +646,20 @@ async fn overload_section(
 
 /// Drops the keyspaces earlier test runs left on the local node
 /// (`hg_<test>_<pid>`, one per test process, which the tests do not drop)
-/// and, if there were any, restarts it (`scripts/cassandra`),
-/// so that what the bench measures is the node serving its own keyspace,
-/// not one carrying others. Every table costs the node heap whether or not
+/// and restarts it (`scripts/cassandra`), so that what the bench measures
+/// is a fresh node serving its own keyspace, not one carrying others, nor
+/// one in whatever state earlier work left it. A node's own cost varies
+/// more with that state than with anything the servers change: the same
+/// binaries measured on a node up an hour under ad-hoc load (not
+/// restarted) read 1,000,000 rows unbounded in 2.07-2.22 s at 3.26 s of
+/// node CPU per million rows, and on the same node restarted just before
+/// in 1.46-1.49 s at 1.62 s. Every table costs the node heap whether or not
 /// it is read: with 245 such keyspaces (790 tables), one unbounded read of
 /// the 1,000,000-row series took 3.0-3.6 s, its heap held 412 MB after each
 /// young collection, and the node spent 4.4-5.3 s of CPU per million rows;
 /// after dropping them and restarting, 2.2 s, 74 MB and 2.9 s (each node
 /// state restarted and read for five to six minutes before).
-async fn drop_test_keyspaces() -> anyhow::Result<()> {
+async fn fresh_node() -> anyhow::Result<()> {
     let session = scylla::client::session_builder::SessionBuilder::new()
         .known_node(LOCAL_NODE)
         .connection_timeout(Duration::from_secs(30))
@@ -670,9 +675,6 @@ async fn drop_test_keyspaces() -> anyhow::Result<()> {
         .into_iter()
         .filter(|name| name.starts_with("hg_"))
         .collect();
-    if names.is_empty() {
-        return Ok(());
-    }
     eprintln!(
         "== dropping {} keyspaces left by test runs, then restarting the node",
         names.len()
@@ -908,7 +910,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         cluster(&["stop"])?;
     }
     if args.cassandra == LOCAL_NODE {
-        drop_test_keyspaces().await?;
+        fresh_node().await?;
     }
     let a = ServerProcess::start(&args.cassandra, 50161, true, &[])?;
     let b = ServerProcess::start(&args.cassandra, 50162, false, &[])?;
@@ -923,6 +925,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         &["--adaptive-admission", "false"],
     )?;
     let e = ServerProcess::start(&args.cassandra, 50165, true, &[])?;
+    // A second replica like server a: token chains whose calls the two
+    // take in turn, as behind a balancer that alternates.
+    let f = ServerProcess::start(&args.cassandra, 50166, true, &[])?;
+    let pair = format!("{},{}", a.url, f.url);
     let store = CassandraStore::connect(&CassandraConfig {
         contact_points: vec![args.cassandra.clone()],
         keyspace: KEYSPACE.into(),
@@ -1012,7 +1018,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         // Side by side: each repeat reads the series unbounded, then
         // follows it under the SLO on both servers, in turn first, so a
         // machine that drifts during the run weighs on all three alike.
-        let (mut unbounded, mut on, mut off) = (vec![], ChainCell::default(), ChainCell::default());
+        let (mut unbounded, mut on, mut off, mut turns) = (
+            vec![],
+            ChainCell::default(),
+            ChainCell::default(),
+            ChainCell::default(),
+        );
         for rep in 0..args.repeats {
             let whole = RunArgs {
                 page_size: SCAN_PAGE_SIZE,
@@ -1031,9 +1042,23 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 }
                 cell.add(&r, biggest);
             }
+            let r = crate::run(&RunArgs {
+                slo_ms: Some(slo),
+                page_size: SCAN_PAGE_SIZE,
+                ..run_args(&pair, biggest, format!("chain-{slo}-turns-{rep}"))
+            })
+            .await?;
+            for (reason, message) in &r.first_error_by_reason {
+                eprintln!("   chain {slo} ms, two replicas, repeat {rep}: {reason}: {message}");
+            }
+            turns.add(&r, biggest);
         }
         let unbounded_s = median(unbounded);
-        for (cell, hot) in [(&on, "on"), (&off, "off")] {
+        for (cell, hot) in [
+            (&on, "on"),
+            (&off, "off"),
+            (&turns, "on, 2 replicas in turn"),
+        ] {
             let line = cell.row(slo, hot, unbounded_s);
             eprintln!("   {line}");
             chains.push_str(&line);
@@ -1153,7 +1178,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     )?;
     writeln!(md, "Rows/s on {biggest} rows: service {svc_m:.0}, direct single stream {d1:.0}, direct 4 streams {d4:.0}.\n")?;
     writeln!(md, "## Following tokens\n")?;
-    writeln!(md, "One client follows continuation tokens through the {biggest}-row series (page size {SCAN_PAGE_SIZE}) under each SLO, {} times per cell (medians; errors and calls summed), against the same server with hot continuations on (default) and off (`--continuation-bytes 0`). Each repeat reads the series once unbounded (no SLO, same page size, hot continuations on) and then follows it on both servers, taking turns to go first. Completion tax: the chain's time ÷ that SLO's unbounded read (medians over the repeats). Amplification: rows the calls report scanned (`ReadStats.rows_scanned`, which for a continued call includes the rows its scan fetched while held) ÷ rows delivered: every row the chain read from storage. Hit rate: calls after the first that continued a held scan (`ReadStats.continued`). Targets: tax <= 1.2 at 50 ms and <= 1.5 at 10 ms, amplification <= 1.02 with the cache on, zero DEADLINE_EXCEEDED. In brackets, how many of those calls failed `STORAGE_LATE` (a storage request took longer than the server's latency model expects of a slow one) rather than `BUDGET_TOO_SMALL`. In server / outside: the chain's time split in two (medians over complete chains): the sum of its calls' own elapsed time (`ReadStats.elapsed_micros`, from arrival to the end of the scan) and the rest (each response's sending and decoding, the next request's way in; it grows with the bytes delivered, not with the number of calls). With the cache off storage does nothing for the chain while it is outside, so that chain's tax is at least (unbounded + outside) ÷ unbounded however fast its calls scan; with it on, the held scan fetches ahead meanwhile.\n", args.repeats)?;
+    writeln!(md, "One client follows continuation tokens through the {biggest}-row series (page size {SCAN_PAGE_SIZE}) under each SLO, {} times per cell (medians; errors and calls summed), against the same server with hot continuations on (default) and off (`--continuation-bytes 0`). Each repeat reads the series once unbounded (no SLO, same page size, hot continuations on) and then follows it on both servers, taking turns to go first. Completion tax: the chain's time ÷ that SLO's unbounded read (medians over the repeats). Amplification: rows the calls report scanned (`ReadStats.rows_scanned`, which for a continued call includes the rows its scan fetched while held) ÷ rows delivered: every row the chain read from storage. Hit rate: calls after the first that continued a held scan (`ReadStats.continued`). `on, 2 replicas in turn`: after those, the chain through server a and a second one like it taking its calls in turn, as behind a balancer that alternates (each call after each replica's first moves its client's scan held there forward to its token: amplification then counts the rows it drops, which the other replica delivered). Targets: tax <= 1.2 at 50 ms and <= 1.5 at 10 ms, amplification <= 1.02 with the cache on, zero DEADLINE_EXCEEDED. In brackets, how many of those calls failed `STORAGE_LATE` (a storage request took longer than the server's latency model expects of a slow one) rather than `BUDGET_TOO_SMALL`. In server / outside: the chain's time split in two (medians over complete chains): the sum of its calls' own elapsed time (`ReadStats.elapsed_micros`, from arrival to the end of the scan) and the rest (each response's sending and decoding, the next request's way in; it grows with the bytes delivered, not with the number of calls). With the cache off storage does nothing for the chain while it is outside, so that chain's tax is at least (unbounded + outside) ÷ unbounded however fast its calls scan; with it on, the held scan fetches ahead meanwhile.\n", args.repeats)?;
     writeln!(md, "| SLO ms | hot continuations | unbounded s | chain s | in server s | outside s | completion tax | amplification | calls | DEADLINE_EXCEEDED (of them STORAGE_LATE) | hit rate |\n|---|---|---|---|---|---|---|---|---|---|---|")?;
     md.push_str(&chains);
     writeln!(md)?;

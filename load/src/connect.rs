@@ -8,6 +8,9 @@
 //! file's path, never the token.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -15,14 +18,61 @@ use clap::Args;
 use hourglass::api::pb::hourglass_client::HourglassClient;
 use hourglass::client::BearerToken;
 use serde::{Deserialize, Serialize};
+use tonic::body::Body;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tower_service::Service;
 
 /// Variable holding the bearer token itself (instead of a file).
 pub const BEARER_TOKEN_ENV: &str = "HOURGLASS_BEARER_TOKEN";
 
 /// A connected client of the load tool.
-pub type Client = HourglassClient<InterceptedService<Channel, BearerToken>>;
+pub type Client = HourglassClient<InterceptedService<InTurn, BearerToken>>;
+
+/// The channels to one server or several, each call sent on the next in
+/// turn, as a balancer that alternates over replicas does (clones share
+/// the turn): a client following tokens through two servers sends each
+/// call to the server that did not answer the last one.
+#[derive(Clone, Debug)]
+pub struct InTurn {
+    channels: Arc<[Channel]>,
+    turn: Arc<AtomicUsize>,
+    /// The channel polled ready for the next call.
+    ready: Option<Channel>,
+}
+
+impl InTurn {
+    fn new(channels: Vec<Channel>) -> Self {
+        Self {
+            channels: channels.into(),
+            turn: Arc::new(AtomicUsize::new(0)),
+            ready: None,
+        }
+    }
+}
+
+impl Service<http::Request<Body>> for InTurn {
+    type Response = <Channel as Service<http::Request<Body>>>::Response;
+    type Error = <Channel as Service<http::Request<Body>>>::Error;
+    type Future = <Channel as Service<http::Request<Body>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let channels = &self.channels;
+        let turn = &self.turn;
+        self.ready
+            .get_or_insert_with(|| {
+                channels[turn.fetch_add(1, Ordering::Relaxed) % channels.len()].clone()
+            })
+            .poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        self.ready
+            .take()
+            .expect("poll_ready before call")
+            .call(request)
+    }
+}
 
 /// TLS and credentials for reaching a server.
 #[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
@@ -107,25 +157,40 @@ fn read(path: &Path, flag: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))
 }
 
-/// Connects to `server`, retrying while it starts (for up to `wait`,
-/// saying so on stderr after the first failure). Settings that cannot
-/// work (a missing file, https:// without a CA) fail at once.
+/// Connects to `servers` (one URL, or several separated by commas, which
+/// then take the calls in turn: [`InTurn`]), retrying each while it starts
+/// (for up to `wait`, saying so on stderr after the first failure).
+/// Settings that cannot work (a missing file, https:// without a CA) fail
+/// at once.
 pub async fn connect(
-    server: &str,
+    servers: &str,
     credentials: &Credentials,
     wait: Duration,
 ) -> anyhow::Result<Client> {
-    let endpoint = credentials.endpoint(server)?;
     let token = credentials.bearer_token()?;
+    let mut channels = Vec::new();
+    for server in servers.split(',').map(str::trim) {
+        channels.push(connect_one(server, credentials, wait).await?);
+    }
+    Ok(
+        HourglassClient::with_interceptor(InTurn::new(channels), token)
+            .max_decoding_message_size(hourglass::api::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(hourglass::api::MAX_MESSAGE_BYTES),
+    )
+}
+
+/// A channel to `server` (see [`connect`]).
+async fn connect_one(
+    server: &str,
+    credentials: &Credentials,
+    wait: Duration,
+) -> anyhow::Result<Channel> {
+    let endpoint = credentials.endpoint(server)?;
     let began = Instant::now();
     let mut said = false;
     loop {
         match endpoint.connect().await {
-            Ok(channel) => {
-                return Ok(HourglassClient::with_interceptor(channel, token)
-                    .max_decoding_message_size(hourglass::api::MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(hourglass::api::MAX_MESSAGE_BYTES))
-            }
+            Ok(channel) => return Ok(channel),
             Err(e) if began.elapsed() > wait => {
                 anyhow::bail!(
                     "cannot reach the Hourglass server at {server}: {:#}",

@@ -80,6 +80,8 @@ pub enum LoadCommand {
 /// `run` must agree on these.
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub struct Target {
+    /// The server's URL; several separated by commas take the calls in
+    /// turn (as a balancer alternating over replicas does).
     #[arg(
         long,
         env = "HOURGLASS_SERVER",

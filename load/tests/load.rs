@@ -79,6 +79,35 @@ async fn seed_run_report_and_chart() {
     let hlog = std::fs::read_to_string(base.report.with_extension("hlog")).expect("HDR log");
     assert!(hlog.starts_with("#hourglass-load run follow"));
 
+    // Through two servers taking the calls in turn: each call after each
+    // server's first continues the scan its client left there, moved
+    // forward past the other server's page; through one, every call after
+    // the first continues the last one's.
+    let other = TestServer::start().await;
+    let one = RunArgs {
+        clients: 1,
+        requests: Some(1),
+        label: "one".into(),
+        report: dir.join("one.json"),
+        ..base.clone()
+    };
+    let alone = run(&one).await.expect("one server");
+    let turns = run(&RunArgs {
+        target: Target {
+            server: format!("{url}, http://{}", other.addr),
+            ..seed_args.target.clone()
+        },
+        label: "turns".into(),
+        report: dir.join("turns.json"),
+        ..one.clone()
+    })
+    .await
+    .expect("two servers in turn");
+    for r in [&alone, &turns] {
+        assert_eq!((r.rows, r.requests), (3000, 5), "{}", r.config.label);
+    }
+    assert_eq!((alone.continued, turns.continued), (4, 3));
+
     let b = run(&RunArgs {
         rate: Some(40.0),
         requests: Some(10),
