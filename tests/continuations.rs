@@ -110,15 +110,16 @@ async fn a_miss_on_another_replica_or_after_expiry_resumes_from_the_token_alone(
 
 /// Behind a balancer that alternates over two replicas, a call finds no
 /// scan held at its token's position (the previous call was the other
-/// replica's) but its client's scan held at the position before, which
-/// has fetched ahead meanwhile: it moves that scan forward to its position
-/// and continues it. Every row comes once, in order; every call after each
-/// replica's first continues a held scan; each replica reads each row at
-/// most once (with both, at most twice what a single replica reads: here
-/// 47,822 rows for 24,000 in 9 calls, against 80,749 in 24 calls with
-/// every call a miss); and no call after the first two waits on a
-/// bucket-index query. (Each call as another client,
-/// every call misses: see the test above.)
+/// replica's) but its client's scan held at the position before: it moves
+/// that scan forward to its position and continues it, and from then on
+/// the scan fetches nothing ahead for its next call (the rows past its
+/// stop are the other replica's to read). Every row comes once, in order;
+/// every call after each replica's first continues a held scan; no call
+/// after the first two waits on a bucket-index query; and storage serves
+/// at most a quarter more rows than are delivered (28,897 for 24,000 in 21
+/// calls; 47,822 in 9 calls when both replicas fetched ahead, each reading
+/// every row; 80,749 in 24 calls with every call a miss). (Each call as
+/// another client, every call misses: see the test above.)
 #[tokio::test(start_paused = true)]
 async fn a_held_scan_behind_the_token_moves_forward_to_it_on_round_robin_replicas() {
     let ns = namespace(1_000, 4);
@@ -151,7 +152,7 @@ async fn a_held_scan_behind_the_token_moves_forward_to_it_on_round_robin_replica
         let index_after_first: u64 = calls[2..].iter().map(|o| o.stats.index_pages).sum();
         assert_eq!(index_after_first, 0, "no new bucket-index query");
         assert!(
-            store.rows_served() <= 2 * all.len() as u64,
+            store.rows_served() <= all.len() as u64 * 5 / 4,
             "{order:?} {cache:?}: {} rows read for {}",
             store.rows_served(),
             all.len()

@@ -44,6 +44,12 @@
 //!   `max_bytes` evict each other). The pages a call asked for its own
 //!   response are outside the bound; the bytes published (held scans plus
 //!   calls' leases) count them, so they can read above `max_bytes`.
+//! * A call presenting a token no scan is held at may continue its client's
+//!   scan of the same query held short of it, moved forward to the token
+//!   ([`Continuations::take`], [`Scan::skip_to`]): its calls alternate over
+//!   replicas, and from then on that scan fetches nothing ahead (the rows
+//!   past its stop are the other replica's to read; see
+//!   [`Scan::reads_ahead`]) until a call continues it at its own position.
 //! * A call whose scan will be held fetches ahead under the same bound: from
 //!   its first fetch ahead to its end, what its scan holds counts against
 //!   `max_bytes` as a [`Lease`] (handed over to the entry when the scan is
@@ -512,6 +518,8 @@ impl<S: Storage> Continuations<S> {
         scan.map(|mut scan| {
             if behind {
                 scan.skip_to(frontier);
+            } else {
+                scan.alternating = false;
             }
             scan
         })
@@ -626,7 +634,12 @@ async fn keep<S: Storage>(
         let ahead = if resting {
             entry.account(scan.held_bytes(), 0)
         } else {
-            let ahead = entry.account(scan.held_bytes(), pressure.ahead(ahead_bytes));
+            let want = if scan.alternating {
+                0
+            } else {
+                pressure.ahead(ahead_bytes)
+            };
+            let ahead = entry.account(scan.held_bytes(), want);
             scan.fetch_ahead(ahead);
             // The pages just asked for count from now.
             entry.account(scan.held_bytes(), 0);

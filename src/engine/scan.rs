@@ -247,6 +247,12 @@ pub(super) struct Scan<S> {
     /// and whether that call reached the bucket's end teaches the
     /// namespace's model ([`LatencyModel::resumed_calls_stay`]).
     resumed_in: Option<i64>,
+    /// Whether this scan was last moved forward to its call's token
+    /// ([`Scan::skip_to`]): its client's calls alternate over replicas, so
+    /// the rows past its frontier are the other replica's to read. It then
+    /// fetches nothing ahead and leaves its next call no rows (see
+    /// [`Scan::reads_ahead`]).
+    pub(super) alternating: bool,
 }
 
 /// How far a stream's client is behind, as a queue it works off at the
@@ -305,6 +311,7 @@ impl<S: Storage> Scan<S> {
             began: req.budget.elapsed(),
             starts: None,
             resumed_in: None,
+            alternating: false,
         };
         scan.row_bytes = scan.model.row_bytes();
         // The first bucket's shards are fetched at once, beside (not after)
@@ -466,22 +473,38 @@ impl<S: Storage> Scan<S> {
 
     /// Moves this held scan, stopped at its frontier, forward to
     /// `position` further on in its query's read order, where its client's
-    /// chain now stands after calls served elsewhere (another replica, or a
-    /// scan this replica no longer held): every row at or behind `position`
-    /// is dropped from what it holds, rows still to land are kept only
-    /// beyond it (a page lands through its shard's span, see
+    /// chain now stands after calls another replica served: every row at or
+    /// behind `position` is dropped from what it holds, rows still to land
+    /// are kept only beyond it (a page lands through its shard's span, see
     /// [`Scan::absorb`]), a shard whose bucket ends at or behind `position`
     /// is done, and buckets listed from now on start beyond it. What it
     /// then merges is exactly what a read resuming at `position` yields,
     /// but for the freshness rule (rows as of when their page was fetched).
+    ///
+    /// Its requests in flight are dropped: mostly pages of rows the other
+    /// replica delivered, asked at its last call's stop (it fetches nothing
+    /// ahead once its calls alternate, see [`Scan::reads_ahead`]), and a
+    /// shard with one in flight asks for no other until it lands, so the
+    /// call waited a round trip for rows it dropped before it asked for its
+    /// own (two replicas in turn under a 10 ms SLO: about 1,000 rows a
+    /// call). Each shard's span still says what it has not fetched, and
+    /// the bucket-index range what is not listed, so their next requests
+    /// start there.
     pub(super) fn skip_to(&mut self, position: &Key) {
         let order = self.req.order;
         let width = self.req.namespace.bucket_width_micros;
         debug_assert!(position::is_beyond(position, &self.frontier, order));
         let beyond = |key: &Key| position::is_beyond(key, position, order);
+        self.in_flight = FuturesUnordered::new();
+        self.index_pending = false;
+        self.index_sent = None;
+        self.index_probe_late_at = None;
         self.carry.retain(|(row, _)| beyond(&row.key));
         for bucket in &mut self.buckets {
             for shard in &mut bucket.shards {
+                shard.requested = 0;
+                shard.sent = None;
+                shard.probe_late_at = None;
                 while shard.buf.front().is_some_and(|row| !beyond(&row.key)) {
                     shard.buf.pop_front();
                 }
@@ -497,6 +520,22 @@ impl<S: Storage> Scan<S> {
         }
         self.span = self.span.resume_from(position, order);
         self.frontier = position.clone();
+        self.alternating = true;
+    }
+
+    /// Whether this scan fetches past what its call's response takes, for
+    /// its next call: when scans are held and its client's calls do not
+    /// alternate over replicas. Where they do, each replica fetching ahead
+    /// read every row of the chain (what the other replica's calls deliver
+    /// too), twice the storage work with two replicas; against the local
+    /// node, whose CPU storage shares with the servers, that doubled the
+    /// page latencies and token chains under SLOs of 20 ms and less failed
+    /// `DEADLINE_EXCEEDED` (benchmark run AO). Such a scan is still held, so
+    /// its next call on this replica needs no bucket-index query and no
+    /// slow start, and it reads from its token on with pages sized as a
+    /// call whose scan will not be held.
+    pub(super) fn reads_ahead(&self) -> bool {
+        self.engine.config.continuations.enabled() && !self.alternating
     }
 
     /// What this scan's call achieved (its stats are reset for a next call).
@@ -568,7 +607,7 @@ impl<S: Storage> Scan<S> {
     /// call of its held scan (a sixteenth of its rows, at least one; none
     /// when scans are not held).
     pub(super) fn left_for_next(&self) -> usize {
-        if self.engine.config.continuations.enabled() {
+        if self.reads_ahead() {
             (self.rows_out / super::LEFT_FOR_NEXT_SHARE).max(1)
         } else {
             0
@@ -923,7 +962,7 @@ impl<S: Storage> Scan<S> {
             // call's), once it has rows: before them, under a tight budget,
             // the head bucket's pages go alone.
             let ahead = self.engine.config.continuations.ahead_bytes();
-            if ahead > 0 && (self.progressed() || self.stats.continued) {
+            if ahead > 0 && self.reads_ahead() && (self.progressed() || self.stats.continued) {
                 let ahead = lease.account(self.held_bytes(), self.engine.pressure.ahead(ahead));
                 self.fetch_ahead(ahead);
                 // The pages just asked for count from now.
@@ -1089,7 +1128,7 @@ impl<S: Storage> Scan<S> {
         // A scan that may be held keeps what it fetched past its stop for
         // the next call; one that will not be sizes its pages to the stop
         // that the rows it holds and asks for bring on.
-        let (sizing, wanted, room) = if engine.config.continuations.enabled() {
+        let (sizing, wanted, room) = if self.reads_ahead() {
             (remaining, affordable, None)
         } else {
             let shards = self.buckets.front().map_or(1, BucketCursor::listed);
