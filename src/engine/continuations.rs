@@ -300,8 +300,11 @@ impl<S> Table<S> {
     /// furthest along short of `key`'s position, if any: one a call of
     /// `client` at that position can move forward and continue
     /// ([`Scan::skip_to`]). A linear search of at most `max_entries`, on a
-    /// miss only.
+    /// miss by a client holding scans here only.
     fn behind(&self, key: &HeldKey, client: &str) -> Option<HeldKey> {
+        if !self.per_client.contains_key(client) {
+            return None;
+        }
         let candidates = self.entries.iter().filter(|(k, h)| {
             *h.client == *client
                 && k.same_query(key)
@@ -634,10 +637,10 @@ async fn keep<S: Storage>(
         let ahead = if resting {
             entry.account(scan.held_bytes(), 0)
         } else {
-            let want = if scan.alternating {
-                0
-            } else {
+            let want = if scan.reads_ahead() {
                 pressure.ahead(ahead_bytes)
+            } else {
+                0
             };
             let ahead = entry.account(scan.held_bytes(), want);
             scan.fetch_ahead(ahead);

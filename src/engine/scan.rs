@@ -485,9 +485,8 @@ impl<S: Storage> Scan<S> {
     /// replica delivered, asked at its last call's stop (it fetches nothing
     /// ahead once its calls alternate, see [`Scan::reads_ahead`]), and a
     /// shard with one in flight asks for no other until it lands, so the
-    /// call waited a round trip for rows it dropped before it asked for its
-    /// own (two replicas in turn under a 10 ms SLO: about 1,000 rows a
-    /// call). Each shard's span still says what it has not fetched, and
+    /// call would wait a round trip for rows it drops before it asks for
+    /// its own. Each shard's span still says what it has not fetched, and
     /// the bucket-index range what is not listed, so their next requests
     /// start there.
     pub(super) fn skip_to(&mut self, position: &Key) {
