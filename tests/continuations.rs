@@ -165,6 +165,59 @@ async fn a_held_scan_behind_the_token_moves_forward_to_it_on_round_robin_replica
     }
 }
 
+/// A scan moved forward to its token sizes its pages by the rows that come
+/// before theirs in the response, not by every row it holds: before its
+/// calls alternated it had fetched ahead into the buckets after the one it
+/// merges, and counted as this call's, those rows left it time for rounds
+/// of the smallest pages, so it delivered fewer rows a call than a cold
+/// resume from the token does; so did the rows its fast shards had fetched
+/// ahead of a slow one, which wait in the merge for the slow shard's next
+/// page. Here responses cost 2 µs a row, pages 1 ms plus 5 µs a row, and
+/// 4 ms more on one shard of four.
+#[tokio::test(start_paused = true)]
+async fn an_alternating_call_takes_as_many_rows_as_a_cold_one() {
+    let ns = namespace(4_000, 4);
+    let (store, all) = seeded(&ns, 0..24_000).await;
+    store.set_latency(|q| {
+        let slow = if q.shard == 2 { 4 * MS } else { Duration::ZERO };
+        MS + slow + Duration::from_micros(5) * u32::try_from(q.limit).unwrap()
+    });
+    let per_row = Duration::from_micros(2);
+    let with = |continuations| {
+        let config = EngineConfig {
+            response_reserve: Duration::ZERO,
+            response_reserve_per_row: per_row,
+            timer_slack: Duration::ZERO,
+            continuations,
+            ..EngineConfig::default()
+        };
+        ReadEngine::new(Arc::new(store.clone()), config)
+    };
+
+    let cold = with(ContinuationConfig::off());
+    let (rows, cold_calls) = follow(&[&cold], &ns, Order::Ascending, 10 * MS, 100_000).await;
+    assert_rows(&rows, &all);
+
+    let (a, b) = (
+        with(ContinuationConfig::default()),
+        with(ContinuationConfig::default()),
+    );
+    let (rows, calls) = follow(&[&a, &b], &ns, Order::Ascending, 10 * MS, 100_000).await;
+    assert_rows(&rows, &all);
+    assert!(
+        calls[2..].iter().all(|o| o.stats.continued),
+        "every later call continued"
+    );
+    // Before, the alternating calls took 16 rows of each shard a round:
+    // 99 calls against 47 cold ones.
+    assert!(
+        calls.len() <= cold_calls.len() + 2,
+        "{} calls in turn against {} cold ones",
+        calls.len(),
+        cold_calls.len()
+    );
+}
+
 /// Reads the first `n` rows of `[start, end)` with a row limit, so the read
 /// stops partial and is held.
 async fn first_rows(
