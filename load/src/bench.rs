@@ -413,7 +413,9 @@ impl ChainCell {
         }
     }
 
-    fn row(&self, slo: u32, hot: &str, unbounded_s: f64) -> String {
+    /// The cell's table row; `unbounded_s` is the unbounded read with the
+    /// cache on, `own_s` that of the server the chain went to.
+    fn row(&self, slo: u32, hot: &str, unbounded_s: f64, own_s: f64) -> String {
         let med = |v: &Vec<f64>| {
             if v.is_empty() {
                 f64::NAN
@@ -423,10 +425,11 @@ impl ChainCell {
         };
         let secs = med(&self.secs);
         format!(
-            "| {slo} | {hot} | {unbounded_s:.2} | {secs:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {} | {} ({} late) | {:.1}% |",
+            "| {slo} | {hot} | {unbounded_s:.2} | {secs:.2} | {:.2} | {:.2} | {:.2} | {own_s:.2} | {:.2} | {:.3} | {} | {} ({} late) | {:.1}% |",
             med(&self.in_server),
             med(&self.outside),
             secs / unbounded_s,
+            secs / own_s,
             crate::report::amplification(self.scanned, self.rows),
             self.calls,
             self.deadline_exceeded,
@@ -1018,7 +1021,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         // Side by side: each repeat reads the series unbounded, then
         // follows it under the SLO on both servers, in turn first, so a
         // machine that drifts during the run weighs on all three alike.
-        let (mut unbounded, mut on, mut off, mut turns) = (
+        let (mut unbounded, mut unbounded_off, mut on, mut off, mut turns) = (
+            vec![],
             vec![],
             ChainCell::default(),
             ChainCell::default(),
@@ -1030,6 +1034,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 ..run_args(&a.url, biggest, format!("chain-{slo}-unbounded-{rep}"))
             };
             unbounded.push(whole_read_secs(&whole, biggest).await?);
+            // The same read on the server with the cache off: the tax of
+            // its chains against a read of that server too.
+            let whole_off = RunArgs {
+                page_size: SCAN_PAGE_SIZE,
+                ..run_args(&c.url, biggest, format!("chain-{slo}-unbounded-off-{rep}"))
+            };
+            unbounded_off.push(whole_read_secs(&whole_off, biggest).await?);
             for (server, hot, cell) in in_turn(rep, [(&a, "on", &mut on), (&c, "off", &mut off)]) {
                 let r = crate::run(&RunArgs {
                     slo_ms: Some(slo),
@@ -1053,13 +1064,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             }
             turns.add(&r, biggest);
         }
-        let unbounded_s = median(unbounded);
-        for (cell, hot) in [
-            (&on, "on"),
-            (&off, "off"),
-            (&turns, "on, 2 replicas in turn"),
+        let (unbounded_s, unbounded_off_s) = (median(unbounded), median(unbounded_off));
+        for (cell, hot, own_s) in [
+            (&on, "on", unbounded_s),
+            (&off, "off", unbounded_off_s),
+            (&turns, "on, 2 replicas in turn", unbounded_s),
         ] {
-            let line = cell.row(slo, hot, unbounded_s);
+            let line = cell.row(slo, hot, unbounded_s, own_s);
             eprintln!("   {line}");
             chains.push_str(&line);
             chains.push('\n');
@@ -1178,8 +1189,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     )?;
     writeln!(md, "Rows/s on {biggest} rows: service {svc_m:.0}, direct single stream {d1:.0}, direct 4 streams {d4:.0}.\n")?;
     writeln!(md, "## Following tokens\n")?;
-    writeln!(md, "One client follows continuation tokens through the {biggest}-row series (page size {SCAN_PAGE_SIZE}) under each SLO, {} times per cell (medians; errors and calls summed), against the same server with hot continuations on (default) and off (`--continuation-bytes 0`). Each repeat reads the series once unbounded (no SLO, same page size, hot continuations on) and then follows it on both servers, taking turns to go first. Completion tax: the chain's time ÷ that SLO's unbounded read (medians over the repeats). Amplification: rows the calls report scanned (`ReadStats.rows_scanned`, which for a continued call includes the rows its scan fetched while held) ÷ rows delivered: every row the chain read from storage. Hit rate: calls after the first that continued a held scan (`ReadStats.continued`). `on, 2 replicas in turn`: after those, the chain through server a and a second one like it taking its calls in turn, as behind a balancer that alternates (each call after each replica's first moves its client's scan held there forward to its token: amplification then counts the rows it drops, which the other replica delivered). Targets: tax <= 1.2 at 50 ms and <= 1.5 at 10 ms, amplification <= 1.02 with the cache on, zero DEADLINE_EXCEEDED. In brackets, how many of those calls failed `STORAGE_LATE` (a storage request took longer than the server's latency model expects of a slow one) rather than `BUDGET_TOO_SMALL`. In server / outside: the chain's time split in two (medians over complete chains): the sum of its calls' own elapsed time (`ReadStats.elapsed_micros`, from arrival to the end of the scan) and the rest (each response's sending and decoding, the next request's way in; it grows with the bytes delivered, not with the number of calls). With the cache off storage does nothing for the chain while it is outside, so that chain's tax is at least (unbounded + outside) ÷ unbounded however fast its calls scan; with it on, the held scan fetches ahead meanwhile.\n", args.repeats)?;
-    writeln!(md, "| SLO ms | hot continuations | unbounded s | chain s | in server s | outside s | completion tax | amplification | calls | DEADLINE_EXCEEDED (of them STORAGE_LATE) | hit rate |\n|---|---|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(md, "One client follows continuation tokens through the {biggest}-row series (page size {SCAN_PAGE_SIZE}) under each SLO, {} times per cell (medians; errors and calls summed), against the same server with hot continuations on (default) and off (`--continuation-bytes 0`). Each repeat reads the series once unbounded (no SLO, same page size, hot continuations on) and then follows it on both servers, taking turns to go first. Completion tax: the chain's time ÷ that SLO's unbounded read (medians over the repeats). Own unbounded s and tax ÷ own: the same unbounded read on the server the chain went to, read right after the first (with the cache off it too stops and resumes cold at each 4 MiB response, and storage idles while each is sent), and the chain's time ÷ it (for the cache on, and two replicas in turn, that is the first read, on server a). Amplification: rows the calls report scanned (`ReadStats.rows_scanned`, which for a continued call includes the rows its scan fetched while held) ÷ rows delivered: every row the chain read from storage. Hit rate: calls after the first that continued a held scan (`ReadStats.continued`). `on, 2 replicas in turn`: after those, the chain through server a and a second one like it taking its calls in turn, as behind a balancer that alternates (each call after each replica's first moves its client's scan held there forward to its token: amplification then counts the rows it drops, which the other replica delivered). Targets: tax <= 1.2 at 50 ms and <= 1.5 at 10 ms, amplification <= 1.02 with the cache on, zero DEADLINE_EXCEEDED. In brackets, how many of those calls failed `STORAGE_LATE` (a storage request took longer than the server's latency model expects of a slow one) rather than `BUDGET_TOO_SMALL`. In server / outside: the chain's time split in two (medians over complete chains): the sum of its calls' own elapsed time (`ReadStats.elapsed_micros`, from arrival to the end of the scan) and the rest (each response's sending and decoding, the next request's way in; it grows with the bytes delivered, not with the number of calls). With the cache off storage does nothing for the chain while it is outside, so that chain's tax is at least (unbounded + outside) ÷ unbounded however fast its calls scan; with it on, the held scan fetches ahead meanwhile.\n", args.repeats)?;
+    writeln!(md, "| SLO ms | hot continuations | unbounded s | chain s | in server s | outside s | completion tax | own unbounded s | tax ÷ own | amplification | calls | DEADLINE_EXCEEDED (of them STORAGE_LATE) | hit rate |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
     md.push_str(&chains);
     writeln!(md)?;
     writeln!(md, "## Deadline adherence\n")?;
