@@ -851,6 +851,9 @@ async fn replica_fault_section(args: &BenchArgs) -> anyhow::Result<String> {
                 r.requests,
                 r.responses.p99_ms
             );
+            for (reason, message) in &r.first_error_by_reason {
+                eprintln!("   hedging {}, chain {rep}: {reason}: {message}", cell.0);
+            }
             cell.1.push(r);
         }
     }
