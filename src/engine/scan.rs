@@ -771,8 +771,9 @@ impl<S: Storage> Scan<S> {
     }
 
     /// Scan time left if the rows in hand or asked for that come first
-    /// ([`Scan::rows_in_front`]) go into the response: the reserve grows with the rows emitted, so the stop comes
-    /// sooner than [`Scan::stop_at`] says now. A page sized to land by the
+    /// ([`Scan::rows_in_front`]) go into the response: the reserve grows
+    /// with the rows emitted, so the stop comes sooner than
+    /// [`Scan::stop_at`] says now. A page sized to land by the
     /// later stop lands after the real one, and a scan dropped at its stop
     /// discards its rows.
     fn projected_remaining(&self) -> Duration {
@@ -789,12 +790,12 @@ impl<S: Storage> Scan<S> {
         self.cost_reserve(rows, self.bytes_out.saturating_add(bytes))
     }
 
-    /// Rows the scan may still ask for, beside those it holds or has asked
-    /// for, when asked of `shards` shards at once: rows asked now land a
-    /// page's round trip from now, and the response must then take them
-    /// with the rows in front of them ([`Scan::rows_in_front`]) before the
-    /// deadline (emitting stops once the
-    /// response needs the rest of the budget, see [`Scan::row_fits`]).
+    /// Rows the scan may still ask for, beside those in front of them
+    /// ([`Scan::rows_in_front`]), when asked of `shards` shards at once:
+    /// rows asked now land a page's round trip from now, and the response
+    /// must then take them with the rows in front before the deadline
+    /// (emitting stops once the response needs the rest of the budget, see
+    /// [`Scan::row_fits`]).
     fn response_room(&self, shards: usize) -> usize {
         let held = self.rows_in_front();
         let cost = |extra: usize| self.cost_with(held.saturating_add(extra));
