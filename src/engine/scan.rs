@@ -797,8 +797,8 @@ impl<S: Storage> Scan<S> {
     /// (emitting stops once the response needs the rest of the budget, see
     /// [`Scan::row_fits`]).
     fn response_room(&self, shards: usize) -> usize {
-        let held = self.rows_in_front();
-        let cost = |extra: usize| self.cost_with(held.saturating_add(extra));
+        let front = self.rows_in_front();
+        let cost = |extra: usize| self.cost_with(front.saturating_add(extra));
         let taken = cost(0);
         let left = self
             .req
